@@ -1,0 +1,107 @@
+// Package frontends holds what the HTTP and UDP frontends share: the request
+// metrics both report under one set of names.
+package frontends
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Actions and results used as metric labels.
+const (
+	ActionConnect  = "connect"
+	ActionAnnounce = "announce"
+	ActionScrape   = "scrape"
+	ActionUnknown  = "unknown"
+
+	ResultOK          = "ok"
+	ResultClientError = "client_error"
+	ResultError       = "error"
+)
+
+var actions = [...]string{ActionConnect, ActionAnnounce, ActionScrape, ActionUnknown}
+
+// Metrics counts and times requests by frontend, action and result. Create
+// one per registry and share it between frontends. Safe for concurrent use.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// NewMetrics registers the frontend metrics with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "requests_total",
+			Help:      "Requests answered, by frontend, action and result.",
+		}, []string{"frontend", "action", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "request_duration_seconds",
+			Help:      "Time from a parsed request to its answer being written, by frontend and action.",
+			Buckets:   []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 250e-3},
+		}, []string{"frontend", "action"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Recorder is the set of metric children of one frontend, resolved up front
+// so that recording a request allocates nothing.
+type Recorder struct {
+	byAction [4]actionRecorder // indexed like actions
+}
+
+type actionRecorder struct {
+	ok, clientErr, err prometheus.Counter
+	duration           prometheus.Observer
+}
+
+// For returns the recorder for the named frontend ("http" or "udp").
+func (m *Metrics) For(frontend string) *Recorder {
+	r := &Recorder{}
+	for i, a := range actions {
+		r.byAction[i] = actionRecorder{
+			ok:        m.requests.WithLabelValues(frontend, a, ResultOK),
+			clientErr: m.requests.WithLabelValues(frontend, a, ResultClientError),
+			err:       m.requests.WithLabelValues(frontend, a, ResultError),
+			duration:  m.duration.WithLabelValues(frontend, a),
+		}
+	}
+	return r
+}
+
+func actionIndex(action string) int {
+	for i, a := range actions {
+		if a == action {
+			return i
+		}
+	}
+	return len(actions) - 1
+}
+
+// Record counts one request of action with result and observes its
+// duration since start. A nil Recorder records nothing.
+func (r *Recorder) Record(action, result string, start time.Time) {
+	if r == nil {
+		return
+	}
+	ar := &r.byAction[actionIndex(action)]
+	switch result {
+	case ResultOK:
+		ar.ok.Inc()
+	case ResultClientError:
+		ar.clientErr.Inc()
+	default:
+		ar.err.Inc()
+	}
+	ar.duration.Observe(time.Since(start).Seconds())
+}
