@@ -1,0 +1,226 @@
+package hooks
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// PreHook takes part in building an answer. PreHooks run in order on the
+// frontend's goroutine, so they must be fast and must not block on I/O
+// without a deadline. Returning an error stops the chain; a
+// bittorrent.ClientError becomes the client's failure reason.
+type PreHook interface {
+	HandleAnnounce(ctx context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error
+	HandleScrape(ctx context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error
+}
+
+// PostHook acts on announces after their clients have been answered. It
+// receives them in batches, in arrival order, on a chain worker goroutine;
+// it must not keep the slice after returning.
+type PostHook interface {
+	AfterAnnounces(ctx context.Context, reqs []bittorrent.AnnounceRequest)
+}
+
+// maxPostBatch bounds how many queued announces one PostHook call sees, so
+// batches amortise per-call cost without delaying the queue.
+const maxPostBatch = 256
+
+// Chain runs PreHooks to answer requests and feeds answered announces to
+// PostHooks through a bounded queue. It implements Tracker and is safe for
+// concurrent use.
+type Chain struct {
+	cfg  atomic.Pointer[Config]
+	pre  []PreHook
+	post []PostHook
+	log  *zap.Logger
+
+	queue   chan bittorrent.AnnounceRequest
+	dropped prometheus.Counter
+	dropLog *RateLog
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+}
+
+// New builds a chain and starts its post-queue workers; Close stops them.
+// The last PreHook is normally a Responder, which fills peers and counts.
+func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, log *zap.Logger) (*Chain, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("hooks: %w", err)
+	}
+	c := &Chain{
+		pre:   pre,
+		post:  post,
+		log:   log,
+		queue: make(chan bittorrent.AnnounceRequest, cfg.PostQueueSize),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "karuta", Subsystem: "hooks", Name: "post_dropped_total",
+			Help: "Answered announces dropped because the post-hook queue was full.",
+		}),
+		dropLog: NewRateLog(10 * time.Second),
+	}
+	c.cfg.Store(&cfg)
+	depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "karuta", Subsystem: "hooks", Name: "post_queue_depth",
+		Help: "Answered announces waiting for the post hooks.",
+	}, func() float64 { return float64(len(c.queue)) })
+	capacity := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "karuta", Subsystem: "hooks", Name: "post_queue_capacity",
+		Help: "Size of the post-hook queue.",
+	}, func() float64 { return float64(cap(c.queue)) })
+	for _, col := range []prometheus.Collector{c.dropped, depth, capacity} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("hooks: register metrics: %w", err)
+		}
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.stop = make(chan struct{})
+	for range cfg.PostWorkers {
+		c.wg.Add(1)
+		go c.work()
+	}
+	return c, nil
+}
+
+// SetConfig swaps the announce policy, for reloads. The queue size and
+// worker count keep their values from New.
+func (c *Chain) SetConfig(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("hooks: %w", err)
+	}
+	c.cfg.Store(&cfg)
+	return nil
+}
+
+// Config returns the announce policy in force.
+func (c *Chain) Config() Config { return *c.cfg.Load() }
+
+// Announce normalises numwant, sets the intervals, then runs the PreHooks.
+func (c *Chain) Announce(ctx context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
+	cfg := c.cfg.Load()
+	if !req.NumWantSet {
+		req.NumWant = uint32(cfg.DefaultNumWant)
+	} else if req.NumWant > uint32(cfg.MaxNumWant) {
+		req.NumWant = uint32(cfg.MaxNumWant)
+	}
+	resp.Reset()
+	resp.Interval = uint32(cfg.AnnounceInterval / time.Second)
+	resp.MinInterval = uint32(cfg.MinAnnounceInterval / time.Second)
+	for _, h := range c.pre {
+		if err := h.HandleAnnounce(ctx, req, resp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Scrape checks the hash count, then runs the PreHooks.
+func (c *Chain) Scrape(ctx context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error {
+	if len(req.InfoHashes) > c.cfg.Load().MaxScrapeHashes {
+		return bittorrent.ErrTooManyHashes
+	}
+	if len(req.InfoHashes) == 0 {
+		return bittorrent.ErrMissingInfoHash
+	}
+	resp.Reset()
+	for _, h := range c.pre {
+		if err := h.HandleScrape(ctx, req, resp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AfterAnnounce queues a copy of req for the PostHooks without blocking.
+// After Close it drops and counts, so frontends must be stopped first.
+func (c *Chain) AfterAnnounce(req *bittorrent.AnnounceRequest) {
+	if c.closed.Load() {
+		c.drop()
+		return
+	}
+	select {
+	case c.queue <- *req:
+	default:
+		c.drop()
+	}
+}
+
+func (c *Chain) drop() {
+	c.dropped.Inc()
+	if n, ok := c.dropLog.Allow(); ok {
+		c.log.Warn("post-hook queue full, dropping answered announces",
+			zap.Uint64("dropped_since_last_log", n), zap.Int("queue_size", cap(c.queue)))
+	}
+}
+
+func (c *Chain) work() {
+	defer c.wg.Done()
+	batch := make([]bittorrent.AnnounceRequest, 0, maxPostBatch)
+	for {
+		select {
+		case req := <-c.queue:
+			batch = append(batch[:0], req)
+		case <-c.stop:
+			// Finish what was queued before Close, then exit.
+			for {
+				batch = c.fill(batch[:0])
+				if len(batch) == 0 {
+					return
+				}
+				c.run(batch)
+			}
+		}
+		c.run(c.fill(batch))
+	}
+}
+
+// fill appends queued announces to batch without waiting.
+func (c *Chain) fill(batch []bittorrent.AnnounceRequest) []bittorrent.AnnounceRequest {
+	for len(batch) < maxPostBatch {
+		select {
+		case r := <-c.queue:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func (c *Chain) run(batch []bittorrent.AnnounceRequest) {
+	for _, h := range c.post {
+		h.AfterAnnounces(c.ctx, batch)
+	}
+	clear(batch) // drop references to params strings
+}
+
+// Close stops taking announces, lets the workers finish what is queued (or
+// gives up when ctx ends), and waits for them. Call it after the frontends
+// have stopped.
+func (c *Chain) Close(ctx context.Context) error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	close(c.stop)
+	done := make(chan struct{})
+	go func() { c.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		c.cancel()
+		return nil
+	case <-ctx.Done():
+		c.cancel() // tells post hooks to give up
+		<-done
+		return fmt.Errorf("hooks: drain post queue: %w", ctx.Err())
+	}
+}

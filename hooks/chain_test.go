@@ -1,0 +1,261 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// recordingPre records what it saw and optionally fails.
+type recordingPre struct {
+	err     error
+	numWant uint32
+	calls   int
+}
+
+func (h *recordingPre) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRequest, _ *bittorrent.AnnounceResponse) error {
+	h.calls++
+	h.numWant = req.NumWant
+	return h.err
+}
+
+func (h *recordingPre) HandleScrape(context.Context, *bittorrent.ScrapeRequest, *bittorrent.ScrapeResponse) error {
+	h.calls++
+	return h.err
+}
+
+// collectingPost collects announces, optionally blocking until released.
+type collectingPost struct {
+	mu      sync.Mutex
+	got     []bittorrent.AnnounceRequest
+	batches int
+	gate    chan struct{}
+}
+
+func (h *collectingPost) AfterAnnounces(_ context.Context, reqs []bittorrent.AnnounceRequest) {
+	if h.gate != nil {
+		<-h.gate
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.got = append(h.got, reqs...)
+	h.batches++
+}
+
+func (h *collectingPost) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.got)
+}
+
+func newTestChain(t *testing.T, cfg Config, pre []PreHook, post []PostHook) (*Chain, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	c, err := New(cfg, pre, post, reg, zap.NewNop())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c, reg
+}
+
+func TestChainNumWant(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DefaultNumWant = 30
+	cfg.MaxNumWant = 100
+	tests := []struct {
+		name string
+		set  bool
+		in   uint32
+		want uint32
+	}{
+		{"unset gets default", false, 0, 30},
+		{"zero stays zero", true, 0, 0},
+		{"within cap", true, 80, 80},
+		{"capped", true, 5000, 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pre := &recordingPre{}
+			c, _ := newTestChain(t, cfg, []PreHook{pre}, nil)
+			req := &bittorrent.AnnounceRequest{NumWant: tt.in, NumWantSet: tt.set}
+			var resp bittorrent.AnnounceResponse
+			if err := c.Announce(context.Background(), req, &resp); err != nil {
+				t.Fatal(err)
+			}
+			if pre.numWant != tt.want {
+				t.Errorf("hook saw numwant %d, want %d", pre.numWant, tt.want)
+			}
+			if resp.Interval != 1800 || resp.MinInterval != 900 {
+				t.Errorf("intervals = %d/%d, want 1800/900", resp.Interval, resp.MinInterval)
+			}
+		})
+	}
+}
+
+func TestChainStopsAtFirstError(t *testing.T) {
+	first := &recordingPre{err: bittorrent.ClientError("denied")}
+	second := &recordingPre{}
+	c, _ := newTestChain(t, DefaultConfig(), []PreHook{first, second}, nil)
+	err := c.Announce(context.Background(), &bittorrent.AnnounceRequest{}, &bittorrent.AnnounceResponse{})
+	if bittorrent.FailureReason(err) != "denied" {
+		t.Fatalf("err = %v, want denied", err)
+	}
+	if second.calls != 0 {
+		t.Errorf("second hook ran %d times after the first failed", second.calls)
+	}
+}
+
+func TestChainScrapeLimits(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxScrapeHashes = 2
+	pre := &recordingPre{}
+	c, _ := newTestChain(t, cfg, []PreHook{pre}, nil)
+	tests := []struct {
+		n       int
+		wantErr error
+	}{
+		{0, bittorrent.ErrMissingInfoHash},
+		{1, nil},
+		{2, nil},
+		{3, bittorrent.ErrTooManyHashes},
+	}
+	for _, tt := range tests {
+		req := &bittorrent.ScrapeRequest{InfoHashes: make([]bittorrent.InfoHash, tt.n)}
+		err := c.Scrape(context.Background(), req, &bittorrent.ScrapeResponse{})
+		if !errors.Is(err, tt.wantErr) {
+			t.Errorf("%d hashes: err = %v, want %v", tt.n, err, tt.wantErr)
+		}
+	}
+}
+
+func TestChainPostHooksSeeAnnouncesInOrder(t *testing.T) {
+	post := &collectingPost{}
+	c, _ := newTestChain(t, DefaultConfig(), nil, []PostHook{post})
+	const n = 1000
+	for i := range n {
+		req := bittorrent.AnnounceRequest{Addr: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))}
+		c.AfterAnnounce(&req)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if post.count() != n {
+		t.Fatalf("post hook saw %d announces, want %d", post.count(), n)
+	}
+	for i, r := range post.got {
+		if int(r.Addr.Port()) != i+1 {
+			t.Fatalf("announce %d has port %d: order lost", i, r.Addr.Port())
+		}
+	}
+}
+
+func TestChainFullQueueDropsAndCounts(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PostQueueSize = 4
+	post := &collectingPost{gate: make(chan struct{})}
+	c, reg := newTestChain(t, cfg, nil, []PostHook{post})
+	// The worker takes the first announce and blocks in the hook; four more
+	// fill the queue; the rest must drop without blocking.
+	req := bittorrent.AnnounceRequest{}
+	c.AfterAnnounce(&req)
+	waitFor(t, func() bool { return len(c.queue) == 0 })
+	done := make(chan struct{})
+	go func() {
+		for range 10 {
+			c.AfterAnnounce(&req)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("AfterAnnounce blocked on a full queue")
+	}
+	if got := testutil.ToFloat64(c.dropped); got != 6 {
+		t.Errorf("dropped = %v, want 6", got)
+	}
+	if got, err := testutil.GatherAndCount(reg, "karuta_hooks_post_queue_depth"); err != nil || got != 1 {
+		t.Errorf("queue depth metric: %d series, %v", got, err)
+	}
+	close(post.gate)
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if post.count() != 5 {
+		t.Errorf("post hook saw %d announces, want 5", post.count())
+	}
+	c.AfterAnnounce(&req) // after Close: counted, no panic
+	if got := testutil.ToFloat64(c.dropped); got != 7 {
+		t.Errorf("dropped after close = %v, want 7", got)
+	}
+}
+
+func TestChainSetConfigValidates(t *testing.T) {
+	c, _ := newTestChain(t, DefaultConfig(), nil, nil)
+	bad := DefaultConfig()
+	bad.MaxNumWant = -1
+	if err := c.SetConfig(bad); err == nil {
+		t.Fatal("SetConfig accepted max_numwant -1")
+	}
+	good := DefaultConfig()
+	good.AnnounceInterval = time.Hour
+	if err := c.SetConfig(good); err != nil {
+		t.Fatal(err)
+	}
+	var resp bittorrent.AnnounceResponse
+	if err := c.Announce(context.Background(), &bittorrent.AnnounceRequest{}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Interval != 3600 {
+		t.Errorf("interval after reload = %d, want 3600", resp.Interval)
+	}
+}
+
+func TestConfigValidateNamesKey(t *testing.T) {
+	tests := []struct {
+		key    string
+		mutate func(*Config)
+	}{
+		{"announce_interval", func(c *Config) { c.AnnounceInterval = 0 }},
+		{"min_announce_interval", func(c *Config) { c.MinAnnounceInterval = 2 * c.AnnounceInterval }},
+		{"max_numwant", func(c *Config) { c.MaxNumWant = 20000 }},
+		{"default_numwant", func(c *Config) { c.DefaultNumWant = c.MaxNumWant + 1 }},
+		{"max_scrape_hashes", func(c *Config) { c.MaxScrapeHashes = 0 }},
+		{"post_queue_size", func(c *Config) { c.PostQueueSize = 0 }},
+		{"post_workers", func(c *Config) { c.PostWorkers = 0 }},
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			cfg := DefaultConfig()
+			tt.mutate(&cfg)
+			err := cfg.Validate()
+			if err == nil || len(err.Error()) < len(tt.key) || err.Error()[:len(tt.key)+1] != tt.key+":" {
+				t.Errorf("Validate() = %v, want an error starting with %q", err, tt.key+":")
+			}
+		})
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,139 @@
+package hooks
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+type fakeSource struct {
+	peers  []bittorrent.Peer
+	counts bittorrent.Counts
+	self   bittorrent.PeerState
+	gotN   int
+}
+
+func (f *fakeSource) AnnouncePeers(_ bittorrent.InfoHash, _ netip.AddrPort, _ bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
+	f.gotN = n
+	return append(dst, f.peers[:min(n, len(f.peers))]...), f.counts, f.self
+}
+
+func (f *fakeSource) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
+	return bittorrent.Counts{Seeders: uint32(ih[0])}
+}
+
+func TestCountsAfter(t *testing.T) {
+	base := bittorrent.Counts{Seeders: 5, Leechers: 7, Snatches: 3}
+	put := func(seeder bool) bittorrent.Change { return bittorrent.Change{Op: bittorrent.OpPut, Seeder: seeder} }
+	tests := []struct {
+		name   string
+		self   bittorrent.PeerState
+		change bittorrent.Change
+		want   bittorrent.Counts
+	}{
+		{"new leecher", bittorrent.Absent, put(false), bittorrent.Counts{Seeders: 5, Leechers: 8, Snatches: 3}},
+		{"new seeder", bittorrent.Absent, put(true), bittorrent.Counts{Seeders: 6, Leechers: 7, Snatches: 3}},
+		{"leecher re-announces", bittorrent.Leeching, put(false), base},
+		{"seeder re-announces", bittorrent.Seeding, put(true), base},
+		{"leecher finishes without event", bittorrent.Leeching, put(true), bittorrent.Counts{Seeders: 6, Leechers: 6, Snatches: 3}},
+		{"leecher completes", bittorrent.Leeching, bittorrent.Change{Op: bittorrent.OpComplete}, bittorrent.Counts{Seeders: 6, Leechers: 6, Snatches: 4}},
+		{"unknown peer completes", bittorrent.Absent, bittorrent.Change{Op: bittorrent.OpComplete}, bittorrent.Counts{Seeders: 6, Leechers: 7, Snatches: 4}},
+		{"seeder stops", bittorrent.Seeding, bittorrent.Change{Op: bittorrent.OpRemove}, bittorrent.Counts{Seeders: 4, Leechers: 7, Snatches: 3}},
+		{"unknown peer stops", bittorrent.Absent, bittorrent.Change{Op: bittorrent.OpRemove}, base},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := CountsAfter(base, tt.self, tt.change); got != tt.want {
+				t.Errorf("CountsAfter = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	if got := CountsAfter(bittorrent.Counts{}, bittorrent.Seeding, bittorrent.Change{Op: bittorrent.OpRemove}); got.Seeders != 0 {
+		t.Errorf("lagging counts wrapped: %+v", got)
+	}
+}
+
+func TestResponderAnnounce(t *testing.T) {
+	peers := make([]bittorrent.Peer, 10)
+	for i := range peers {
+		peers[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(i+1))
+	}
+	src := &fakeSource{peers: peers, counts: bittorrent.Counts{Seeders: 1, Leechers: 9}}
+	r := NewResponder(src)
+	req := &bittorrent.AnnounceRequest{NumWant: 4, Left: 100}
+	var resp bittorrent.AnnounceResponse
+	if err := r.HandleAnnounce(context.Background(), req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Peers) != 4 || resp.Complete != 1 || resp.Incomplete != 10 {
+		t.Errorf("got %d peers, %d complete, %d incomplete; want 4, 1, 10", len(resp.Peers), resp.Complete, resp.Incomplete)
+	}
+	req.Event = bittorrent.EventStopped
+	if err := r.HandleAnnounce(context.Background(), req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if src.gotN != 0 || len(resp.Peers) != 0 {
+		t.Errorf("stopped announce asked for %d peers and got %d, want none", src.gotN, len(resp.Peers))
+	}
+}
+
+func TestResponderScrapeKeepsOrder(t *testing.T) {
+	r := NewResponder(&fakeSource{})
+	req := &bittorrent.ScrapeRequest{InfoHashes: []bittorrent.InfoHash{{3}, {1}, {2}}}
+	var resp bittorrent.ScrapeResponse
+	if err := r.HandleScrape(context.Background(), req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range resp.Files {
+		if f.InfoHash != req.InfoHashes[i] || f.Seeders != uint32(req.InfoHashes[i][0]) {
+			t.Errorf("file %d = %+v, does not match request", i, f)
+		}
+	}
+}
+
+type sinkFunc func([]bittorrent.Change)
+
+func (f sinkFunc) Apply(c []bittorrent.Change) { f(c) }
+
+func TestSwarmWriter(t *testing.T) {
+	var got []bittorrent.Change
+	w := NewSwarmWriter(sinkFunc(func(c []bittorrent.Change) { got = append(got, c...) }))
+	reqs := []bittorrent.AnnounceRequest{
+		{InfoHash: bittorrent.InfoHash{1}, Left: 10},
+		{InfoHash: bittorrent.InfoHash{1}, Event: bittorrent.EventCompleted, Left: 10},
+		{InfoHash: bittorrent.InfoHash{1}, Event: bittorrent.EventStopped},
+		{InfoHash: bittorrent.InfoHash{2}, Left: 0},
+	}
+	w.AfterAnnounces(context.Background(), reqs)
+	want := []struct {
+		op     bittorrent.ChangeOp
+		seeder bool
+	}{{bittorrent.OpPut, false}, {bittorrent.OpComplete, true}, {bittorrent.OpRemove, true}, {bittorrent.OpPut, true}}
+	if len(got) != len(want) {
+		t.Fatalf("got %d changes, want %d", len(got), len(want))
+	}
+	for i, w := range want {
+		if got[i].Op != w.op || got[i].Seeder != w.seeder || got[i].InfoHash != reqs[i].InfoHash {
+			t.Errorf("change %d = %+v, want op %v seeder %v", i, got[i], w.op, w.seeder)
+		}
+	}
+}
+
+func TestRateLog(t *testing.T) {
+	r := NewRateLog(10 * time.Second)
+	t0 := time.Unix(1000, 0)
+	if n, ok := r.AllowAt(t0); !ok || n != 1 {
+		t.Fatalf("first event: %d, %v; want 1, true", n, ok)
+	}
+	for i := range 5 {
+		if _, ok := r.AllowAt(t0.Add(time.Duration(i) * time.Second)); ok {
+			t.Fatalf("event %d within the period was allowed", i)
+		}
+	}
+	if n, ok := r.AllowAt(t0.Add(11 * time.Second)); !ok || n != 6 {
+		t.Fatalf("after the period: %d, %v; want 6, true", n, ok)
+	}
+}

@@ -1,0 +1,27 @@
+// Package hooks is Karuta's protocol-agnostic middleware: a chain of
+// PreHooks that build the answer to an announce or scrape, and PostHooks that
+// run after the client has its answer, off the request path.
+package hooks
+
+import (
+	"context"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// Tracker is what frontends call; *Chain implements it. Frontends depend on
+// this interface only, never on stores or the ring.
+type Tracker interface {
+	// Announce fills resp for req. An error whose chain holds a
+	// bittorrent.ClientError is shown to the client as its failure reason.
+	// Safe for concurrent use; req and resp belong to the caller.
+	Announce(ctx context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error
+
+	// Scrape fills resp for req, one entry per requested infohash.
+	Scrape(ctx context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error
+
+	// AfterAnnounce hands a successfully answered announce to the PostHooks.
+	// Call it after the answer was sent. It copies req and never blocks:
+	// when the queue is full the announce is dropped and counted.
+	AfterAnnounce(req *bittorrent.AnnounceRequest)
+}
