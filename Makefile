@@ -1,0 +1,50 @@
+# Karuta's developer commands. `make test` is the one CI runs.
+GO      ?= go
+PKGS    ?= ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build static test test-deps unit realclient vet bench fuzz tidy clean
+
+all: build
+
+## build: the karuta binary for this machine
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
+
+## static: a static linux binary, for FROM-scratch images
+static:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
+
+## test: everything CI checks — vet, unit and end-to-end tests with the race
+## detector, and the real BitTorrent clients test (installs what it needs)
+test: test-deps vet unit realclient
+
+test-deps:
+	@.ci/install-test-deps
+
+vet:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+
+unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+realclient:
+	$(GO) test -race -count=1 -tags realclient -run RealClient -v ./node/
+
+## bench: Go benchmarks of the hot paths (compare runs with benchstat)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 $(PKGS) | tee bench.out
+
+## fuzz: a short campaign on every fuzz target (FUZZTIME each)
+FUZZTIME ?= 30s
+fuzz:
+	@.ci/fuzz $(FUZZTIME)
+
+## tidy: fail when go.mod/go.sum are not tidy
+tidy:
+	$(GO) mod tidy -diff
+
+clean:
+	rm -f karuta bench.out
