@@ -22,11 +22,27 @@ const (
 
 var actions = [...]string{ActionConnect, ActionAnnounce, ActionScrape, ActionUnknown}
 
+// Reasons a frontend drops a request without answering it, used as metric
+// labels.
+const (
+	// DropTooShort is a request too short to carry even a header.
+	DropTooShort = "too_short"
+	// DropTooLong is a request longer than any valid one.
+	DropTooLong = "too_long"
+	// DropResponse is a packet that looks like another tracker's reply:
+	// answering it with an error could start an endless exchange between
+	// two trackers (or a tracker and itself) tricked by a spoofed source.
+	DropResponse = "response"
+)
+
+var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse}
+
 // Metrics counts and times requests by frontend, action and result. Create
 // one per registry and share it between frontends. Safe for concurrent use.
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	dropped  *prometheus.CounterVec
 }
 
 // NewMetrics registers the frontend metrics with reg.
@@ -45,8 +61,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:      "Time from a parsed request to its answer being written, by frontend and action.",
 			Buckets:   []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 250e-3},
 		}, []string{"frontend", "action"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "dropped_total",
+			Help:      "Requests dropped without an answer, by frontend and reason.",
+		}, []string{"frontend", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -57,7 +79,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // Recorder is the set of metric children of one frontend, resolved up front
 // so that recording a request allocates nothing.
 type Recorder struct {
-	byAction [4]actionRecorder // indexed like actions
+	byAction [4]actionRecorder                    // indexed like actions
+	dropped  [len(dropReasons)]prometheus.Counter // indexed like dropReasons
 }
 
 type actionRecorder struct {
@@ -75,6 +98,9 @@ func (m *Metrics) For(frontend string) *Recorder {
 			err:       m.requests.WithLabelValues(frontend, a, ResultError),
 			duration:  m.duration.WithLabelValues(frontend, a),
 		}
+	}
+	for i, reason := range dropReasons {
+		r.dropped[i] = m.dropped.WithLabelValues(frontend, reason)
 	}
 	return r
 }
@@ -104,4 +130,18 @@ func (r *Recorder) Record(action, result string, start time.Time) {
 		ar.err.Inc()
 	}
 	ar.duration.Observe(time.Since(start).Seconds())
+}
+
+// Drop counts one request dropped for reason, one of the Drop constants;
+// other reasons are not counted. A nil Recorder records nothing.
+func (r *Recorder) Drop(reason string) {
+	if r == nil {
+		return
+	}
+	for i, d := range dropReasons {
+		if d == reason {
+			r.dropped[i].Inc()
+			return
+		}
+	}
 }

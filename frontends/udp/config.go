@@ -1,0 +1,86 @@
+package udp
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+)
+
+// Limits on the configuration.
+const (
+	// minKeyLen is the shortest connection ID key accepted: 128 bits, so
+	// guessing the key is out of reach however many IDs an attacker sees.
+	minKeyLen = 16
+	// maxReaders bounds the sockets and reader goroutines; each reader owns
+	// about 3 KiB of buffers per batch slot.
+	maxReaders = 256
+	// maxBatchSize is the kernel's limit on messages per recvmmsg/sendmmsg
+	// call (UIO_MAXIOV).
+	maxBatchSize = 1024
+)
+
+// Config configures the UDP frontend, under the `frontends.udp` key.
+type Config struct {
+	// Addr is the UDP address to listen on; empty disables the frontend. A
+	// wildcard host (":6969" or "[::]:6969") serves IPv4 and IPv6 clients.
+	Addr string `yaml:"addr"`
+	// ConnectionIDKeys are the secrets connection IDs are signed with. The
+	// first signs new IDs; all are accepted, so a key can be rotated out by
+	// adding the new one first and dropping the old one five minutes later.
+	// Every node of a cluster needs the same keys, because a client may
+	// connect to one node and announce to another. Empty means a random key
+	// made at start, which only suits a single node.
+	ConnectionIDKeys []string `yaml:"connection_id_keys"`
+	// Readers is the number of sockets, each with its own reader goroutine,
+	// sharing the port through SO_REUSEPORT; 0 means one per CPU
+	// (GOMAXPROCS). Where SO_REUSEPORT is missing, the readers share one
+	// socket.
+	Readers int `yaml:"readers"`
+	// BatchSize is the number of datagrams one system call reads or writes
+	// (recvmmsg/sendmmsg, on Linux only). 1 uses plain reads and writes.
+	BatchSize int `yaml:"batch_size"`
+}
+
+// DefaultConfig returns the configuration used when the config file says
+// nothing.
+func DefaultConfig() Config {
+	return Config{
+		Addr:      ":6969",
+		BatchSize: 32,
+	}
+}
+
+// Validate reports the first bad value, naming its key relative to the
+// frontend's section. An empty Addr is valid: it disables the frontend.
+func (c Config) Validate() error {
+	if c.Addr != "" {
+		_, port, err := net.SplitHostPort(c.Addr)
+		if err != nil {
+			return fmt.Errorf("addr: %q is not host:port; want e.g. \":6969\" or \"[::]:6969\"", c.Addr)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return fmt.Errorf("addr: port %q in %q is not a number from 0 to 65535", port, c.Addr)
+		}
+	}
+	if err := validateKeys(c.ConnectionIDKeys); err != nil {
+		return err
+	}
+	if c.Readers < 0 || c.Readers > maxReaders {
+		return fmt.Errorf("readers: %d is out of range; want 0 (one per CPU) to %d", c.Readers, maxReaders)
+	}
+	if c.BatchSize < 1 || c.BatchSize > maxBatchSize {
+		return fmt.Errorf("batch_size: %d is out of range; want 1 to %d", c.BatchSize, maxBatchSize)
+	}
+	return nil
+}
+
+// validateKeys checks connection ID keys without ever printing them: they
+// are secrets.
+func validateKeys(keys []string) error {
+	for i, k := range keys {
+		if len(k) < minKeyLen {
+			return fmt.Errorf("connection_id_keys[%d]: key is %d bytes, want at least %d", i, len(k), minKeyLen)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package udp
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestConnID(t *testing.T) {
+	const (
+		keyA = "key-A-0123456789abcdef"
+		keyB = "key-B-0123456789abcdef"
+		keyC = "key-C-0123456789abcdef"
+	)
+	ip := netip.MustParseAddr("198.51.100.9")
+	tests := []struct {
+		name       string
+		mintKeys   []string
+		verifyKeys []string
+		verifyIP   netip.Addr
+		after      time.Duration
+		want       bool
+	}{
+		{"at once", []string{keyA}, []string{keyA}, ip, 0, true},
+		{"after 2 minutes", []string{keyA}, []string{keyA}, ip, 2 * time.Minute, true},
+		{"after 4m59s", []string{keyA}, []string{keyA}, ip, 5*time.Minute - time.Second, true},
+		{"after 5 minutes", []string{keyA}, []string{keyA}, ip, 5 * time.Minute, true},
+		{"after 5m01s", []string{keyA}, []string{keyA}, ip, 5*time.Minute + time.Second, false},
+		{"after an hour", []string{keyA}, []string{keyA}, ip, time.Hour, false},
+		{"after the 16 time bits wrap", []string{keyA}, []string{keyA}, ip, 65536 * time.Second, false},
+		{"from a clock 30s ahead", []string{keyA}, []string{keyA}, ip, -30 * time.Second, true},
+		{"from a clock 31s ahead", []string{keyA}, []string{keyA}, ip, -31 * time.Second, false},
+		{"another IPv4", []string{keyA}, []string{keyA}, netip.MustParseAddr("198.51.100.10"), 0, false},
+		{"an IPv6", []string{keyA}, []string{keyA}, netip.MustParseAddr("2001:db8::9"), 0, false},
+		{"the same IPv4, mapped", []string{keyA}, []string{keyA}, netip.MustParseAddr("::ffff:198.51.100.9"), 0, true},
+		{"rotated-out second key", []string{keyA}, []string{keyB, keyA}, ip, time.Minute, true},
+		{"rotated-in first key", []string{keyB, keyA}, []string{keyB}, ip, time.Minute, true},
+		{"unknown key", []string{keyC}, []string{keyA, keyB}, ip, 0, false},
+	}
+	now := time.Unix(1_700_000_000, 0)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := mintFor(t, ip, now, tt.mintKeys...)
+			kr, err := newKeyring(tt.verifyKeys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m idMAC
+			m.use(kr)
+			if got := m.verify(id, tt.verifyIP, now.Add(tt.after)); got != tt.want {
+				t.Errorf("verify(%016x) %s later = %v, want %v", id, tt.after, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestConnIDTamper checks that changing any bit of an ID, time bits
+// included, voids it.
+func TestConnIDTamper(t *testing.T) {
+	ip := netip.MustParseAddr("2001:db8::1")
+	now := time.Unix(1_700_000_000, 0)
+	id := mintFor(t, ip, now)
+	kr, err := newKeyring([]string{testKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m idMAC
+	m.use(kr)
+	if !m.verify(id, ip, now) {
+		t.Fatal("fresh ID rejected")
+	}
+	for bit := range 64 {
+		if m.verify(id^1<<bit, ip, now) {
+			t.Errorf("ID with bit %d flipped accepted", bit)
+		}
+	}
+}
+
+// TestConnIDKeyReload checks that an idMAC follows keyring changes.
+func TestConnIDKeyReload(t *testing.T) {
+	ip := netip.MustParseAddr("192.0.2.1")
+	now := time.Unix(1_700_000_000, 0)
+	a, _ := newKeyring([]string{"first-key-0123456789"})
+	b, _ := newKeyring([]string{"second-key-0123456789"})
+	var m idMAC
+	m.use(a)
+	id := m.mint(ip, now)
+	m.use(b)
+	if m.verify(id, ip, now) {
+		t.Error("ID of the old keyring accepted after switching")
+	}
+	if m.mint(ip, now) == id {
+		t.Error("new keyring mints the same ID")
+	}
+}
+
+func TestRandomKeyring(t *testing.T) {
+	a, b := randomKeyring(), randomKeyring()
+	if len(a.keys) != 1 || len(a.keys[0]) < minKeyLen {
+		t.Fatalf("random keyring has %d keys of %d bytes", len(a.keys), len(a.keys[0]))
+	}
+	if string(a.keys[0]) == string(b.keys[0]) {
+		t.Error("two random keys are equal")
+	}
+}

@@ -1,0 +1,215 @@
+package udp
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/karuta-tracker/karuta/frontends"
+	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// slot is one datagram of a batch and everything needed to answer it. A
+// reader owns batch_size slots and reuses them, so answering allocates
+// nothing. The announce request lives here rather than in the handler
+// because it is handed to AfterAnnounce only once the whole batch's replies
+// are sent.
+type slot struct {
+	buf  []byte // receive buffer: the datagram is buf[:n]; cap is maxPacket+1
+	n    int
+	from netip.AddrPort
+	out  []byte // reply buffer of maxReply bytes
+
+	// Set by handle.
+	reply     []byte // to send to from; nil for none
+	action    string // metric label; empty when dropped
+	result    string
+	drop      string // drop reason, if dropped
+	announced bool   // req was answered and goes to AfterAnnounce once sent
+	req       bittorrent.AnnounceRequest
+
+	// Set by packetIO.write.
+	unsent bool // the reply could not be sent
+}
+
+func newSlot() slot {
+	return slot{
+		buf: make([]byte, maxPacket+1),
+		out: make([]byte, maxReply),
+	}
+}
+
+// handler parses requests, asks the tracker and writes replies. Each reader
+// has its own, with its own scratch space. Not safe for concurrent use.
+type handler struct {
+	t       hooks.Tracker
+	rec     *frontends.Recorder
+	keys    *atomic.Pointer[keyring]
+	ctx     context.Context
+	log     *zap.Logger
+	failLog *hooks.RateLog
+
+	mac   idMAC
+	url   urlData
+	resp  bittorrent.AnnounceResponse
+	sreq  bittorrent.ScrapeRequest
+	sresp bittorrent.ScrapeResponse
+}
+
+// newHandler returns a handler answering from t with the keys in force in
+// keys. failLog limits warnings about failed requests; share it between the
+// readers of a server so that they log one line per period between them.
+func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *hooks.RateLog) *handler {
+	return &handler{
+		t:       t,
+		rec:     rec,
+		keys:    keys,
+		ctx:     ctx,
+		log:     log,
+		failLog: failLog,
+		url:     urlData{buf: make([]byte, 0, maxPacket)},
+		sreq:    bittorrent.ScrapeRequest{InfoHashes: make([]bittorrent.InfoHash, 0, maxHashes)},
+	}
+}
+
+// handle answers the datagram in s, received at now: it sets s.reply (nil
+// for no reply) and the labels finish records. It never fails: whatever the
+// bytes, the outcome is a reply, an error reply or a counted drop.
+func (h *handler) handle(s *slot, now time.Time) {
+	s.reply, s.action, s.result, s.drop, s.announced, s.unsent = nil, "", "", "", false, false
+	pkt := s.buf[:s.n]
+	switch {
+	case len(pkt) < headerLen:
+		s.drop = frontends.DropTooShort
+		return
+	case len(pkt) > maxPacket:
+		s.drop = frontends.DropTooLong
+		return
+	case !s.from.IsValid():
+		return // no address to answer; cannot happen with IPv4 or IPv6 sockets
+	}
+	h.mac.use(h.keys.Load())
+	connID, action, txID := be.Uint64(pkt), be.Uint32(pkt[8:]), be.Uint32(pkt[12:])
+	switch action {
+	case actionConnect:
+		s.action = frontends.ActionConnect
+		if connID != protocolID {
+			h.fail(s, txID, errBadProtocolID)
+			return
+		}
+		s.reply = writeConnect(s.out, txID, h.mac.mint(s.from.Addr(), now))
+		s.result = frontends.ResultOK
+	case actionAnnounce:
+		s.action = frontends.ActionAnnounce
+		if !h.mac.verify(connID, s.from.Addr(), now) {
+			h.fail(s, txID, errBadConnectionID)
+			return
+		}
+		h.announce(s, pkt, txID)
+	case actionScrape:
+		s.action = frontends.ActionScrape
+		if !h.mac.verify(connID, s.from.Addr(), now) {
+			h.fail(s, txID, errBadConnectionID)
+			return
+		}
+		h.scrape(s, pkt, txID)
+	default:
+		s.action = frontends.ActionUnknown
+		h.fail(s, txID, errUnknownAction)
+	}
+}
+
+func (h *handler) announce(s *slot, pkt []byte, txID uint32) {
+	if err := parseAnnounce(pkt, s.from.Addr(), &s.req, &h.url); err != nil {
+		h.fail(s, txID, err)
+		return
+	}
+	v6 := s.req.Addr.Addr().Is6()
+	// Peers beyond what a reply holds would be chosen only to be cut.
+	peerLen := peer4Len
+	if v6 {
+		peerLen = peer6Len
+	}
+	if fit := uint32((len(s.out) - announceReplyLen) / peerLen); s.req.NumWantSet && s.req.NumWant > fit {
+		s.req.NumWant = fit
+	}
+	if err := h.t.Announce(h.ctx, &s.req, &h.resp); err != nil {
+		h.fail(s, txID, err)
+		return
+	}
+	s.reply = writeAnnounce(s.out, txID, &h.resp, v6)
+	s.result = frontends.ResultOK
+	s.announced = true
+}
+
+func (h *handler) scrape(s *slot, pkt []byte, txID uint32) {
+	h.sreq.InfoHashes = parseScrape(pkt, h.sreq.InfoHashes[:0])
+	h.sreq.Addr = netip.AddrPortFrom(s.from.Addr().Unmap().WithZone(""), s.from.Port())
+	if err := h.t.Scrape(h.ctx, &h.sreq, &h.sresp); err != nil {
+		h.fail(s, txID, err)
+		return
+	}
+	s.reply = writeScrape(s.out, txID, h.sresp.Files)
+	s.result = frontends.ResultOK
+}
+
+// fail answers s with an error reply for err, unless the packet looks like
+// a tracker's reply (its first word is a reply action): then it is dropped,
+// because every reply of ours starts that way too, and answering would let
+// one spoofed packet set two trackers, or one tracker and itself, trading
+// error packets forever.
+func (h *handler) fail(s *slot, txID uint32, err error) {
+	pkt := s.buf[:s.n]
+	if be.Uint32(pkt) <= actionError {
+		s.action, s.drop = "", frontends.DropResponse
+		return
+	}
+	reason, client := failureReason(err)
+	if client {
+		s.result = frontends.ResultClientError
+	} else {
+		s.result = frontends.ResultError
+		if n, ok := h.failLog.Allow(); ok {
+			h.log.Warn("udp request failed", zap.String("action", s.action), zap.Error(err),
+				zap.Uint64("failures_since_last_log", n))
+		}
+	}
+	s.reply = writeError(s.out, txID, reason, len(pkt))
+}
+
+// finish records s's outcome once its reply was sent (or not), and hands a
+// successful announce to the PostHooks; start is when the batch arrived.
+func (h *handler) finish(s *slot, start time.Time) {
+	if s.drop != "" {
+		h.rec.Drop(s.drop)
+		return
+	}
+	if s.action == "" {
+		return
+	}
+	result := s.result
+	if s.unsent {
+		result = frontends.ResultError
+	}
+	h.rec.Record(s.action, result, start)
+	if s.announced && !s.unsent {
+		h.t.AfterAnnounce(&s.req)
+	}
+}
+
+// failureReason returns bittorrent.FailureReason(err) and whether err is a
+// client error. An unwrapped ClientError, such as the frontend's own, is
+// answered without errors.As, which allocates because it takes its target as
+// an interface: garbage and stale connection IDs then cost no garbage.
+func failureReason(err error) (reason string, client bool) {
+	if ce, ok := err.(bittorrent.ClientError); ok { //nolint:errorlint // fast path; wrapped errors are handled below
+		return string(ce), true
+	}
+	var ce bittorrent.ClientError
+	return bittorrent.FailureReason(err), errors.As(err, &ce)
+}
