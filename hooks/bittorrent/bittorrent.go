@@ -177,7 +177,7 @@ var (
 	ErrBadPeerID       = ClientError("peer_id must be 20 bytes")
 	ErrMissingPort     = ClientError("missing port")
 	ErrBadPort         = ClientError("port must be an integer from 1 to 65535")
-	ErrBadEvent        = ClientError("event must be one of started, completed, stopped or empty")
+	ErrBadEvent        = ClientError("event must be one of started, completed, stopped, paused or empty")
 	ErrTooManyHashes   = ClientError("too many info_hash values in scrape")
 	ErrInternal        = ClientError("internal server error")
 )

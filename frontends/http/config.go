@@ -1,0 +1,171 @@
+package http
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the HTTP frontend's configuration, under the `frontends.http`
+// key.
+type Config struct {
+	// Addr is the host:port to listen on. An empty Addr disables the HTTP
+	// frontend. "[::]:6969" and ":6969" listen on IPv4 and IPv6 alike.
+	Addr string `yaml:"addr"`
+	// TLSCert and TLSKey are PEM files; when both are set the frontend
+	// serves HTTPS instead of HTTP.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// TrustedProxies lists the IPs and CIDRs whose RealIPHeader is believed.
+	// Requests from anyone else are attributed to their TCP peer address,
+	// whatever headers they carry.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// RealIPHeader names the header a trusted proxy puts the client's
+	// address in, such as X-Forwarded-For or X-Real-IP.
+	RealIPHeader string `yaml:"real_ip_header"`
+	// ReadTimeout bounds the time to receive one request's line and headers
+	// (and the TLS handshake of a new connection).
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds the time to send buffered responses.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdleTimeout is how long a keep-alive connection may wait for its next
+	// request before it is closed.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxRequestBytes bounds a request's line and headers together. Longer
+	// requests are answered with a "request too large" failure and closed.
+	MaxRequestBytes int `yaml:"max_request_bytes"`
+	// AnnounceRoutes and ScrapeRoutes are the paths answered as announces
+	// and scrapes. A segment written {name} matches any non-empty segment
+	// and hands its value to the hooks as route parameter name, for example
+	// /announce/{passkey}.
+	AnnounceRoutes []string `yaml:"announce_routes"`
+	ScrapeRoutes   []string `yaml:"scrape_routes"`
+}
+
+// DefaultConfig returns the configuration used when the config file says
+// nothing: plain HTTP on port 6969, no proxies.
+func DefaultConfig() Config {
+	return Config{
+		Addr:            ":6969",
+		RealIPHeader:    "X-Forwarded-For",
+		ReadTimeout:     5 * time.Second,
+		WriteTimeout:    5 * time.Second,
+		IdleTimeout:     60 * time.Second,
+		MaxRequestBytes: 8192,
+		AnnounceRoutes:  []string{"/announce"},
+		ScrapeRoutes:    []string{"/scrape"},
+	}
+}
+
+// Limits enforced by Validate. The request-size floor leaves room for the
+// longest ordinary announce (two 60-byte escaped hashes plus the rest); the
+// ceiling keeps per-connection buffers small.
+const (
+	minRequestBytes = 512
+	maxRequestBytes = 1 << 20
+	minTimeout      = time.Millisecond
+	maxTimeout      = time.Hour
+)
+
+// Validate reports the first bad value, naming its key.
+func (c Config) Validate() error {
+	if c.Addr != "" {
+		if err := validateAddr(c.Addr); err != nil {
+			return err
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		if c.TLSCert == "" {
+			return fmt.Errorf("tls_cert: empty but tls_key is %q; want both set (HTTPS) or neither (HTTP)", c.TLSKey)
+		}
+		return fmt.Errorf("tls_key: empty but tls_cert is %q; want both set (HTTPS) or neither (HTTP)", c.TLSCert)
+	}
+	for i, s := range c.TrustedProxies {
+		if _, ok := parsePrefix(s); !ok {
+			return fmt.Errorf("trusted_proxies[%d]: %q is not an IP or CIDR", i, s)
+		}
+	}
+	if c.RealIPHeader == "" && len(c.TrustedProxies) > 0 {
+		return fmt.Errorf("real_ip_header: empty but trusted_proxies is set; want a header name such as X-Forwarded-For")
+	}
+	if c.RealIPHeader != "" && !isToken(c.RealIPHeader) {
+		return fmt.Errorf("real_ip_header: %q is not a valid header name; want letters, digits and -", c.RealIPHeader)
+	}
+	switch strings.ToLower(c.RealIPHeader) {
+	case "host", "connection", "content-length", "transfer-encoding", "authorization":
+		// The request reader gives these their HTTP meaning first.
+		return fmt.Errorf("real_ip_header: %q is an HTTP header with another meaning; want a header such as X-Forwarded-For or X-Real-IP", c.RealIPHeader)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"read_timeout", c.ReadTimeout}, {"write_timeout", c.WriteTimeout}, {"idle_timeout", c.IdleTimeout}} {
+		if d.v < minTimeout || d.v > maxTimeout {
+			return fmt.Errorf("%s: %s is out of range; want %s to %s", d.key, d.v, minTimeout, maxTimeout)
+		}
+	}
+	if c.MaxRequestBytes < minRequestBytes || c.MaxRequestBytes > maxRequestBytes {
+		return fmt.Errorf("max_request_bytes: %d is out of range; want %d to %d", c.MaxRequestBytes, minRequestBytes, maxRequestBytes)
+	}
+	if len(c.AnnounceRoutes) == 0 {
+		return fmt.Errorf("announce_routes: empty; want at least one path such as /announce")
+	}
+	_, err := newRouter(c.AnnounceRoutes, c.ScrapeRoutes)
+	return err
+}
+
+func validateAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("addr: %q is not host:port; want for example :6969 or [::]:6969", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || port != strconv.FormatUint(n, 10) {
+		return fmt.Errorf("addr: %q has port %q; want a number from 0 to 65535", addr, port)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("addr: %q has host %q; want an IP, a host name or nothing", addr, host)
+	}
+	return nil
+}
+
+// parsePrefix reads an IP (as a single-address prefix) or a CIDR. Host bits
+// set in a CIDR are cleared, since "10.1.2.3/8" plainly means 10.0.0.0/8.
+// IPv4-mapped IPv6 is unmapped to match unmapped client addresses.
+func parsePrefix(s string) (netip.Prefix, bool) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, false
+		}
+		if p.Addr().Is4In6() {
+			bits := p.Bits() - 96
+			if bits < 0 {
+				return netip.Prefix{}, false
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), bits)
+		}
+		return p.Masked(), true
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), true
+}
+
+// isToken reports whether s is an RFC 9110 token, the syntax of header names.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenChar[s[i]] {
+			return false
+		}
+	}
+	return true
+}
