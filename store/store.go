@@ -9,10 +9,19 @@ import (
 )
 
 // Store holds swarms. Implementations are safe for concurrent use.
+//
+// A peer's identity within a swarm is its IP address and port; an
+// IPv4-mapped IPv6 address is the IPv4 address it maps. IPv4 and IPv6 peers
+// are kept apart: an announcer is only ever given peers of its own family.
 type Store interface {
-	// Apply applies changes in order. Changes to an unknown swarm create it;
-	// a put for a peer already present (same address and port) refreshes it
-	// in place, moving it between seeders and leechers if its state changed.
+	// Apply applies changes in order. Changes to an unknown swarm create it,
+	// except removes, which create nothing. A put for a peer already present
+	// (same address and port) refreshes it in place, taking the change's peer
+	// ID, and moves it between seeders and leechers if its state changed.
+	// Every OpComplete counts one snatch, even for a peer already seeding,
+	// and leaves the peer seeding. Changes without a valid address, with
+	// port 0 or with an unknown op are ignored. Apply does not keep the
+	// slice.
 	Apply(changes []bittorrent.Change)
 
 	// AnnouncePeers appends to dst up to n randomly chosen peers of the
@@ -21,22 +30,29 @@ type Store interface {
 	// leechers get seeders first; the rest is filled from the other group.
 	// It also returns the swarm's counts and the announcer's current state,
 	// so a caller can report counts that include the announcer before its own
-	// change is applied.
+	// change is applied. With n <= 0 it appends nothing but still reports
+	// counts and state; an announcer without a valid address gets no peers
+	// and is Absent.
 	AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState)
 
-	// Counts returns a swarm's counts, zero for an unknown swarm.
+	// Counts returns a swarm's counts over both address families, zero for
+	// an unknown swarm.
 	Counts(ih bittorrent.InfoHash) bittorrent.Counts
 
 	// Stats returns totals over the whole store.
 	Stats() Stats
 
-	// Close stops background work such as garbage collection.
+	// Close stops background work such as garbage collection. It is safe to
+	// call more than once.
 	Close() error
 }
 
-// Stats are totals over a whole store.
+// Stats are totals over a whole store. Swarms may include swarms whose last
+// peer left since the backend last collected garbage.
 type Stats struct {
-	Swarms    int
+	Swarms int
+	// Seeders4 and Leechers4 count IPv4 peers, Seeders6 and Leechers6 IPv6
+	// peers.
 	Seeders4  int
 	Leechers4 int
 	Seeders6  int

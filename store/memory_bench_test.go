@@ -1,0 +1,204 @@
+package store_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/store"
+)
+
+// benchHash spreads swarm numbers over the infohash space like SHA-1 does.
+func benchHash(i int) bittorrent.InfoHash {
+	var ih bittorrent.InfoHash
+	x := uint64(i)*0x9e3779b97f4a7c15 + 1
+	for o := 0; o < len(ih); o += 8 {
+		x ^= x >> 31
+		x *= 0xbf58476d1ce4e5b9
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], x)
+		copy(ih[o:], b[:])
+	}
+	return ih
+}
+
+// benchAddr returns the address of peer number i of the given family.
+func benchAddr(i int, v6 bool) netip.AddrPort {
+	if v6 {
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}), 6881)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(10 + i>>24), byte(i >> 16), byte(i >> 8), byte(i)}), 6881)
+}
+
+// fill puts perSwarm peers into each of swarms swarms, a third of them
+// seeders, in batches through one reused buffer so the benchmark's own
+// garbage does not show in heap measurements.
+func fill(s store.Store, swarms, perSwarm int, v6 bool) {
+	batch := make([]bittorrent.Change, 0, 1024)
+	for sw := range swarms {
+		ih := benchHash(sw)
+		for p := range perSwarm {
+			i := sw*perSwarm + p
+			c := bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Seeder: i%3 == 0}
+			c.Peer.Addr = benchAddr(i, v6)
+			binary.BigEndian.PutUint64(c.Peer.ID[12:], uint64(i))
+			copy(c.Peer.ID[:], "-KB0001-")
+			batch = append(batch, c)
+			if len(batch) == cap(batch) {
+				s.Apply(batch)
+				batch = batch[:0]
+			}
+		}
+	}
+	s.Apply(batch)
+}
+
+func benchMemory(b *testing.B) *store.Memory {
+	b.Helper()
+	m, err := store.NewMemory(store.DefaultConfig(), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	return m
+}
+
+// BenchmarkApply measures writes to a store of 100k peers in 10k swarms:
+// re-announces one change per call and in batches of 256 as the swarm
+// writer sends them, and a peer joining and leaving a swarm.
+func BenchmarkApply(b *testing.B) {
+	const swarms, perSwarm = 10_000, 10
+	m := benchMemory(b)
+	fill(m, swarms, perSwarm, false)
+	changes := make([]bittorrent.Change, swarms*perSwarm)
+	for i := range changes {
+		changes[i] = bittorrent.Change{InfoHash: benchHash(i / perSwarm), Peer: bittorrent.Peer{Addr: benchAddr(i, false)}, Op: bittorrent.OpPut, Seeder: i%3 == 0}
+	}
+	// Visit peers in an order that jumps between swarms, like real traffic.
+	order := func(k int) int { return (k * 7919) % len(changes) }
+
+	b.Run("reannounce", func(b *testing.B) {
+		b.ReportAllocs()
+		for k := 0; b.Loop(); k++ {
+			i := order(k)
+			m.Apply(changes[i : i+1])
+		}
+	})
+	b.Run("batch256", func(b *testing.B) {
+		batch := make([]bittorrent.Change, 256)
+		b.ReportAllocs()
+		for k := 0; b.Loop(); k++ {
+			for j := range batch {
+				batch[j] = changes[order(k*256+j)]
+			}
+			m.Apply(batch)
+		}
+	})
+	b.Run("join-leave", func(b *testing.B) {
+		b.ReportAllocs()
+		for k := 0; b.Loop(); k++ {
+			c := changes[order(k)]
+			c.Peer.Addr = benchAddr(swarms*perSwarm+1, false)
+			m.Apply([]bittorrent.Change{c})
+			c.Op = bittorrent.OpRemove
+			m.Apply([]bittorrent.Change{c})
+		}
+	})
+}
+
+// BenchmarkAnnouncePeers measures choosing 50 peers for a leecher in the
+// swarm, with a reused buffer.
+func BenchmarkAnnouncePeers(b *testing.B) {
+	for _, size := range []int{10, 10_000} {
+		b.Run(fmt.Sprintf("swarm=%d", size), func(b *testing.B) {
+			m := benchMemory(b)
+			fill(m, 1, size, false)
+			ih, self := benchHash(0), benchAddr(1, false) // peer 1 leeches
+			dst := make([]bittorrent.Peer, 0, 50)
+			b.ReportAllocs()
+			for b.Loop() {
+				dst, _, _ = m.AnnouncePeers(ih, self, false, 50, dst[:0])
+			}
+			if want := min(50, size-1); len(dst) != want {
+				b.Fatalf("got %d peers, want %d", len(dst), want)
+			}
+		})
+	}
+}
+
+// BenchmarkGC measures collections over 1M IPv4 peers in 100k swarms: a
+// scan that finds nothing expired, and one that removes everything.
+func BenchmarkGC(b *testing.B) {
+	const swarms, perSwarm = 100_000, 10
+	peers := float64(swarms * perSwarm)
+	b.Run("scan", func(b *testing.B) {
+		m := benchMemory(b)
+		fill(m, swarms, perSwarm, false)
+		b.ReportAllocs()
+		for b.Loop() {
+			if n := m.GC(time.Now()); n != 0 {
+				b.Fatalf("removed %d", n)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/peers, "ns/peer")
+	})
+	b.Run("expire-all", func(b *testing.B) {
+		m := benchMemory(b)
+		b.ReportAllocs()
+		var took time.Duration
+		for b.Loop() {
+			b.StopTimer()
+			fill(m, swarms, perSwarm, false)
+			b.StartTimer()
+			start := time.Now()
+			if n := m.GC(time.Now().Add(time.Hour)); n != int(peers) {
+				b.Fatalf("removed %d, want %d", n, int(peers))
+			}
+			took += time.Since(start)
+		}
+		b.ReportMetric(float64(took.Nanoseconds())/float64(b.N)/peers, "ns/peer")
+	})
+}
+
+// BenchmarkMemory measures the heap a store holds per peer, everything
+// included: shards, swarm maps, swarms and records. The target case is 1M
+// IPv4 peers in 100k swarms (10 each, a third seeding); the others show how
+// the cost moves with swarm size and family.
+func BenchmarkMemory(b *testing.B) {
+	tests := []struct {
+		name             string
+		swarms, perSwarm int
+		v6               bool
+	}{
+		{"ipv4", 100_000, 10, false},
+		{"ipv6", 100_000, 10, true},
+		{"ipv4-one-peer-swarms", 1_000_000, 1, false},
+		{"ipv4-big-swarms", 10, 100_000, false},
+	}
+	for _, tt := range tests {
+		b.Run(tt.name, func(b *testing.B) {
+			var perPeer float64
+			b.ReportAllocs()
+			for b.Loop() {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				m, err := store.NewMemory(store.DefaultConfig(), nil, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				fill(m, tt.swarms, tt.perSwarm, tt.v6)
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perPeer = float64(after.HeapAlloc-before.HeapAlloc) / float64(tt.swarms*tt.perSwarm)
+				runtime.KeepAlive(m)
+				m.Close()
+			}
+			b.ReportMetric(perPeer, "B/peer")
+		})
+	}
+}

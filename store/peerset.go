@@ -1,0 +1,412 @@
+package store
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// A stored peer is a fixed-size record packed into a byte slice, because a
+// Go map or a slice of structs per swarm costs more than the peer itself
+// (see BenchmarkMemory). Layout, all without padding:
+//
+//	IPv4 (30 bytes): ip[4] port[2] id[20] seen[4]
+//	IPv6 (42 bytes): ip[16] port[2] id[20] seen[4]
+//
+// ip and port are big-endian, so ip:port is the peer's identity as it appears
+// in compact peer lists and compares as plain bytes. seen is the last
+// announce in whole seconds since the store's epoch, little-endian. Whether
+// a peer seeds is not stored in the record but by its position: a set keeps
+// its seeders before its leechers.
+const (
+	idLen     = len(bittorrent.PeerID{})
+	seenLen   = 4
+	addrLen4  = 4 + 2
+	addrLen6  = 16 + 2
+	stride4   = addrLen4 + idLen + seenLen
+	stride6   = addrLen6 + idLen + seenLen
+	maxStride = stride6
+)
+
+// Sets with more than smallMax records get a hash index. Below that a
+// linear scan (at most ~1 KiB, read sequentially) costs at most ~25ns
+// against ~14ns for an index lookup (BenchmarkPeerSetFind), while an index
+// would add at least 256 bytes to the swarm, about 10 bytes per peer at that
+// size. An index is dropped again only at half that size, so a set hovering
+// around the threshold does not rebuild it on every change.
+const (
+	smallMax      = 32
+	dropIndexAt   = smallMax / 2
+	minIndexSlots = 64
+)
+
+// family describes how one address family's peers are packed into records.
+type family struct {
+	addrLen int
+	stride  int
+	v6      bool
+	// seed keys the index hash per store, so clients cannot choose
+	// addresses that collide.
+	seed maphash.Seed
+}
+
+func newFamily(v6 bool, seed maphash.Seed) family {
+	if v6 {
+		return family{addrLen: addrLen6, stride: stride6, v6: true, seed: seed}
+	}
+	return family{addrLen: addrLen4, stride: stride4, seed: seed}
+}
+
+func (f *family) hash(addr []byte) uint64 { return maphash.Bytes(f.seed, addr) }
+
+// decode fills p from a record. It writes in place because building a Peer
+// and copying it into the caller's slice costs twice as much.
+func (f *family) decode(p *bittorrent.Peer, r []byte) {
+	var ip netip.Addr
+	if f.v6 {
+		ip = netip.AddrFrom16([16]byte(r[:16]))
+	} else {
+		ip = netip.AddrFrom4([4]byte(r[:4]))
+	}
+	p.Addr = netip.AddrPortFrom(ip, binary.BigEndian.Uint16(r[f.addrLen-2:f.addrLen]))
+	p.ID = bittorrent.PeerID(r[f.addrLen : f.addrLen+idLen])
+}
+
+// addrKey is a peer's identity in record form.
+type addrKey struct {
+	buf [addrLen6]byte
+	n   uint8
+}
+
+// makeKey encodes ap, unmapping IPv4-mapped IPv6 addresses and dropping any
+// IPv6 zone. It reports false for an invalid address; port 0 is encoded, so
+// callers decide whether they accept it.
+func makeKey(ap netip.AddrPort) (addrKey, bool) {
+	var k addrKey
+	ip := ap.Addr().Unmap()
+	switch {
+	case ip.Is4():
+		a := ip.As4()
+		copy(k.buf[:], a[:])
+		k.n = addrLen4
+	case ip.Is6():
+		a := ip.As16()
+		copy(k.buf[:], a[:])
+		k.n = addrLen6
+	default:
+		return k, false
+	}
+	binary.BigEndian.PutUint16(k.buf[k.n-2:], ap.Port())
+	return k, true
+}
+
+func (k *addrKey) bytes() []byte { return k.buf[:k.n] }
+func (k *addrKey) v6() bool      { return k.n == addrLen6 }
+func (k *addrKey) port() uint16  { return binary.BigEndian.Uint16(k.buf[k.n-2 : k.n]) }
+
+// peerSet holds one swarm's peers of one address family: n records in recs,
+// the first nseed of them seeders and the rest leechers. Records move when
+// peers leave or change group, so positions are not stable.
+type peerSet struct {
+	recs  []byte // exactly n records; the capacity is the slack for growth
+	idx   *index // nil while the set is small enough to scan
+	n     int32
+	nseed int32
+}
+
+func (s *peerSet) rec(f *family, i int) []byte {
+	o := i * f.stride
+	return s.recs[o : o+f.stride : o+f.stride]
+}
+
+func (s *peerSet) addrAt(f *family, i int) []byte {
+	o := i * f.stride
+	return s.recs[o : o+f.addrLen : o+f.addrLen]
+}
+
+func (s *peerSet) seenAt(f *family, i int) uint32 {
+	o := (i+1)*f.stride - seenLen
+	return binary.LittleEndian.Uint32(s.recs[o : o+seenLen])
+}
+
+func (s *peerSet) seeders() int  { return int(s.nseed) }
+func (s *peerSet) leechers() int { return int(s.n - s.nseed) }
+
+// find returns the position of the peer with address key, or -1.
+func (s *peerSet) find(f *family, key []byte) int {
+	if s.idx != nil {
+		_, pos := s.idx.lookup(s, f, key, f.hash(key))
+		return pos
+	}
+	// Compare one word of the address first: calling the generic byte
+	// comparison for every record costs more than the rest of the scan. For
+	// IPv6 the word is taken from the interface identifier, where addresses
+	// in one network differ.
+	w := f.addrLen - 2 - 8
+	if !f.v6 {
+		w = 0
+	}
+	want := binary.LittleEndian.Uint32(key[w:])
+	for i, o := 0, 0; i < int(s.n); i, o = i+1, o+f.stride {
+		r := s.recs[o : o+f.addrLen]
+		if binary.LittleEndian.Uint32(r[w:]) == want && string(r) == string(key) {
+			return i
+		}
+	}
+	return -1
+}
+
+// add appends a peer that is not in the set yet.
+func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32, seeder bool) {
+	i := int(s.n)
+	if (i+1)*f.stride > cap(s.recs) {
+		// Grow by a quarter: more slack would cost memory in the many
+		// small swarms, less would copy too often in the big ones.
+		s.resize(f, i+1+i/4)
+	}
+	s.recs = s.recs[:(i+1)*f.stride]
+	r := s.rec(f, i)
+	copy(r, key)
+	copy(r[f.addrLen:], id[:])
+	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seen)
+	s.n++
+	switch {
+	case s.idx != nil:
+		s.idx.insert(i, f.hash(key))
+		if 2*int(s.n) > len(s.idx.slots) {
+			s.buildIndex(f)
+		}
+	case s.n > smallMax:
+		s.buildIndex(f)
+	}
+	if seeder {
+		s.swap(f, i, int(s.nseed))
+		s.nseed++
+	}
+}
+
+// update refreshes the record at i.
+func (s *peerSet) update(f *family, i int, id *bittorrent.PeerID, seen uint32) {
+	r := s.rec(f, i)
+	copy(r[f.addrLen:], id[:])
+	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seen)
+}
+
+// setSeeder moves the record at i into the seeders or the leechers.
+func (s *peerSet) setSeeder(f *family, i int, seeder bool) {
+	switch {
+	case seeder && i >= int(s.nseed):
+		s.swap(f, i, int(s.nseed))
+		s.nseed++
+	case !seeder && i < int(s.nseed):
+		s.swap(f, i, int(s.nseed)-1)
+		s.nseed--
+	}
+}
+
+// remove deletes the record at i. The record that takes position i, if any,
+// comes from a higher position. It keeps the memory; call shrink when done
+// removing.
+func (s *peerSet) remove(f *family, i int) {
+	if i < int(s.nseed) {
+		// Make it the last seeder, then turn it into the first leecher.
+		s.swap(f, i, int(s.nseed)-1)
+		i = int(s.nseed) - 1
+		s.nseed--
+	}
+	last := int(s.n) - 1
+	s.swap(f, i, last)
+	if s.idx != nil {
+		slot := s.idx.slotOf(s, f, last)
+		if slot < 0 {
+			s.buildIndex(f) // cannot happen; heal instead of spinning
+			slot = s.idx.slotOf(s, f, last)
+		}
+		s.idx.deleteSlot(s, f, slot)
+	}
+	s.n--
+	s.recs = s.recs[:int(s.n)*f.stride]
+}
+
+// swap exchanges the records at i and j and their index entries.
+func (s *peerSet) swap(f *family, i, j int) {
+	if i == j {
+		return
+	}
+	if s.idx != nil {
+		si, sj := s.idx.slotOf(s, f, i), s.idx.slotOf(s, f, j)
+		if si < 0 || sj < 0 {
+			s.idx = nil // cannot happen; rebuilt below from the swapped records
+		} else {
+			s.idx.slots[si], s.idx.slots[sj] = uint32(j+1), uint32(i+1)
+		}
+	}
+	var tmp [maxStride]byte
+	ri, rj := s.rec(f, i), s.rec(f, j)
+	copy(tmp[:], ri)
+	copy(ri, rj)
+	copy(rj, tmp[:f.stride])
+	if s.idx == nil && s.n > smallMax {
+		s.buildIndex(f)
+	}
+}
+
+// resize moves the records to a buffer for capRecs records. The buffer is
+// rounded up to the allocator's size class, and the rounding is kept as
+// slack instead of being wasted.
+func (s *peerSet) resize(f *family, capRecs int) {
+	nb := slices.Grow([]byte(nil), capRecs*f.stride)
+	nb = nb[:len(s.recs)]
+	copy(nb, s.recs)
+	s.recs = nb
+}
+
+// shrink gives memory back after removals: the index once the set is small
+// or the index mostly empty, the records once less than half the capacity
+// is used.
+func (s *peerSet) shrink(f *family) {
+	if s.idx != nil {
+		switch {
+		case s.n <= dropIndexAt:
+			s.idx = nil
+		case 8*int(s.n) < len(s.idx.slots) && len(s.idx.slots) > minIndexSlots:
+			s.buildIndex(f)
+		}
+	}
+	if s.n == 0 {
+		s.recs = nil
+		return
+	}
+	capRecs := cap(s.recs) / f.stride
+	if n := int(s.n); 2*n < capRecs && capRecs > 4 {
+		s.resize(f, n+n/4+1)
+	}
+}
+
+// buildIndex replaces the index with a fresh one sized for the set, at most
+// a third full so probe sequences stay short until it is half full.
+func (s *peerSet) buildIndex(f *family) {
+	size := minIndexSlots
+	for size < 3*int(s.n) {
+		size *= 2
+	}
+	x := &index{slots: make([]uint32, size)}
+	for i := range int(s.n) {
+		x.insert(i, f.hash(s.addrAt(f, i)))
+	}
+	s.idx = x
+}
+
+// appendPeers appends to dst up to want peers from positions [lo, hi),
+// skipping position self. It starts at a random position and steps by a
+// random stride coprime to the group's size, which visits every position
+// once in an order that differs between calls without a shuffle buffer.
+func (s *peerSet) appendPeers(f *family, dst []bittorrent.Peer, lo, hi, self, want int) []bittorrent.Peer {
+	size := hi - lo
+	if want <= 0 || size <= 0 {
+		return dst
+	}
+	start, step := 0, 1
+	if size > 2 {
+		start = rand.IntN(size)
+		step = 1 + rand.IntN(size-1)
+		for gcd(step, size) != 1 {
+			step++ // terminates: size-1 is coprime to size
+		}
+	} else if size == 2 {
+		start = rand.IntN(2)
+	}
+	for i, k := start, 0; k < size; k++ {
+		if lo+i != self {
+			dst = append(dst, bittorrent.Peer{})
+			f.decode(&dst[len(dst)-1], s.rec(f, lo+i))
+			if want--; want == 0 {
+				break
+			}
+		}
+		if i += step; i >= size {
+			i -= size
+		}
+	}
+	return dst
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// index maps addresses to record positions for big sets: open addressing
+// with linear probing over 4-byte slots, each 0 (empty) or position+1. It is
+// kept at most half full, so a lookup probes about two slots.
+type index struct {
+	slots []uint32 // length is a power of two
+}
+
+// lookup returns the slot holding key and its position, or the empty slot
+// where the probe ended and -1.
+func (x *index) lookup(s *peerSet, f *family, key []byte, h uint64) (slot, pos int) {
+	mask := uint64(len(x.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		v := x.slots[i]
+		if v == 0 {
+			return int(i), -1
+		}
+		if string(s.addrAt(f, int(v-1))) == string(key) {
+			return int(i), int(v - 1)
+		}
+	}
+}
+
+// insert records that the peer hashing to h is at pos.
+func (x *index) insert(pos int, h uint64) {
+	mask := uint64(len(x.slots) - 1)
+	i := h & mask
+	for x.slots[i] != 0 {
+		i = (i + 1) & mask
+	}
+	x.slots[i] = uint32(pos + 1)
+}
+
+// slotOf returns the slot that points at pos, or -1 if none does.
+func (x *index) slotOf(s *peerSet, f *family, pos int) int {
+	mask := uint64(len(x.slots) - 1)
+	want := uint32(pos + 1)
+	for i := f.hash(s.addrAt(f, pos)) & mask; ; i = (i + 1) & mask {
+		switch x.slots[i] {
+		case want:
+			return int(i)
+		case 0:
+			return -1
+		}
+	}
+}
+
+// deleteSlot empties slot i and shifts later entries of its probe run back,
+// so lookups never need tombstones.
+func (x *index) deleteSlot(s *peerSet, f *family, i int) {
+	mask := len(x.slots) - 1
+	for j := (i + 1) & mask; x.slots[j] != 0; j = (j + 1) & mask {
+		v := x.slots[j]
+		home := int(f.hash(s.addrAt(f, int(v-1))) & uint64(mask))
+		// The entry at j may fill the hole at i unless its home slot lies
+		// cyclically in (i, j]: then a lookup would stop at i too early.
+		var stays bool
+		if i < j {
+			stays = i < home && home <= j
+		} else {
+			stays = i < home || home <= j
+		}
+		if !stays {
+			x.slots[i] = v
+			i = j
+		}
+	}
+	x.slots[i] = 0
+}
