@@ -1,0 +1,114 @@
+// Package ring decides which nodes own each swarm: cluster membership over
+// hashicorp/memberlist and consistent-hash placement of infohashes over the
+// members.
+package ring
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Config is the `cluster` section. With an empty Bind the node runs alone.
+type Config struct {
+	// Bind is the host:port the node gossips on; empty means no cluster.
+	Bind string `yaml:"bind"`
+	// Advertise is the host:port other nodes reach the gossip listener at,
+	// when it differs from Bind (NAT, containers); empty means Bind's.
+	Advertise string `yaml:"advertise"`
+	// Join lists host:port seeds to join through. A name that resolves to
+	// several addresses counts as several seeds.
+	Join []string `yaml:"join"`
+	// Replicas is how many nodes own each swarm.
+	Replicas int `yaml:"replicas"`
+	// EveryDatacenter places at least one owner of every swarm in each
+	// datacenter, so reads stay local to a datacenter.
+	EveryDatacenter bool `yaml:"every_datacenter"`
+	// SecretKeys are base64 AES keys (16, 24 or 32 bytes) that encrypt and
+	// authenticate gossip and the node-to-node channel. The first is used
+	// to send; all are accepted, so keys can be rotated.
+	SecretKeys []string `yaml:"secret_keys"`
+	// Label keeps two clusters sharing a network apart: nodes only talk to
+	// nodes with the same label.
+	Label string `yaml:"label"`
+	// Profile tunes failure detection: lan, wan (multi-datacenter links) or
+	// local (tests on one machine).
+	Profile string `yaml:"profile"`
+	// DataBind is the host:port of the node-to-node data channel; empty
+	// means Bind's host with Bind's port plus one.
+	DataBind string `yaml:"data_bind"`
+	// JoinRetry is the longest wait between attempts to reach a seed.
+	JoinRetry time.Duration `yaml:"join_retry"`
+}
+
+// DefaultConfig returns a single-node setup with two owners per swarm once
+// clustered.
+func DefaultConfig() Config {
+	return Config{Replicas: 2, Profile: "lan", JoinRetry: 30 * time.Second}
+}
+
+// Validate reports the first bad value, naming its key.
+func (c Config) Validate() error {
+	for _, f := range []struct{ key, val string }{{"bind", c.Bind}, {"advertise", c.Advertise}, {"data_bind", c.DataBind}} {
+		if f.val == "" {
+			continue
+		}
+		if err := checkHostPort(f.val); err != nil {
+			return fmt.Errorf("%s: %q %w", f.key, f.val, err)
+		}
+	}
+	for i, j := range c.Join {
+		if err := checkHostPort(j); err != nil {
+			return fmt.Errorf("join[%d]: %q %w", i, j, err)
+		}
+	}
+	if c.Replicas < 1 || c.Replicas > 7 {
+		return fmt.Errorf("replicas: %d is out of range; want 1 to 7", c.Replicas)
+	}
+	if _, err := c.Keys(); err != nil {
+		return err
+	}
+	if len(c.Label) > 255 {
+		return fmt.Errorf("label: %d bytes is too long; want at most 255", len(c.Label))
+	}
+	switch c.Profile {
+	case "lan", "wan", "local":
+	default:
+		return fmt.Errorf("profile: %q is not allowed; want lan, wan or local", c.Profile)
+	}
+	if c.JoinRetry < 100*time.Millisecond || c.JoinRetry > time.Hour {
+		return fmt.Errorf("join_retry: %s is out of range; want 100ms to 1h", c.JoinRetry)
+	}
+	return nil
+}
+
+// Keys decodes SecretKeys. Errors name the key by index, never by value.
+func (c Config) Keys() ([][]byte, error) {
+	keys := make([][]byte, 0, len(c.SecretKeys))
+	for i, s := range c.SecretKeys {
+		k, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("secret_keys[%d]: not valid base64; want 16, 24 or 32 bytes base64-encoded (e.g. from `head -c32 /dev/urandom | base64`)", i)
+		}
+		switch len(k) {
+		case 16, 24, 32:
+		default:
+			return nil, fmt.Errorf("secret_keys[%d]: decodes to %d bytes; want 16, 24 or 32", i, len(k))
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("is not host:port: %w", err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("has port %q; want 0 to 65535", port)
+	}
+	return nil
+}
