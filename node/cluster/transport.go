@@ -1,0 +1,95 @@
+// Package cluster makes a node's swarms part of one cluster-wide tracker:
+// it forwards swarm writes to their owners, answers reads for swarms owned
+// elsewhere, and moves swarms between nodes when membership changes. The
+// ring package says who owns a swarm; this package says how to ask them.
+package cluster
+
+import (
+	"context"
+	"errors"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// Transport carries requests between nodes and their replies. The TCP
+// implementation authenticates every frame with the cluster's secret keys;
+// tests use an in-memory network that can cut links. Implementations are
+// safe for concurrent use.
+type Transport interface {
+	// Call sends req to the node whose data channel is at addr and waits
+	// for the reply, an error, or ctx.
+	Call(ctx context.Context, addr string, req Request) (Reply, error)
+	// Serve answers incoming requests with h until Close. It returns once
+	// the listener is ready.
+	Serve(h Handler) error
+	// Addr is the address other nodes call this node at.
+	Addr() string
+	// Close stops serving and closes connections.
+	Close() error
+}
+
+// Handler answers requests from other nodes. It is called concurrently and
+// must not block for long: it runs on the transport's goroutines.
+type Handler interface {
+	Handle(ctx context.Context, req Request) (Reply, error)
+}
+
+// ErrUnreachable wraps failures to reach a node (dial, write, timeout), as
+// opposed to the node answering with an error.
+var ErrUnreachable = errors.New("cluster: node unreachable")
+
+// Request is one of *ApplyRequest, *FetchRequest or *MergeRequest.
+type Request interface{ isRequest() }
+
+// Reply is one of *Ack or *FetchReply.
+type Reply interface{ isReply() }
+
+// ApplyRequest carries swarm changes forwarded by the node that answered
+// the announces, for swarms the receiver owns.
+type ApplyRequest struct {
+	Changes []bittorrent.Change
+}
+
+// FetchRequest asks an owner for a swarm's counts and a sample of its
+// peers, for a node answering an announce for a swarm it does not own.
+type FetchRequest struct {
+	InfoHash bittorrent.InfoHash
+	// MaxPeers bounds the peers returned per address family.
+	MaxPeers int
+}
+
+// FetchReply answers a FetchRequest. Peers are a random sample of up to
+// MaxPeers per family, seeders and leechers marked.
+type FetchReply struct {
+	Counts bittorrent.Counts
+	Peers  []SwarmPeer
+}
+
+// MergeRequest hands whole swarms to a node that now owns them (join,
+// leave, repair after a failure). Merging is idempotent: peers are put,
+// snatch counts take the larger value.
+type MergeRequest struct {
+	Swarms []Swarm
+}
+
+// Ack acknowledges an ApplyRequest or MergeRequest.
+type Ack struct{}
+
+// Swarm is a snapshot of one swarm as moved between nodes.
+type Swarm struct {
+	InfoHash bittorrent.InfoHash
+	Snatches uint32
+	Peers    []SwarmPeer
+}
+
+// SwarmPeer is a peer with its role in the swarm.
+type SwarmPeer struct {
+	bittorrent.Peer
+	Seeder bool
+}
+
+func (*ApplyRequest) isRequest() {}
+func (*FetchRequest) isRequest() {}
+func (*MergeRequest) isRequest() {}
+func (*Ack) isReply()            {}
+func (*FetchReply) isReply()     {}

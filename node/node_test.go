@@ -1,0 +1,262 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anacrolix/torrent/tracker"
+	trhttp "github.com/anacrolix/torrent/tracker/http"
+	"github.com/anacrolix/torrent/tracker/udp"
+	"github.com/anacrolix/torrent/types/infohash"
+	"go.uber.org/zap/zaptest"
+)
+
+// startNode runs a node on loopback ports chosen by the kernel.
+func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
+	t.Helper()
+	cfg := Default()
+	cfg.Node.Name = "test"
+	cfg.Frontends.HTTP.Addr = netipJoin(host, 0)
+	cfg.Frontends.UDP.Addr = netipJoin(host, 0)
+	cfg.Metrics.Addr = "127.0.0.1:0"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	n, err := New(cfg, Options{Log: zaptest.NewLogger(t), Version: "test"})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return n
+}
+
+func netipJoin(host string, port int) string {
+	if strings.Contains(host, ":") {
+		return fmt.Sprintf("[%s]:%d", host, port)
+	}
+	return fmt.Sprintf("%s:%d", host, port)
+}
+
+type client struct {
+	t   *testing.T
+	url string
+	cl  tracker.Client
+}
+
+func newClient(t *testing.T, url string) *client {
+	t.Helper()
+	cl, err := tracker.NewClient(url, tracker.NewClientOpts{})
+	if err != nil {
+		t.Fatalf("tracker client for %s: %v", url, err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return &client{t: t, url: url, cl: cl}
+}
+
+func (c *client) announce(req tracker.AnnounceRequest) tracker.AnnounceResponse {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.cl.Announce(ctx, req, trhttp.AnnounceOpt{})
+	if err != nil {
+		c.t.Fatalf("announce to %s: %v", c.url, err)
+	}
+	return resp
+}
+
+func (c *client) scrape(ihs ...infohash.T) udp.ScrapeResponse {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.cl.Scrape(ctx, ihs)
+	if err != nil {
+		c.t.Fatalf("scrape %s: %v", c.url, err)
+	}
+	return resp
+}
+
+func peerID(b byte) [20]byte {
+	var id [20]byte
+	copy(id[:], "-KT0001-")
+	for i := 8; i < 20; i++ {
+		id[i] = b
+	}
+	return id
+}
+
+func hasPeer(resp tracker.AnnounceResponse, port int) bool {
+	for _, p := range resp.Peers {
+		if p.Port == port {
+			return true
+		}
+	}
+	return false
+}
+
+// eventually retries f until it reports true, for writes that are applied
+// after the answer.
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSwarmAcrossFrontends is the basic promise: a seeder announcing over
+// HTTP and a leecher over UDP see each other, with counts that include the
+// announcer, and scrapes over both protocols agree.
+func TestSwarmAcrossFrontends(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			n := startNode(t, host, nil)
+			a := n.Addrs()
+			httpc := newClient(t, "http://"+a.HTTP+"/announce")
+			udpc := newClient(t, "udp://"+a.UDP)
+			ih := infohash.T{1, 2, 3}
+
+			seeder := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('s'), Left: 0, Port: 5001, NumWant: -1, Event: tracker.Started}
+			resp := httpc.announce(seeder)
+			if resp.Seeders != 1 || resp.Leechers != 0 {
+				t.Errorf("first seeder sees %d seeders, %d leechers; want 1, 0 (counts include the announcer)", resp.Seeders, resp.Leechers)
+			}
+			if len(resp.Peers) != 0 {
+				t.Errorf("first seeder got peers %v, want none (never itself)", resp.Peers)
+			}
+
+			leecher := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('l'), Left: 1000, Port: 5002, NumWant: 50, Event: tracker.Started}
+			var lresp tracker.AnnounceResponse
+			eventually(t, "leecher sees the seeder", func() bool {
+				lresp = udpc.announce(leecher)
+				return hasPeer(lresp, 5001)
+			})
+			if lresp.Seeders != 1 || lresp.Leechers != 1 {
+				t.Errorf("leecher sees %d seeders, %d leechers; want 1, 1", lresp.Seeders, lresp.Leechers)
+			}
+			for _, p := range lresp.Peers {
+				addr, _ := p.ToNetipAddrPort()
+				if addr.Addr().Unmap() != netip.MustParseAddr(host) {
+					t.Errorf("peer %v is not of the announcer's family/address %s", p, host)
+				}
+			}
+			eventually(t, "seeder sees the leecher", func() bool {
+				return hasPeer(httpc.announce(seeder), 5002)
+			})
+
+			leecher.Event = tracker.Completed
+			leecher.Left = 0
+			udpc.announce(leecher)
+			for _, c := range []*client{httpc, udpc} {
+				eventually(t, c.url+" scrape shows the snatch", func() bool {
+					s := c.scrape(ih, infohash.T{9})
+					return len(s) == 2 && s[0].Seeders == 2 && s[0].Leechers == 0 && s[0].Completed == 1 &&
+						s[1].Seeders == 0 && s[1].Completed == 0
+				})
+			}
+
+			seeder.Event = tracker.Stopped
+			httpc.announce(seeder)
+			eventually(t, "stopped seeder leaves the swarm", func() bool {
+				s := udpc.scrape(ih)
+				return len(s) == 1 && s[0].Seeders == 1
+			})
+		})
+	}
+}
+
+func TestNumWantIsCapped(t *testing.T) {
+	n := startNode(t, "127.0.0.1", func(c *Config) {
+		c.Tracker.DefaultNumWant = 3
+		c.Tracker.MaxNumWant = 5
+	})
+	udpc := newClient(t, "udp://"+n.Addrs().UDP)
+	ih := infohash.T{7}
+	for i := range 10 {
+		udpc.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID(byte('a' + i)), Left: 0, Port: uint16(6000 + i), NumWant: -1})
+	}
+	probe := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('z'), Left: 10, Port: 7000, NumWant: -1}
+	eventually(t, "default numwant applies", func() bool { return len(udpc.announce(probe).Peers) == 3 })
+	probe.NumWant = 1000
+	if got := len(udpc.announce(probe).Peers); got != 5 {
+		t.Errorf("numwant 1000 returned %d peers, want the cap of 5", got)
+	}
+}
+
+func TestOpsEndpoints(t *testing.T) {
+	n := startNode(t, "127.0.0.1", nil)
+	udpc := newClient(t, "udp://"+n.Addrs().UDP)
+	udpc.announce(tracker.AnnounceRequest{InfoHash: infohash.T{5}, PeerId: peerID('m'), Port: 1234, NumWant: -1})
+	base := "http://" + n.Addrs().Metrics
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/debug/pprof/"} {
+		if code, _ := get(path); code != http.StatusOK {
+			t.Errorf("GET %s = %d, want 200", path, code)
+		}
+	}
+	eventually(t, "metrics show the announce and the stored peer", func() bool {
+		_, body := get("/metrics")
+		return strings.Contains(body, `karuta_frontend_requests_total{action="announce",frontend="udp",result="ok"} 1`) &&
+			strings.Contains(body, `karuta_store_swarms 1`) &&
+			strings.Contains(body, "karuta_hooks_post_queue_depth") &&
+			strings.Contains(body, `karuta_build_info{version="test"} 1`) &&
+			strings.Contains(body, "karuta_ready 1")
+	})
+}
+
+func TestReloadAppliesAnnouncePolicy(t *testing.T) {
+	n := startNode(t, "127.0.0.1", nil)
+	cfg := n.Config()
+	cfg.Tracker.AnnounceInterval = 2 * time.Hour
+	cfg.Frontends.HTTP.IdleTimeout = time.Hour // needs a restart: kept as it was
+	if err := n.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	udpc := newClient(t, "udp://"+n.Addrs().UDP)
+	resp := udpc.announce(tracker.AnnounceRequest{InfoHash: infohash.T{6}, PeerId: peerID('r'), Port: 1, NumWant: -1})
+	if resp.Interval != 7200 {
+		t.Errorf("interval after reload = %d, want 7200", resp.Interval)
+	}
+	if got := n.Config().Frontends.HTTP.IdleTimeout; got == time.Hour {
+		t.Error("a restart-only change was recorded as applied")
+	}
+}
+
+func TestShutdownAppliesQueuedAnnounces(t *testing.T) {
+	n := startNode(t, "127.0.0.1", nil)
+	udpc := newClient(t, "udp://"+n.Addrs().UDP)
+	for i := range 50 {
+		udpc.announce(tracker.AnnounceRequest{InfoHash: infohash.T{8}, PeerId: peerID(byte(i)), Left: 100, Port: uint16(1000 + i), NumWant: -1})
+	}
+	if err := n.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.store.Counts([20]byte{8}); got.Leechers != 50 {
+		t.Errorf("after shutdown the store holds %d leechers, want all 50 answered announces", got.Leechers)
+	}
+}
