@@ -163,3 +163,27 @@ func TestNeedsRestart(t *testing.T) {
 		t.Errorf("applied config mixes in unapplied values: %+v", in)
 	}
 }
+
+func TestCheckYAMLInline(t *testing.T) {
+	type inner struct {
+		A int `yaml:"a"`
+	}
+	type outer struct {
+		inner `yaml:",inline"`
+		B     string `yaml:"b"`
+	}
+	var ok, bad yaml.Node
+	if err := yaml.Unmarshal([]byte("a: 1\nb: x\n"), &ok); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkYAML(&ok, reflect.TypeFor[outer](), "s"); err != nil {
+		t.Errorf("inline keys rejected: %v", err)
+	}
+	if err := yaml.Unmarshal([]byte("a: 1\nc: x\n"), &bad); err != nil {
+		t.Fatal(err)
+	}
+	err := checkYAML(&bad, reflect.TypeFor[outer](), "s")
+	if err == nil || !strings.Contains(err.Error(), "s.c: line 2: unknown key; known keys here: a, b") {
+		t.Errorf("checkYAML = %v, want s.c unknown with known keys a, b", err)
+	}
+}

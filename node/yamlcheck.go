@@ -79,32 +79,48 @@ func checkYAML(n *yaml.Node, t reflect.Type, path string) error {
 	return nil
 }
 
+// yamlFields maps the yaml key names of struct type t to their fields,
+// flattening `,inline` embedded structs as yaml.v3 does.
 func yamlFields(t reflect.Type) map[string]reflect.StructField {
 	m := make(map[string]reflect.StructField, t.NumField())
+	for _, f := range fieldsInOrder(t) {
+		m[f.name] = f.field
+	}
+	return m
+}
+
+// knownKeys lists t's yaml keys in declaration order, for error messages.
+func knownKeys(t reflect.Type) []string {
+	var keys []string
+	for _, f := range fieldsInOrder(t) {
+		keys = append(keys, f.name)
+	}
+	return keys
+}
+
+type namedField struct {
+	name  string
+	field reflect.StructField
+}
+
+func fieldsInOrder(t reflect.Type) []namedField {
+	var out []namedField
 	for i := range t.NumField() {
 		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" || !f.IsExported() {
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" || (!f.IsExported() && !f.Anonymous) {
+			continue
+		}
+		if opts == "inline" && f.Type.Kind() == reflect.Struct {
+			out = append(out, fieldsInOrder(f.Type)...)
 			continue
 		}
 		if name == "" {
 			name = strings.ToLower(f.Name)
 		}
-		m[name] = f
+		out = append(out, namedField{name, f})
 	}
-	return m
-}
-
-func knownKeys(t reflect.Type) []string {
-	var keys []string
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name != "-" && f.IsExported() {
-			keys = append(keys, name)
-		}
-	}
-	return keys
+	return out
 }
 
 func typeName(t reflect.Type) string {
