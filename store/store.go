@@ -42,6 +42,31 @@ type Store interface {
 	// Stats returns totals over the whole store.
 	Stats() Stats
 
+	// Swarm appends to dst a snapshot of the swarm's peers as OpPut
+	// changes, Seeder set as stored, and returns it with the swarm's counts
+	// and whether the swarm exists. It takes up to maxPerFamily peers of
+	// each address family, a random sample when the family has more; with
+	// maxPerFamily <= 0 it takes all of them. Applying the snapshot to
+	// another store recreates the peers (but not the snatch count; see
+	// MergeSnatches), which is how a cluster moves and samples swarms.
+	Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorrent.Change) ([]bittorrent.Change, bittorrent.Counts, bool)
+
+	// MergeSnatches raises the swarm's snatch count to n if it is lower,
+	// creating the swarm if it does not exist. Taking the larger count
+	// rather than adding makes handing a swarm over twice harmless.
+	MergeSnatches(ih bittorrent.InfoHash, n uint32)
+
+	// Range calls fn for each swarm's infohash until fn returns false. fn
+	// runs without any of the store's locks held, so it may call any other
+	// method; swarms created or dropped meanwhile may or may not be
+	// visited, and no swarm is visited twice.
+	Range(fn func(ih bittorrent.InfoHash) bool)
+
+	// Drop deletes a swarm with its peers and snatch count, as when it has
+	// been handed to the nodes that own it now. Dropping an unknown swarm
+	// does nothing.
+	Drop(ih bittorrent.InfoHash)
+
 	// Close stops background work such as garbage collection. It is safe to
 	// call more than once.
 	Close() error

@@ -37,6 +37,12 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("LargeSwarm", func(t *testing.T) { testLargeSwarm(t, open) })
 	t.Run("Stats", func(t *testing.T) { testStats(t, open) })
 	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, open) })
+	t.Run("Swarm", func(t *testing.T) { testSwarm(t, open) })
+	t.Run("SwarmSample", func(t *testing.T) { testSwarmSample(t, open) })
+	t.Run("SwarmRoundTrip", func(t *testing.T) { testSwarmRoundTrip(t, open) })
+	t.Run("MergeSnatches", func(t *testing.T) { testMergeSnatches(t, open) })
+	t.Run("Range", func(t *testing.T) { testRange(t, open) })
+	t.Run("Drop", func(t *testing.T) { testDrop(t, open) })
 }
 
 var (

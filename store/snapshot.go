@@ -1,0 +1,122 @@
+package store
+
+import (
+	"math/rand/v2"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+)
+
+// rangeKeep is the largest infohash buffer Range keeps from one shard to
+// the next; a bigger one, copied from an unusually full shard, is let go.
+const rangeKeep = 4096
+
+// Swarm implements Store.
+func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorrent.Change) ([]bittorrent.Change, bittorrent.Counts, bool) {
+	sh := m.shard(&ih)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	sw := sh.swarms[ih]
+	if sw == nil {
+		return dst, bittorrent.Counts{}, false
+	}
+	dst = sw.v4.appendSnapshot(&m.fam4, dst, ih, maxPerFamily)
+	if sw.v6 != nil {
+		dst = sw.v6.appendSnapshot(&m.fam6, dst, ih, maxPerFamily)
+	}
+	return dst, sw.counts(), true
+}
+
+// appendSnapshot appends up to max of the set's peers (all with max <= 0)
+// as OpPut changes. A sample is taken with the same random start and
+// coprime stride as appendPeers, so it is uniform over seeders and leechers
+// alike and keeps their proportion.
+func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorrent.InfoHash, max int) []bittorrent.Change {
+	size := int(s.n)
+	want := size
+	if max > 0 && max < size {
+		want = max
+	}
+	if want == 0 {
+		return dst
+	}
+	start, step := 0, 1
+	if want < size {
+		start = rand.IntN(size)
+		if size > 2 {
+			step = 1 + rand.IntN(size-1)
+			for gcd(step, size) != 1 {
+				step++ // terminates: size-1 is coprime to size
+			}
+		}
+	}
+	for i, k := start, 0; k < want; k++ {
+		dst = append(dst, bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Seeder: i < s.seeders()})
+		f.decode(&dst[len(dst)-1].Peer, s.rec(f, i))
+		if i += step; i >= size {
+			i -= size
+		}
+	}
+	return dst
+}
+
+// MergeSnatches implements Store.
+func (m *Memory) MergeSnatches(ih bittorrent.InfoHash, n uint32) {
+	sh := m.shard(&ih)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sw := sh.swarms[ih]
+	if sw == nil {
+		sw = &swarm{}
+		sh.swarms[ih] = sw
+		sh.nswarm.Add(1)
+	}
+	sw.snatches = max(sw.snatches, n)
+}
+
+// Range implements Store. It copies one shard's infohashes under the
+// shard's read lock and calls fn after releasing it; with the default 1024
+// shards a copy is a thousandth of the swarms, and writers wait only for
+// the copy, never for fn.
+func (m *Memory) Range(fn func(ih bittorrent.InfoHash) bool) {
+	var buf []bittorrent.InfoHash
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.RLock()
+		buf = buf[:0]
+		for ih := range sh.swarms {
+			buf = append(buf, ih)
+		}
+		sh.mu.RUnlock()
+		for _, ih := range buf {
+			if !fn(ih) {
+				return
+			}
+		}
+		if cap(buf) > rangeKeep {
+			buf = nil
+		}
+	}
+}
+
+// Drop implements Store. It takes the collector's mutex because the
+// collector keeps pointers to swarms across releases of a shard lock and
+// relies on being the only one deleting them.
+func (m *Memory) Drop(ih bittorrent.InfoHash) {
+	m.gcMu.Lock()
+	defer m.gcMu.Unlock()
+	sh := m.shard(&ih)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sw := sh.swarms[ih]
+	if sw == nil {
+		return
+	}
+	sh.npeers[kindIndex(false, true)].Add(-int64(sw.v4.seeders()))
+	sh.npeers[kindIndex(false, false)].Add(-int64(sw.v4.leechers()))
+	if sw.v6 != nil {
+		sh.npeers[kindIndex(true, true)].Add(-int64(sw.v6.seeders()))
+		sh.npeers[kindIndex(true, false)].Add(-int64(sw.v6.leechers()))
+	}
+	delete(sh.swarms, ih)
+	sh.nswarm.Add(-1)
+}
