@@ -27,14 +27,14 @@ const DefaultVNodes = 2048
 type Member struct {
 	// Name identifies the node and is hashed into its ring positions, so it
 	// must be unique and stable: renaming a node moves its swarms.
-	Name string
+	Name string `json:"name"`
 	// Datacenter groups nodes whose reads should stay local; see
 	// Options.EveryDatacenter.
-	Datacenter string
+	Datacenter string `json:"datacenter,omitempty"`
 	// Zone is the failure domain (rack, availability zone) within
 	// Datacenter. Zone names are scoped to their datacenter, so "a" in two
 	// datacenters is two zones.
-	Zone string
+	Zone string `json:"zone,omitempty"`
 }
 
 // Options tune placement. Every node must use the same Options (and the same

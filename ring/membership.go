@@ -1,0 +1,568 @@
+package ring
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// MembershipOptions are the parts of membership that do not come from the
+// cluster config.
+type MembershipOptions struct {
+	// Self describes this node; its DataAddr is gossiped to the others.
+	Self NodeInfo
+	// VNodes is passed to placement; zero means DefaultVNodes.
+	VNodes int
+	// Transport replaces memberlist's UDP/TCP transport, for tests that
+	// cut links. Nil means the network, on Config.Bind.
+	Transport memberlist.Transport
+	// Registerer receives the membership metrics; nil means none.
+	Registerer prometheus.Registerer
+	// Log receives membership events and memberlist's own logs.
+	Log *zap.Logger
+}
+
+// MemberStatus is one known node and its gossip state, for operators.
+type MemberStatus struct {
+	NodeInfo
+	// Gossip is the node's memberlist address.
+	Gossip string `json:"gossip"`
+	// State is alive, leaving (handing its swarms over), dead or left.
+	State string `json:"state"`
+	// Since is when the state last changed, as this node saw it.
+	Since time.Time `json:"since"`
+}
+
+// Membership keeps this node in the cluster through hashicorp/memberlist
+// and publishes a new View whenever the set of live members changes.
+// Suspect members stay in the view: moving their swarms away on a missed
+// probe would cost more than the failure detector's few seconds of doubt.
+// Leaving members do not: their swarms move while they can still hand them
+// over.
+type Membership struct {
+	cfg  Config
+	opts MembershipOptions
+	log  *zap.Logger
+	ml   *memberlist.Memberlist
+
+	dirty   chan struct{} // a membership event happened; cap 1
+	changed chan struct{} // a new view was published; cap 1
+	stop    chan struct{}
+	done    sync.WaitGroup
+
+	mu    sync.Mutex
+	view  *View
+	known map[string]*MemberStatus
+	epoch uint64
+
+	self      atomic.Pointer[NodeInfo] // opts.Self with its data address resolved
+	leaving   atomic.Bool
+	closeOnce sync.Once
+	leaveOnce sync.Once
+	members   *prometheus.GaugeVec
+}
+
+// nodeMeta is the metadata gossiped with each node. JSON keeps it readable
+// in memberlist's debug output and lets fields be added without breaking
+// older nodes.
+type nodeMeta struct {
+	Datacenter string `json:"dc,omitempty"`
+	Zone       string `json:"zone,omitempty"`
+	Data       string `json:"data"`
+	Boot       string `json:"boot,omitempty"`
+	// Leaving marks a node handing its swarms over before it leaves;
+	// placement already leaves it out.
+	Leaving bool `json:"leaving,omitempty"`
+}
+
+// reconnectFor is how long a node that failed (not one that left) is
+// retried, so the two sides of a long partition find each other again
+// after memberlist itself has stopped gossiping to the dead.
+const reconnectFor = time.Hour
+
+// NewMembership starts gossip on cfg.Bind and, in the background, joins
+// through cfg.Join, retrying with backoff until a seed answers. The first
+// view holds only this node.
+func NewMembership(cfg Config, opts MembershipOptions) (*Membership, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("ring: %w", err)
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	m := &Membership{
+		cfg: cfg, opts: opts, log: opts.Log,
+		dirty:   make(chan struct{}, 1),
+		changed: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		known:   map[string]*MemberStatus{},
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "karuta", Subsystem: "cluster", Name: "members",
+			Help: "Cluster members this node knows, by gossip state.",
+		}, []string{"state"}),
+	}
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(m.members); err != nil {
+			return nil, fmt.Errorf("ring: register metrics: %w", err)
+		}
+	}
+	mc, err := m.memberlistConfig()
+	if err != nil {
+		return nil, err
+	}
+	self := opts.Self
+	m.self.Store(&self)
+	m.known[opts.Self.Name] = &MemberStatus{NodeInfo: opts.Self, State: "alive", Since: time.Now()}
+	if err := m.publish(); err != nil {
+		return nil, err
+	}
+	if m.ml, err = memberlist.Create(mc); err != nil {
+		return nil, fmt.Errorf("ring: start gossip on %s: %w", cfg.Bind, err)
+	}
+	m.resolveDataAddr()
+	m.done.Add(2)
+	go m.rebuildLoop()
+	go m.joinLoop()
+	m.log.Info("gossip started", zap.String("addr", m.Addr()), zap.Strings("join", cfg.Join))
+	return m, nil
+}
+
+func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
+	var mc *memberlist.Config
+	switch m.cfg.Profile {
+	case "wan":
+		mc = memberlist.DefaultWANConfig()
+	case "local":
+		mc = memberlist.DefaultLocalConfig()
+	default:
+		mc = memberlist.DefaultLANConfig()
+	}
+	mc.Name = m.opts.Self.Name
+	host, port, err := splitHostPort(m.cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("ring: bind %q: %w", m.cfg.Bind, err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	if host == "" {
+		mc.BindAddr = "0.0.0.0"
+	}
+	// Without an explicit advertise address memberlist picks one from the
+	// bind address or, for a wildcard, the first private interface.
+	mc.AdvertisePort = port
+	if m.cfg.Advertise != "" {
+		if mc.AdvertiseAddr, mc.AdvertisePort, err = splitHostPort(m.cfg.Advertise); err != nil {
+			return nil, fmt.Errorf("ring: advertise %q: %w", m.cfg.Advertise, err)
+		}
+	}
+	keys, err := m.cfg.Keys()
+	if err != nil {
+		return nil, fmt.Errorf("ring: %w", err)
+	}
+	if len(keys) > 0 {
+		// The first key encrypts what this node sends; all of them decrypt,
+		// so a new key can be rolled out before it becomes primary.
+		if mc.Keyring, err = memberlist.NewKeyring(keys, keys[0]); err != nil {
+			return nil, fmt.Errorf("ring: secret_keys: %w", err)
+		}
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
+	mc.Label = m.cfg.Label
+	mc.Transport = m.opts.Transport
+	mc.Delegate = delegate{m}
+	mc.Events = events{m}
+	mc.Logger = log.New(&zapWriter{log: m.log.Named("memberlist")}, "", 0)
+	// A restarted node comes back under the same name at once instead of
+	// waiting out the default reclaim time.
+	mc.DeadNodeReclaimTime = time.Second
+	return mc, nil
+}
+
+// resolveDataAddr replaces a wildcard host in the data address (a data
+// channel bound to 0.0.0.0 or [::]) with the address memberlist advertises,
+// which is what other nodes can reach. No seed has been contacted yet, so
+// nearly every node learns the resolved address first.
+func (m *Membership) resolveDataAddr() {
+	self := *m.self.Load()
+	host, port, err := net.SplitHostPort(self.DataAddr)
+	if err != nil {
+		return
+	}
+	if ip, err := netip.ParseAddr(host); host != "" && (err != nil || !ip.IsUnspecified()) {
+		return
+	}
+	self.DataAddr = net.JoinHostPort(m.ml.LocalNode().Addr.String(), port)
+	m.self.Store(&self)
+	if err := m.ml.UpdateNode(time.Second); err != nil {
+		m.log.Warn("cannot spread the resolved data address", zap.Error(err))
+	}
+	m.markDirty()
+}
+
+// Self returns this node as the others see it, its data address resolved.
+func (m *Membership) Self() NodeInfo { return *m.self.Load() }
+
+func splitHostPort(s string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", ps, err)
+	}
+	return host, port, nil
+}
+
+// Addr is the gossip address other nodes reach this node at.
+func (m *Membership) Addr() string { return m.ml.LocalNode().Address() }
+
+// View returns the current view. It never returns nil.
+func (m *Membership) View() *View {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.view
+}
+
+// Changed is signalled after a new view is published. Several changes may
+// collapse into one signal; read View after it fires.
+func (m *Membership) Changed() <-chan struct{} { return m.changed }
+
+// Members returns every node this one knows, dead and left ones included,
+// sorted by name.
+func (m *Membership) Members() []MemberStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]MemberStatus, 0, len(m.known))
+	for _, s := range m.known {
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b MemberStatus) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// StartLeaving marks this node as leaving in its gossiped metadata, waiting
+// up to timeout for the update to spread. Every node, this one included,
+// then builds its views without it, so its swarms get new owners while it
+// still serves them and can hand them over. Call Leave when that is done.
+func (m *Membership) StartLeaving(timeout time.Duration) error {
+	if m.leaving.Swap(true) {
+		return nil
+	}
+	err := m.ml.UpdateNode(timeout)
+	m.markDirty()
+	if err != nil {
+		return fmt.Errorf("ring: announce leaving: %w", err)
+	}
+	return nil
+}
+
+// Leave tells the cluster this node is going, waiting up to timeout for the
+// message to spread, and stops gossip. Other nodes drop it from their views
+// at once instead of after failure detection.
+func (m *Membership) Leave(timeout time.Duration) error {
+	var err error
+	m.leaveOnce.Do(func() {
+		m.stopLoops()
+		if err = m.ml.Leave(timeout); err != nil {
+			err = fmt.Errorf("ring: leave: %w", err)
+		}
+	})
+	return err
+}
+
+// Close stops gossip without announcing a leave, as a crash would; use
+// Leave first for a graceful exit. It is safe to call more than once.
+func (m *Membership) Close() error {
+	var err error
+	m.closeOnce.Do(func() {
+		m.stopLoops()
+		if e := m.ml.Shutdown(); e != nil {
+			err = fmt.Errorf("ring: stop gossip: %w", e)
+		}
+		if m.opts.Registerer != nil {
+			m.opts.Registerer.Unregister(m.members)
+		}
+	})
+	return err
+}
+
+func (m *Membership) stopLoops() {
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	m.done.Wait()
+}
+
+// joinLoop joins through the seeds, then keeps trying failed members so two
+// sides of a partition merge again. Joining an address that is already a
+// member is a cheap state exchange, so retrying is harmless.
+func (m *Membership) joinLoop() {
+	defer m.done.Done()
+	wait := 100 * time.Millisecond
+	joined := len(m.cfg.Join) == 0
+	for {
+		var targets []string
+		if !joined {
+			targets = m.cfg.Join
+		} else {
+			targets = m.failedAddrs()
+		}
+		if len(targets) > 0 {
+			n, err := m.ml.Join(targets)
+			switch {
+			case err == nil && !joined:
+				joined = true
+				m.log.Info("joined cluster", zap.Int("contacted", n), zap.Int("members", m.ml.NumMembers()))
+			case err != nil && !joined:
+				m.log.Warn("no seed answered; retrying", zap.Strings("join", targets), zap.Duration("in", wait), zap.Error(err))
+			case err == nil:
+				m.log.Info("reached failed members again", zap.Strings("addrs", targets))
+			}
+		}
+		select {
+		case <-m.stop:
+			return
+		case <-time.After(wait):
+		}
+		if !joined {
+			wait = min(wait*2, m.cfg.JoinRetry)
+		} else {
+			wait = m.reconnectInterval()
+		}
+	}
+}
+
+func (m *Membership) reconnectInterval() time.Duration {
+	switch m.cfg.Profile {
+	case "local":
+		return time.Second
+	case "wan":
+		return 30 * time.Second
+	}
+	return 10 * time.Second
+}
+
+// failedAddrs lists the gossip addresses of members that failed recently,
+// leaving out those that left on purpose.
+func (m *Membership) failedAddrs() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, s := range m.known {
+		if s.State == "dead" && time.Since(s.Since) < reconnectFor && s.Gossip != "" {
+			out = append(out, s.Gossip)
+		}
+	}
+	return out
+}
+
+// rebuildLoop turns membership events into views. memberlist calls the
+// event delegate with its node lock held, so the delegate only marks the
+// membership dirty and the view is rebuilt here, where reading the member
+// list is allowed.
+func (m *Membership) rebuildLoop() {
+	defer m.done.Done()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-m.dirty:
+		}
+		if err := m.publish(); err != nil {
+			m.log.Error("cannot build a ring view; keeping the previous one", zap.Error(err))
+		}
+	}
+}
+
+// publish builds a view from the live members and publishes it when the
+// set of members or their placement data changed.
+//
+// The members come from what the event delegate recorded, not from
+// memberlist.Members: the nodes that returns are memberlist's own, and it
+// rewrites their metadata under a lock the caller cannot take.
+func (m *Membership) publish() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var live []NodeInfo
+	for name, s := range m.known {
+		switch {
+		case name == m.opts.Self.Name:
+			if !m.leaving.Load() {
+				live = append(live, *m.self.Load()) // data address resolved
+			}
+		case s.State == "alive" && s.DataAddr != "":
+			live = append(live, s.NodeInfo)
+		}
+	}
+	slices.SortFunc(live, func(a, b NodeInfo) int { return cmpString(a.Name, b.Name) })
+
+	if m.view != nil && sameNodes(m.view, live) {
+		m.updateGauge()
+		return nil
+	}
+	v, err := NewView(live, m.opts.Self.Name, m.cfg.Replicas, Options{VNodes: m.opts.VNodes, EveryDatacenter: m.cfg.EveryDatacenter}, m.epoch+1)
+	if err != nil {
+		return err
+	}
+	m.epoch++
+	m.view = v
+	m.updateGauge()
+	names := make([]string, len(live))
+	for i, n := range live {
+		names[i] = n.Name
+	}
+	m.log.Info("ring changed", zap.Uint64("epoch", v.Epoch), zap.Strings("members", names))
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func sameNodes(v *View, live []NodeInfo) bool {
+	ms := v.Members()
+	if len(ms) != len(live) {
+		return false
+	}
+	for i, n := range live {
+		if ms[i] != n.Member || v.DataAddrs[i] != n.DataAddr || v.Boots[i] != n.Boot {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Membership) updateGauge() {
+	counts := map[string]int{"alive": 0, "leaving": 0, "dead": 0, "left": 0}
+	for _, s := range m.known {
+		counts[s.State]++
+	}
+	for state, n := range counts {
+		m.members.WithLabelValues(state).Set(float64(n))
+	}
+}
+
+func decodeMeta(n *memberlist.Node) (info NodeInfo, leaving bool, err error) {
+	var meta nodeMeta
+	if err := json.Unmarshal(n.Meta, &meta); err != nil {
+		return NodeInfo{}, false, fmt.Errorf("metadata %q: %w", n.Meta, err)
+	}
+	if meta.Data == "" {
+		return NodeInfo{}, false, errors.New("metadata has no data address")
+	}
+	return NodeInfo{Member: Member{Name: n.Name, Datacenter: meta.Datacenter, Zone: meta.Zone}, DataAddr: meta.Data, Boot: meta.Boot}, meta.Leaving, nil
+}
+
+// note records a member's state from a memberlist event and asks for a
+// rebuild. It runs under memberlist's locks and must not call back into it.
+// memberlist does not say whether a node that is gone failed or left (the
+// state in the node it passes is not kept up to date), so a node that
+// announced it was leaving counts as left and any other as dead.
+func (m *Membership) note(n *memberlist.Node, gone bool) {
+	info, leaving, err := decodeMeta(n)
+	if err != nil {
+		// Kept for operators to see, but out of placement: without a
+		// data address nobody could send it anything.
+		m.log.Warn("member with unreadable metadata left out of the ring", zap.String("member", n.Name), zap.Error(err))
+		info = NodeInfo{Member: Member{Name: n.Name}}
+	}
+	m.mu.Lock()
+	prev := m.known[n.Name]
+	state := "alive"
+	switch {
+	case gone && prev != nil && (prev.State == "leaving" || prev.State == "left"):
+		state = "left"
+	case gone:
+		state = "dead"
+	case leaving:
+		state = "leaving"
+	}
+	since := time.Now()
+	if prev != nil && prev.State == state {
+		since = prev.Since
+	}
+	m.known[n.Name] = &MemberStatus{NodeInfo: info, Gossip: n.Address(), State: state, Since: since}
+	m.mu.Unlock()
+	m.markDirty()
+}
+
+func (m *Membership) markDirty() {
+	select {
+	case m.dirty <- struct{}{}:
+	default:
+	}
+}
+
+type events struct{ m *Membership }
+
+func (e events) NotifyJoin(n *memberlist.Node)   { e.m.note(n, false) }
+func (e events) NotifyLeave(n *memberlist.Node)  { e.m.note(n, true) }
+func (e events) NotifyUpdate(n *memberlist.Node) { e.m.note(n, false) }
+
+// delegate gives memberlist this node's metadata. Karuta sends no user
+// messages over gossip: swarm data travels on the data channel.
+type delegate struct{ m *Membership }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	self := d.m.self.Load()
+	b, err := json.Marshal(nodeMeta{Datacenter: self.Datacenter, Zone: self.Zone, Data: self.DataAddr, Boot: self.Boot, Leaving: d.m.leaving.Load()})
+	if err != nil || len(b) > limit {
+		d.m.log.Error("node metadata does not fit gossip", zap.Int("bytes", len(b)), zap.Int("limit", limit))
+		return nil
+	}
+	return b
+}
+func (delegate) NotifyMsg([]byte)                {}
+func (delegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (delegate) LocalState(bool) []byte          { return nil }
+func (delegate) MergeRemoteState([]byte, bool)   {}
+
+// zapWriter turns memberlist's "[LEVEL] memberlist: ..." lines into zap
+// entries at the matching level.
+type zapWriter struct{ log *zap.Logger }
+
+func (w *zapWriter) Write(p []byte) (int, error) {
+	line := bytes.TrimSpace(p)
+	level, msg := "INFO", line
+	if len(line) > 2 && line[0] == '[' {
+		if end := bytes.IndexByte(line, ']'); end > 0 {
+			level, msg = string(line[1:end]), bytes.TrimSpace(line[end+1:])
+		}
+	}
+	switch level {
+	case "ERR", "ERROR":
+		w.log.Error(string(msg))
+	case "WARN":
+		w.log.Warn(string(msg))
+	case "DEBUG", "TRACE":
+		w.log.Debug(string(msg))
+	default:
+		w.log.Info(string(msg))
+	}
+	return len(p), nil
+}

@@ -1,0 +1,219 @@
+package ring
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+)
+
+func key(b byte) string {
+	return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(rune('a'+b)), 32)))
+}
+
+type memberOpt func(*Config, *MembershipOptions)
+
+func withKeys(keys ...string) memberOpt {
+	return func(c *Config, _ *MembershipOptions) { c.SecretKeys = keys }
+}
+
+func withLabel(l string) memberOpt { return func(c *Config, _ *MembershipOptions) { c.Label = l } }
+
+func withBind(addr string) memberOpt { return func(c *Config, _ *MembershipOptions) { c.Bind = addr } }
+
+func withDC(dc, zone string) memberOpt {
+	return func(_ *Config, o *MembershipOptions) { o.Self.Datacenter, o.Self.Zone = dc, zone }
+}
+
+func startMember(t *testing.T, name string, join []string, opts ...memberOpt) *Membership {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Bind = "127.0.0.1:0"
+	cfg.Profile = "local"
+	cfg.JoinRetry = 200 * time.Millisecond
+	cfg.Join = join
+	mo := MembershipOptions{
+		Self:       NodeInfo{Member: Member{Name: name}, DataAddr: "127.0.0.1:1" + name[len(name)-1:], Boot: "boot-" + name},
+		VNodes:     64,
+		Registerer: prometheus.NewRegistry(),
+		Log:        zaptest.NewLogger(t).Named(name),
+	}
+	for _, o := range opts {
+		o(&cfg, &mo)
+	}
+	m, err := NewMembership(cfg, mo)
+	if err != nil {
+		t.Fatalf("NewMembership(%s): %v", name, err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func memberNames(v *View) string {
+	var names []string
+	for _, m := range v.Members() {
+		names = append(names, m.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+func TestMembershipFormsCluster(t *testing.T) {
+	a := startMember(t, "node-a", nil, withDC("dc1", "z1"))
+	if v := a.View(); memberNames(v) != "node-a" || v.Self != 0 {
+		t.Fatalf("first view = %q self %d; want only node-a as self", memberNames(v), v.Self)
+	}
+	b := startMember(t, "node-b", []string{a.Addr()}, withDC("dc1", "z2"))
+	c := startMember(t, "node-c", []string{b.Addr()}, withDC("dc2", "z1"))
+	for _, m := range []*Membership{a, b, c} {
+		waitFor(t, 10*time.Second, m.opts.Self.Name+" sees all three", func() bool {
+			return memberNames(m.View()) == "node-a,node-b,node-c"
+		})
+		v := m.View()
+		if got := v.Members()[v.Self].Name; got != m.opts.Self.Name {
+			t.Errorf("%s: view's self is %s", m.opts.Self.Name, got)
+		}
+		want := []NodeInfo{
+			{Member{"node-a", "dc1", "z1"}, "127.0.0.1:1a", "boot-node-a"},
+			{Member{"node-b", "dc1", "z2"}, "127.0.0.1:1b", "boot-node-b"},
+			{Member{"node-c", "dc2", "z1"}, "127.0.0.1:1c", "boot-node-c"},
+		}
+		for i, w := range want {
+			if v.Members()[i] != w.Member || v.DataAddrs[i] != w.DataAddr || v.Boots[i] != w.Boot {
+				t.Errorf("%s: member %d = %+v at %s boot %s, want %+v", m.opts.Self.Name, i, v.Members()[i], v.DataAddrs[i], v.Boots[i], w)
+			}
+		}
+		if v.Replicas != 2 {
+			t.Errorf("%s: view replicas = %d, want 2", m.opts.Self.Name, v.Replicas)
+		}
+	}
+	// All three agree on the owners of any swarm.
+	va, vb, vc := a.View(), b.View(), c.View()
+	for i := range 200 {
+		ih := [20]byte{byte(i), byte(i >> 8), 7}
+		oa, ob, oc := va.OwnersOf(ih, nil), vb.OwnersOf(ih, nil), vc.OwnersOf(ih, nil)
+		if fmt.Sprint(oa) != fmt.Sprint(ob) || fmt.Sprint(oa) != fmt.Sprint(oc) {
+			t.Fatalf("owners of %x differ: %v %v %v", ih, oa, ob, oc)
+		}
+	}
+	if got := testutil.ToFloat64(a.members.WithLabelValues("alive")); got != 3 {
+		t.Errorf("karuta_cluster_members{state=alive} = %v, want 3", got)
+	}
+}
+
+func TestMembershipLeaveAndFailure(t *testing.T) {
+	a := startMember(t, "node-a", nil)
+	b := startMember(t, "node-b", []string{a.Addr()})
+	c := startMember(t, "node-c", []string{a.Addr()})
+	waitFor(t, 10*time.Second, "three members", func() bool { return memberNames(a.View()) == "node-a,node-b,node-c" })
+	epoch := a.View().Epoch
+
+	select {
+	case <-a.Changed():
+	default:
+		t.Fatal("Changed was not signalled for the new members")
+	}
+
+	states := func() map[string]string {
+		out := map[string]string{}
+		for _, s := range a.Members() {
+			out[s.Name] = s.State
+		}
+		return out
+	}
+
+	// A leaving node drops out of every view, its own included, while it
+	// still gossips, so its swarms can be handed over.
+	if err := c.StartLeaving(2 * time.Second); err != nil {
+		t.Fatalf("StartLeaving: %v", err)
+	}
+	waitFor(t, 5*time.Second, "node-c out of a's view once leaving", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+	waitFor(t, 5*time.Second, "node-c out of its own view", func() bool { return c.View().Self == -1 && memberNames(c.View()) == "node-a,node-b" })
+	if a.View().Epoch <= epoch {
+		t.Errorf("epoch did not advance: %d then %d", epoch, a.View().Epoch)
+	}
+	if got := states()["node-c"]; got != "leaving" {
+		t.Errorf("node-c state = %q while handing over, want leaving", got)
+	}
+	if err := c.Leave(2 * time.Second); err != nil {
+		t.Fatalf("Leave: %v", err)
+	}
+	_ = c.Close()
+	waitFor(t, 5*time.Second, "node-c marked left", func() bool { return states()["node-c"] == "left" })
+
+	_ = b.Close() // a crash: no leave message
+	waitFor(t, 20*time.Second, "node-b dropped after failing", func() bool { return memberNames(a.View()) == "node-a" })
+	for _, s := range a.Members() {
+		if s.Name == "node-b" && s.State != "dead" {
+			t.Errorf("node-b state = %q, want dead", s.State)
+		}
+	}
+}
+
+func TestMembershipKeysAndLabel(t *testing.T) {
+	a := startMember(t, "node-a", nil, withKeys(key(1), key(2)), withLabel("prod"))
+	// Rotation: b sends with key 2, which a accepts as its second key.
+	b := startMember(t, "node-b", []string{a.Addr()}, withKeys(key(2), key(1)), withLabel("prod"))
+	waitFor(t, 10*time.Second, "rotated keys still join", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+
+	wrongKey := startMember(t, "node-x", []string{a.Addr()}, withKeys(key(3)), withLabel("prod"))
+	noKey := startMember(t, "node-y", []string{a.Addr()}, withLabel("prod"))
+	wrongLabel := startMember(t, "node-z", []string{a.Addr()}, withKeys(key(1)), withLabel("staging"))
+	time.Sleep(2 * time.Second)
+	for _, m := range []*Membership{a, b} {
+		if got := memberNames(m.View()); got != "node-a,node-b" {
+			t.Errorf("%s sees %s; outsiders must not join", m.opts.Self.Name, got)
+		}
+	}
+	for _, m := range []*Membership{wrongKey, noKey, wrongLabel} {
+		if got := memberNames(m.View()); got != m.opts.Self.Name {
+			t.Errorf("%s sees %s; it must stay alone", m.opts.Self.Name, got)
+		}
+	}
+}
+
+func TestMembershipRetriesSeeds(t *testing.T) {
+	// Reserve a port, start b pointing at it, and only then start a there.
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.LocalAddr().String()
+	ln.Close()
+	// A name that resolves to several addresses (localhost: 127.0.0.1 and
+	// often ::1) counts as several seeds; one answering is enough.
+	_, port, _ := net.SplitHostPort(addr)
+	b := startMember(t, "node-b", []string{"localhost:" + port})
+	time.Sleep(500 * time.Millisecond)
+	if got := memberNames(b.View()); got != "node-b" {
+		t.Fatalf("before the seed exists b sees %s", got)
+	}
+	a := startMember(t, "node-a", nil, withBind(addr))
+	waitFor(t, 10*time.Second, "b joins once the seed is up", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+}
+
+func TestNewMembershipRejectsBadConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Bind = "127.0.0.1:0"
+	cfg.Profile = "moon"
+	_, err := NewMembership(cfg, MembershipOptions{Self: NodeInfo{Member: Member{Name: "x"}, DataAddr: "127.0.0.1:1"}})
+	if err == nil || !strings.Contains(err.Error(), "profile") {
+		t.Fatalf("NewMembership with profile moon: err = %v, want one naming profile", err)
+	}
+}
