@@ -14,6 +14,7 @@ import (
 	httpfront "github.com/karuta-tracker/karuta/frontends/http"
 	"github.com/karuta-tracker/karuta/frontends/udp"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/node/cluster"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
 )
@@ -27,7 +28,21 @@ type Config struct {
 	Hooks     []hooks.Spec    `yaml:"hooks"`
 	Store     store.Config    `yaml:"store"`
 	Metrics   MetricsConfig   `yaml:"metrics"`
-	Cluster   ring.Config     `yaml:"cluster"`
+	Cluster   ClusterConfig   `yaml:"cluster"`
+}
+
+// ClusterConfig is the `cluster` section: membership and placement keys
+// (ring) and data-plane keys (node/cluster) side by side.
+type ClusterConfig struct {
+	ring.Config `yaml:",inline"`
+	Data        cluster.Config `yaml:",inline"`
+}
+
+func (c ClusterConfig) validate() error {
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	return c.Data.Validate()
 }
 
 // IdentityConfig names the node and places it for replica placement and
@@ -72,7 +87,7 @@ func Default() Config {
 		Tracker: hooks.DefaultConfig(),
 		Store:   store.DefaultConfig(),
 		Metrics: MetricsConfig{Addr: ":6880"},
-		Cluster: ring.DefaultConfig(),
+		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig()},
 	}
 }
 
@@ -134,7 +149,7 @@ func (c Config) Validate() error {
 		{"tracker.", c.Tracker.Validate},
 		{"store.", c.Store.Validate},
 		{"metrics.", c.Metrics.validate},
-		{"cluster.", c.Cluster.Validate},
+		{"cluster.", c.Cluster.validate},
 	}
 	for _, s := range sections {
 		if err := s.validate(); err != nil {

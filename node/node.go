@@ -48,6 +48,7 @@ type Node struct {
 	chain *hooks.Chain
 	http  *httpfront.Server
 	udp   *udp.Server
+	cl    *clustered // nil on a single node
 	ops   *http.Server
 	opsLn net.Listener
 	ready atomic.Bool
@@ -101,10 +102,21 @@ func New(cfg Config, opts Options) (*Node, error) {
 		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	pre = append(pre, hooks.NewResponder(n.store))
-	post = append(post, hooks.NewSwarmWriter(n.store))
+	var (
+		source hooks.PeerSource = n.store
+		sink   hooks.ChangeSink = n.store
+	)
+	if cfg.Cluster.Bind != "" {
+		if n.cl, err = newClustered(cfg, n); err != nil {
+			n.store.Close()
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		source, sink = n.cl.data, n.cl.data
+	}
+	pre = append(pre, hooks.NewResponder(source))
+	post = append(post, hooks.NewSwarmWriter(sink))
 	if n.chain, err = hooks.New(cfg.Tracker, pre, post, n.reg, n.log.Named("hooks")); err != nil {
-		n.store.Close()
+		n.closeCore(context.Background())
 		return nil, fmt.Errorf("node: %w", err)
 	}
 
@@ -137,6 +149,12 @@ func (n *Node) Start() error {
 			return err
 		}
 	}
+	if n.cl != nil {
+		if err := n.cl.start(n); err != nil {
+			_ = n.Shutdown(context.Background())
+			return fmt.Errorf("node: start cluster: %w", err)
+		}
+	}
 	if n.http != nil {
 		if err := n.http.Start(); err != nil {
 			_ = n.Shutdown(context.Background())
@@ -159,6 +177,9 @@ type Addrs struct {
 	HTTP    string `json:"http,omitempty"`
 	UDP     string `json:"udp,omitempty"`
 	Metrics string `json:"metrics,omitempty"`
+	// Gossip and Data are the cluster listeners, when clustered.
+	Gossip string `json:"gossip,omitempty"`
+	Data   string `json:"data,omitempty"`
 }
 
 // Addrs returns the bound addresses, useful when the config asked for port 0.
@@ -173,7 +194,20 @@ func (n *Node) Addrs() Addrs {
 	if n.opsLn != nil {
 		a.Metrics = n.opsLn.Addr().String()
 	}
+	if n.cl != nil {
+		if m := n.cl.membership(); m != nil {
+			a.Gossip, a.Data = m.Addr(), m.Self().DataAddr
+		}
+	}
 	return a
+}
+
+// ClusterStatus returns what /cluster serves, and false on a single node.
+func (n *Node) ClusterStatus() (ClusterStatus, bool) {
+	if n.cl == nil {
+		return ClusterStatus{}, false
+	}
+	return n.cl.status(), true
 }
 
 // Registry returns the node's metrics registry.
@@ -206,10 +240,15 @@ func (n *Node) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// closeCore applies what the post hooks still hold, hands the swarms to
+// their next owners when clustered, and closes the store.
 func (n *Node) closeCore(ctx context.Context) error {
 	var errs []error
 	if n.chain != nil {
 		errs = append(errs, n.chain.Close(ctx))
+	}
+	if n.cl != nil {
+		errs = append(errs, n.cl.leave(ctx))
 	}
 	errs = append(errs, n.store.Close())
 	return errors.Join(errs...)
@@ -231,6 +270,13 @@ func (n *Node) startOps(addr string) error {
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
+		if n.cl == nil {
+			http.Error(w, "clustering is off: cluster.bind is empty", http.StatusNotFound)
+			return
+		}
+		n.cl.serveStatus(w, r)
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

@@ -1,5 +1,5 @@
 // Command karuta runs a Karuta BitTorrent tracker node and the tools around
-// it: config inspection and version reporting.
+// it: config inspection, cluster status and version reporting.
 package main
 
 import (
@@ -34,6 +34,8 @@ Usage:
   karuta [serve] [--config FILE]   run a node (embedded defaults without --config)
   karuta config defaults           print the default config, every key commented
   karuta config check FILE         validate a config file
+  karuta cluster status [--addr HOST:PORT] [--json]
+                                   show a node's view of its cluster
   karuta version                   print the version
 `
 
@@ -55,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return serve(args, stderr, sigs)
 	case "config":
 		return configCmd(args, stdout, stderr)
+	case "cluster":
+		return clusterCmd(args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "karuta %s\n", version)
 		return exitOK

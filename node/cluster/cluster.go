@@ -1,0 +1,286 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/ring"
+	"github.com/karuta-tracker/karuta/store"
+)
+
+// Views is where the cluster learns placement: *ring.Membership in a node,
+// a scripted sequence of views in tests.
+type Views interface {
+	// View returns the current view, never nil.
+	View() *ring.View
+	// Changed is signalled after View changes; signals may coalesce.
+	Changed() <-chan struct{}
+}
+
+// Options are a Cluster's collaborators.
+type Options struct {
+	Store      store.Store
+	Transport  Transport
+	Views      Views
+	Registerer prometheus.Registerer
+	Log        *zap.Logger
+}
+
+// Cluster is one node's share of the cluster data plane. It is the node's
+// hooks.ChangeSink (writes go to the swarms' owners) and hooks.PeerSource
+// (reads come from the owners), and it answers the other nodes' requests.
+type Cluster struct {
+	cfg   Config
+	store store.Store
+	tr    Transport
+	views Views
+	log   *zap.Logger
+	m     *metrics
+	reg   prometheus.Registerer
+
+	view atomic.Pointer[ring.View]
+
+	destMu sync.Mutex
+	dests  map[string]*dest // by data address
+
+	cache readCache
+
+	rebalance chan struct{} // ask for a handoff pass; cap 1
+	// settled is the view of the last handoff pass that moved everything it
+	// had to; Drain waits for it to reach the current view.
+	settled  atomic.Pointer[ring.View]
+	baseline *ring.View // owned by the handoff loop
+
+	dropLog    *hooks.RateLog
+	unreachLog *hooks.RateLog
+
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	started   bool
+	closeOnce sync.Once
+}
+
+// New returns a Cluster; Start begins serving.
+func New(cfg Config, opts Options) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if opts.Store == nil || opts.Transport == nil || opts.Views == nil {
+		return nil, errors.New("cluster: store, transport and views are required")
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	c := &Cluster{
+		cfg: cfg, store: opts.Store, tr: opts.Transport, views: opts.Views, log: opts.Log,
+		m: newMetrics(), reg: opts.Registerer,
+		dests:      map[string]*dest{},
+		rebalance:  make(chan struct{}, 1),
+		dropLog:    hooks.NewRateLog(10 * time.Second),
+		unreachLog: hooks.NewRateLog(10 * time.Second),
+		stop:       make(chan struct{}),
+	}
+	c.cache.init()
+	c.view.Store(opts.Views.View())
+	if c.reg != nil {
+		for _, col := range append(c.m.collectors(), queueCollector{c}) {
+			if err := c.reg.Register(col); err != nil {
+				return nil, fmt.Errorf("cluster: register metrics: %w", err)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Start serves other nodes' requests and follows membership changes.
+func (c *Cluster) Start() error {
+	if err := c.tr.Serve(c); err != nil {
+		return fmt.Errorf("cluster: serve data channel: %w", err)
+	}
+	c.started = true
+	c.wg.Add(3)
+	go c.watchLoop()
+	go c.handoffLoop()
+	go c.cacheLoop()
+	c.log.Info("data channel serving", zap.String("addr", c.tr.Addr()))
+	return nil
+}
+
+// View returns the view the data plane currently routes by.
+func (c *Cluster) View() *ring.View { return c.view.Load() }
+
+// watchLoop installs each new view: it retires destinations that left,
+// re-routing what they had queued, and asks for a handoff pass.
+func (c *Cluster) watchLoop() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.views.Changed():
+		}
+		v := c.views.View()
+		c.view.Store(v)
+		c.retireDests(v)
+		c.cache.clear() // owners may have changed; refetch rather than trust
+		c.requestHandoff()
+	}
+}
+
+func (c *Cluster) requestHandoff() {
+	select {
+	case c.rebalance <- struct{}{}:
+	default:
+	}
+}
+
+// Drain waits until this node holds no swarm and has no forward queued:
+// everything it had is with the swarms' owners. It is the middle step of a
+// graceful leave, after the node stopped being an owner (its view has Self
+// -1) and before it leaves the gossip.
+func (c *Cluster) Drain(ctx context.Context) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c.requestHandoff()
+		v := c.view.Load()
+		swarms := c.store.Stats().Swarms
+		queued := c.queued()
+		if len(v.Members()) == 0 {
+			if swarms > 0 {
+				c.log.Warn("no member left to hand swarms to; they go with this node", zap.Int("swarms", swarms))
+			}
+			return nil
+		}
+		if c.settled.Load() == v && swarms == 0 && queued == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: drain: %d swarms and %d queued changes left: %w", swarms, queued, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Close stops the data plane: queued forwards are abandoned (Drain first
+// to deliver them) and the transport is closed. Safe to call twice.
+func (c *Cluster) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		c.wg.Wait()
+		c.destMu.Lock()
+		ds := c.dests
+		c.dests = map[string]*dest{}
+		c.destMu.Unlock()
+		for _, d := range ds {
+			d.close()
+		}
+		for _, d := range ds {
+			if n := d.wait(); n > 0 {
+				c.m.forwarded.WithLabelValues("no_owner").Add(float64(n))
+				c.log.Warn("forwards abandoned at shutdown", zap.String("peer", d.name), zap.Int("changes", n))
+			}
+		}
+		err = c.tr.Close()
+		if c.reg != nil {
+			for _, col := range append(c.m.collectors(), queueCollector{c}) {
+				c.reg.Unregister(col)
+			}
+		}
+	})
+	return err
+}
+
+// Handle answers other nodes. A node applies what it is sent even for
+// swarms it does not own by its own view (views can briefly disagree);
+// the handoff pass moves such swarms on to their owners.
+func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
+	switch r := req.(type) {
+	case *ApplyRequest:
+		c.store.Apply(r.Changes)
+		c.m.received.Add(float64(len(r.Changes)))
+		return &Ack{}, nil
+	case *FetchRequest:
+		snap, counts, _ := c.store.Swarm(r.InfoHash, r.MaxPeers, nil)
+		reply := &FetchReply{Counts: counts, Peers: make([]SwarmPeer, len(snap))}
+		for i, ch := range snap {
+			reply.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+		}
+		return reply, nil
+	case *MergeRequest:
+		var changes []bittorrent.Change
+		for _, sw := range r.Swarms {
+			changes = changes[:0]
+			for _, p := range sw.Peers {
+				changes = append(changes, bittorrent.Change{InfoHash: sw.InfoHash, Peer: p.Peer, Op: bittorrent.OpPut, Seeder: p.Seeder})
+			}
+			c.store.Apply(changes)
+			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
+		}
+		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
+		return &Ack{}, nil
+	}
+	return nil, fmt.Errorf("cluster: unknown request %T", req)
+}
+
+// MemberStatus is one member's share of the ring, for /cluster.
+type MemberStatus struct {
+	Name       string  `json:"name"`
+	Datacenter string  `json:"datacenter,omitempty"`
+	Zone       string  `json:"zone,omitempty"`
+	Data       string  `json:"data"`
+	Share      float64 `json:"share"`
+	Queue      int     `json:"queue"`
+}
+
+// Status is the data plane as this node sees it.
+type Status struct {
+	Epoch    uint64         `json:"epoch"`
+	Self     string         `json:"self,omitempty"`
+	Replicas int            `json:"replicas"`
+	Settled  bool           `json:"settled"`
+	Members  []MemberStatus `json:"members"`
+}
+
+// shareSamples is how many infohashes Status places to estimate each
+// member's share; the estimate's error is about 1/sqrt of it per member.
+const shareSamples = 1 << 14
+
+// Status reports the current view, each member's estimated share of the
+// swarms (as one of their owners) and the forward queues.
+func (c *Cluster) Status() Status {
+	v := c.view.Load()
+	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v}
+	if v.Self >= 0 {
+		st.Self = v.Members()[v.Self].Name
+	}
+	counts := make([]int, len(v.Members()))
+	var owners []int
+	for i := range shareSamples {
+		var ih bittorrent.InfoHash
+		ih[0], ih[1], ih[2], ih[19] = byte(i), byte(i>>8), byte(i>>16), 0x5a
+		owners = v.OwnersOf(ih, owners[:0])
+		for _, o := range owners {
+			counts[o]++
+		}
+	}
+	depths := c.QueueDepths()
+	for i, m := range v.Members() {
+		st.Members = append(st.Members, MemberStatus{
+			Name: m.Name, Datacenter: m.Datacenter, Zone: m.Zone, Data: v.DataAddrs[i],
+			Share: float64(counts[i]) / shareSamples, Queue: depths[m.Name],
+		})
+	}
+	return st
+}

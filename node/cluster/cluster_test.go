@@ -1,0 +1,660 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/ring"
+	"github.com/karuta-tracker/karuta/store"
+)
+
+// scriptedViews is a Views whose view the test sets, standing in for
+// membership so a test decides who sees whom.
+type scriptedViews struct {
+	v       atomic.Pointer[ring.View]
+	changed chan struct{}
+}
+
+func (s *scriptedViews) View() *ring.View         { return s.v.Load() }
+func (s *scriptedViews) Changed() <-chan struct{} { return s.changed }
+func (s *scriptedViews) set(v *ring.View) {
+	s.v.Store(v)
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+type testNode struct {
+	name  string
+	boot  int
+	store *store.Memory
+	views *scriptedViews
+	c     *Cluster
+	reg   *prometheus.Registry
+}
+
+// testCluster runs nodes over a MemNet with scripted membership.
+type testCluster struct {
+	t        *testing.T
+	net      *MemNet
+	cfg      Config
+	replicas int
+	nodes    map[string]*testNode
+	epoch    uint64
+	boots    int
+}
+
+func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testCluster {
+	cfg := DefaultConfig()
+	cfg.ForwardDelay = time.Millisecond
+	cfg.ForwardRetry = 500 * time.Millisecond
+	cfg.ReadTimeout = 200 * time.Millisecond // generous: -race on two cores
+	cfg.RepairInterval = time.Second
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return &testCluster{t: t, net: NewMemNet(), cfg: cfg, replicas: replicas, nodes: map[string]*testNode{}}
+}
+
+// start starts a node with an empty store; the same name again is a
+// restart with a new boot.
+func (tc *testCluster) start(name string) *testNode {
+	t := tc.t
+	t.Helper()
+	st, err := store.NewMemory(store.DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.boots++
+	n := &testNode{name: name, boot: tc.boots, store: st, views: &scriptedViews{changed: make(chan struct{}, 1)}, reg: prometheus.NewRegistry()}
+	n.views.v.Store(tc.view(name, []string{name}, n))
+	n.c, err = New(tc.cfg, Options{Store: st, Transport: tc.net.Transport(name), Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[name] = n
+	t.Cleanup(func() { n.stop() })
+	return n
+}
+
+func (n *testNode) stop() {
+	_ = n.c.Close()
+	_ = n.store.Close()
+}
+
+// view builds self's view of members. newcomer supplies the boot of a node
+// not yet in tc.nodes.
+func (tc *testCluster) view(self string, members []string, newcomer *testNode) *ring.View {
+	tc.t.Helper()
+	var infos []ring.NodeInfo
+	for _, m := range members {
+		n := tc.nodes[m]
+		if newcomer != nil && newcomer.name == m {
+			n = newcomer
+		}
+		infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: m, Datacenter: "dc1", Zone: m}, DataAddr: m, Boot: fmt.Sprint(n.boot)})
+	}
+	tc.epoch++
+	v, err := ring.NewView(infos, self, tc.replicas, ring.Options{VNodes: 64}, tc.epoch)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	return v
+}
+
+// see gives each of observers the view over members and waits until
+// their data planes route by it.
+func (tc *testCluster) see(observers, members []string) {
+	tc.t.Helper()
+	for _, o := range observers {
+		tc.nodes[o].views.set(tc.view(o, members, nil))
+	}
+	for _, o := range observers {
+		n := tc.nodes[o]
+		waitFor(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
+	}
+}
+
+func (tc *testCluster) names() []string {
+	var out []string
+	for name := range tc.nodes {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitSettled waits until every listed node has run a complete handoff
+// pass for its current view and has nothing queued.
+func (tc *testCluster) waitSettled(names ...string) {
+	tc.t.Helper()
+	waitFor(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
+		for _, name := range names {
+			c := tc.nodes[name].c
+			if c.settled.Load() != c.View() || c.queued() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var reader = netip.MustParseAddrPort("192.0.2.1:1")
+
+// visible is what node name answers for ih: the peers' addresses and the
+// counts.
+func (tc *testCluster) visible(name string, ih bittorrent.InfoHash) (map[netip.AddrPort]bool, bittorrent.Counts) {
+	peers, counts, _ := tc.nodes[name].c.AnnouncePeers(ih, reader, false, 1000, nil)
+	out := make(map[netip.AddrPort]bool, len(peers))
+	for _, p := range peers {
+		out[p.Addr] = true
+	}
+	return out, counts
+}
+
+// swarmSet is what the test announced: swarm → peer addresses.
+type swarmSet map[bittorrent.InfoHash]map[netip.AddrPort]bool
+
+func ihN(i int) bittorrent.InfoHash {
+	return bittorrent.InfoHash{byte(i), byte(i >> 8), 0xca, 0xfe}
+}
+
+// announce applies nPeers new peers over swarms through the given nodes in
+// turn, as their swarm-write hooks would, recording them in want.
+func (tc *testCluster) announce(want swarmSet, via []string, swarms, nPeers, base int) {
+	for i := range nPeers {
+		ih := ihN(i % swarms)
+		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(base), byte(i >> 8), byte(i)}), 6881)
+		ch := bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Seeder: i%3 == 0, Peer: bittorrent.Peer{Addr: addr, ID: bittorrent.PeerID{byte(i)}}}
+		tc.nodes[via[i%len(via)]].c.Apply([]bittorrent.Change{ch})
+		if want[ih] == nil {
+			want[ih] = map[netip.AddrPort]bool{}
+		}
+		want[ih][addr] = true
+	}
+}
+
+// missing lists, per observer, the announced peers it does not show.
+func (tc *testCluster) missing(want swarmSet, exact bool, observers ...string) []string {
+	var out []string
+	for _, o := range observers {
+		for ih, peers := range want {
+			got, counts := tc.visible(o, ih)
+			for addr := range peers {
+				if !got[addr] {
+					out = append(out, fmt.Sprintf("%s lacks %s in %x", o, addr, ih[:2]))
+				}
+			}
+			if exact && int(counts.Seeders+counts.Leechers) != len(peers) {
+				out = append(out, fmt.Sprintf("%s counts %d peers in %x, want %d", o, counts.Seeders+counts.Leechers, ih[:2], len(peers)))
+			}
+		}
+	}
+	return out
+}
+
+// waitVisible waits until observers show exactly the peers in want.
+func (tc *testCluster) waitVisible(want swarmSet, observers ...string) {
+	tc.t.Helper()
+	tc.waitFor(want, true, observers...)
+}
+
+// waitPresent waits until observers show at least the peers in want.
+func (tc *testCluster) waitPresent(want swarmSet, observers ...string) {
+	tc.t.Helper()
+	tc.waitFor(want, false, observers...)
+}
+
+func (tc *testCluster) waitFor(want swarmSet, exact bool, observers ...string) {
+	tc.t.Helper()
+	var last []string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if last = tc.missing(want, exact, observers...); len(last) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			tc.t.Fatalf("peers missing after 15s (%d problems), e.g. %v", len(last), last[:min(5, len(last))])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkPlacement verifies every swarm is stored on exactly its owners.
+func (tc *testCluster) checkPlacement(want swarmSet, live []string) {
+	tc.t.Helper()
+	v := tc.nodes[live[0]].c.View()
+	for ih := range want {
+		owners := map[string]bool{}
+		for _, o := range v.OwnersOf(ih, nil) {
+			owners[v.Members()[o].Name] = true
+		}
+		for _, name := range live {
+			_, _, has := tc.nodes[name].store.Swarm(ih, 1, nil)
+			if has != owners[name] {
+				tc.t.Errorf("swarm %x on %s: stored %v, owner %v", ih[:2], name, has, owners[name])
+			}
+		}
+	}
+}
+
+func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c"}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	want := swarmSet{}
+	tc.announce(want, all, 40, 400, 1)
+	tc.waitVisible(want, all...)
+	tc.waitSettled(all...)
+	tc.checkPlacement(want, all)
+
+	reads := testutil.ToFloat64(tc.nodes["a"].c.m.reads.WithLabelValues("fetched")) + testutil.ToFloat64(tc.nodes["a"].c.m.reads.WithLabelValues("cached"))
+	if reads == 0 {
+		t.Error("node a never read a swarm it does not own from an owner")
+	}
+	if ok := testutil.ToFloat64(tc.nodes["a"].c.m.forwarded.WithLabelValues("ok")); ok == 0 {
+		t.Error("node a forwarded nothing")
+	}
+}
+
+func TestNodeFailureLosesNoPeer(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c"}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	want := swarmSet{}
+	tc.announce(want, all, 40, 400, 1)
+	tc.waitVisible(want, all...)
+
+	// c crashes: it vanishes from the network, and the others' failure
+	// detection drops it from their views.
+	tc.net.Isolate("c")
+	tc.nodes["c"].stop()
+	delete(tc.nodes, "c")
+	live := []string{"a", "b"}
+	// Writes keep coming while the survivors have not noticed yet; they
+	// must reach the new owners once the view changes.
+	tc.announce(want, live, 40, 100, 2)
+	tc.see(live, live)
+	tc.waitSettled(live...)
+	tc.waitVisible(want, live...)
+	tc.checkPlacement(want, live)
+}
+
+func TestGracefulLeaveAndRollingRestart(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c", "d"}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	want := swarmSet{}
+	tc.announce(want, all, 60, 600, 1)
+	tc.waitVisible(want, all...)
+
+	for round, name := range all {
+		// Graceful leave: everyone, the leaver included, drops it from the
+		// ring; it hands its swarms over and drains before going.
+		rest := slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == name })
+		tc.see(all, rest)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		if err := tc.nodes[name].c.Drain(ctx); err != nil {
+			t.Fatalf("round %d: drain %s: %v", round, name, err)
+		}
+		cancel()
+		if n := tc.nodes[name].store.Stats().Swarms; n != 0 {
+			t.Fatalf("round %d: %s still holds %d swarms after draining", round, name, n)
+		}
+		tc.net.Isolate(name)
+		tc.nodes[name].stop()
+		delete(tc.nodes, name)
+		tc.waitSettled(rest...)
+		tc.waitVisible(want, rest...)
+		tc.checkPlacement(want, rest)
+
+		// It comes back empty, under the same name, and is fed again.
+		tc.net.Heal()
+		tc.start(name)
+		tc.see(all, all)
+		tc.announce(want, all, 60, 40, 10+round)
+		tc.waitSettled(all...)
+		tc.waitVisible(want, all...)
+		tc.checkPlacement(want, all)
+	}
+}
+
+func TestJoinsKeepEverySwarmVisible(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	members := []string{"a", "b", "c"}
+	for _, n := range members {
+		tc.start(n)
+	}
+	tc.see(members, members)
+	want := swarmSet{}
+	tc.announce(want, members, 80, 800, 1)
+	tc.waitVisible(want, members...)
+	for i, joiner := range []string{"d", "e"} {
+		tc.start(joiner)
+		members = append(members, joiner)
+		tc.see(members, members)
+		tc.announce(want, members, 80, 50, 20+i)
+		tc.waitSettled(members...)
+		tc.waitVisible(want, members...)
+		tc.checkPlacement(want, members)
+	}
+	if sent := testutil.ToFloat64(tc.nodes["a"].c.m.handoff.WithLabelValues("sent")) +
+		testutil.ToFloat64(tc.nodes["b"].c.m.handoff.WithLabelValues("sent")) +
+		testutil.ToFloat64(tc.nodes["c"].c.m.handoff.WithLabelValues("sent")); sent == 0 {
+		t.Error("no swarm was handed to the joiners")
+	}
+}
+
+func TestPartitionAndHeal(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c", "d"}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	want := swarmSet{}
+	tc.announce(want, all, 30, 300, 1)
+	tc.waitVisible(want, all...)
+
+	left, right := []string{"a", "b"}, []string{"c", "d"}
+	for _, l := range left {
+		for _, r := range right {
+			tc.net.Cut(l, r)
+		}
+	}
+	tc.see(left, left)
+	tc.see(right, right)
+	wantLeft, wantRight := swarmSet{}, swarmSet{}
+	tc.announce(wantLeft, left, 30, 60, 2)
+	tc.announce(wantRight, right, 30, 60, 3)
+	// Both sides keep answering, each with what it has: at least its own
+	// side's new peers.
+	tc.waitSettled(all...)
+	tc.waitPresent(wantLeft, left...)
+	tc.waitPresent(wantRight, right...)
+	for _, n := range all {
+		for ih := range want {
+			done := make(chan struct{})
+			go func() { tc.visible(n, ih); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+				t.Fatalf("%s did not answer for %x during the partition", n, ih[:2])
+			}
+		}
+	}
+
+	tc.net.Heal()
+	tc.see(all, all)
+	for _, side := range []swarmSet{wantLeft, wantRight} {
+		for ih, peers := range side {
+			for addr := range peers {
+				if want[ih] == nil {
+					want[ih] = map[netip.AddrPort]bool{}
+				}
+				want[ih][addr] = true
+			}
+		}
+	}
+	tc.waitSettled(all...)
+	tc.waitVisible(want, all...)
+	tc.checkPlacement(want, all)
+}
+
+func TestForwardDropsAreCounted(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.ForwardQueue, c.ForwardBatch = 8, 4
+		c.ForwardRetry = 200 * time.Millisecond
+	})
+	a, _ := tc.start("a"), tc.start("b")
+	tc.see([]string{"a", "b"}, []string{"a", "b"})
+	tc.net.Cut("a", "b")
+	// Only swarms b owns, so every change must be queued for b.
+	v := a.c.View()
+	var changes []bittorrent.Change
+	for i := 0; len(changes) < 50; i++ {
+		ih := ihN(i)
+		if v.OwnersOf(ih, nil)[0] == v.Index("b") {
+			changes = append(changes, bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort("10.0.0.1:1")}})
+		}
+	}
+	a.c.Apply(changes)
+	full := testutil.ToFloat64(a.c.m.forwarded.WithLabelValues("queue_full"))
+	if full != 42 {
+		t.Errorf("queue_full drops = %v, want 42 (50 changes, room for 8)", full)
+	}
+	waitFor(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
+		return testutil.ToFloat64(a.c.m.forwarded.WithLabelValues("unreachable")) == 8
+	})
+	if d := a.c.QueueDepths()["b"]; d != 0 {
+		t.Errorf("queue depth for b = %d after giving up, want 0", d)
+	}
+	if n := testutil.ToFloat64(a.c.m.forwarded.WithLabelValues("ok")); n != 0 {
+		t.Errorf("ok = %v over a cut link", n)
+	}
+	if got := testutil.CollectAndCount(a.reg, "karuta_cluster_forward_queue_depth"); got != 1 {
+		t.Errorf("forward_queue_depth series = %d, want 1", got)
+	}
+}
+
+func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.ReadCacheTTL = 20 * time.Millisecond
+		c.ReadTimeout = 50 * time.Millisecond
+	})
+	a, b := tc.start("a"), tc.start("b")
+	tc.see([]string{"a", "b"}, []string{"a", "b"})
+	v := a.c.View()
+	var ih bittorrent.InfoHash
+	for i := 0; ; i++ {
+		if ih = ihN(i); v.OwnersOf(ih, nil)[0] == v.Index("b") {
+			break
+		}
+	}
+	peer := netip.MustParseAddrPort("10.0.0.7:7")
+	b.store.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Seeder: true, Peer: bittorrent.Peer{Addr: peer}}})
+	if got, counts := tc.visible("a", ih); !got[peer] || counts.Seeders != 1 {
+		t.Fatalf("a sees %v %+v, want the seeder", got, counts)
+	}
+	tc.net.Cut("a", "b")
+	time.Sleep(30 * time.Millisecond) // past the TTL
+	start := time.Now()
+	got, counts := tc.visible("a", ih)
+	if !got[peer] || counts.Seeders != 1 {
+		t.Errorf("with the owner cut off a answers %v %+v, want its older copy", got, counts)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("answer took %s with the owner unreachable", took)
+	}
+	if n := testutil.ToFloat64(a.c.m.reads.WithLabelValues("stale")); n != 1 {
+		t.Errorf("stale reads = %v, want 1", n)
+	}
+	// A swarm never fetched: nothing to fall back on but the local store.
+	var other bittorrent.InfoHash
+	for i := 1000; ; i++ {
+		if other = ihN(i); v.OwnersOf(other, nil)[0] == v.Index("b") {
+			break
+		}
+	}
+	if got, counts := tc.visible("a", other); len(got) != 0 || counts != (bittorrent.Counts{}) {
+		t.Errorf("unknown swarm: %v %+v", got, counts)
+	}
+	if n := testutil.ToFloat64(a.c.m.reads.WithLabelValues("failed")); n != 1 {
+		t.Errorf("failed reads = %v, want 1", n)
+	}
+}
+
+func TestChooseFromSnapshot(t *testing.T) {
+	mk := func(s string, seeder bool) SwarmPeer {
+		return SwarmPeer{Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(s)}, Seeder: seeder}
+	}
+	snap := newSnapshot(&FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 3}, Peers: []SwarmPeer{
+		mk("10.0.0.1:1", true), mk("10.0.0.2:1", true),
+		mk("10.0.0.3:1", false), mk("10.0.0.4:1", false), mk("10.0.0.5:1", false),
+		mk("[2001:db8::1]:1", true),
+	}}, time.Now())
+	tests := []struct {
+		name      string
+		announcer string
+		seeder    bool
+		n         int
+		wantLen   int
+		wantFirst map[string]bool // the first min(n, len) peers come from here
+		wantState bittorrent.PeerState
+	}{
+		{"leecher gets seeders first", "10.9.9.9:1", false, 2, 2, map[string]bool{"10.0.0.1:1": true, "10.0.0.2:1": true}, bittorrent.Absent},
+		{"seeder gets leechers first", "10.9.9.9:1", true, 3, 3, map[string]bool{"10.0.0.3:1": true, "10.0.0.4:1": true, "10.0.0.5:1": true}, bittorrent.Absent},
+		{"never the announcer", "10.0.0.3:1", false, 10, 4, nil, bittorrent.Leeching},
+		{"mapped announcer is found", "[::ffff:10.0.0.1]:1", true, 10, 4, nil, bittorrent.Seeding},
+		{"ipv6 gets ipv6", "[2001:db8::9]:1", false, 10, 1, map[string]bool{"[2001:db8::1]:1": true}, bittorrent.Absent},
+		{"zero wanted", "10.9.9.9:1", false, 0, 0, nil, bittorrent.Absent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for range 20 {
+				peers, state := snap.choose(netip.MustParseAddrPort(tt.announcer), tt.seeder, tt.n, nil)
+				if len(peers) != tt.wantLen || state != tt.wantState {
+					t.Fatalf("got %d peers, state %v; want %d, %v", len(peers), state, tt.wantLen, tt.wantState)
+				}
+				seen := map[netip.AddrPort]bool{}
+				for i, p := range peers {
+					if seen[p.Addr] {
+						t.Fatalf("peer %s twice", p.Addr)
+					}
+					seen[p.Addr] = true
+					if samePeer(p.Addr, netip.MustParseAddrPort(tt.announcer)) || p.Addr.String() == tt.announcer {
+						t.Fatalf("announcer given to itself")
+					}
+					if tt.wantFirst != nil && i < len(tt.wantFirst) && !tt.wantFirst[p.Addr.String()] {
+						t.Fatalf("peer %d is %s, want one of %v first", i, p.Addr, tt.wantFirst)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	tests := []struct {
+		mutate func(*Config)
+		want   string
+	}{
+		{func(c *Config) { c.ForwardBatch = 0 }, "forward_batch: 0 is out of range"},
+		{func(c *Config) { c.ForwardQueue = 10 }, "forward_queue: 10 is smaller than forward_batch"},
+		{func(c *Config) { c.ReadTimeout = 0 }, "read_timeout: 0s is out of range"},
+		{func(c *Config) { c.ReadMaxPeers = -1 }, "read_max_peers: -1 is out of range"},
+		{func(c *Config) { c.RepairInterval = time.Millisecond }, "repair_interval: 1ms is out of range"},
+	}
+	for _, tt := range tests {
+		c := DefaultConfig()
+		tt.mutate(&c)
+		if err := c.Validate(); err == nil || !contains(err.Error(), tt.want) {
+			t.Errorf("Validate() = %v, want %q", err, tt.want)
+		}
+	}
+}
+
+func contains(s, sub string) bool {
+	return len(sub) <= len(s) && (s[:len(sub)] == sub || contains(s[1:], sub))
+}
+
+// Changes queued for a node that drops out of a view are re-routed, not
+// lost, even while post-hook workers keep applying.
+func TestApplyDuringViewChanges(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c"}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	a := tc.nodes["a"].c
+	want := make([]swarmSet, 4)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range want {
+		want[w] = swarmSet{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// 4 workers × 800 peers over 20 swarms stays under
+			// read_max_peers, so a reader can see every peer.
+			for i := 0; i < 800; i++ {
+				time.Sleep(200 * time.Microsecond)
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ih := ihN(i % 20)
+				addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(100 + w), byte(i >> 8), byte(i)}), 6881)
+				a.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: addr}}})
+				if want[w][ih] == nil {
+					want[w][ih] = map[netip.AddrPort]bool{}
+				}
+				want[w][ih][addr] = true
+			}
+		}()
+	}
+	for range 5 {
+		tc.see([]string{"a"}, []string{"a", "b"})
+		time.Sleep(20 * time.Millisecond)
+		tc.see([]string{"a"}, all)
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	merged := swarmSet{}
+	for _, ws := range want {
+		for ih, peers := range ws {
+			if merged[ih] == nil {
+				merged[ih] = map[netip.AddrPort]bool{}
+			}
+			for p := range peers {
+				merged[ih][p] = true
+			}
+		}
+	}
+	tc.waitSettled(all...)
+	tc.waitVisible(merged, all...)
+	if n := testutil.ToFloat64(a.m.forwarded.WithLabelValues("queue_full")) + testutil.ToFloat64(a.m.forwarded.WithLabelValues("unreachable")); n != 0 {
+		t.Errorf("%v changes dropped", n)
+	}
+}

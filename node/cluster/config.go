@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config holds the data-plane keys of the `cluster` section; membership
+// and placement keys are ring.Config, inlined beside these.
+type Config struct {
+	// ForwardBatch is the most changes sent to one node in one request.
+	ForwardBatch int `yaml:"forward_batch"`
+	// ForwardDelay is how long a change may wait for others to share its
+	// request; it bounds the latency batching adds.
+	ForwardDelay time.Duration `yaml:"forward_delay"`
+	// ForwardQueue is the most changes waiting for one node; beyond it new
+	// changes for that node are dropped and counted.
+	ForwardQueue int `yaml:"forward_queue"`
+	// ForwardRetry is how long a batch is retried while its node cannot be
+	// reached before it is dropped and counted.
+	ForwardRetry time.Duration `yaml:"forward_retry"`
+	// ReadCacheTTL is how long a node reuses the peers it fetched for a
+	// swarm it does not own.
+	ReadCacheTTL time.Duration `yaml:"read_cache_ttl"`
+	// ReadTimeout bounds the fetch from an owner an announce may wait for;
+	// past it the node answers with what it has.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// ReadMaxPeers is the most peers per address family fetched from an
+	// owner for one swarm.
+	ReadMaxPeers int `yaml:"read_max_peers"`
+	// RepairInterval is how often a node checks, without a membership
+	// change, that every swarm it holds is where placement wants it.
+	RepairInterval time.Duration `yaml:"repair_interval"`
+}
+
+// DefaultConfig returns the data-plane defaults.
+func DefaultConfig() Config {
+	return Config{
+		ForwardBatch:   256,
+		ForwardDelay:   5 * time.Millisecond,
+		ForwardQueue:   65536,
+		ForwardRetry:   10 * time.Second,
+		ReadCacheTTL:   50 * time.Millisecond,
+		ReadTimeout:    25 * time.Millisecond,
+		ReadMaxPeers:   200,
+		RepairInterval: 30 * time.Second,
+	}
+}
+
+// Validate reports the first bad value, naming its key.
+func (c Config) Validate() error {
+	ints := []struct {
+		key      string
+		val      int
+		min, max int
+	}{
+		{"forward_batch", c.ForwardBatch, 1, 65536},
+		{"forward_queue", c.ForwardQueue, 1, 1 << 24},
+		{"read_max_peers", c.ReadMaxPeers, 1, 10000},
+	}
+	for _, f := range ints {
+		if f.val < f.min || f.val > f.max {
+			return fmt.Errorf("%s: %d is out of range; want %d to %d", f.key, f.val, f.min, f.max)
+		}
+	}
+	if c.ForwardQueue < c.ForwardBatch {
+		return fmt.Errorf("forward_queue: %d is smaller than forward_batch (%d); want at least one batch", c.ForwardQueue, c.ForwardBatch)
+	}
+	durs := []struct {
+		key      string
+		val      time.Duration
+		min, max time.Duration
+	}{
+		{"forward_delay", c.ForwardDelay, 0, time.Second},
+		{"forward_retry", c.ForwardRetry, 100 * time.Millisecond, time.Hour},
+		{"read_cache_ttl", c.ReadCacheTTL, 0, time.Minute},
+		{"read_timeout", c.ReadTimeout, time.Millisecond, 10 * time.Second},
+		{"repair_interval", c.RepairInterval, time.Second, 24 * time.Hour},
+	}
+	for _, f := range durs {
+		if f.val < f.min || f.val > f.max {
+			return fmt.Errorf("%s: %s is out of range; want %s to %s", f.key, f.val, f.min, f.max)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,79 @@
+package cluster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the data plane's counters. Forward results: ok (delivered),
+// queue_full, unreachable (retried for forward_retry, then dropped),
+// rejected (the owner answered with an error) and no_owner (no member to
+// send to, as during a node's own leave).
+type metrics struct {
+	forwarded    *prometheus.CounterVec
+	forwardTime  prometheus.Histogram
+	received     prometheus.Counter
+	reads        *prometheus.CounterVec
+	fetchTime    prometheus.Histogram
+	handoff      *prometheus.CounterVec
+	handoffTime  prometheus.Histogram
+	handoffFails prometheus.Counter
+	queueDepth   *prometheus.Desc
+}
+
+func newMetrics() *metrics {
+	const ns, sub = "karuta", "cluster"
+	latency := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
+	return &metrics{
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "forwarded_changes_total",
+			Help: "Swarm changes forwarded to their owners, by result: ok, queue_full, unreachable, rejected, no_owner.",
+		}, []string{"result"}),
+		forwardTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "forward_batch_seconds",
+			Help: "Round trip of one forwarded batch, delivered or not.", Buckets: latency,
+		}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "received_changes_total",
+			Help: "Swarm changes applied on behalf of other nodes.",
+		}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "reads_total",
+			Help: "Swarm reads by source: local (this node owns it), cached, fetched (from an owner), stale (no owner answered; an older copy served) and failed (no owner answered; local data served).",
+		}, []string{"result"}),
+		fetchTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "fetch_seconds",
+			Help: "Time to fetch a swarm from its owners for a read, answered or not.", Buckets: latency,
+		}),
+		handoff: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "handoff_swarms_total",
+			Help: "Swarms streamed between nodes on membership changes, by direction (sent, received, dropped after handing over).",
+		}, []string{"direction"}),
+		handoffTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "handoff_pass_seconds",
+			Help:    "Duration of one pass that moves swarms to their owners.",
+			Buckets: prometheus.ExponentialBuckets(.001, 4, 10),
+		}),
+		handoffFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "handoff_failures_total",
+			Help: "Handoff requests that failed and will be retried.",
+		}),
+		queueDepth: prometheus.NewDesc(ns+"_"+sub+"_forward_queue_depth",
+			"Changes waiting to be forwarded, by destination node.", []string{"peer"}, nil),
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.reads, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
+}
+
+// queueCollector reports each destination's queue depth at scrape time,
+// so destinations that come and go need no gauge bookkeeping.
+type queueCollector struct{ c *Cluster }
+
+func (q queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- q.c.m.queueDepth }
+
+func (q queueCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, depth := range q.c.QueueDepths() {
+		ch <- prometheus.MustNewConstMetric(q.c.m.queueDepth, prometheus.GaugeValue, float64(depth), name)
+	}
+}

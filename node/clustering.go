@@ -1,0 +1,228 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/karuta-tracker/karuta/node/cluster"
+	"github.com/karuta-tracker/karuta/ring"
+)
+
+// leaveGossipTimeout bounds each gossip step of a graceful leave: spreading
+// "leaving" before the handoff and "left" after it.
+const leaveGossipTimeout = 2 * time.Second
+
+// clustered is the part of a node that exists only with cluster.bind set.
+type clustered struct {
+	cfg   ClusterConfig
+	id    IdentityConfig
+	log   *zap.Logger
+	tr    cluster.Transport
+	views *membershipViews
+	data  *cluster.Cluster
+	boot  string
+
+	mu sync.Mutex
+	m  *ring.Membership // set by start
+}
+
+// membershipViews gives the data plane a view before gossip starts (this
+// node alone, owning everything) and membership's views after.
+type membershipViews struct {
+	m       atomic.Pointer[ring.Membership]
+	alone   *ring.View
+	changed chan struct{}
+	stop    chan struct{}
+	done    sync.WaitGroup
+}
+
+func (v *membershipViews) View() *ring.View {
+	if m := v.m.Load(); m != nil {
+		return m.View()
+	}
+	return v.alone
+}
+
+func (v *membershipViews) Changed() <-chan struct{} { return v.changed }
+
+// follow relays m's change signals from now on.
+func (v *membershipViews) follow(m *ring.Membership) {
+	v.m.Store(m)
+	v.signal()
+	v.done.Add(1)
+	go func() {
+		defer v.done.Done()
+		for {
+			select {
+			case <-v.stop:
+				return
+			case <-m.Changed():
+				v.signal()
+			}
+		}
+	}()
+}
+
+func (v *membershipViews) signal() {
+	select {
+	case v.changed <- struct{}{}:
+	default:
+	}
+}
+
+func newClustered(cfg Config, n *Node) (*clustered, error) {
+	cc := cfg.Cluster
+	keys, err := cc.Keys()
+	if err != nil {
+		return nil, fmt.Errorf("cluster.%w", err)
+	}
+	dataBind, err := dataBindAddr(cc.Config)
+	if err != nil {
+		return nil, err
+	}
+	c := &clustered{cfg: cc, id: cfg.Node, log: n.log.Named("cluster"), boot: newBoot()}
+	c.tr, err = cluster.NewTCP(cluster.TCPOptions{Bind: dataBind, Keys: keys, Label: cc.Label, Log: c.log.Named("data")})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: data channel: %w", err)
+	}
+	self := ring.NodeInfo{Member: ring.Member{Name: cfg.Node.Name, Datacenter: cfg.Node.Datacenter, Zone: cfg.Node.Zone}, DataAddr: dataBind, Boot: c.boot}
+	alone, err := ring.NewView([]ring.NodeInfo{self}, self.Name, cc.Replicas, ring.Options{EveryDatacenter: cc.EveryDatacenter}, 0)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	c.views = &membershipViews{alone: alone, changed: make(chan struct{}, 1), stop: make(chan struct{})}
+	c.data, err = cluster.New(cc.Data, cluster.Options{Store: n.store, Transport: c.tr, Views: c.views, Registerer: n.reg, Log: c.log})
+	if err != nil {
+		_ = c.tr.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dataBindAddr is cluster.data_bind, or bind's host with bind's port plus
+// one (port 0 stays 0: any free port).
+func dataBindAddr(cc ring.Config) (string, error) {
+	if cc.DataBind != "" {
+		return cc.DataBind, nil
+	}
+	host, ps, err := net.SplitHostPort(cc.Bind)
+	if err != nil {
+		return "", fmt.Errorf("cluster.bind: %q: %w", cc.Bind, err)
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil {
+		return "", fmt.Errorf("cluster.bind: %q: %w", cc.Bind, err)
+	}
+	if port != 0 {
+		port++
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+func newBoot() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// start serves the data channel first, so the address gossiped with the
+// node's metadata already answers, then joins the gossip.
+func (c *clustered) start(n *Node) error {
+	if err := c.data.Start(); err != nil {
+		return err
+	}
+	self := ring.NodeInfo{
+		Member:   ring.Member{Name: c.id.Name, Datacenter: c.id.Datacenter, Zone: c.id.Zone},
+		DataAddr: c.tr.Addr(),
+		Boot:     c.boot,
+	}
+	m, err := ring.NewMembership(c.cfg.Config, ring.MembershipOptions{Self: self, Registerer: n.reg, Log: c.log.Named("gossip")})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.m = m
+	c.mu.Unlock()
+	c.views.follow(m)
+	return nil
+}
+
+func (c *clustered) membership() *ring.Membership {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m
+}
+
+// leave hands this node's swarms to their next owners, then leaves the
+// gossip and stops the data plane. Without a membership (start failed or
+// never ran) it only stops.
+func (c *clustered) leave(ctx context.Context) error {
+	var errs []error
+	if m := c.membership(); m != nil {
+		start := time.Now()
+		if err := m.StartLeaving(leaveGossipTimeout); err != nil {
+			errs = append(errs, err)
+		}
+		if err := c.waitNotOwner(ctx); err != nil {
+			errs = append(errs, err)
+		} else if err := c.data.Drain(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		c.log.Info("swarms handed over", zap.Duration("took", time.Since(start)), zap.Bool("complete", len(errs) == 0))
+		if err := m.Leave(leaveGossipTimeout); err != nil {
+			errs = append(errs, err)
+		}
+		close(c.views.stop)
+		c.views.done.Wait()
+		errs = append(errs, m.Close())
+	}
+	errs = append(errs, c.data.Close())
+	return errors.Join(errs...)
+}
+
+// waitNotOwner waits for the data plane to route by a view without this
+// node, so that the handoff moves everything.
+func (c *clustered) waitNotOwner(ctx context.Context) error {
+	for c.data.View().Self >= 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: leave: view without this node never arrived: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// ClusterStatus is what /cluster serves.
+type ClusterStatus struct {
+	Node    string              `json:"node"`
+	Members []ring.MemberStatus `json:"members"`
+	Ring    cluster.Status      `json:"ring"`
+}
+
+func (c *clustered) status() ClusterStatus {
+	st := ClusterStatus{Node: c.id.Name, Ring: c.data.Status()}
+	if m := c.membership(); m != nil {
+		st.Members = m.Members()
+	}
+	return st
+}
+
+func (c *clustered) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(c.status())
+}
