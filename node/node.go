@@ -131,6 +131,9 @@ func New(cfg Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
+	if cfg.Frontends.UDP.Addr != "" && cfg.Cluster.Bind != "" && len(cfg.Frontends.UDP.ConnectionIDKeys) == 0 {
+		n.log.Warn("frontends.udp.connection_id_keys is empty in a cluster: a client whose announces reach another node (DNS round robin, anycast, a restart) must connect again there; give every node the same keys")
+	}
 	if cfg.Frontends.UDP.Addr != "" {
 		if n.udp, err = udp.New(cfg.Frontends.UDP, n.chain, metrics.For("udp"), n.log.Named("udp")); err != nil {
 			n.closeCore(context.Background())

@@ -59,7 +59,8 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 	}
 	s := &Server{cfg: cfg, t: t, rec: rec, log: log}
 	if len(cfg.ConnectionIDKeys) == 0 {
-		log.Warn("udp: connection_id_keys is empty; using a random key, so other nodes will reject this node's connection IDs")
+		// Fine for a single node; the node warns when it is clustered.
+		log.Info("udp: connection_id_keys is empty; using a random key for this process")
 		s.keys.Store(randomKeyring())
 	} else if err := s.SetConnectionIDKeys(cfg.ConnectionIDKeys); err != nil {
 		return nil, err
