@@ -62,6 +62,7 @@ type Cluster struct {
 
 	dropLog    *hooks.RateLog
 	unreachLog *hooks.RateLog
+	handoffLog *hooks.RateLog
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -87,6 +88,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		rebalance:  make(chan struct{}, 1),
 		dropLog:    hooks.NewRateLog(10 * time.Second),
 		unreachLog: hooks.NewRateLog(10 * time.Second),
+		handoffLog: hooks.NewRateLog(10 * time.Second),
 		stop:       make(chan struct{}),
 	}
 	c.cache.init()
@@ -202,6 +204,9 @@ func (c *Cluster) Close() error {
 	return err
 }
 
+// maxFetchPeers caps the peers per family one FetchReply carries.
+const maxFetchPeers = 10000
+
 // Handle answers other nodes. A node applies what it is sent even for
 // swarms it does not own by its own view (views can briefly disagree);
 // the handoff pass moves such swarms on to their owners.
@@ -212,7 +217,9 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 		c.m.received.Add(float64(len(r.Changes)))
 		return &Ack{}, nil
 	case *FetchRequest:
-		snap, counts, _ := c.store.Swarm(r.InfoHash, r.MaxPeers, nil)
+		// A sample is always bounded, whatever the caller asked, so the
+		// reply stays far below the transport's frame limit.
+		snap, counts, _ := c.store.Swarm(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers), nil)
 		reply := &FetchReply{Counts: counts, Peers: make([]SwarmPeer, len(snap))}
 		for i, ch := range snap {
 			reply.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}

@@ -658,3 +658,35 @@ func TestApplyDuringViewChanges(t *testing.T) {
 		t.Errorf("%v changes dropped", n)
 	}
 }
+
+// A swarm larger than one handoff request arrives whole, in parts.
+func TestHandoffMovesLargeSwarm(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	a, b := tc.start("a"), tc.start("b")
+	tc.see([]string{"a", "b"}, []string{"a", "b"})
+	v := a.c.View()
+	var ih bittorrent.InfoHash
+	for i := 0; ; i++ {
+		if ih = ihN(i); v.OwnersOf(ih, nil)[0] == v.Index("b") {
+			break
+		}
+	}
+	const n = mergePeers + mergePeers/2
+	changes := make([]bittorrent.Change, n)
+	for i := range changes {
+		changes[i] = bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Seeder: i%2 == 0,
+			Peer: bittorrent.Peer{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 1)}}
+	}
+	// A stray: a holds a swarm it does not own, as after a write from a
+	// node with an older view.
+	a.store.Apply(changes)
+	a.store.MergeSnatches(ih, 7)
+	a.c.requestHandoff()
+	waitFor(t, 10*time.Second, "the swarm moves to b", func() bool {
+		_, _, onA := a.store.Swarm(ih, 1, nil)
+		return !onA && b.store.Counts(ih) == bittorrent.Counts{Seeders: n / 2, Leechers: n / 2, Snatches: 7}
+	})
+	if sent := testutil.ToFloat64(a.c.m.handoff.WithLabelValues("sent")); sent < 2 {
+		t.Errorf("handoff sent %v parts, want at least 2 for %d peers", sent, n)
+	}
+}

@@ -189,6 +189,18 @@ type mergeBatch struct {
 }
 
 func (h *handoff) add(to int, sw Swarm) {
+	// A swarm bigger than one request travels in parts; merging is
+	// idempotent, so each part can carry the snatch count.
+	for len(sw.Peers) > mergePeers {
+		part := sw
+		part.Peers = sw.Peers[:mergePeers]
+		h.addPart(to, part)
+		sw.Peers = sw.Peers[mergePeers:]
+	}
+	h.addPart(to, sw)
+}
+
+func (h *handoff) addPart(to int, sw Swarm) {
 	b := h.batches[to]
 	if b == nil {
 		b = &mergeBatch{}
@@ -225,7 +237,10 @@ func (h *handoff) flush(to int, b *mergeBatch) {
 		for _, sw := range b.swarms {
 			h.failed[sw.InfoHash] = true
 		}
-		h.c.log.Warn("handoff failed; will retry", zap.String("peer", h.v.Members()[to].Name), zap.Int("swarms", len(b.swarms)), zap.Error(err))
+		if n, ok := h.c.handoffLog.Allow(); ok {
+			h.c.log.Warn("handoff failed; will retry", zap.String("peer", h.v.Members()[to].Name), zap.Int("swarms", len(b.swarms)),
+				zap.Uint64("events", n), zap.Error(err))
+		}
 	} else {
 		h.sent += len(b.swarms)
 		h.c.m.handoff.WithLabelValues("sent").Add(float64(len(b.swarms)))
