@@ -264,16 +264,25 @@ func (tc *testCluster) checkPlacement(want swarmSet, live []string) {
 	}
 }
 
-func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
-	tc := newTestCluster(t, 2, nil)
-	all := []string{"a", "b", "c"}
+// populated starts nodes that all see each other and announces nPeers
+// over swarms through them, returning what was announced once every node
+// shows it.
+func (tc *testCluster) populated(all []string, swarms, nPeers int) swarmSet {
+	tc.t.Helper()
 	for _, n := range all {
 		tc.start(n)
 	}
 	tc.see(all, all)
 	want := swarmSet{}
-	tc.announce(want, all, 40, 400, 1)
+	tc.announce(want, all, swarms, nPeers, 1)
 	tc.waitVisible(want, all...)
+	return want
+}
+
+func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c"}
+	want := tc.populated(all, 40, 400)
 	tc.waitSettled(all...)
 	tc.checkPlacement(want, all)
 
@@ -289,13 +298,7 @@ func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
 func TestNodeFailureLosesNoPeer(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
-	for _, n := range all {
-		tc.start(n)
-	}
-	tc.see(all, all)
-	want := swarmSet{}
-	tc.announce(want, all, 40, 400, 1)
-	tc.waitVisible(want, all...)
+	want := tc.populated(all, 40, 400)
 
 	// c crashes: it vanishes from the network, and the others' failure
 	// detection drops it from their views.
@@ -315,13 +318,7 @@ func TestNodeFailureLosesNoPeer(t *testing.T) {
 func TestGracefulLeaveAndRollingRestart(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
-	for _, n := range all {
-		tc.start(n)
-	}
-	tc.see(all, all)
-	want := swarmSet{}
-	tc.announce(want, all, 60, 600, 1)
-	tc.waitVisible(want, all...)
+	want := tc.populated(all, 60, 600)
 
 	for round, name := range all {
 		// Graceful leave: everyone, the leaver included, drops it from the
@@ -383,13 +380,7 @@ func TestJoinsKeepEverySwarmVisible(t *testing.T) {
 func TestPartitionAndHeal(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
-	for _, n := range all {
-		tc.start(n)
-	}
-	tc.see(all, all)
-	want := swarmSet{}
-	tc.announce(want, all, 30, 300, 1)
-	tc.waitVisible(want, all...)
+	want := tc.populated(all, 30, 300)
 
 	left, right := []string{"a", "b"}, []string{"c", "d"}
 	for _, l := range left {
