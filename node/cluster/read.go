@@ -12,6 +12,9 @@ import (
 	"github.com/karuta-tracker/karuta/ring"
 )
 
+// emptyTTL is how long an empty answer from the owners is reused, at most.
+const emptyTTL = 5 * time.Millisecond
+
 // AnnouncePeers implements hooks.PeerSource. An owner answers from its own
 // store; any other node answers from a copy of the swarm fetched from the
 // nearest owner and kept for read_cache_ttl. An owner that does not have
@@ -154,7 +157,14 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	}
 	var snap *snapshot
 	if best != nil {
-		snap = newSnapshot(best, time.Now())
+		at := time.Now()
+		if size(best.Counts) == 0 {
+			// An empty swarm is most often one whose first announce is
+			// still on its way to the owners; keep the answer briefly so
+			// the peer shows up soon after it lands.
+			at = at.Add(-c.cfg.ReadCacheTTL + min(c.cfg.ReadCacheTTL, emptyTTL))
+		}
+		snap = newSnapshot(best, at)
 	}
 	c.cache.finish(ih, e, snap)
 }
