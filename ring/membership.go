@@ -318,30 +318,35 @@ func (m *Membership) stopLoops() {
 	m.done.Wait()
 }
 
-// joinLoop joins through the seeds, then keeps trying failed members so two
-// sides of a partition merge again. Joining an address that is already a
-// member is a cheap state exchange, so retrying is harmless.
+// joinLoop joins through the seeds, then keeps trying failed members so the
+// two sides of a partition merge again, and every seedEvery rounds the
+// seeds too, so groups that formed apart (started during a partition, or
+// each joining only itself) merge as well. Joining an address that is
+// already a member is a cheap state exchange, so retrying is harmless.
 func (m *Membership) joinLoop() {
 	defer m.done.Done()
 	wait := 100 * time.Millisecond
 	joined := len(m.cfg.Join) == 0
-	for {
-		var targets []string
-		if !joined {
-			targets = m.cfg.Join
-		} else {
+	for round := 0; ; round++ {
+		targets := m.cfg.Join
+		if joined {
 			targets = m.failedAddrs()
+			if round%seedEvery == 0 {
+				targets = append(targets, m.cfg.Join...)
+			}
 		}
 		if len(targets) > 0 {
-			n, err := m.ml.Join(targets)
+			_, err := m.ml.Join(targets)
+			// memberlist counts reaching this node's own address (listed
+			// among the seeds, or a name resolving to it) as a success;
+			// only another member makes a cluster.
+			others := m.ml.NumMembers() - 1
 			switch {
-			case err == nil && !joined:
+			case !joined && others > 0:
 				joined = true
-				m.log.Info("joined cluster", zap.Int("contacted", n), zap.Int("members", m.ml.NumMembers()))
-			case err != nil && !joined:
-				m.log.Warn("no seed answered; retrying", zap.Strings("join", targets), zap.Duration("in", wait), zap.Error(err))
-			case err == nil:
-				m.log.Info("reached failed members again", zap.Strings("addrs", targets))
+				m.log.Info("joined cluster", zap.Int("others", others))
+			case !joined:
+				m.log.Warn("no other seed answered; retrying", zap.Strings("join", targets), zap.Duration("in", wait), zap.Error(err))
 			}
 		}
 		select {
@@ -356,6 +361,10 @@ func (m *Membership) joinLoop() {
 		}
 	}
 }
+
+// seedEvery is how many reconnect rounds pass between asking the seeds
+// again once joined: a minute on a LAN.
+const seedEvery = 6
 
 func (m *Membership) reconnectInterval() time.Duration {
 	switch m.cfg.Profile {
@@ -544,7 +553,41 @@ func (delegate) MergeRemoteState([]byte, bool)   {}
 
 // zapWriter turns memberlist's "[LEVEL] memberlist: ..." lines into zap
 // entries at the matching level.
-type zapWriter struct{ log *zap.Logger }
+type zapWriter struct {
+	log   *zap.Logger
+	mu    sync.Mutex
+	kinds map[string]*logKind
+}
+
+type logKind struct {
+	next   time.Time // nothing of this kind is logged before
+	events uint64    // since the last line
+}
+
+// allow rate-limits by the message's first words, which name the kind of
+// event (the rest carries addresses that differ every time): one line per
+// kind per 10 seconds, with the number of events it stands for.
+func (w *zapWriter) allow(msg []byte) (uint64, bool) {
+	kind := string(msg[:min(len(msg), 40)])
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.kinds == nil || len(w.kinds) > 256 {
+		w.kinds = map[string]*logKind{}
+	}
+	k := w.kinds[kind]
+	if k == nil {
+		k = &logKind{}
+		w.kinds[kind] = k
+	}
+	k.events++
+	if now.Before(k.next) {
+		return 0, false
+	}
+	n := k.events
+	k.next, k.events = now.Add(10*time.Second), 0
+	return n, true
+}
 
 func (w *zapWriter) Write(p []byte) (int, error) {
 	line := bytes.TrimSpace(p)
@@ -555,10 +598,13 @@ func (w *zapWriter) Write(p []byte) (int, error) {
 		}
 	}
 	switch level {
-	case "ERR", "ERROR":
-		w.log.Error(string(msg))
-	case "WARN":
-		w.log.Warn(string(msg))
+	case "ERR", "ERROR", "WARN":
+		// memberlist's errors are mostly about what other hosts sent
+		// (wrong keys, another cluster's label), which may repeat many
+		// times a second: warnings, each kind at most once per period.
+		if n, ok := w.allow(msg); ok {
+			w.log.Warn(string(msg), zap.Uint64("events", n))
+		}
 	case "DEBUG", "TRACE":
 		w.log.Debug(string(msg))
 	default:

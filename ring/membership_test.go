@@ -188,24 +188,43 @@ func TestMembershipKeysAndLabel(t *testing.T) {
 	}
 }
 
-func TestMembershipRetriesSeeds(t *testing.T) {
-	// Reserve a port, start b pointing at it, and only then start a there.
+func freeUDP(t *testing.T) string {
+	t.Helper()
 	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.LocalAddr().String()
-	ln.Close()
+	defer ln.Close()
+	return ln.LocalAddr().String()
+}
+
+func TestMembershipRetriesSeeds(t *testing.T) {
+	// b starts first, with seeds that are itself (as when every node lists
+	// every node) and a that is not up yet: reaching itself must not count
+	// as having joined.
+	addrA, addrB := freeUDP(t), freeUDP(t)
 	// A name that resolves to several addresses (localhost: 127.0.0.1 and
 	// often ::1) counts as several seeds; one answering is enough.
-	_, port, _ := net.SplitHostPort(addr)
-	b := startMember(t, "node-b", []string{"localhost:" + port})
+	_, portA, _ := net.SplitHostPort(addrA)
+	b := startMember(t, "node-b", []string{addrB, "localhost:" + portA}, withBind(addrB))
 	time.Sleep(500 * time.Millisecond)
 	if got := memberNames(b.View()); got != "node-b" {
 		t.Fatalf("before the seed exists b sees %s", got)
 	}
-	a := startMember(t, "node-a", nil, withBind(addr))
+	a := startMember(t, "node-a", nil, withBind(addrA))
 	waitFor(t, 10*time.Second, "b joins once the seed is up", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+}
+
+// The data address is gossiped with a wildcard host resolved to the
+// address memberlist advertises.
+func TestMembershipResolvesWildcardDataAddr(t *testing.T) {
+	a := startMember(t, "node-a", nil, func(_ *Config, o *MembershipOptions) { o.Self.DataAddr = "0.0.0.0:7777" })
+	b := startMember(t, "node-b", []string{a.Addr()})
+	waitFor(t, 10*time.Second, "b sees a", func() bool { return memberNames(b.View()) == "node-a,node-b" })
+	waitFor(t, 5*time.Second, "a's data address resolved at b", func() bool { return b.View().DataAddrs[0] == "127.0.0.1:7777" })
+	if got := a.Self().DataAddr; got != "127.0.0.1:7777" {
+		t.Errorf("a.Self().DataAddr = %s", got)
+	}
 }
 
 func TestNewMembershipRejectsBadConfig(t *testing.T) {
