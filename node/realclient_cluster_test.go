@@ -1,0 +1,371 @@
+//go:build realclient
+
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	// procClusterFormTimeout bounds the wait for three fresh processes to
+	// see each other and settle.
+	procClusterFormTimeout = 20 * time.Second
+	// procShutdownTimeout is how long a node may take to leave on SIGTERM.
+	// The node itself is told a little less, so that it reports what it
+	// could not finish instead of being killed.
+	procShutdownTimeout = 30 * time.Second
+	// procLogTail is how many lines of each node's log a failure shows.
+	procLogTail = 60
+)
+
+// TestRealClientCluster is the cluster's promise to real users: two
+// libtorrent clients, a seeder announcing over HTTP to n1 and a leecher over
+// UDP to n3, complete a download although they never talk to the same
+// node. Each node is a separate `karuta serve` process configured from YAML,
+// as an operator would run it; each leaves gracefully on SIGTERM.
+func TestRealClientCluster(t *testing.T) {
+	py := libtorrentPython(t)
+	bin := buildKaruta(t)
+	nodes := startProcCluster(t, bin, "n1", "n2", "n3")
+	waitProcClusterFormed(t, nodes)
+
+	n1, n3 := nodes[0], nodes[2]
+	summary := runRealClient(t, py, "http://"+n1.client+"/announce", "udp://"+n3.client+"/announce")
+	t.Logf("realclient: %s", summary)
+
+	// The download alone could succeed without a cluster only if n1 and n3
+	// were one tracker; the metrics show the swarm crossed nodes. With 3
+	// members and replicas 2, n1 always has an owner other than itself to
+	// forward the seeder's announces to, and n3 either owns the swarm (and
+	// received them) or read it from an owner.
+	eventually(t, "n1 forwards the seeder's announces to the swarm's other owners", func() bool {
+		return n1.scrape(t).value("karuta_cluster_forwarded_changes_total", "result", "ok") > 0
+	})
+	eventually(t, "n3 gets the swarm from the other nodes, as an owner or by reading", func() bool {
+		m := n3.scrape(t)
+		return m.value("karuta_cluster_received_changes_total") > 0 ||
+			m.value("karuta_cluster_reads_total", "result", "fetched")+m.value("karuta_cluster_reads_total", "result", "cached") > 0
+	})
+	for _, n := range nodes {
+		m := n.scrape(t)
+		t.Logf("%s: forwarded ok %v, received %v, reads local %v fetched %v cached %v stale %v failed %v", n.name,
+			m.value("karuta_cluster_forwarded_changes_total", "result", "ok"),
+			m.value("karuta_cluster_received_changes_total"),
+			m.value("karuta_cluster_reads_total", "result", "local"),
+			m.value("karuta_cluster_reads_total", "result", "fetched"),
+			m.value("karuta_cluster_reads_total", "result", "cached"),
+			m.value("karuta_cluster_reads_total", "result", "stale"),
+			m.value("karuta_cluster_reads_total", "result", "failed"))
+		for _, result := range []string{"queue_full", "unreachable", "rejected", "no_owner"} {
+			if v := m.value("karuta_cluster_forwarded_changes_total", "result", result); v != 0 {
+				t.Errorf("%s dropped %v forwarded changes with result %s", n.name, v, result)
+			}
+		}
+	}
+	for _, c := range []struct {
+		n        *karutaProc
+		frontend string
+	}{{n1, "http"}, {n3, "udp"}} {
+		m := c.n.scrape(t)
+		for _, result := range []string{"client_error", "error"} {
+			if v := m.value("karuta_frontend_requests_total", "frontend", c.frontend, "action", "announce", "result", result); v != 0 {
+				t.Errorf("%s's %s frontend answered %v of libtorrent's announces with result %s", c.n.name, c.frontend, v, result)
+			}
+		}
+	}
+
+	// Graceful leave, one at a time: n3 and n2 hand their swarms to the
+	// nodes still running; n1, last, has nobody to hand to.
+	for i := len(nodes) - 1; i >= 0; i-- {
+		nodes[i].stop(t)
+	}
+}
+
+// karutaProc is one `karuta serve` process on loopback.
+type karutaProc struct {
+	name    string
+	client  string // host:port of both the HTTP and the UDP frontend
+	metrics string
+	gossip  string
+	data    string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd.Wait has returned, into waitErr
+	waitErr error
+}
+
+// buildKaruta builds cmd/karuta once, without the race detector: the nodes
+// are the system under test here, not the test's own code.
+func buildKaruta(t *testing.T) string {
+	t.Helper()
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "karuta")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/karuta")
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/karuta: %v\n%s", err, out)
+	}
+	t.Logf("built %s in %s", bin, time.Since(start).Round(time.Millisecond))
+	return bin
+}
+
+// startProcCluster starts one process per name, every one listing every
+// gossip address as a seed. Each process's stderr goes to its own log file,
+// whose tail is logged if the test fails. Processes still running at the
+// end of the test are killed.
+func startProcCluster(t *testing.T, bin string, names ...string) []*karutaProc {
+	t.Helper()
+	dir := t.TempDir()
+	ports := freeLoopbackPorts(t, 4*len(names))
+	nodes := make([]*karutaProc, len(names))
+	var seeds []string
+	for i, name := range names {
+		addr := func(j int) string { return fmt.Sprintf("127.0.0.1:%d", ports[4*i+j]) }
+		nodes[i] = &karutaProc{
+			name: name, client: addr(0), metrics: addr(1), gossip: addr(2), data: addr(3),
+			logPath: filepath.Join(dir, name+".log"),
+			exited:  make(chan struct{}),
+		}
+		seeds = append(seeds, fmt.Sprintf("%q", nodes[i].gossip))
+	}
+	// Registered before the processes' cleanups, so it runs after them and
+	// shows complete logs.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range nodes {
+			t.Logf("last %d lines of %s's log (%s):\n%s", procLogTail, n.name, n.logPath, fileTail(n.logPath, procLogTail))
+		}
+	})
+	for _, n := range nodes {
+		cfg := fmt.Sprintf(`node:
+  name: %q
+log:
+  format: console
+  level: debug
+frontends:
+  http:
+    addr: %q
+  udp:
+    addr: %q
+    connection_id_keys: ["karuta-realclient-connection-id-key"]
+metrics:
+  addr: %q
+cluster:
+  bind: %q
+  data_bind: %q
+  join: [%s]
+  replicas: 2
+  profile: local
+  join_retry: 500ms
+  secret_keys: [%q]
+  label: karuta-realclient
+`, n.name, n.client, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), testClusterKey)
+		cfgPath := filepath.Join(dir, n.name+".yaml")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n.start(t, bin, cfgPath)
+	}
+	return nodes
+}
+
+func (p *karutaProc) start(t *testing.T, bin, cfgPath string) {
+	t.Helper()
+	logFile, err := os.Create(p.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close() // the child has its own descriptor
+	shutdown := procShutdownTimeout - 5*time.Second
+	p.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--shutdown-timeout", shutdown.String())
+	p.cmd.Stdout = logFile
+	p.cmd.Stderr = logFile
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+}
+
+// stop sends SIGTERM and expects the process to leave the cluster and exit
+// 0 within procShutdownTimeout.
+func (p *karutaProc) stop(t *testing.T) {
+	t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Errorf("SIGTERM %s: %v", p.name, err)
+		return
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(procShutdownTimeout):
+		t.Errorf("%s did not exit within %s of SIGTERM", p.name, procShutdownTimeout)
+		return
+	}
+	if p.waitErr != nil {
+		t.Errorf("%s exited after SIGTERM with %v; want exit status 0", p.name, p.waitErr)
+		return
+	}
+	t.Logf("%s left and exited 0 in %s", p.name, time.Since(start).Round(time.Millisecond))
+}
+
+func (p *karutaProc) scrape(t *testing.T) promSamples {
+	t.Helper()
+	return fetchPromSamples(t, "http://"+p.metrics+"/metrics")
+}
+
+// clusterStatus reads the process's /cluster.
+func (p *karutaProc) clusterStatus() (ClusterStatus, error) {
+	var st ClusterStatus
+	resp, err := http.Get("http://" + p.metrics + "/cluster")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET /cluster: %s", resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// formed says whether st shows every one of want nodes alive in the ring,
+// with the handoff after the last change finished.
+func formed(st ClusterStatus, want int) bool {
+	alive := 0
+	for _, m := range st.Members {
+		if m.State == "alive" {
+			alive++
+		}
+	}
+	return alive == want && len(st.Ring.Members) == want && st.Ring.Settled
+}
+
+// waitProcClusterFormed waits until every node sees all of them in its ring,
+// settled. A process that exits meanwhile fails the test at once.
+func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(procClusterFormTimeout)
+	last := make([]string, len(nodes))
+	for {
+		done := true
+		for i, n := range nodes {
+			select {
+			case <-n.exited:
+				t.Fatalf("%s exited while the cluster formed: %v", n.name, n.waitErr)
+			default:
+			}
+			st, err := n.clusterStatus()
+			if err != nil {
+				last[i] = err.Error()
+				done = false
+				continue
+			}
+			last[i] = describeClusterStatus(st)
+			if !formed(st, len(nodes)) {
+				done = false
+			}
+		}
+		if done {
+			t.Logf("cluster of %d processes formed in %s", len(nodes), time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for i, n := range nodes {
+				fmt.Fprintf(&b, "\n%s: %s", n.name, last[i])
+			}
+			t.Fatalf("the %d nodes did not all see each other, settled, within %s; last views:%s", len(nodes), procClusterFormTimeout, b.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func describeClusterStatus(st ClusterStatus) string {
+	var members, ring []string
+	for _, m := range st.Members {
+		members = append(members, m.Name+"="+m.State)
+	}
+	for _, m := range st.Ring.Members {
+		ring = append(ring, fmt.Sprintf("%s(%.2f)", m.Name, m.Share))
+	}
+	return fmt.Sprintf("members [%s], ring epoch %d [%s], settled %v",
+		strings.Join(members, " "), st.Ring.Epoch, strings.Join(ring, " "), st.Ring.Settled)
+}
+
+// freeLoopbackPorts returns n distinct ports free on 127.0.0.1 for both TCP
+// and UDP (gossip and the frontends use both). All are held until all are
+// found, so none is handed out twice; another process may still take one
+// before the node binds it, which is rare enough for a test.
+func freeLoopbackPorts(t *testing.T, n int) []int {
+	t.Helper()
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	var ports []int
+	for attempt := 0; len(ports) < n; attempt++ {
+		if attempt > 10*n {
+			t.Fatalf("found only %d of %d free loopback ports", len(ports), n)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		if err != nil {
+			continue // taken over UDP; the TCP listener stays held so the port is not offered again
+		}
+		held = append(held, u)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// fileTail returns the last n lines of the file at path, or why it could
+// not be read.
+func fileTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "(no log)"
+		}
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
