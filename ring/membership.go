@@ -70,6 +70,7 @@ type Membership struct {
 
 	self      atomic.Pointer[NodeInfo] // opts.Self with its data address resolved
 	leaving   atomic.Bool
+	mlog      *zapWriter
 	closeOnce sync.Once
 	leaveOnce sync.Once
 	members   *prometheus.GaugeVec
@@ -183,7 +184,8 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	mc.Transport = m.opts.Transport
 	mc.Delegate = delegate{m}
 	mc.Events = events{m}
-	mc.Logger = log.New(&zapWriter{log: m.log.Named("memberlist")}, "", 0)
+	m.mlog = &zapWriter{log: m.log.Named("memberlist")}
+	mc.Logger = log.New(m.mlog, "", 0)
 	// A restarted node comes back under the same name at once instead of
 	// waiting out the default reclaim time.
 	mc.DeadNodeReclaimTime = time.Second
@@ -302,6 +304,7 @@ func (m *Membership) Close() error {
 		if e := m.ml.Shutdown(); e != nil {
 			err = fmt.Errorf("ring: stop gossip: %w", e)
 		}
+		m.mlog.closed.Store(true)
 		if m.opts.Registerer != nil {
 			m.opts.Registerer.Unregister(m.members)
 		}
@@ -554,9 +557,13 @@ func (delegate) MergeRemoteState([]byte, bool)   {}
 // zapWriter turns memberlist's "[LEVEL] memberlist: ..." lines into zap
 // entries at the matching level.
 type zapWriter struct {
-	log   *zap.Logger
-	mu    sync.Mutex
-	kinds map[string]*logKind
+	log *zap.Logger
+	// closed silences the writer once gossip is shut down: memberlist does
+	// not wait for all of its goroutines, and a late line must not reach
+	// a logger that is gone (a test's, say).
+	closed atomic.Bool
+	mu     sync.Mutex
+	kinds  map[string]*logKind
 }
 
 type logKind struct {
@@ -590,6 +597,9 @@ func (w *zapWriter) allow(msg []byte) (uint64, bool) {
 }
 
 func (w *zapWriter) Write(p []byte) (int, error) {
+	if w.closed.Load() {
+		return len(p), nil
+	}
 	line := bytes.TrimSpace(p)
 	level, msg := "INFO", line
 	if len(line) > 2 && line[0] == '[' {
