@@ -131,10 +131,13 @@ func dataBindAddr(cc ring.Config) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
+// newBoot identifies this process: its start time in fixed-width hex, so a
+// later boot sorts after an earlier one, and random bits for two starts
+// within a clock tick.
 func newBoot() string {
-	var b [8]byte
+	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return fmt.Sprintf("%016x%s", time.Now().UnixNano(), hex.EncodeToString(b[:]))
 }
 
 // start serves the data channel first, so the address gossiped with the

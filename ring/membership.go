@@ -70,6 +70,7 @@ type Membership struct {
 
 	self      atomic.Pointer[NodeInfo] // opts.Self with its data address resolved
 	leaving   atomic.Bool
+	closed    atomic.Bool // Close ran; memberlist panics on a Leave after it
 	mlog      *zapWriter
 	closeOnce sync.Once
 	leaveOnce sync.Once
@@ -82,6 +83,7 @@ type Membership struct {
 type nodeMeta struct {
 	Datacenter string `json:"dc,omitempty"`
 	Zone       string `json:"zone,omitempty"`
+	Name       string `json:"name,omitempty"`
 	Data       string `json:"data"`
 	Boot       string `json:"boot,omitempty"`
 	// Leaving marks a node handing its swarms over before it leaves;
@@ -126,7 +128,7 @@ func NewMembership(cfg Config, opts MembershipOptions) (*Membership, error) {
 	}
 	self := opts.Self
 	m.self.Store(&self)
-	m.known[opts.Self.Name] = &MemberStatus{NodeInfo: opts.Self, State: "alive", Since: time.Now()}
+	m.known[gossipName(opts.Self)] = &MemberStatus{NodeInfo: opts.Self, State: "alive", Since: time.Now()}
 	if err := m.publish(); err != nil {
 		return nil, err
 	}
@@ -151,7 +153,19 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	default:
 		mc = memberlist.DefaultLANConfig()
 	}
-	mc.Name = m.opts.Self.Name
+	mc.Name = gossipName(m.opts.Self)
+	// memberlist spreads news (a join, a leave) a few times per member
+	// and otherwise waits for the periodic full state exchange; in a small
+	// cluster a member can miss it for that long and route by a stale
+	// ring. More retransmits and a shorter exchange period close that gap
+	// for a little more gossip traffic.
+	mc.RetransmitMult = max(mc.RetransmitMult, 4)
+	switch m.cfg.Profile {
+	case "local":
+		mc.PushPullInterval = 2 * time.Second
+	case "lan":
+		mc.PushPullInterval = 15 * time.Second
+	}
 	host, port, err := splitHostPort(m.cfg.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("ring: bind %q: %w", m.cfg.Bind, err)
@@ -251,7 +265,12 @@ func (m *Membership) Members() []MemberStatus {
 	for _, s := range m.known {
 		out = append(out, *s)
 	}
-	slices.SortFunc(out, func(a, b MemberStatus) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b MemberStatus) int {
+		if c := cmpString(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return cmpString(a.Boot, b.Boot)
+	})
 	return out
 }
 
@@ -270,6 +289,9 @@ func cmpString(a, b string) int {
 // then builds its views without it, so its swarms get new owners while it
 // still serves them and can hand them over. Call Leave when that is done.
 func (m *Membership) StartLeaving(timeout time.Duration) error {
+	if m.closed.Load() {
+		return errors.New("ring: announce leaving: gossip already stopped")
+	}
 	if m.leaving.Swap(true) {
 		return nil
 	}
@@ -285,6 +307,9 @@ func (m *Membership) StartLeaving(timeout time.Duration) error {
 // message to spread, and stops gossip. Other nodes drop it from their views
 // at once instead of after failure detection.
 func (m *Membership) Leave(timeout time.Duration) error {
+	if m.closed.Load() {
+		return errors.New("ring: leave: gossip already stopped")
+	}
 	var err error
 	m.leaveOnce.Do(func() {
 		m.stopLoops()
@@ -305,6 +330,7 @@ func (m *Membership) Close() error {
 			err = fmt.Errorf("ring: stop gossip: %w", e)
 		}
 		m.mlog.closed.Store(true)
+		m.closed.Store(true)
 		if m.opts.Registerer != nil {
 			m.opts.Registerer.Unregister(m.members)
 		}
@@ -423,7 +449,7 @@ func (m *Membership) publish() error {
 	var live []NodeInfo
 	for name, s := range m.known {
 		switch {
-		case name == m.opts.Self.Name:
+		case name == gossipName(m.opts.Self):
 			if !m.leaving.Load() {
 				live = append(live, *m.self.Load()) // data address resolved
 			}
@@ -431,6 +457,8 @@ func (m *Membership) publish() error {
 			live = append(live, s.NodeInfo)
 		}
 	}
+	live = newestBoots(live)
+	m.prune(live)
 	slices.SortFunc(live, func(a, b NodeInfo) int { return cmpString(a.Name, b.Name) })
 
 	if m.view != nil && sameNodes(m.view, live) {
@@ -454,6 +482,53 @@ func (m *Membership) publish() error {
 	default:
 	}
 	return nil
+}
+
+// prune forgets members that are gone for good: older boots of a name now
+// alive under a newer one, and anything dead or left for over an hour.
+func (m *Membership) prune(live []NodeInfo) {
+	boots := make(map[string]string, len(live))
+	for _, n := range live {
+		boots[n.Name] = n.Boot
+	}
+	for key, s := range m.known {
+		if s.State != "dead" && s.State != "left" {
+			continue
+		}
+		if b, ok := boots[s.Name]; (ok && b > s.Boot) || time.Since(s.Since) > reconnectFor {
+			delete(m.known, key)
+		}
+	}
+}
+
+// gossipName is the node's memberlist name: its name and boot, so that a
+// node restarted under the same name (at another address, say) is a new
+// member to memberlist rather than a conflict it refuses until the old
+// process is declared dead.
+func gossipName(n NodeInfo) string {
+	if n.Boot == "" {
+		return n.Name
+	}
+	return n.Name + "@" + n.Boot
+}
+
+// newestBoots keeps, of members sharing a name (a restart whose old
+// process has not been declared gone yet), the latest boot. Boots begin
+// with the start time in fixed-width hex, so the latest sorts last.
+func newestBoots(live []NodeInfo) []NodeInfo {
+	byName := make(map[string]int, len(live))
+	out := live[:0]
+	for _, n := range live {
+		if i, ok := byName[n.Name]; ok {
+			if n.Boot > out[i].Boot {
+				out[i] = n
+			}
+			continue
+		}
+		byName[n.Name] = len(out)
+		out = append(out, n)
+	}
+	return out
 }
 
 func sameNodes(v *View, live []NodeInfo) bool {
@@ -487,7 +562,11 @@ func decodeMeta(n *memberlist.Node) (info NodeInfo, leaving bool, err error) {
 	if meta.Data == "" {
 		return NodeInfo{}, false, errors.New("metadata has no data address")
 	}
-	return NodeInfo{Member: Member{Name: n.Name, Datacenter: meta.Datacenter, Zone: meta.Zone}, DataAddr: meta.Data, Boot: meta.Boot}, meta.Leaving, nil
+	name := meta.Name
+	if name == "" {
+		name = n.Name
+	}
+	return NodeInfo{Member: Member{Name: name, Datacenter: meta.Datacenter, Zone: meta.Zone}, DataAddr: meta.Data, Boot: meta.Boot}, meta.Leaving, nil
 }
 
 // note records a member's state from a memberlist event and asks for a
@@ -542,7 +621,7 @@ type delegate struct{ m *Membership }
 
 func (d delegate) NodeMeta(limit int) []byte {
 	self := d.m.self.Load()
-	b, err := json.Marshal(nodeMeta{Datacenter: self.Datacenter, Zone: self.Zone, Data: self.DataAddr, Boot: self.Boot, Leaving: d.m.leaving.Load()})
+	b, err := json.Marshal(nodeMeta{Name: self.Name, Datacenter: self.Datacenter, Zone: self.Zone, Data: self.DataAddr, Boot: self.Boot, Leaving: d.m.leaving.Load()})
 	if err != nil || len(b) > limit {
 		d.m.log.Error("node metadata does not fit gossip", zap.Int("bytes", len(b)), zap.Int("limit", limit))
 		return nil

@@ -236,3 +236,34 @@ func TestNewMembershipRejectsBadConfig(t *testing.T) {
 		t.Fatalf("NewMembership with profile moon: err = %v, want one naming profile", err)
 	}
 }
+
+// A node restarted under the same name, at another address, is taken in at
+// once: it gossips under a new boot, so memberlist sees a new member
+// instead of an address conflict it would refuse until the old process is
+// declared dead.
+func TestMembershipRestartUnderSameName(t *testing.T) {
+	a := startMember(t, "node-a", nil)
+	b := startMember(t, "node-b", []string{a.Addr()})
+	waitFor(t, 10*time.Second, "two members", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+	_ = b.Close() // a crash: no leave
+	restarted := func(_ *Config, o *MembershipOptions) { o.Self.Boot, o.Self.DataAddr = "boot-node-b-2", "127.0.0.1:2b" }
+	startMember(t, "node-b", []string{a.Addr()}, restarted)
+	waitFor(t, 3*time.Second, "a routes to the restarted node-b", func() bool {
+		v := a.View()
+		i := v.Index("node-b")
+		return memberNames(v) == "node-a,node-b" && v.Boots[i] == "boot-node-b-2" && v.DataAddrs[i] == "127.0.0.1:2b"
+	})
+}
+
+func TestNewestBoots(t *testing.T) {
+	in := []NodeInfo{
+		{Member: Member{Name: "x"}, Boot: "0001"},
+		{Member: Member{Name: "y"}, Boot: "0005"},
+		{Member: Member{Name: "x"}, Boot: "0003"},
+		{Member: Member{Name: "x"}, Boot: "0002"},
+	}
+	got := newestBoots(in)
+	if len(got) != 2 || got[0].Name != "x" || got[0].Boot != "0003" || got[1].Name != "y" {
+		t.Errorf("newestBoots = %+v; want x@0003 and y@0005", got)
+	}
+}
