@@ -215,6 +215,7 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 	case *ApplyRequest:
 		c.store.Apply(r.Changes)
 		c.m.received.Add(float64(len(r.Changes)))
+		c.checkOwned(len(r.Changes), func(i int) bittorrent.InfoHash { return r.Changes[i].InfoHash })
 		return &Ack{}, nil
 	case *FetchRequest:
 		// A sample is always bounded, whatever the caller asked, so the
@@ -236,9 +237,25 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
 		}
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
+		c.checkOwned(len(r.Swarms), func(i int) bittorrent.InfoHash { return r.Swarms[i].InfoHash })
 		return &Ack{}, nil
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
+}
+
+// checkOwned asks for a handoff pass when a request carried a swarm this
+// node does not own by its view: the sender routed by another view, and
+// the copy here should move on to the owners now rather than at the next
+// repair.
+func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
+	v := c.view.Load()
+	var buf [8]int
+	for i := range n {
+		if !isOwner(v.OwnersOf(ih(i), buf[:0]), v.Self) {
+			c.requestHandoff()
+			return
+		}
+	}
 }
 
 // MemberStatus is one member's share of the ring, for /cluster.

@@ -681,3 +681,29 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 		t.Errorf("handoff sent %v parts, want at least 2 for %d peers", sent, n)
 	}
 }
+
+// A write that reaches a node that does not own the swarm (its sender
+// routed by another view) moves on to the owner at once, not at the next
+// repair.
+func TestStrayWriteMovesOnPromptly(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) { c.RepairInterval = time.Hour })
+	a, b := tc.start("a"), tc.start("b")
+	tc.see([]string{"a", "b"}, []string{"a", "b"})
+	tc.waitSettled("a", "b")
+	v := a.c.View()
+	var ih bittorrent.InfoHash
+	for i := 0; ; i++ {
+		if ih = ihN(i); v.OwnersOf(ih, nil)[0] == v.Index("a") {
+			break
+		}
+	}
+	peer := bittorrent.Peer{Addr: netip.MustParseAddrPort("10.3.3.3:3")}
+	// As a node whose view had b as the owner would send it.
+	if _, err := a.c.tr.Call(context.Background(), "b", &ApplyRequest{Changes: []bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: peer}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
+		_, _, onB := b.store.Swarm(ih, 1, nil)
+		return !onB && a.store.Counts(ih).Leechers == 1
+	})
+}

@@ -18,6 +18,10 @@ const (
 	// handoffRetry is the pause before a pass that could not deliver
 	// everything runs again.
 	handoffRetry = 500 * time.Millisecond
+	// handoffGap is the least time between two passes, so a stream of
+	// requests for swarms owned elsewhere cannot keep a node walking its
+	// store back to back.
+	handoffGap = 50 * time.Millisecond
 )
 
 // handoffLoop moves swarms to where placement wants them, after every
@@ -45,6 +49,11 @@ func (c *Cluster) handoffLoop() {
 			c.settled.Store(v)
 		} else {
 			retry = time.After(handoffRetry)
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(handoffGap):
 		}
 	}
 }
