@@ -54,11 +54,13 @@ type Cluster struct {
 
 	cache readCache
 
-	rebalance chan struct{} // ask for a handoff pass; cap 1
+	rebalance    chan struct{} // ask for a handoff pass; cap 1
+	strayPending atomic.Bool   // a pass for stray swarms is scheduled
 	// settled is the view of the last handoff pass that moved everything it
 	// had to; Drain waits for it to reach the current view.
-	settled  atomic.Pointer[ring.View]
-	baseline *ring.View // owned by the handoff loop
+	settled     atomic.Pointer[ring.View]
+	baseline    *ring.View                        // owned by the handoff loop
+	pendingDrop map[bittorrent.InfoHash]time.Time // handed over once; owned by the handoff loop
 
 	dropLog    *hooks.RateLog
 	unreachLog *hooks.RateLog
@@ -213,8 +215,14 @@ const maxFetchPeers = 10000
 func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 	switch r := req.(type) {
 	case *ApplyRequest:
-		c.store.Apply(r.Changes)
 		c.m.received.Add(float64(len(r.Changes)))
+		if v := c.view.Load(); v.Self < 0 && len(v.Members()) > 0 {
+			// Leaving: whatever is stored here now would have to be handed
+			// over again, perhaps after the last pass; pass it on instead.
+			c.route(v, r.Changes)
+			return &Ack{}, nil
+		}
+		c.store.Apply(r.Changes)
 		c.checkOwned(len(r.Changes), func(i int) bittorrent.InfoHash { return r.Changes[i].InfoHash })
 		return &Ack{}, nil
 	case *FetchRequest:
@@ -227,6 +235,17 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 		}
 		return reply, nil
 	case *MergeRequest:
+		// Only an owner takes a swarm. When the views differ (one side has
+		// not heard of a join or a leave yet), refusing keeps the sender's
+		// copy, to be sent again once they agree; taking it would leave a
+		// stray here that could travel back while the sender drops its own.
+		v := c.view.Load()
+		var buf [8]int
+		for _, sw := range r.Swarms {
+			if !isOwner(v.OwnersOf(sw.InfoHash, buf[:0]), v.Self) {
+				return nil, fmt.Errorf("cluster: not an owner of %x by view %d; not taking swarms", sw.InfoHash[:4], v.Epoch)
+			}
+		}
 		var changes []bittorrent.Change
 		for _, sw := range r.Swarms {
 			changes = changes[:0]
@@ -237,22 +256,31 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
 		}
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
-		c.checkOwned(len(r.Swarms), func(i int) bittorrent.InfoHash { return r.Swarms[i].InfoHash })
 		return &Ack{}, nil
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }
 
-// checkOwned asks for a handoff pass when a request carried a swarm this
-// node does not own by its view: the sender routed by another view, and
-// the copy here should move on to the owners now rather than at the next
-// repair.
+// strayDelay is how long after receiving a swarm it does not own a node
+// waits before moving it on. The sender routed by another view; acting at
+// once, before the two views agree again, would send the swarm straight
+// back (and each side would drop its copy).
+const strayDelay = time.Second
+
+// checkOwned schedules a handoff pass when a request carried a swarm this
+// node does not own by its view, so the copy moves on to the owners soon
+// rather than at the next repair.
 func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 	v := c.view.Load()
 	var buf [8]int
 	for i := range n {
 		if !isOwner(v.OwnersOf(ih(i), buf[:0]), v.Self) {
-			c.requestHandoff()
+			if c.strayPending.CompareAndSwap(false, true) {
+				time.AfterFunc(strayDelay, func() {
+					c.strayPending.Store(false)
+					c.requestHandoff()
+				})
+			}
 			return
 		}
 	}

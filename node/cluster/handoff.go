@@ -18,6 +18,9 @@ const (
 	// handoffRetry is the pause before a pass that could not deliver
 	// everything runs again.
 	handoffRetry = 500 * time.Millisecond
+	// dropGrace is how long a node keeps a swarm it has handed over
+	// before the second pass sends it again and drops it.
+	dropGrace = time.Second
 	// handoffGap is the least time between two passes, so a stream of
 	// requests for swarms owned elsewhere cannot keep a node walking its
 	// store back to back.
@@ -80,6 +83,7 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 		prev = v
 	}
 	start := time.Now()
+	pending := map[bittorrent.InfoHash]time.Time{}
 	h := &handoff{c: c, v: v, batches: map[int]*mergeBatch{}, failed: map[bittorrent.InfoHash]bool{}}
 	var (
 		now, before []int
@@ -136,7 +140,19 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 			}
 		}
 		if !mine {
-			h.drop = append(h.drop, ih)
+			// Two passes: the first sends, the second (dropGrace later)
+			// sends again and lets go. Writes routed by an older view can
+			// still land here for a moment after the view changed; the
+			// second copy carries them.
+			first, seen := c.pendingDrop[ih]
+			switch {
+			case seen && time.Since(first) >= dropGrace:
+				h.drop = append(h.drop, ih)
+			case seen:
+				pending[ih] = first
+			default:
+				pending[ih] = time.Now()
+			}
 		}
 		select {
 		case <-c.stop:
@@ -148,18 +164,21 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 	h.flushAll()
 	dropped := 0
 	for _, ih := range h.drop {
-		if !h.failed[ih] {
-			c.store.Drop(ih)
-			dropped++
+		if h.failed[ih] {
+			pending[ih] = c.pendingDrop[ih]
+			continue
 		}
+		c.store.Drop(ih)
+		dropped++
 	}
+	c.pendingDrop = pending
 	c.m.handoff.WithLabelValues("dropped").Add(float64(dropped))
 	c.m.handoffTime.Observe(time.Since(start).Seconds())
 	if h.sent > 0 || dropped > 0 || len(h.failed) > 0 {
 		c.log.Info("handoff pass", zap.Uint64("epoch", v.Epoch), zap.Int("sent", h.sent), zap.Int("dropped", dropped),
-			zap.Int("failed", len(h.failed)), zap.Duration("took", time.Since(start)))
+			zap.Int("to_drop", len(pending)), zap.Int("failed", len(h.failed)), zap.Duration("took", time.Since(start)))
 	}
-	return len(h.failed) == 0
+	return len(h.failed) == 0 && len(pending) == 0
 }
 
 // appendNew appends the owners in now that were not owners in before.
