@@ -36,29 +36,10 @@ func startClusterNode(t *testing.T, name string, join []string, mutate func(*Con
 	})
 }
 
-func startTestCluster(t *testing.T, names ...string) []*Node {
-	t.Helper()
-	var nodes []*Node
-	for i, name := range names {
-		var join []string
-		if i > 0 {
-			join = []string{nodes[0].Addrs().Gossip}
-		}
-		nodes = append(nodes, startClusterNode(t, name, join, nil))
-	}
-	for _, n := range nodes {
-		eventually(t, "all nodes in "+n.Config().Node.Name+"'s view", func() bool {
-			st, _ := n.ClusterStatus()
-			return len(st.Ring.Members) == len(names) && st.Ring.Settled
-		})
-	}
-	return nodes
-}
-
 // TestClusterSwarmAcrossNodes announces a seeder over HTTP to one node and
 // a leecher over UDP to another: each sees the other.
 func TestClusterSwarmAcrossNodes(t *testing.T) {
-	nodes := startTestCluster(t, "n1", "n2", "n3")
+	nodes := startConverged(t, "n1", "n2", "n3")
 	httpc := newClient(t, "http://"+nodes[0].Addrs().HTTP+"/announce")
 	udpc := newClient(t, "udp://"+nodes[2].Addrs().UDP)
 	for i := range 20 {

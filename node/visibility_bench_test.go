@@ -99,7 +99,7 @@ func BenchmarkCrossNodeVisibility(b *testing.B) {
 	}
 }
 
-// startBenchCluster is startTestCluster for benchmarks, whose helpers take
+// startBenchCluster is startConverged for benchmarks, whose helpers take
 // *testing.T. It keeps the data plane's defaults: the tests' longer read
 // timeout, meant for -race, would change what is measured here.
 func startBenchCluster(b *testing.B, names ...string) []*Node {
