@@ -22,6 +22,20 @@ type PreHook interface {
 	HandleScrape(ctx context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error
 }
 
+// Reloader is a hook whose data lives outside the config file (an allow
+// list, a key file, a JWKS). The node calls Reload on SIGHUP; a hook may
+// also reload on its own when the source changes. A failed reload keeps
+// the data in force.
+type Reloader interface {
+	Reload() error
+}
+
+// Closer is a hook with background work (a file watcher, a JWKS refresher)
+// to stop when the node shuts down.
+type Closer interface {
+	Close() error
+}
+
 // PostHook acts on announces after their clients have been answered. It
 // receives them in batches, in arrival order, on a chain worker goroutine;
 // it must not keep the slice after returning.

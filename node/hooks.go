@@ -1,12 +1,15 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"reflect"
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
 
 	"github.com/karuta-tracker/karuta/hooks"
@@ -17,19 +20,35 @@ import (
 // decodes and validates its options and returns a constructor. The set is
 // fixed, so it is wired here explicitly rather than through init-time
 // registration.
-var hookBuilders = map[string]func(opts *yaml.Node) (func() (any, error), error){
-	varinterval.Name: func(opts *yaml.Node) (func() (any, error), error) {
+var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
+	varinterval.Name: func(opts *yaml.Node) (hookConstructor, error) {
 		cfg := varinterval.DefaultConfig()
 		if err := decodeOptions(opts, &cfg); err != nil {
 			return nil, err
 		}
-		return func() (any, error) { return varinterval.New(cfg) }, nil
+		return func(hookEnv) (any, error) { return varinterval.New(cfg) }, nil
 	},
+	// builders: approval
+	// builders: passkey
+	// builders: rate_limit
+	// builders: jwt
+	// builders: peer_preference
 }
+
+// hookEnv is what a hook may need from the node besides its options.
+type hookEnv struct {
+	// Log is named "hooks"; a hook names its own child logger.
+	Log *zap.Logger
+	// Registerer receives the hook's metrics.
+	Registerer prometheus.Registerer
+}
+
+// hookConstructor builds a hook whose options have been checked.
+type hookConstructor func(hookEnv) (any, error)
 
 // parseHook checks a hook spec and returns its constructor. Errors start
 // with the key relative to the spec (name or options.KEY).
-func parseHook(spec hooks.Spec) (func() (any, error), error) {
+func parseHook(spec hooks.Spec) (hookConstructor, error) {
 	build, ok := hookBuilders[spec.Name]
 	if !ok {
 		names := make([]string, 0, len(hookBuilders))
@@ -58,28 +77,55 @@ func decodeOptions[C interface{ Validate() error }](opts *yaml.Node, cfg *C) err
 	return nil
 }
 
+// builtHooks are the configured hooks, sorted by the roles they play.
+type builtHooks struct {
+	pre       []hooks.PreHook
+	post      []hooks.PostHook
+	reloaders []hooks.Reloader
+	closers   []hooks.Closer
+}
+
+// close stops every hook with background work.
+func (b builtHooks) close() error {
+	var errs []error
+	for _, c := range b.closers {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
 // buildHooks constructs the configured hooks in order and sorts them into
-// PreHooks and PostHooks; a hook may be both.
-func buildHooks(specs []hooks.Spec) (pre []hooks.PreHook, post []hooks.PostHook, err error) {
+// PreHooks and PostHooks (a hook may be both), remembering those that
+// reload or need closing.
+func buildHooks(specs []hooks.Spec, env hookEnv) (built builtHooks, err error) {
+	defer func() {
+		if err != nil {
+			_ = built.close()
+		}
+	}()
 	for i, spec := range specs {
 		build, err := parseHook(spec)
 		if err != nil {
-			return nil, nil, fmt.Errorf("hooks[%d].%w", i, err)
+			return built, fmt.Errorf("hooks[%d].%w", i, err)
 		}
-		h, err := build()
+		h, err := build(env)
 		if err != nil {
-			return nil, nil, fmt.Errorf("hooks[%d] (%s): %w", i, spec.Name, err)
+			return built, fmt.Errorf("hooks[%d] (%s): %w", i, spec.Name, err)
 		}
-		p, isPre := h.(hooks.PreHook)
-		q, isPost := h.(hooks.PostHook)
-		if isPre {
-			pre = append(pre, p)
+		if c, ok := h.(hooks.Closer); ok {
+			built.closers = append(built.closers, c)
 		}
-		if isPost {
-			post = append(post, q)
+		if p, ok := h.(hooks.PreHook); ok {
+			built.pre = append(built.pre, p)
+		}
+		if q, ok := h.(hooks.PostHook); ok {
+			built.post = append(built.post, q)
+		}
+		if r, ok := h.(hooks.Reloader); ok {
+			built.reloaders = append(built.reloaders, r)
 		}
 	}
-	return pre, post, nil
+	return built, nil
 }
 
 // checkListenAddr accepts host:port with an empty or literal host, or a

@@ -49,6 +49,7 @@ type Node struct {
 	http  *httpfront.Server
 	udp   *udp.Server
 	cl    *clustered // nil on a single node
+	hooks builtHooks
 	ops   *http.Server
 	opsLn net.Listener
 	ready atomic.Bool
@@ -97,18 +98,18 @@ func New(cfg Config, opts Options) (*Node, error) {
 	if n.store, err = store.NewMemory(cfg.Store, n.reg, n.log.Named("store")); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	pre, post, err := buildHooks(cfg.Hooks)
-	if err != nil {
+	if n.hooks, err = buildHooks(cfg.Hooks, hookEnv{Log: n.log.Named("hooks"), Registerer: n.reg}); err != nil {
 		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	pre, post := n.hooks.pre, n.hooks.post
 	var (
 		source hooks.PeerSource = n.store
 		sink   hooks.ChangeSink = n.store
 	)
 	if cfg.Cluster.Bind != "" {
 		if n.cl, err = newClustered(cfg, n); err != nil {
-			n.store.Close()
+			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		source, sink = n.cl.data, n.cl.data
@@ -253,6 +254,7 @@ func (n *Node) closeCore(ctx context.Context) error {
 	if n.cl != nil {
 		errs = append(errs, n.cl.leave(ctx))
 	}
+	errs = append(errs, n.hooks.close())
 	errs = append(errs, n.store.Close())
 	return errors.Join(errs...)
 }
@@ -316,6 +318,11 @@ func (n *Node) Reload(cfg Config) error {
 	}
 	if err := n.chain.SetConfig(cfg.Tracker); err != nil {
 		errs = append(errs, err)
+	}
+	for _, r := range n.hooks.reloaders {
+		if err := r.Reload(); err != nil {
+			errs = append(errs, fmt.Errorf("hooks: %w", err))
+		}
 	}
 	if n.udp != nil && !reflect.DeepEqual(cfg.Frontends.UDP.ConnectionIDKeys, old.Frontends.UDP.ConnectionIDKeys) {
 		if err := n.udp.SetConnectionIDKeys(cfg.Frontends.UDP.ConnectionIDKeys); err != nil {
