@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -706,4 +707,33 @@ func TestStrayWriteMovesOnPromptly(t *testing.T) {
 		_, _, onB := b.store.Swarm(ih, 1, nil)
 		return !onB && a.store.Counts(ih).Leechers == 1
 	})
+}
+
+func TestMergeReplies(t *testing.T) {
+	p := func(s string, seeder bool) SwarmPeer {
+		return SwarmPeer{Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(s)}, Seeder: seeder}
+	}
+	a := &FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 1, Snatches: 5}, Peers: []SwarmPeer{
+		p("10.0.0.1:1", true), p("10.0.0.2:1", true), p("10.0.0.3:1", false),
+	}}
+	b := &FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 2, Snatches: 4}, Peers: []SwarmPeer{
+		p("[::ffff:10.0.0.1]:1", true), // the same peer, written mapped
+		p("10.0.0.4:1", false), p("10.0.0.5:1", false), p("[2001:db8::1]:1", true),
+	}}
+	got := mergeReplies(a, b, 4)
+	if want := (bittorrent.Counts{Seeders: 2, Leechers: 2, Snatches: 5}); got.Counts != want {
+		t.Errorf("counts = %+v, want %+v", got.Counts, want)
+	}
+	var addrs []string
+	for _, sp := range got.Peers {
+		addrs = append(addrs, sp.Addr.String())
+	}
+	// Four IPv4 at most (10.0.0.5 is cut), the duplicate once, IPv6 apart.
+	want := "10.0.0.1:1 10.0.0.2:1 10.0.0.3:1 10.0.0.4:1 [2001:db8::1]:1"
+	if fmt.Sprint(strings.Join(addrs, " ")) != want {
+		t.Errorf("peers = %v, want %s", addrs, want)
+	}
+	if mergeReplies(nil, b, 4) != b {
+		t.Error("merging into nothing should return the reply itself")
+	}
 }

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -110,9 +109,8 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	return nil
 }
 
-// fetch asks the owners, nearest datacenter first, for the swarm. An empty
-// answer may come from an owner that has just gained the swarm, so the next
-// owner is asked too while time allows, and the fullest answer wins.
+// fetch asks the owners in this node's datacenter for the swarm, and the
+// others only if none of those answers.
 func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
 	start := time.Now()
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
@@ -120,40 +118,21 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	// still worth caching, a very late one is not.
 	ctx, cancel := context.WithTimeout(context.Background(), 4*c.cfg.ReadTimeout)
 	defer cancel()
+	near, far := owners, []int(nil)
 	if v.Self >= 0 {
 		dc := v.Members()[v.Self].Datacenter
-		near := owners[:0:0]
+		near = nil
 		for _, o := range owners {
 			if v.Members()[o].Datacenter == dc {
 				near = append(near, o)
+			} else {
+				far = append(far, o)
 			}
 		}
-		for _, o := range owners {
-			if v.Members()[o].Datacenter != dc {
-				near = append(near, o)
-			}
-		}
-		owners = near
 	}
-	var best *FetchReply
-	for _, o := range owners {
-		reply, err := c.tr.Call(ctx, v.DataAddrs[o], &FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		fr, ok := reply.(*FetchReply)
-		if !ok {
-			continue
-		}
-		if best == nil || size(fr.Counts) > size(best.Counts) {
-			best = fr
-		}
-		if size(fr.Counts) > 0 {
-			break
-		}
+	best := c.ask(ctx, v, ih, near)
+	if best == nil && len(far) > 0 {
+		best = c.ask(ctx, v, ih, far)
 	}
 	var snap *snapshot
 	if best != nil {
@@ -167,6 +146,79 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 		snap = newSnapshot(best, at)
 	}
 	c.cache.finish(ih, e, snap)
+}
+
+// ask queries owners in parallel and merges their answers. Owners can lag
+// one another by a forward (the node that took an announce applies it at
+// once and sends it to the other owners a few milliseconds later), and an
+// owner that has just gained a swarm may not hold it yet, so the union is
+// the freshest view. Once one owner has answered with peers, the others get
+// a short grace instead of the whole deadline, so one slow owner does not
+// hold every read up.
+func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *FetchReply {
+	if len(owners) == 0 {
+		return nil
+	}
+	replies := make(chan *FetchReply, len(owners))
+	for _, o := range owners {
+		go func(addr string) {
+			reply, err := c.tr.Call(ctx, addr, &FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
+			fr, _ := reply.(*FetchReply)
+			if err != nil {
+				fr = nil
+			}
+			replies <- fr
+		}(v.DataAddrs[o])
+	}
+	var (
+		merged *FetchReply
+		grace  <-chan time.Time
+	)
+	for range owners {
+		select {
+		case fr := <-replies:
+			if fr == nil {
+				continue
+			}
+			merged = mergeReplies(merged, fr, c.cfg.ReadMaxPeers)
+			if grace == nil && size(merged.Counts) > 0 {
+				grace = time.After(min(c.cfg.ReadTimeout/5, 5*time.Millisecond))
+			}
+		case <-grace:
+			return merged
+		case <-ctx.Done():
+			return merged
+		}
+	}
+	return merged
+}
+
+// mergeReplies is the union of two owners' answers: each count at its
+// larger value, and the peers of both, at most maxPerFamily per family.
+func mergeReplies(a, b *FetchReply, maxPerFamily int) *FetchReply {
+	if a == nil {
+		return b
+	}
+	out := &FetchReply{Counts: bittorrent.Counts{
+		Seeders:  max(a.Counts.Seeders, b.Counts.Seeders),
+		Leechers: max(a.Counts.Leechers, b.Counts.Leechers),
+		Snatches: max(a.Counts.Snatches, b.Counts.Snatches),
+	}}
+	seen := make(map[netip.AddrPort]bool, len(a.Peers)+len(b.Peers))
+	var perFamily [2]int
+	for _, list := range [2][]SwarmPeer{a.Peers, b.Peers} {
+		for _, p := range list {
+			key := netip.AddrPortFrom(p.Addr.Addr().Unmap(), p.Addr.Port())
+			fam := familyOf(p.Addr)
+			if seen[key] || perFamily[fam] >= maxPerFamily {
+				continue
+			}
+			seen[key] = true
+			perFamily[fam]++
+			out.Peers = append(out.Peers, p)
+		}
+	}
+	return out
 }
 
 func size(c bittorrent.Counts) uint32 { return c.Seeders + c.Leechers + c.Snatches }
