@@ -15,14 +15,40 @@ type PeerSource interface {
 	Counts(ih bittorrent.InfoHash) bittorrent.Counts
 }
 
+// PeerRanker orders the peers of an answer by preference, so the Responder
+// can choose the best n of a larger set of candidates. It works on
+// addresses only, so it ranks peers the same whichever node of a cluster
+// they were announced to. Implementations are safe for concurrent use and
+// must not block: they run on the request path.
+type PeerRanker interface {
+	// Candidates returns how many peers the ranker wants to choose n from,
+	// at least n. The Responder asks its PeerSource for the most any
+	// ranker wants.
+	Candidates(n int) int
+
+	// RankPeers returns the same peers reordered, most preferred first,
+	// keeping the source's (random) order among peers it likes equally.
+	// It may reorder peers in place and use the capacity beyond len(peers)
+	// as scratch, so that a buffer reused across requests makes ranking
+	// allocation-free; it must not keep the slice. n is how many the
+	// Responder will keep.
+	RankPeers(req *bittorrent.AnnounceRequest, peers []bittorrent.Peer, n int) []bittorrent.Peer
+}
+
 // Responder is the last PreHook: it fills an announce's peers and counts,
 // and a scrape's counts, from a PeerSource.
 type Responder struct {
-	src PeerSource
+	src     PeerSource
+	rankers []PeerRanker
 }
 
-// NewResponder returns a Responder reading from src.
-func NewResponder(src PeerSource) *Responder { return &Responder{src: src} }
+// NewResponder returns a Responder reading from src. With rankers it asks
+// src for extra candidates and keeps the numwant best as the rankers order
+// them; each ranker reorders the previous one's order, so the last has the
+// final word and earlier ones break its ties.
+func NewResponder(src PeerSource, rankers ...PeerRanker) *Responder {
+	return &Responder{src: src, rankers: rankers}
+}
 
 // HandleAnnounce fills resp. Because the announce itself is applied to the
 // swarm only after the answer (by the swarm-write PostHook), the counts are
@@ -32,7 +58,19 @@ func (r *Responder) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRe
 	if req.Event == bittorrent.EventStopped {
 		n = 0 // a peer that is leaving needs no peers
 	}
-	peers, counts, self := r.src.AnnouncePeers(req.InfoHash, req.Addr, req.Seeder(), n, resp.Peers[:0])
+	want := n
+	if n > 0 {
+		for _, rk := range r.rankers {
+			want = max(want, rk.Candidates(n))
+		}
+	}
+	peers, counts, self := r.src.AnnouncePeers(req.InfoHash, req.Addr, req.Seeder(), want, resp.Peers[:0])
+	if n > 0 && len(r.rankers) > 0 && len(peers) > 1 {
+		for _, rk := range r.rankers {
+			peers = rk.RankPeers(req, peers, n)
+		}
+		peers = peers[:min(n, len(peers))]
+	}
 	resp.Peers = peers
 	counts = CountsAfter(counts, self, bittorrent.ChangeFor(req))
 	resp.Complete = counts.Seeders

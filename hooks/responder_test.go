@@ -3,6 +3,7 @@ package hooks
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -77,6 +78,115 @@ func TestResponderAnnounce(t *testing.T) {
 	}
 	if src.gotN != 0 || len(resp.Peers) != 0 {
 		t.Errorf("stopped announce asked for %d peers and got %d, want none", src.gotN, len(resp.Peers))
+	}
+}
+
+// reverseRanker puts the last candidate first and records what it saw.
+type reverseRanker struct {
+	factor int
+	gotLen int
+	gotN   int
+}
+
+func (r *reverseRanker) Candidates(n int) int { return r.factor * n }
+
+func (r *reverseRanker) RankPeers(_ *bittorrent.AnnounceRequest, peers []bittorrent.Peer, n int) []bittorrent.Peer {
+	r.gotLen, r.gotN = len(peers), n
+	slices.Reverse(peers)
+	return peers
+}
+
+func testPeers(n int) []bittorrent.Peer {
+	peers := make([]bittorrent.Peer, n)
+	for i := range peers {
+		peers[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), uint16(i+1))
+	}
+	return peers
+}
+
+func TestResponderRanks(t *testing.T) {
+	tests := []struct {
+		name      string
+		swarm     int
+		numwant   uint32
+		factors   []int
+		wantAsked int
+		wantPorts []uint16
+	}{
+		{"no ranker asks for numwant", 10, 3, nil, 3, []uint16{1, 2, 3}},
+		{"ranker draws candidates, keeps numwant", 10, 3, []int{2}, 6, []uint16{6, 5, 4}},
+		{"fewer candidates than numwant", 4, 3, []int{3}, 9, []uint16{4, 3, 2}},
+		{"swarm smaller than numwant", 2, 3, []int{3}, 9, []uint16{2, 1}},
+		{"most candidates wins; rankers run in order", 20, 2, []int{2, 5}, 10, []uint16{1, 2}},
+		{"ranker asking fewer than numwant", 10, 3, []int{0}, 3, []uint16{3, 2, 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := &fakeSource{peers: testPeers(tt.swarm)}
+			var rankers []PeerRanker
+			var last *reverseRanker
+			for _, f := range tt.factors {
+				last = &reverseRanker{factor: f}
+				rankers = append(rankers, last)
+			}
+			r := NewResponder(src, rankers...)
+			req := &bittorrent.AnnounceRequest{NumWant: tt.numwant, Left: 1}
+			var resp bittorrent.AnnounceResponse
+			if err := r.HandleAnnounce(context.Background(), req, &resp); err != nil {
+				t.Fatal(err)
+			}
+			if src.gotN != tt.wantAsked {
+				t.Errorf("asked the source for %d peers, want %d", src.gotN, tt.wantAsked)
+			}
+			var ports []uint16
+			for _, p := range resp.Peers {
+				ports = append(ports, p.Addr.Port())
+			}
+			if !slices.Equal(ports, tt.wantPorts) {
+				t.Errorf("answered ports %v, want %v", ports, tt.wantPorts)
+			}
+			if last != nil && last.gotN != int(tt.numwant) {
+				t.Errorf("ranker told to keep %d, want numwant %d", last.gotN, tt.numwant)
+			}
+		})
+	}
+}
+
+func TestResponderStoppedSkipsRankers(t *testing.T) {
+	src := &fakeSource{peers: testPeers(10)}
+	rk := &reverseRanker{factor: 4}
+	r := NewResponder(src, rk)
+	req := &bittorrent.AnnounceRequest{NumWant: 5, Event: bittorrent.EventStopped}
+	var resp bittorrent.AnnounceResponse
+	if err := r.HandleAnnounce(context.Background(), req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if src.gotN != 0 || len(resp.Peers) != 0 || rk.gotLen != 0 {
+		t.Errorf("stopped announce: asked %d, got %d peers, ranked %d; want none", src.gotN, len(resp.Peers), rk.gotLen)
+	}
+}
+
+// TestResponderAllocs pins the common path, without rankers, at zero
+// allocations once the answer's buffer has grown.
+func TestResponderAllocs(t *testing.T) {
+	r := NewResponder(&fakeSource{peers: testPeers(100)})
+	req := &bittorrent.AnnounceRequest{NumWant: 50, Left: 1}
+	var resp bittorrent.AnnounceResponse
+	ctx := context.Background()
+	_ = r.HandleAnnounce(ctx, req, &resp)
+	if got := testing.AllocsPerRun(100, func() { _ = r.HandleAnnounce(ctx, req, &resp) }); got != 0 {
+		t.Errorf("an answer allocates %v times, want 0", got)
+	}
+}
+
+func BenchmarkResponderAnnounce(b *testing.B) {
+	r := NewResponder(&fakeSource{peers: testPeers(100)})
+	req := &bittorrent.AnnounceRequest{NumWant: 50, Left: 1}
+	var resp bittorrent.AnnounceResponse
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = r.HandleAnnounce(ctx, req, &resp)
 	}
 }
 
