@@ -1,0 +1,191 @@
+package approval
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/karuta-tracker/karuta/hooks"
+)
+
+// builder collects parsed entries into an immutable set.
+type builder[S any] interface {
+	// add parses one entry; the error does not repeat the entry's position.
+	add(entry []byte) error
+	// build returns the set and how many distinct entries it holds.
+	build() (*S, int)
+}
+
+// source keeps the set built from a hook's inline list and file in force,
+// and reloads it when asked or when the file changes. Lookups read the set
+// through an atomic pointer, so they never wait for a load; a load builds a
+// whole new set and swaps it in.
+type source[S any] struct {
+	cfg        Config
+	newBuilder func() builder[S]
+	log        *zap.Logger
+	set        atomic.Pointer[S]
+
+	mu   sync.Mutex  // serialises loads
+	seen os.FileInfo // the file as last read; guarded by mu
+
+	statLog *hooks.RateLog // for a file that cannot be stat'ed, tick after tick
+	stop    chan struct{}
+	done    chan struct{}
+	closed  sync.Once
+}
+
+// newSource loads the list, failing if it does not load, and starts the
+// file watcher when there is a file and a check interval.
+func newSource[S any](cfg Config, newBuilder func() builder[S], log *zap.Logger) (*source[S], error) {
+	s := &source[S]{cfg: cfg, newBuilder: newBuilder, log: log, statLog: hooks.NewRateLog(time.Minute)}
+	if err := s.load("start"); err != nil {
+		return nil, err
+	}
+	if cfg.File != "" && cfg.CheckInterval > 0 {
+		s.stop, s.done = make(chan struct{}), make(chan struct{})
+		go s.watch(cfg.CheckInterval)
+	}
+	return s, nil
+}
+
+// current returns the set in force. It never blocks.
+func (s *source[S]) current() *S { return s.set.Load() }
+
+// load reads the list and swaps it in, or keeps the old one and returns
+// why not. The result is logged either way; loads happen only at start,
+// on SIGHUP and when the file changes, so this is not per request.
+func (s *source[S]) load(trigger string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	set, n, err := s.read()
+	if err != nil {
+		if trigger != "start" {
+			s.log.Warn("approval list not reloaded; keeping the previous one",
+				zap.String("trigger", trigger), zap.String("file", s.cfg.File), zap.Error(err))
+		}
+		return err
+	}
+	s.set.Store(set)
+	s.log.Info("approval list loaded", zap.String("trigger", trigger), zap.String("mode", string(s.cfg.Mode)),
+		zap.String("file", s.cfg.File), zap.Int("entries", n), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// read builds a set from the inline list and the file. It records the
+// file's version before reading it, even when the contents turn out bad,
+// so the watcher reports a broken file once per change rather than on
+// every tick, and a write that races the read triggers another load.
+func (s *source[S]) read() (*S, int, error) {
+	b := s.newBuilder()
+	for i, e := range s.cfg.List {
+		if err := b.add([]byte(e)); err != nil {
+			return nil, 0, fmt.Errorf("list[%d]: %w", i, err)
+		}
+	}
+	if s.cfg.File != "" {
+		if err := s.readFile(b); err != nil {
+			return nil, 0, err
+		}
+	}
+	set, n := b.build()
+	if n == 0 && s.cfg.Mode == Allow {
+		return nil, 0, fmt.Errorf("file %s: no entries; allow mode would refuse everything", s.cfg.File)
+	}
+	return set, n, nil
+}
+
+func (s *source[S]) readFile(b builder[S]) error {
+	f, err := os.Open(s.cfg.File)
+	if err != nil {
+		return fmt.Errorf("file %s: %w", s.cfg.File, unwrapPath(err))
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("file %s: %w", s.cfg.File, unwrapPath(err))
+	}
+	s.seen = info
+	if g, ok := b.(interface{ grow(int) }); ok {
+		g.grow(int(info.Size() / 41)) // a v1 infohash and a newline per line
+	}
+	sc := bufio.NewScanner(f)
+	line := 0
+	for sc.Scan() {
+		line++
+		e := sc.Bytes()
+		if i := bytes.IndexByte(e, '#'); i >= 0 {
+			e = e[:i]
+		}
+		e = bytes.TrimSpace(e)
+		if len(e) == 0 {
+			continue
+		}
+		if err := b.add(e); err != nil {
+			return fmt.Errorf("file %s: line %d: %w", s.cfg.File, line, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("file %s: line %d: %w", s.cfg.File, line+1, err)
+	}
+	return nil
+}
+
+// unwrapPath drops the *PathError wrapper, whose text repeats the path.
+func unwrapPath(err error) error {
+	if pe, ok := errors.AsType[*os.PathError](err); ok {
+		return pe.Err
+	}
+	return err
+}
+
+func (s *source[S]) watch(every time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		if s.changed() {
+			_ = s.load("change") // logged by load
+		}
+	}
+}
+
+// changed reports whether the file differs from the version last read:
+// replaced (a rename over it), resized or touched.
+func (s *source[S]) changed() bool {
+	info, err := os.Stat(s.cfg.File)
+	if err != nil {
+		if n, ok := s.statLog.Allow(); ok {
+			s.log.Warn("cannot check approval list file; keeping the list in force",
+				zap.String("file", s.cfg.File), zap.Error(unwrapPath(err)), zap.Uint64("failures_since_last_log", n))
+		}
+		return false
+	}
+	s.mu.Lock()
+	seen := s.seen
+	s.mu.Unlock()
+	return seen == nil || !os.SameFile(seen, info) || !seen.ModTime().Equal(info.ModTime()) || seen.Size() != info.Size()
+}
+
+// close stops the watcher and waits for it. It is idempotent.
+func (s *source[S]) close() {
+	s.closed.Do(func() {
+		if s.stop != nil {
+			close(s.stop)
+			<-s.done
+		}
+	})
+}
