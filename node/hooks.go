@@ -13,6 +13,11 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/approval"
+	"github.com/karuta-tracker/karuta/hooks/jwt"
+	"github.com/karuta-tracker/karuta/hooks/passkey"
+	"github.com/karuta-tracker/karuta/hooks/peerpref"
+	"github.com/karuta-tracker/karuta/hooks/ratelimit"
 	"github.com/karuta-tracker/karuta/hooks/varinterval"
 )
 
@@ -29,10 +34,52 @@ var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
 		return func(hookEnv) (any, error) { return varinterval.New(cfg) }, nil
 	},
 	// builders: approval
+	approval.ClientName: func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := approval.DefaultClientConfig()
+		if err := decodeOptions(opts, &cfg); err != nil {
+			return nil, err
+		}
+		return func(env hookEnv) (any, error) { return approval.NewClient(cfg, env.Log.Named(approval.ClientName)) }, nil
+	},
+	approval.TorrentName: func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := approval.DefaultTorrentConfig()
+		if err := decodeOptions(opts, &cfg); err != nil {
+			return nil, err
+		}
+		return func(env hookEnv) (any, error) { return approval.NewTorrent(cfg, env.Log.Named(approval.TorrentName)) }, nil
+	},
 	// builders: passkey
+	passkey.Name: func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := passkey.DefaultConfig()
+		if err := decodeOptions(opts, &cfg); err != nil {
+			return nil, err
+		}
+		return func(env hookEnv) (any, error) { return passkey.New(cfg, env.Log.Named(passkey.Name)) }, nil
+	},
 	// builders: rate_limit
+	ratelimit.Name: func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := ratelimit.DefaultConfig()
+		if err := decodeOptions(opts, &cfg); err != nil {
+			return nil, err
+		}
+		return func(env hookEnv) (any, error) { return ratelimit.New(cfg, env.Registerer) }, nil
+	},
 	// builders: jwt
+	jwt.Name: func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := jwt.DefaultConfig()
+		if err := decodeOptions(opts, &cfg); err != nil {
+			return nil, err
+		}
+		return func(env hookEnv) (any, error) { return jwt.New(cfg, env.Log.Named("jwt"), env.Registerer) }, nil
+	},
 	// builders: peer_preference
+	peerpref.Name: func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := peerpref.DefaultConfig()
+		if err := decodeOptions(opts, &cfg); err != nil {
+			return nil, err
+		}
+		return func(hookEnv) (any, error) { return peerpref.New(cfg) }, nil
+	},
 }
 
 // hookEnv is what a hook may need from the node besides its options.
@@ -83,6 +130,8 @@ type builtHooks struct {
 	post      []hooks.PostHook
 	reloaders []hooks.Reloader
 	closers   []hooks.Closer
+	// rankers order the Responder's candidates, in config order.
+	rankers []hooks.PeerRanker
 }
 
 // close stops every hook with background work.
@@ -123,6 +172,9 @@ func buildHooks(specs []hooks.Spec, env hookEnv) (built builtHooks, err error) {
 		}
 		if r, ok := h.(hooks.Reloader); ok {
 			built.reloaders = append(built.reloaders, r)
+		}
+		if k, ok := h.(hooks.PeerRanker); ok {
+			built.rankers = append(built.rankers, k)
 		}
 	}
 	return built, nil

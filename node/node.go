@@ -114,7 +114,7 @@ func New(cfg Config, opts Options) (*Node, error) {
 		}
 		source, sink = n.cl.data, n.cl.data
 	}
-	pre = append(pre, hooks.NewResponder(source))
+	pre = append(pre, hooks.NewResponder(source, n.hooks.rankers...))
 	post = append(post, hooks.NewSwarmWriter(sink))
 	if n.chain, err = hooks.New(cfg.Tracker, pre, post, n.reg, n.log.Named("hooks")); err != nil {
 		n.closeCore(context.Background())
