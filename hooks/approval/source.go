@@ -12,7 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/filewatch"
 )
 
 // builder collects parsed entries into an immutable set.
@@ -33,25 +33,19 @@ type source[S any] struct {
 	log        *zap.Logger
 	set        atomic.Pointer[S]
 
-	mu   sync.Mutex  // serialises loads
-	seen os.FileInfo // the file as last read; guarded by mu
-
-	statLog *hooks.RateLog // for a file that cannot be stat'ed, tick after tick
-	stop    chan struct{}
-	done    chan struct{}
-	closed  sync.Once
+	mu    sync.Mutex // serialises loads
+	watch *filewatch.Watcher
 }
 
 // newSource loads the list, failing if it does not load, and starts the
 // file watcher when there is a file and a check interval.
 func newSource[S any](cfg Config, newBuilder func() builder[S], log *zap.Logger) (*source[S], error) {
-	s := &source[S]{cfg: cfg, newBuilder: newBuilder, log: log, statLog: hooks.NewRateLog(time.Minute)}
+	s := &source[S]{cfg: cfg, newBuilder: newBuilder, log: log, watch: filewatch.New(cfg.File, log)}
 	if err := s.load("start"); err != nil {
 		return nil, err
 	}
-	if cfg.File != "" && cfg.CheckInterval > 0 {
-		s.stop, s.done = make(chan struct{}), make(chan struct{})
-		go s.watch(cfg.CheckInterval)
+	if cfg.File != "" {
+		s.watch.Start(cfg.CheckInterval, func() { _ = s.load("change") }) // logged by load
 	}
 	return s, nil
 }
@@ -113,7 +107,7 @@ func (s *source[S]) readFile(b builder[S]) error {
 	if err != nil {
 		return fmt.Errorf("file %s: %w", s.cfg.File, unwrapPath(err))
 	}
-	s.seen = info
+	s.watch.Seen(info)
 	if g, ok := b.(interface{ grow(int) }); ok {
 		g.grow(int(info.Size() / 41)) // a v1 infohash and a newline per line
 	}
@@ -147,45 +141,5 @@ func unwrapPath(err error) error {
 	return err
 }
 
-func (s *source[S]) watch(every time.Duration) {
-	defer close(s.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		if s.changed() {
-			_ = s.load("change") // logged by load
-		}
-	}
-}
-
-// changed reports whether the file differs from the version last read:
-// replaced (a rename over it), resized or touched.
-func (s *source[S]) changed() bool {
-	info, err := os.Stat(s.cfg.File)
-	if err != nil {
-		if n, ok := s.statLog.Allow(); ok {
-			s.log.Warn("cannot check approval list file; keeping the list in force",
-				zap.String("file", s.cfg.File), zap.Error(unwrapPath(err)), zap.Uint64("failures_since_last_log", n))
-		}
-		return false
-	}
-	s.mu.Lock()
-	seen := s.seen
-	s.mu.Unlock()
-	return seen == nil || !os.SameFile(seen, info) || !seen.ModTime().Equal(info.ModTime()) || seen.Size() != info.Size()
-}
-
 // close stops the watcher and waits for it. It is idempotent.
-func (s *source[S]) close() {
-	s.closed.Do(func() {
-		if s.stop != nil {
-			close(s.stop)
-			<-s.done
-		}
-	})
-}
+func (s *source[S]) close() { s.watch.Close() }

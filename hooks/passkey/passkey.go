@@ -17,8 +17,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/filewatch"
 )
 
 // Name is the hook's name in the `hooks` list of the config file.
@@ -125,13 +125,8 @@ type Hook struct {
 	keys  atomic.Pointer[keySet]
 	log   *zap.Logger
 
-	mu    sync.Mutex // serialises loads, and guards stamp
-	stamp fileStamp  // of the file as last read, for the watcher
-
-	statLog *hooks.RateLog
-	stop    chan struct{}
-	done    chan struct{}
-	once    sync.Once
+	mu    sync.Mutex // serialises loads
+	watch *filewatch.Watcher
 }
 
 // New loads the keys and, with a file and a check interval, starts the
@@ -140,7 +135,7 @@ func New(cfg Config, log *zap.Logger) (*Hook, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Hook{cfg: cfg, log: log, statLog: hooks.NewRateLog(time.Minute)}
+	h := &Hook{cfg: cfg, log: log, watch: filewatch.New(cfg.File, log)}
 	paths := cfg.Paths
 	if len(paths) == 0 {
 		paths = []string{"/announce/{" + cfg.Param + "}"}
@@ -155,9 +150,13 @@ func New(cfg Config, log *zap.Logger) (*Hook, error) {
 	if err := h.Reload(); err != nil {
 		return nil, err
 	}
-	if cfg.File != "" && cfg.CheckInterval > 0 {
-		h.stop, h.done = make(chan struct{}), make(chan struct{})
-		go h.watch(cfg.CheckInterval)
+	if cfg.File != "" {
+		// A file that fails to load is not retried until it changes again.
+		h.watch.Start(cfg.CheckInterval, func() {
+			if err := h.Reload(); err != nil {
+				h.log.Error("passkey file changed but did not load, keeping the keys in force", zap.Error(err))
+			}
+		})
 	}
 	return h, nil
 }
@@ -224,13 +223,13 @@ func (h *Hook) load() error {
 		set[k] = struct{}{}
 	}
 	if h.cfg.File != "" {
-		// Stamp before reading, so a write racing the read is seen as a
+		// Seen before reading, so a write racing the read is seen as a
 		// change on the next check and read again.
-		st, err := stamp(h.cfg.File)
+		info, err := os.Stat(h.cfg.File)
 		if err != nil {
 			return fmt.Errorf("passkey: %w", err)
 		}
-		h.stamp = st
+		h.watch.Seen(info)
 		n, err := readKeys(h.cfg.File, set)
 		if err != nil {
 			return fmt.Errorf("passkey: %s: %w", h.cfg.File, err)
@@ -275,68 +274,9 @@ func readKeys(file string, set keySet) (int, error) {
 	return n, nil
 }
 
-// fileStamp tells whether a file has changed since it was read.
-type fileStamp struct {
-	info os.FileInfo
-}
-
-func stamp(file string) (fileStamp, error) {
-	fi, err := os.Stat(file)
-	if err != nil {
-		return fileStamp{}, err
-	}
-	return fileStamp{fi}, nil
-}
-
-// same reports whether a and b describe the same unchanged file: a file
-// replaced by rename is another file, even with the same size and time.
-func (a fileStamp) same(b fileStamp) bool {
-	if a.info == nil || b.info == nil {
-		return a.info == b.info
-	}
-	return os.SameFile(a.info, b.info) && a.info.Size() == b.info.Size() &&
-		a.info.ModTime().Equal(b.info.ModTime())
-}
-
-// watch checks the key file every interval and reloads it when it has
-// changed, until Close. A file that fails to load is not retried until it
-// changes again.
-func (h *Hook) watch(interval time.Duration) {
-	defer close(h.done)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-h.stop:
-			return
-		case <-tick.C:
-		}
-		st, err := stamp(h.cfg.File)
-		if err != nil {
-			if n, ok := h.statLog.Allow(); ok {
-				h.log.Warn("passkey file unreadable, keeping the keys in force",
-					zap.Error(err), zap.Uint64("failures_since_last_log", n))
-			}
-			continue
-		}
-		h.mu.Lock()
-		if !st.same(h.stamp) {
-			if err := h.load(); err != nil {
-				h.log.Error("passkey file changed but did not load, keeping the keys in force", zap.Error(err))
-			}
-		}
-		h.mu.Unlock()
-	}
-}
-
 // Close stops the file watcher and waits for it.
 func (h *Hook) Close() error {
-	h.once.Do(func() {
-		if h.stop != nil {
-			close(h.stop)
-			<-h.done
-		}
-	})
+	h.watch.Close()
 	return nil
 }
 
