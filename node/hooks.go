@@ -33,7 +33,6 @@ var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
 		}
 		return func(hookEnv) (any, error) { return varinterval.New(cfg) }, nil
 	},
-	// builders: approval
 	approval.ClientName: func(opts *yaml.Node) (hookConstructor, error) {
 		cfg := approval.DefaultClientConfig()
 		if err := decodeOptions(opts, &cfg); err != nil {
@@ -48,7 +47,6 @@ var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
 		}
 		return func(env hookEnv) (any, error) { return approval.NewTorrent(cfg, env.Log.Named(approval.TorrentName)) }, nil
 	},
-	// builders: passkey
 	passkey.Name: func(opts *yaml.Node) (hookConstructor, error) {
 		cfg := passkey.DefaultConfig()
 		if err := decodeOptions(opts, &cfg); err != nil {
@@ -56,7 +54,6 @@ var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
 		}
 		return func(env hookEnv) (any, error) { return passkey.New(cfg, env.Log.Named(passkey.Name)) }, nil
 	},
-	// builders: rate_limit
 	ratelimit.Name: func(opts *yaml.Node) (hookConstructor, error) {
 		cfg := ratelimit.DefaultConfig()
 		if err := decodeOptions(opts, &cfg); err != nil {
@@ -64,7 +61,6 @@ var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
 		}
 		return func(env hookEnv) (any, error) { return ratelimit.New(cfg, env.Registerer) }, nil
 	},
-	// builders: jwt
 	jwt.Name: func(opts *yaml.Node) (hookConstructor, error) {
 		cfg := jwt.DefaultConfig()
 		if err := decodeOptions(opts, &cfg); err != nil {
@@ -72,7 +68,6 @@ var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
 		}
 		return func(env hookEnv) (any, error) { return jwt.New(cfg, env.Log.Named("jwt"), env.Registerer) }, nil
 	},
-	// builders: peer_preference
 	peerpref.Name: func(opts *yaml.Node) (hookConstructor, error) {
 		cfg := peerpref.DefaultConfig()
 		if err := decodeOptions(opts, &cfg); err != nil {
