@@ -36,6 +36,7 @@ Usage:
   karuta config check FILE         validate a config file
   karuta cluster status [--addr HOST:PORT] [--json]
                                    show a node's view of its cluster
+  karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
   karuta version                   print the version
 `
 
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return configCmd(args, stdout, stderr)
 	case "cluster":
 		return clusterCmd(args, stdout, stderr)
+	case "bench":
+		return benchCmd(args, stdout, stderr, sigs)
 	case "version":
 		fmt.Fprintf(stdout, "karuta %s\n", version)
 		return exitOK

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/karuta-tracker/karuta/cmd/karuta/loadgen"
+)
+
+// benchCmd runs `karuta bench`: load against any UDP or HTTP tracker, a
+// progress line a second on stderr, then a table or --json on stdout. A
+// signal ends the run early with a report of what was measured.
+func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	cfg := loadgen.Default()
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.URL, "url", "", "tracker announce `URL`: udp://host:port/announce or http://host:port/announce")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "how long to measure")
+	fs.DurationVar(&cfg.Warmup, "warmup", cfg.Warmup, "load sent, not measured, before the measurement")
+	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "simulated clients (closed loop), or most requests in flight (open loop)")
+	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "open loop: announces+scrapes per second on a fixed schedule; 0 is closed loop")
+	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "UDP sockets shared by the clients")
+	fs.IntVar(&cfg.Swarms, "swarms", cfg.Swarms, "infohashes in the simulated population")
+	fs.IntVar(&cfg.Peers, "peers", cfg.Peers, "peers in the simulated population, spread over swarms by popularity")
+	fs.Float64Var(&cfg.Zipf, "zipf", cfg.Zipf, "popularity exponent: swarm s has weight 1/(s+1)^zipf; 0 is uniform")
+	fs.Float64Var(&cfg.ScrapeRatio, "scrape-ratio", cfg.ScrapeRatio, "share of requests that are scrapes")
+	fs.IntVar(&cfg.ScrapeHashes, "scrape-hashes", cfg.ScrapeHashes, "infohashes per scrape")
+	fs.IntVar(&cfg.NumWant, "numwant", cfg.NumWant, "numwant of announces; -1 lets the tracker choose")
+	fs.Float64Var(&cfg.Seeders, "seeders", cfg.Seeders, "share of peers that are seeders")
+	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "how long a request waits for its answer")
+	fs.DurationVar(&cfg.ConnIDTTL, "conn-id-ttl", cfg.ConnIDTTL, "how long a UDP client reuses a connection ID")
+	fs.IntVar(&cfg.PID, "pid", 0, "tracker `pid` on this host: report its CPU per request and peak RSS from /proc")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed of the request sequence")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "karuta: bench: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "karuta: bench: %v\n", err)
+		return exitUsage
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	res, err := loadgen.Run(ctx, cfg, stderr, isTerminal(stderr))
+	if res == nil {
+		fmt.Fprintf(stderr, "karuta: bench: %v\n", err)
+		return exitFailure
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "karuta: bench: %v\n", err)
+	}
+	if *asJSON {
+		err = res.WriteJSON(stdout)
+	} else {
+		err = res.WriteTable(stdout)
+	}
+	if err != nil || res.Responses == 0 {
+		if err == nil {
+			fmt.Fprintf(stderr, "karuta: bench: no answer from %s\n", cfg.URL)
+		}
+		return exitFailure
+	}
+	return exitOK
+}
+
+// isTerminal reports whether w is a character device, so progress can be
+// redrawn in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,350 @@
+// Package loadgen drives a BitTorrent tracker over UDP (BEP 15) or HTTP
+// with a synthetic population of swarms and peers and measures what it
+// answers: responses per second, errors, latency and, given the tracker's
+// pid, the tracker's CPU time per request and peak memory.
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config describes one run. The zero value is not valid; start from
+// Default.
+type Config struct {
+	// URL is the tracker's announce URL: udp://host:port[/path] or
+	// http(s)://host:port/path.
+	URL string `yaml:"url"`
+	// Duration is how long the measured phase lasts.
+	Duration time.Duration `yaml:"duration"`
+	// Warmup is how long requests are sent, but not measured, before.
+	Warmup time.Duration `yaml:"warmup"`
+	// Concurrency is the number of simulated clients. In closed loop each
+	// sends its next request when the previous one is answered; in open
+	// loop it bounds the requests in flight.
+	Concurrency int `yaml:"concurrency"`
+	// Rate, when above zero, selects open loop: requests (announces and
+	// scrapes) per second on a fixed schedule, latency measured from the
+	// scheduled time, so a stalled tracker cannot hide its stall.
+	Rate float64 `yaml:"rate"`
+	// Workers is the number of UDP sockets the clients share.
+	Workers int `yaml:"workers"`
+	// Swarms and Peers size the simulated population.
+	Swarms int `yaml:"swarms"`
+	Peers  int `yaml:"peers"`
+	// Zipf is the popularity exponent: swarm s is picked with weight
+	// 1/(s+1)^Zipf. 0 is uniform; about 1 gives a few huge swarms and a
+	// long tail.
+	Zipf float64 `yaml:"zipf"`
+	// ScrapeRatio is the share of requests that are scrapes.
+	ScrapeRatio float64 `yaml:"scrape_ratio"`
+	// ScrapeHashes is the number of infohashes per scrape.
+	ScrapeHashes int `yaml:"scrape_hashes"`
+	// NumWant is the numwant of announces; -1 leaves it to the tracker.
+	NumWant int `yaml:"numwant"`
+	// Seeders is the share of peers that announce left=0.
+	Seeders float64 `yaml:"seeders"`
+	// Timeout is how long a request may wait for its answer.
+	Timeout time.Duration `yaml:"timeout"`
+	// ConnIDTTL is how long a UDP client reuses a connection ID before
+	// connecting again. BEP 15 lets clients use one for a minute.
+	ConnIDTTL time.Duration `yaml:"conn_id_ttl"`
+	// PID is the tracker's process ID on this host, to read its CPU time
+	// and memory from /proc; 0 skips that.
+	PID int `yaml:"pid"`
+	// Seed makes the request sequence reproducible.
+	Seed uint64 `yaml:"seed"`
+}
+
+// Default returns a closed-loop run of 10 s with 64 clients over a
+// population of 100 000 swarms and a million peers.
+func Default() Config {
+	return Config{
+		Duration:     10 * time.Second,
+		Warmup:       time.Second,
+		Concurrency:  64,
+		Workers:      min(runtime.GOMAXPROCS(0), 8),
+		Swarms:       100000,
+		Peers:        1000000,
+		Zipf:         1.1,
+		ScrapeRatio:  0.1,
+		ScrapeHashes: 1,
+		NumWant:      50,
+		Seeders:      0.3,
+		Timeout:      time.Second,
+		ConnIDTTL:    time.Minute,
+		Seed:         1,
+	}
+}
+
+// target is a parsed tracker URL.
+type target struct {
+	udp  bool
+	host string // host:port
+	// announce and scrape are the HTTP URLs, each ending in '?' or '&'
+	// ready for parameters; scrape is empty if it cannot be derived.
+	announce, scrape string
+}
+
+// Validate reports the first bad setting, named by its flag.
+func (c *Config) Validate() error {
+	_, err := c.target()
+	switch {
+	case err != nil:
+		return err
+	case c.Duration <= 0:
+		return errors.New("--duration must be positive")
+	case c.Warmup < 0:
+		return errors.New("--warmup must not be negative")
+	case c.Concurrency < 1:
+		return errors.New("--concurrency must be at least 1")
+	case c.Rate < 0:
+		return errors.New("--rate must not be negative")
+	case c.Workers < 1:
+		return errors.New("--workers must be at least 1")
+	case c.Concurrency > c.Workers*65535:
+		return errors.New("--concurrency must be at most 65535 per worker")
+	case c.Swarms < 1:
+		return errors.New("--swarms must be at least 1")
+	case c.Peers < c.Swarms:
+		return errors.New("--peers must be at least --swarms")
+	case c.Zipf < 0:
+		return errors.New("--zipf must not be negative")
+	case c.ScrapeRatio < 0 || c.ScrapeRatio > 1:
+		return errors.New("--scrape-ratio must be between 0 and 1")
+	case c.ScrapeHashes < 1 || c.ScrapeHashes > 74:
+		return errors.New("--scrape-hashes must be between 1 and 74")
+	case c.NumWant < -1:
+		return errors.New("--numwant must be -1 or more")
+	case c.Seeders < 0 || c.Seeders > 1:
+		return errors.New("--seeders must be between 0 and 1")
+	case c.Timeout <= 0:
+		return errors.New("--timeout must be positive")
+	case c.ConnIDTTL <= 0:
+		return errors.New("--conn-id-ttl must be positive")
+	case c.PID < 0:
+		return errors.New("--pid must not be negative")
+	}
+	return nil
+}
+
+// target parses the URL.
+func (c *Config) target() (target, error) {
+	if c.URL == "" {
+		return target{}, errors.New("--url is required, e.g. udp://127.0.0.1:6969/announce")
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		return target{}, fmt.Errorf("--url: %w", err)
+	}
+	if u.Hostname() == "" {
+		return target{}, fmt.Errorf("--url %q has no host", c.URL)
+	}
+	switch u.Scheme {
+	case "udp":
+		if p, err := strconv.ParseUint(u.Port(), 10, 16); err != nil || p == 0 {
+			return target{}, fmt.Errorf("--url %q needs a port: udp://host:port/announce", c.URL)
+		}
+		return target{udp: true, host: u.Host}, nil
+	case "http", "https":
+		t := target{host: u.Host, announce: withQuery(u)}
+		// BEP 48: the scrape URL replaces the last "announce" of the path.
+		if i := strings.LastIndex(u.Path, "/announce"); i >= 0 {
+			s := *u
+			s.Path = u.Path[:i] + "/scrape" + u.Path[i+len("/announce"):]
+			s.RawPath = ""
+			t.scrape = withQuery(&s)
+		} else if c.ScrapeRatio > 0 {
+			return target{}, fmt.Errorf("--url %q: no /announce in the path to derive a scrape URL from; use --scrape-ratio 0", c.URL)
+		}
+		return t, nil
+	}
+	return target{}, fmt.Errorf("--url %q: scheme must be udp, http or https", c.URL)
+}
+
+func withQuery(u *url.URL) string {
+	s := u.String()
+	if u.RawQuery != "" {
+		return s + "&"
+	}
+	return s + "?"
+}
+
+// driver sends requests to a tracker in one protocol.
+type driver interface {
+	// session returns simulated client i. Sessions are used by one
+	// goroutine each.
+	session(i int) session
+	// Close stops the driver once no session is in use.
+	Close() error
+}
+
+// session is one simulated client. Its methods send one request, wait for
+// the answer or the timeout, and record the outcome with latency from
+// start; they return early, recording nothing, when ctx is done.
+type session interface {
+	announce(ctx context.Context, a *announce, start time.Time)
+	scrape(ctx context.Context, hashes [][20]byte, start time.Time)
+}
+
+// Run sends the configured load until the duration ends or ctx is done,
+// writing a progress line to progress each second (overwritten in place
+// when tty), and returns what it measured.
+func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	tgt, _ := cfg.target()
+	if cfg.PID > 0 {
+		if _, err := readProc("/proc", cfg.PID); err != nil {
+			return nil, fmt.Errorf("--pid: %w", err)
+		}
+	}
+	w := newWorkload(cfg.Swarms, cfg.Peers, cfg.Zipf, &cfg)
+	st := &stats{}
+	var drv driver
+	var err error
+	if tgt.udp {
+		drv, err = newUDPDriver(tgt.host, &cfg, st)
+	} else {
+		drv = newHTTPDriver(tgt, &cfg, st)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range cfg.Concurrency {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
+			s := drv.session(i)
+			if cfg.Rate > 0 {
+				openLoop(ctx, s, w, r, start, i, cfg.Concurrency, cfg.Rate)
+			} else {
+				closedLoop(ctx, s, w, r)
+			}
+		})
+	}
+
+	p := newProgress(progress, tty, st, start, cfg.Warmup)
+	res, err := measure(ctx, &cfg, st, p)
+	st.recording.Store(false)
+	cancel()
+	wg.Wait()
+	p.done()
+	err = errors.Join(err, drv.Close())
+	if res != nil {
+		res.URL, res.Protocol = cfg.URL, "http"
+		if tgt.udp {
+			res.Protocol = "udp"
+		}
+		res.Mode, res.Concurrency, res.Rate = "closed", cfg.Concurrency, cfg.Rate
+		if cfg.Rate > 0 {
+			res.Mode = "open"
+		}
+	}
+	return res, err
+}
+
+// measure waits out the warmup, records for the duration (or until ctx is
+// done) and summarises, printing progress meanwhile.
+func measure(ctx context.Context, cfg *Config, st *stats, p *progress) (*Result, error) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	phase := time.NewTimer(cfg.Warmup)
+	defer phase.Stop()
+	var before procSample
+	var mStart time.Time
+	for measuring := false; ; {
+		select {
+		case <-tick.C:
+			p.line()
+			continue
+		case <-ctx.Done():
+			if !measuring {
+				return nil, ctx.Err()
+			}
+		case <-phase.C:
+			if !measuring {
+				measuring = true
+				if cfg.PID > 0 {
+					var err error
+					if before, err = readProc("/proc", cfg.PID); err != nil {
+						return nil, fmt.Errorf("--pid: %w", err)
+					}
+				}
+				mStart = time.Now()
+				st.recording.Store(true)
+				phase.Reset(cfg.Duration)
+				continue
+			}
+		}
+		st.recording.Store(false)
+		elapsed := time.Since(mStart)
+		res := st.result(elapsed)
+		if cfg.PID > 0 {
+			after, err := readProc("/proc", cfg.PID)
+			if err != nil {
+				return res, fmt.Errorf("--pid: %w", err)
+			}
+			res.Server = serverUse(cfg.PID, before, after, res.Responses)
+		}
+		return res, nil
+	}
+}
+
+// closedLoop sends requests back to back until ctx is done.
+func closedLoop(ctx context.Context, s session, w *workload, r *rand.Rand) {
+	var a announce
+	hashes := make([][20]byte, 0, w.scrapeHashes)
+	for ctx.Err() == nil {
+		send(ctx, s, w, r, &a, hashes, time.Now())
+	}
+}
+
+// openLoop sends client i's share of rate requests per second: request k
+// of all n clients is due at start + k/rate, and client i sends those with
+// k ≡ i (mod n). A request sent late still counts its latency from when it
+// was due.
+func openLoop(ctx context.Context, s session, w *workload, r *rand.Rand, start time.Time, i, n int, rate float64) {
+	var a announce
+	hashes := make([][20]byte, 0, w.scrapeHashes)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
+	for k := i; ; k += n {
+		due := start.Add(time.Duration(float64(k) / rate * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		} else if ctx.Err() != nil {
+			return
+		}
+		send(ctx, s, w, r, &a, hashes, due)
+	}
+}
+
+func send(ctx context.Context, s session, w *workload, r *rand.Rand, a *announce, hashes [][20]byte, start time.Time) {
+	if w.isScrape(r) {
+		s.scrape(ctx, w.fillScrape(r, hashes[:0]), start)
+		return
+	}
+	w.fillAnnounce(r, a)
+	s.announce(ctx, a, start)
+}

@@ -1,0 +1,66 @@
+package loadgen
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+func TestReadProcFixture(t *testing.T) {
+	s, err := readProc("testdata/proc", 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procSample{
+		statCPU:  (1234 + 567) * 10 * time.Millisecond,
+		schedCPU: 12000000000 + 6345678901,
+		peakRSS:  51200 * 1024,
+	}
+	if s != want {
+		t.Errorf("got %+v, want %+v", s, want)
+	}
+	if _, err := readProc("testdata/proc", 1); err == nil {
+		t.Error("missing process: no error")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, in := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 abc 5"} {
+		if _, err := parseStat([]byte(in)); err == nil {
+			t.Errorf("parseStat(%q): no error", in)
+		}
+	}
+	for _, in := range []string{"", "VmRSS: 5 kB\n", "VmHWM: 5 MB\n", "VmHWM: x kB\n"} {
+		if _, err := parseStatusKB([]byte(in), "VmHWM"); err == nil {
+			t.Errorf("parseStatusKB(%q): no error", in)
+		}
+	}
+	if _, err := parseSchedstat([]byte(" \n")); err == nil {
+		t.Error("parseSchedstat of blank: no error")
+	}
+}
+
+func TestCPUBetween(t *testing.T) {
+	a := procSample{statCPU: time.Second, schedCPU: 2 * time.Second}
+	b := procSample{statCPU: 3 * time.Second, schedCPU: 2500 * time.Millisecond}
+	if d, src := cpuBetween(a, b); d != 500*time.Millisecond || src != "schedstat" {
+		t.Errorf("got %v from %s", d, src)
+	}
+	b.schedCPU = time.Second // a thread exited
+	if d, src := cpuBetween(a, b); d != 2*time.Second || src != "stat" {
+		t.Errorf("after a thread exit: got %v from %s", d, src)
+	}
+}
+
+func TestReadProcSelf(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	s, err := readProc("/proc", os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.peakRSS == 0 || s.schedCPU+s.statCPU == 0 {
+		t.Errorf("own process: %+v", s)
+	}
+}

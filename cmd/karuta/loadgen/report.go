@@ -1,0 +1,189 @@
+package loadgen
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is what a run measured. Its JSON form is the --json output;
+// latencies are in microseconds.
+type Result struct {
+	URL         string  `json:"url"`
+	Protocol    string  `json:"protocol"`
+	Mode        string  `json:"mode"` // "closed" or "open"
+	Concurrency int     `json:"concurrency"`
+	Rate        float64 `json:"rate,omitempty"` // requested, open loop only
+	Seconds     float64 `json:"seconds"`        // measured phase
+	// Responses counts every answer, connects included.
+	Responses       uint64  `json:"responses"`
+	ResponsesPerSec float64 `json:"responses_per_sec"`
+	// RequestsPerSec counts announce and scrape answers only: the rate an
+	// open-loop run asked for.
+	RequestsPerSec float64 `json:"requests_per_sec"`
+	// Errors is TrackerErrors + Malformed + NetErrors; timeouts are apart.
+	Errors           uint64                   `json:"errors"`
+	TrackerErrors    uint64                   `json:"tracker_errors"`
+	Malformed        uint64                   `json:"malformed"`
+	NetErrors        uint64                   `json:"net_errors"`
+	Timeouts         uint64                   `json:"timeouts"`
+	Latency          Latency                  `json:"latency_us"`
+	PeersPerAnnounce float64                  `json:"peers_per_announce"`
+	Actions          map[string]*ActionResult `json:"actions"`
+	Server           *Server                  `json:"server,omitempty"`
+}
+
+// ActionResult is the part of a Result for one action.
+type ActionResult struct {
+	Responses     uint64  `json:"responses"`
+	PerSec        float64 `json:"per_sec"`
+	TrackerErrors uint64  `json:"tracker_errors"`
+	Malformed     uint64  `json:"malformed"`
+	NetErrors     uint64  `json:"net_errors"`
+	Timeouts      uint64  `json:"timeouts"`
+	Latency       Latency `json:"latency_us"`
+}
+
+// Latency holds percentiles of answer latency in microseconds.
+type Latency struct {
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p999"`
+	Max  float64 `json:"max"`
+	Mean float64 `json:"mean"`
+}
+
+// Server is the tracker process's resource use over the measured phase.
+type Server struct {
+	PID        int     `json:"pid"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// CPUPerRequestUS divides CPUSeconds by every response, connects
+	// included.
+	CPUPerRequestUS float64 `json:"cpu_per_request_us"`
+	// CPUSource is "schedstat" (ns, per thread) or "stat" (10 ms ticks).
+	CPUSource    string `json:"cpu_source"`
+	PeakRSSBytes uint64 `json:"peak_rss_bytes"`
+}
+
+// WriteJSON writes r as indented JSON.
+func (r *Result) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes r for people: a header, a row per action and a total.
+func (r *Result) WriteTable(w io.Writer) error {
+	mode := fmt.Sprintf("closed loop, %d clients", r.Concurrency)
+	if r.Mode == "open" {
+		mode = fmt.Sprintf("open loop at %.0f req/s, up to %d in flight", r.Rate, r.Concurrency)
+	}
+	fmt.Fprintf(w, "%s (%s), %s, %.1f s measured\n\n", r.URL, r.Protocol, mode, r.Seconds)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "ACTION\tRESP/S\tRESPONSES\tTRACKER ERR\tMALFORMED\tNET ERR\tTIMEOUTS\tP50\tP99\tP99.9\tMAX\t")
+	row := func(name string, a *ActionResult) {
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", name, a.PerSec, a.Responses,
+			a.TrackerErrors, a.Malformed, a.NetErrors, a.Timeouts,
+			us(a.Latency.P50), us(a.Latency.P99), us(a.Latency.P999), us(a.Latency.Max))
+	}
+	for _, name := range actionNames {
+		if a := r.Actions[name]; a != nil && (a.Responses > 0 || a.Timeouts+a.NetErrors > 0) {
+			row(name, a)
+		}
+	}
+	row("total", &ActionResult{PerSec: r.ResponsesPerSec, Responses: r.Responses, TrackerErrors: r.TrackerErrors,
+		Malformed: r.Malformed, NetErrors: r.NetErrors, Timeouts: r.Timeouts, Latency: r.Latency})
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nannounce+scrape: %.0f/s; %.1f peers per announce\n", r.RequestsPerSec, r.PeersPerAnnounce)
+	if s := r.Server; s != nil {
+		fmt.Fprintf(w, "server pid %d: %.2f s CPU (%s), %.2f µs CPU per response, peak RSS %.1f MiB\n",
+			s.PID, s.CPUSeconds, s.CPUSource, s.CPUPerRequestUS, float64(s.PeakRSSBytes)/(1<<20))
+	}
+	return nil
+}
+
+// us formats microseconds with a unit that keeps three digits or so.
+func us(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fs", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.2fms", v/1e3)
+	}
+	return fmt.Sprintf("%.0fµs", v)
+}
+
+// progress prints one line a second of the live counters.
+type progress struct {
+	w      io.Writer
+	tty    bool
+	st     *stats
+	start  time.Time
+	warmup time.Duration
+	last   [nActions][nOutcomes]uint64
+	lastAt time.Time
+	width  int
+}
+
+func newProgress(w io.Writer, tty bool, st *stats, start time.Time, warmup time.Duration) *progress {
+	return &progress{w: w, tty: tty, st: st, start: start, warmup: warmup, lastAt: start}
+}
+
+// line prints the rates since the previous line.
+func (p *progress) line() {
+	if p.w == nil {
+		return
+	}
+	now := time.Now()
+	prev := p.lastAt
+	sec := now.Sub(prev).Seconds()
+	p.lastAt = now
+	var cur [nActions][nOutcomes]uint64
+	var errs, timeouts uint64
+	for a := range nActions {
+		for o := range nOutcomes {
+			cur[a][o] = p.st.live[a][o].Load()
+			d := cur[a][o] - p.last[a][o]
+			switch o {
+			case trackerError, malformed, netError:
+				errs += d
+			case timeout:
+				timeouts += d
+			}
+		}
+	}
+	rate := func(a action) float64 {
+		var n uint64
+		for o := ok; o <= malformed; o++ {
+			n += cur[a][o] - p.last[a][o]
+		}
+		return float64(n) / sec
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%5.0fs  announce %8.0f/s  scrape %7.0f/s  connect %7.0f/s  errors %d  timeouts %d",
+		now.Sub(p.start).Seconds(), rate(actAnnounce), rate(actScrape), rate(actConnect), errs, timeouts)
+	if prev.Sub(p.start) < p.warmup {
+		b.WriteString("  (warmup)")
+	}
+	p.last = cur
+	s := b.String()
+	if p.tty {
+		pad := max(p.width-len(s), 0)
+		p.width = len(s)
+		fmt.Fprintf(p.w, "\r%s%s", s, strings.Repeat(" ", pad))
+		return
+	}
+	fmt.Fprintln(p.w, s)
+}
+
+// done ends an overwritten line.
+func (p *progress) done() {
+	if p.w != nil && p.tty && p.width > 0 {
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,129 @@
+package loadgen
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeTracker answers BEP 15 on loopback by a script: reply returns the
+// answer to each request, or nil to drop it. It returns the address.
+func fakeTracker(t *testing.T, reply func(req []byte) []byte) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if out := reply(buf[:n]); out != nil {
+				_, _ = pc.WriteTo(out, addr)
+			}
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// TestUDPSession plays one client against a tracker that drops the first
+// announce and refuses the second: the client must time out keeping its
+// connection ID, then reconnect after the error.
+func TestUDPSession(t *testing.T) {
+	var connects, announces atomic.Int32
+	addr := fakeTracker(t, func(req []byte) []byte {
+		tx := be.Uint32(req[12:])
+		switch be.Uint32(req[8:]) {
+		case actionConnect:
+			connects.Add(1)
+			return be.AppendUint64(be.AppendUint32(be.AppendUint32(nil, actionConnect), tx), 42)
+		case actionAnnounce:
+			n := announces.Add(1)
+			if be.Uint64(req) != 42 {
+				t.Errorf("announce with connection ID %d, want 42", be.Uint64(req))
+			}
+			switch n {
+			case 1:
+				return nil
+			case 2:
+				return append(be.AppendUint32(be.AppendUint32(nil, actionError), tx), "connection ID expired"...)
+			}
+			out := be.AppendUint32(be.AppendUint32(nil, actionAnnounce), tx)
+			out = be.AppendUint32(out, 1800)
+			out = be.AppendUint32(out, 1)
+			out = be.AppendUint32(out, 2)
+			return append(out, 127, 0, 0, 1, 0x1a, 0xe1)
+		}
+		return nil
+	})
+	cfg := Default()
+	cfg.Concurrency, cfg.Workers, cfg.Timeout = 1, 1, 200*time.Millisecond
+	st := &stats{}
+	st.recording.Store(true)
+	d, err := newUDPDriver(addr, &cfg, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	s := d.session(0)
+	var a announce
+	a.port = 1
+	for range 3 {
+		s.announce(context.Background(), &a, time.Now())
+	}
+	r := st.result(time.Second)
+	an, cn := r.Actions["announce"], r.Actions["connect"]
+	if an.Timeouts != 1 || an.TrackerErrors != 1 || an.Responses-an.TrackerErrors != 1 || r.PeersPerAnnounce != 1 {
+		t.Errorf("announce = %+v, peers per announce %v; want a timeout, an error and one answer with a peer", an, r.PeersPerAnnounce)
+	}
+	if cn.Responses != 2 || connects.Load() != 2 {
+		t.Errorf("%d connects answered (%d seen); want 2: the error drops the connection ID", cn.Responses, connects.Load())
+	}
+}
+
+// TestUDPLateReply checks that a reply arriving after its request timed
+// out is not taken for the next request's.
+func TestUDPLateReply(t *testing.T) {
+	delayed := make(chan []byte, 4)
+	addr := fakeTracker(t, func(req []byte) []byte {
+		tx := be.Uint32(req[12:])
+		if be.Uint32(req[8:]) == actionConnect {
+			return be.AppendUint64(be.AppendUint32(be.AppendUint32(nil, actionConnect), tx), 7)
+		}
+		out := be.AppendUint32(be.AppendUint32(nil, actionScrape), tx)
+		out = append(out, make([]byte, 12)...)
+		select {
+		case old := <-delayed: // answer the previous scrape now, late
+			delayed <- out
+			return old
+		default:
+			delayed <- out
+			return nil
+		}
+	})
+	cfg := Default()
+	cfg.Concurrency, cfg.Workers, cfg.Timeout = 1, 1, 100*time.Millisecond
+	st := &stats{}
+	st.recording.Store(true)
+	d, err := newUDPDriver(addr, &cfg, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	s := d.session(0)
+	for range 3 {
+		s.scrape(context.Background(), [][20]byte{{1}}, time.Now())
+	}
+	sc := st.result(time.Second).Actions["scrape"]
+	if sc.Timeouts != 3 || sc.Responses != 0 {
+		t.Errorf("scrape = %+v; every reply came one request late, so all three time out", sc)
+	}
+}
