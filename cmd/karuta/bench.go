@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/karuta-tracker/karuta/cmd/karuta/loadgen"
 )
@@ -32,15 +34,27 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	fs.Float64Var(&cfg.Seeders, "seeders", cfg.Seeders, "share of peers that are seeders")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "how long a request waits for its answer")
 	fs.DurationVar(&cfg.ConnIDTTL, "conn-id-ttl", cfg.ConnIDTTL, "how long a UDP client reuses a connection ID")
-	fs.IntVar(&cfg.PID, "pid", 0, "tracker `pid` on this host: report its CPU per request and peak RSS from /proc")
+	fs.Var((*pidList)(&cfg.PIDs), "pid", "tracker `pid` on this host: report its CPU per request and peak RSS from /proc; repeat it, or list pids with commas, to sum a cluster's processes")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed of the request sequence")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	listHashes := fs.Bool("list-infohashes", false, "print the population's infohashes in hex, one a line (a whitelist for trackers that need one), and exit")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "karuta: bench: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
+	}
+	if *listHashes {
+		if cfg.Swarms < 1 {
+			fmt.Fprintln(stderr, "karuta: bench: --swarms must be at least 1")
+			return exitUsage
+		}
+		if err := loadgen.WriteInfoHashes(stdout, cfg.Swarms); err != nil {
+			fmt.Fprintf(stderr, "karuta: bench: %v\n", err)
+			return exitFailure
+		}
+		return exitOK
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "karuta: bench: %v\n", err)
@@ -76,6 +90,32 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		return exitFailure
 	}
 	return exitOK
+}
+
+// pidList is the --pid flag: process IDs, given with commas or by
+// repeating the flag.
+type pidList []int
+
+func (p *pidList) String() string {
+	if p == nil {
+		return ""
+	}
+	s := make([]string, len(*p))
+	for i, pid := range *p {
+		s[i] = strconv.Itoa(pid)
+	}
+	return strings.Join(s, ",")
+}
+
+func (p *pidList) Set(v string) error {
+	for f := range strings.SplitSeq(v, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid <= 0 {
+			return fmt.Errorf("%q is not a process ID", f)
+		}
+		*p = append(*p, pid)
+	}
+	return nil
 }
 
 // isTerminal reports whether w is a character device, so progress can be

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/karuta-tracker/karuta/cmd/karuta/loadgen"
+	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/node"
 )
 
 // runBench runs `karuta bench --json` with args and decodes its result.
@@ -88,6 +94,9 @@ func TestBenchUsage(t *testing.T) {
 		{"peers below swarms", []string{"--url", "udp://127.0.0.1:6969", "--swarms", "10", "--peers", "5"}, "--peers must be at least --swarms"},
 		{"unknown flag", []string{"--frobnicate"}, "flag provided but not defined"},
 		{"argument", []string{"--url", "udp://127.0.0.1:6969", "extra"}, `unexpected argument "extra"`},
+		{"bad pid", []string{"--url", "udp://127.0.0.1:6969", "--pid", "12,x"}, `"x" is not a process ID`},
+		{"zero pid", []string{"--url", "udp://127.0.0.1:6969", "--pid", "0"}, `"0" is not a process ID`},
+		{"no swarms to list", []string{"--list-infohashes", "--swarms", "0"}, "--swarms must be at least 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,6 +105,58 @@ func TestBenchUsage(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want %d and %q", code, errOut, exitUsage, tt.want)
 			}
 		})
+	}
+}
+
+// TestBenchListInfoHashes checks the whitelist output: one 40-digit hex
+// infohash a line, all distinct, and the same hashes the load announces.
+func TestBenchListInfoHashes(t *testing.T) {
+	code, out, errOut := runCLI(t, "bench", "--list-infohashes", "--swarms", "500")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 500 {
+		t.Fatalf("%d lines, want 500", len(lines))
+	}
+	seen := map[string]bool{}
+	for _, l := range lines {
+		if b, err := hex.DecodeString(l); err != nil || len(b) != 20 {
+			t.Fatalf("line %q is not a hex infohash", l)
+		}
+		seen[l] = true
+	}
+	if len(seen) != 500 {
+		t.Errorf("%d distinct infohashes, want 500", len(seen))
+	}
+
+	// A node that only serves these hashes answers the whole load.
+	list := filepath.Join(t.TempDir(), "whitelist")
+	if err := os.WriteFile(list, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var spec hooks.Spec
+	if err := yaml.Unmarshal([]byte(`{name: torrent_approval, options: {mode: allow, file: "`+list+`"}}`), &spec); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, func(c *node.Config) { c.Hooks = append([]hooks.Spec{spec}, c.Hooks...) })
+	res := runBench(t, "--url", "udp://"+n.Addrs().UDP+"/announce", "--duration", "500ms",
+		"--concurrency", "4", "--swarms", "500", "--peers", "5000")
+	if res.Responses == 0 || res.TrackerErrors != 0 {
+		t.Errorf("responses %d, tracker errors %d; want answers and no errors from a node allowing only the listed hashes",
+			res.Responses, res.TrackerErrors)
+	}
+}
+
+// TestBenchSumsProcesses gives --pid twice, as for the nodes of a cluster
+// on one host: the report names both and sums them.
+func TestBenchSumsProcesses(t *testing.T) {
+	n := startNode(t, nil)
+	self := strconv.Itoa(os.Getpid())
+	res := runBench(t, "--url", "udp://"+n.Addrs().UDP+"/announce", "--duration", "500ms",
+		"--concurrency", "4", "--swarms", "1000", "--peers", "10000", "--pid", self, "--pid", self)
+	if s := res.Server; s == nil || len(s.PIDs) != 2 || s.CPUPerRequestUS <= 0 {
+		t.Fatalf("server use = %+v; want two pids and CPU per request", s)
 	}
 }
 

@@ -58,9 +58,10 @@ type Config struct {
 	// ConnIDTTL is how long a UDP client reuses a connection ID before
 	// connecting again. BEP 15 lets clients use one for a minute.
 	ConnIDTTL time.Duration `yaml:"conn_id_ttl"`
-	// PID is the tracker's process ID on this host, to read its CPU time
-	// and memory from /proc; 0 skips that.
-	PID int `yaml:"pid"`
+	// PIDs are the tracker's process IDs on this host, to read their CPU
+	// time and memory from /proc; several (the nodes of a cluster) are
+	// summed. Empty skips that.
+	PIDs []int `yaml:"pids"`
 	// Seed makes the request sequence reproducible.
 	Seed uint64 `yaml:"seed"`
 }
@@ -131,8 +132,11 @@ func (c *Config) Validate() error {
 		return errors.New("--timeout must be positive")
 	case c.ConnIDTTL <= 0:
 		return errors.New("--conn-id-ttl must be positive")
-	case c.PID < 0:
-		return errors.New("--pid must not be negative")
+	}
+	for _, pid := range c.PIDs {
+		if pid <= 0 {
+			return fmt.Errorf("--pid %d: must be a positive process ID", pid)
+		}
 	}
 	return nil
 }
@@ -204,8 +208,8 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 		return nil, err
 	}
 	tgt, _ := cfg.target()
-	if cfg.PID > 0 {
-		if _, err := readProc("/proc", cfg.PID); err != nil {
+	if len(cfg.PIDs) > 0 {
+		if _, err := readProcs("/proc", cfg.PIDs); err != nil {
 			return nil, fmt.Errorf("--pid: %w", err)
 		}
 	}
@@ -279,9 +283,9 @@ func measure(ctx context.Context, cfg *Config, st *stats, p *progress) (*Result,
 		case <-phase.C:
 			if !measuring {
 				measuring = true
-				if cfg.PID > 0 {
+				if len(cfg.PIDs) > 0 {
 					var err error
-					if before, err = readProc("/proc", cfg.PID); err != nil {
+					if before, err = readProcs("/proc", cfg.PIDs); err != nil {
 						return nil, fmt.Errorf("--pid: %w", err)
 					}
 				}
@@ -294,12 +298,12 @@ func measure(ctx context.Context, cfg *Config, st *stats, p *progress) (*Result,
 		st.recording.Store(false)
 		elapsed := time.Since(mStart)
 		res := st.result(elapsed)
-		if cfg.PID > 0 {
-			after, err := readProc("/proc", cfg.PID)
+		if len(cfg.PIDs) > 0 {
+			after, err := readProcs("/proc", cfg.PIDs)
 			if err != nil {
 				return res, fmt.Errorf("--pid: %w", err)
 			}
-			res.Server = serverUse(cfg.PID, before, after, res.Responses)
+			res.Server = serverUse(cfg.PIDs, before, after, res.Responses)
 		}
 		return res, nil
 	}

@@ -59,6 +59,22 @@ func readProc(root string, pid int) (procSample, error) {
 	return s, nil
 }
 
+// readProcs samples several processes, the nodes of a cluster on one
+// host, and sums their CPU time and peak memory.
+func readProcs(root string, pids []int) (procSample, error) {
+	var sum procSample
+	for _, pid := range pids {
+		s, err := readProc(root, pid)
+		if err != nil {
+			return sum, err
+		}
+		sum.statCPU += s.statCPU
+		sum.schedCPU += s.schedCPU
+		sum.peakRSS += s.peakRSS
+	}
+	return sum, nil
+}
+
 // parseStat returns utime+stime of a /proc/PID/stat line. The command
 // name, in parentheses, may hold spaces and parentheses, so fields are
 // counted from the last ')'.

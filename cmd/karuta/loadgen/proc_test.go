@@ -24,6 +24,24 @@ func TestReadProcFixture(t *testing.T) {
 	}
 }
 
+func TestReadProcsSums(t *testing.T) {
+	one, err := readProc("testdata/proc", 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := readProcs("testdata/proc", []int{4242, 4242})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procSample{statCPU: 2 * one.statCPU, schedCPU: 2 * one.schedCPU, peakRSS: 2 * one.peakRSS}
+	if two != want {
+		t.Errorf("two processes: got %+v, want %+v", two, want)
+	}
+	if _, err := readProcs("testdata/proc", []int{4242, 1}); err == nil {
+		t.Error("one missing process: no error")
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	for _, in := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 abc 5"} {
 		if _, err := parseStat([]byte(in)); err == nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,15 +57,17 @@ type Latency struct {
 	Mean float64 `json:"mean"`
 }
 
-// Server is the tracker process's resource use over the measured phase.
+// Server is the tracker's resource use over the measured phase, summed
+// over its processes when there are several.
 type Server struct {
-	PID        int     `json:"pid"`
+	PIDs       []int   `json:"pids"`
 	CPUSeconds float64 `json:"cpu_seconds"`
 	// CPUPerRequestUS divides CPUSeconds by every response, connects
 	// included.
 	CPUPerRequestUS float64 `json:"cpu_per_request_us"`
 	// CPUSource is "schedstat" (ns, per thread) or "stat" (10 ms ticks).
-	CPUSource    string `json:"cpu_source"`
+	CPUSource string `json:"cpu_source"`
+	// PeakRSSBytes sums each process's own peak.
 	PeakRSSBytes uint64 `json:"peak_rss_bytes"`
 }
 
@@ -101,8 +104,16 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "\nannounce+scrape: %.0f/s; %.1f peers per announce\n", r.RequestsPerSec, r.PeersPerAnnounce)
 	if s := r.Server; s != nil {
-		fmt.Fprintf(w, "server pid %d: %.2f s CPU (%s), %.2f µs CPU per response, peak RSS %.1f MiB\n",
-			s.PID, s.CPUSeconds, s.CPUSource, s.CPUPerRequestUS, float64(s.PeakRSSBytes)/(1<<20))
+		pids := make([]string, len(s.PIDs))
+		for i, p := range s.PIDs {
+			pids[i] = strconv.Itoa(p)
+		}
+		label := "pid"
+		if len(pids) > 1 {
+			label = "pids"
+		}
+		fmt.Fprintf(w, "server %s %s: %.2f s CPU (%s), %.2f µs CPU per response, peak RSS %.1f MiB\n",
+			label, strings.Join(pids, ","), s.CPUSeconds, s.CPUSource, s.CPUPerRequestUS, float64(s.PeakRSSBytes)/(1<<20))
 	}
 	return nil
 }

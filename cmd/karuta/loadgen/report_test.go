@@ -22,7 +22,7 @@ func sampleResult() *Result {
 	st.record(actAnnounce, ok, time.Hour, 0) // after the measurement: not counted
 	r := st.result(2 * time.Second)
 	r.URL, r.Protocol, r.Mode, r.Concurrency = "udp://127.0.0.1:6969/announce", "udp", "closed", 4
-	r.Server = serverUse(7, procSample{schedCPU: time.Second}, procSample{schedCPU: time.Second + 102*time.Millisecond, peakRSS: 3 << 20}, r.Responses)
+	r.Server = serverUse([]int{7}, procSample{schedCPU: time.Second}, procSample{schedCPU: time.Second + 102*time.Millisecond, peakRSS: 3 << 20}, r.Responses)
 	return r
 }
 

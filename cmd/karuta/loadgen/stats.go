@@ -112,9 +112,9 @@ func latencyOf(h *Histogram) Latency {
 }
 
 // serverUse turns two /proc samples into the tracker's CPU and memory use.
-func serverUse(pid int, before, after procSample, responses uint64) *Server {
+func serverUse(pids []int, before, after procSample, responses uint64) *Server {
 	cpu, src := cpuBetween(before, after)
-	s := &Server{PID: pid, CPUSeconds: cpu.Seconds(), CPUSource: src, PeakRSSBytes: after.peakRSS}
+	s := &Server{PIDs: pids, CPUSeconds: cpu.Seconds(), CPUSource: src, PeakRSSBytes: after.peakRSS}
 	if responses > 0 {
 		s.CPUPerRequestUS = float64(cpu) / float64(time.Microsecond) / float64(responses)
 	}

@@ -1,7 +1,10 @@
 package loadgen
 
 import (
+	"bufio"
 	"encoding/binary"
+	"encoding/hex"
+	"io"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -130,6 +133,23 @@ func infoHash(s int) [20]byte {
 	binary.BigEndian.PutUint64(h[10:], mix(uint64(s)^0x5eed))
 	binary.BigEndian.PutUint16(h[18:], uint16(s))
 	return h
+}
+
+// WriteInfoHashes writes the infohashes of a population of swarms in hex,
+// one a line, as trackers with a whitelist (opentracker's accesslist)
+// read them.
+func WriteInfoHashes(w io.Writer, swarms int) error {
+	bw := bufio.NewWriter(w)
+	var line [41]byte
+	line[40] = '\n'
+	for s := range swarms {
+		h := infoHash(s)
+		hex.Encode(line[:40], h[:])
+		if _, err := bw.Write(line[:]); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
 }
 
 // peerID returns peer p's ID, Azureus style: "-KB0001-" and twelve digits.
