@@ -3,8 +3,12 @@ package store_test
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net/netip"
 	"runtime"
+	"runtime/metrics"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -201,4 +205,128 @@ func BenchmarkMemory(b *testing.B) {
 			b.ReportMetric(perPeer, "B/peer")
 		})
 	}
+}
+
+// BenchmarkGCPause measures the Go collector's stop-the-world pauses with
+// 10M IPv4 peers stored (1M swarms of 10), and with an empty store under
+// the same load as the baseline that shows what the machine adds. Announces
+// keep all but one core busy and the store's expiry scan runs ten times a
+// second. Each iteration is one full collection, one started every half
+// second; the pauses are read from
+// runtime/metrics, whose histogram buckets make the quantiles upper bounds
+// within a few percent. A pause includes the wait for every running
+// goroutine to stop, so it also shows how promptly the OS (and, on a VM,
+// the hypervisor) runs the process's threads.
+func BenchmarkGCPause(b *testing.B) {
+	const swarms, perSwarm = 1_000_000, 10
+	for _, tt := range []struct {
+		name string
+		fill bool
+	}{{"peers=0", false}, {"peers=10M", true}} {
+		b.Run(tt.name, func(b *testing.B) {
+			m := benchMemory(b)
+			if tt.fill {
+				fill(m, swarms, perSwarm, false)
+			}
+			stop := loadStore(m, swarms*perSwarm, perSwarm, tt.fill)
+			defer stop()
+			measureGCPauses(b)
+			runtime.KeepAlive(m)
+		})
+	}
+}
+
+// loadStore asks m for peers on all but one core, re-announcing each peer
+// first when write is set (an empty store is kept empty), and scans it for
+// expired peers ten times a second, until the returned func is called.
+func loadStore(m *store.Memory, peers, perSwarm int, write bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range max(1, runtime.GOMAXPROCS(0)-1) {
+		wg.Go(func() {
+			dst := make([]bittorrent.Peer, 0, 50)
+			ch := make([]bittorrent.Change, 1)
+			for k := w; ; k++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				i := (k * 7919) % peers
+				ch[0] = bittorrent.Change{InfoHash: benchHash(i / perSwarm), Op: bittorrent.OpPut, Seeder: i%3 == 0}
+				ch[0].Peer.Addr = benchAddr(i, false)
+				if write {
+					m.Apply(ch)
+				}
+				dst, _, _ = m.AnnouncePeers(ch[0].InfoHash, ch[0].Peer.Addr, false, 50, dst[:0])
+			}
+		})
+	}
+	wg.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				m.GC(time.Now())
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// measureGCPauses runs one collection per iteration, starting one every
+// half second so runs of different heaps last as long and meet as many of
+// the machine's hiccups, and reports quantiles of the stop-the-world pauses
+// they caused, and of the part of each pause spent waiting for running
+// goroutines to stop (which grows when the OS is slow to run a thread, not
+// with the heap).
+func measureGCPauses(b *testing.B) {
+	sample := []metrics.Sample{{Name: "/sched/pauses/total/gc:seconds"}, {Name: "/sched/pauses/stopping/gc:seconds"}}
+	metrics.Read(sample)
+	before := [2][]uint64{
+		slices.Clone(sample[0].Value.Float64Histogram().Counts),
+		slices.Clone(sample[1].Value.Float64Histogram().Counts),
+	}
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for b.Loop() {
+		runtime.GC()
+		<-tick.C
+	}
+	metrics.Read(sample)
+
+	// quantiles returns the p50, p99 and max of the pauses counted in
+	// histogram h since before, as bucket upper bounds in microseconds.
+	quantiles := func(h *metrics.Float64Histogram, before []uint64) (n uint64, q [3]float64) {
+		counts := make([]uint64, len(h.Counts))
+		for i := range counts {
+			counts[i] = h.Counts[i] - before[i]
+			n += counts[i]
+		}
+		for j, want := range []float64{0.5, 0.99, 1} {
+			var seen uint64
+			q[j] = math.Inf(1)
+			for i, c := range counts {
+				seen += c
+				if float64(seen) >= want*float64(n) {
+					q[j] = h.Buckets[i+1] * 1e6
+					break
+				}
+			}
+		}
+		return n, q
+	}
+	n, total := quantiles(sample[0].Value.Float64Histogram(), before[0])
+	if n == 0 {
+		b.Fatal("no GC pauses recorded")
+	}
+	_, stopping := quantiles(sample[1].Value.Float64Histogram(), before[1])
+	b.ReportMetric(float64(n)/float64(b.N), "pauses/GC")
+	b.ReportMetric(total[0], "p50-pause-µs")
+	b.ReportMetric(total[1], "p99-pause-µs")
+	b.ReportMetric(total[2], "max-pause-µs")
+	b.ReportMetric(stopping[1], "p99-stopping-µs")
 }
