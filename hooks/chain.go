@@ -106,6 +106,16 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 	return c, nil
 }
 
+// Prefetch implements Prefetcher by passing ihs to every PreHook that
+// prefetches, usually the Responder.
+func (c *Chain) Prefetch(ihs []bittorrent.InfoHash) {
+	for _, h := range c.pre {
+		if p, ok := h.(Prefetcher); ok {
+			p.Prefetch(ihs)
+		}
+	}
+}
+
 // SetConfig swaps the announce policy, for reloads. The queue size and
 // worker count keep their values from New.
 func (c *Chain) SetConfig(cfg Config) error {

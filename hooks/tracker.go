@@ -25,3 +25,14 @@ type Tracker interface {
 	// when the queue is full the announce is dropped and counted.
 	AfterAnnounce(req *bittorrent.AnnounceRequest)
 }
+
+// Prefetcher is implemented by Trackers and PeerSources whose reads may wait
+// on the network, such as a cluster node asking a swarm's owner. Prefetch
+// starts, without waiting, whatever the next announces and scrapes of ihs
+// will read, so that a frontend holding several requests at once (a batch
+// of datagrams) has their reads overlap instead of waiting for each in
+// turn. It must not keep ihs, and must be cheap when nothing needs
+// fetching.
+type Prefetcher interface {
+	Prefetch(ihs []bittorrent.InfoHash)
+}

@@ -33,6 +33,10 @@ type slot struct {
 	announced bool   // req was answered and goes to AfterAnnounce once sent
 	req       bittorrent.AnnounceRequest
 
+	// Set by prefetch: the connection ID was verified at receipt time, so
+	// handle need not verify it again.
+	verified bool
+
 	// Set by packetIO.write.
 	unsent bool // the reply could not be sent
 }
@@ -54,6 +58,8 @@ type handler struct {
 	log     *zap.Logger
 	failLog *hooks.RateLog
 
+	pf    hooks.Prefetcher      // t, if it prefetches
+	ihs   []bittorrent.InfoHash // prefetch scratch
 	mac   idMAC
 	url   urlData
 	resp  bittorrent.AnnounceResponse
@@ -65,7 +71,10 @@ type handler struct {
 // keys. failLog limits warnings about failed requests; share it between the
 // readers of a server so that they log one line per period between them.
 func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *hooks.RateLog) *handler {
+	pf, _ := t.(hooks.Prefetcher)
 	return &handler{
+		pf:      pf,
+		ihs:     make([]bittorrent.InfoHash, 0, maxPrefetch),
 		t:       t,
 		rec:     rec,
 		keys:    keys,
@@ -77,11 +86,60 @@ func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, k
 	}
 }
 
+// maxPrefetch bounds the infohashes one batch prefetches; past it the rest
+// are read on demand, as without prefetching.
+const maxPrefetch = 256
+
+// prefetch hands the tracker, when it prefetches, the infohashes of the
+// batch's announces and scrapes, before any is answered: a cluster node
+// then asks the owners for all the swarms it lacks at once rather than one
+// after another. Only requests whose connection ID verifies count, so
+// forged datagrams cannot make a node fetch; the check is recorded for
+// handle. A single datagram has nothing to overlap with and is skipped.
+func (h *handler) prefetch(batch []slot, now time.Time) {
+	if h.pf == nil || len(batch) < 2 {
+		return
+	}
+	h.mac.use(h.keys.Load())
+	h.ihs = h.ihs[:0]
+	for i := range batch {
+		s := &batch[i]
+		pkt := s.buf[:s.n]
+		if len(pkt) < headerLen || len(pkt) > maxPacket || !s.from.IsValid() {
+			continue
+		}
+		var first, last int // the infohashes' byte range
+		switch be.Uint32(pkt[8:]) {
+		case actionAnnounce:
+			if len(pkt) < announceLen {
+				continue
+			}
+			first, last = headerLen, headerLen+infoHashLen
+		case actionScrape:
+			first, last = headerLen, headerLen+(len(pkt)-headerLen)/infoHashLen*infoHashLen
+		default:
+			continue
+		}
+		if !h.mac.verify(be.Uint64(pkt), s.from.Addr(), now) {
+			continue
+		}
+		s.verified = true
+		for o := first; o < last && len(h.ihs) < cap(h.ihs); o += infoHashLen {
+			h.ihs = append(h.ihs, bittorrent.InfoHash(pkt[o:o+infoHashLen]))
+		}
+	}
+	if len(h.ihs) > 0 {
+		h.pf.Prefetch(h.ihs)
+	}
+}
+
 // handle answers the datagram in s, received at now: it sets s.reply (nil
 // for no reply) and the labels finish records. It never fails: whatever the
 // bytes, the outcome is a reply, an error reply or a counted drop.
 func (h *handler) handle(s *slot, now time.Time) {
 	s.reply, s.action, s.result, s.drop, s.announced, s.unsent = nil, "", "", "", false, false
+	verified := s.verified
+	s.verified = false
 	pkt := s.buf[:s.n]
 	switch {
 	case len(pkt) < headerLen:
@@ -106,14 +164,14 @@ func (h *handler) handle(s *slot, now time.Time) {
 		s.result = frontends.ResultOK
 	case actionAnnounce:
 		s.action = frontends.ActionAnnounce
-		if !h.mac.verify(connID, s.from.Addr(), now) {
+		if !verified && !h.mac.verify(connID, s.from.Addr(), now) {
 			h.fail(s, txID, errBadConnectionID)
 			return
 		}
 		h.announce(s, pkt, txID)
 	case actionScrape:
 		s.action = frontends.ActionScrape
-		if !h.mac.verify(connID, s.from.Addr(), now) {
+		if !verified && !h.mac.verify(connID, s.from.Addr(), now) {
 			h.fail(s, txID, errBadConnectionID)
 			return
 		}

@@ -85,6 +85,7 @@ func (r *reader) run() {
 		}
 		start := time.Now()
 		batch := r.slots[:n]
+		r.h.prefetch(batch, start)
 		for i := range batch {
 			r.h.handle(&batch[i], start)
 		}

@@ -737,3 +737,67 @@ func TestMergeReplies(t *testing.T) {
 		t.Error("merging into nothing should return the reply itself")
 	}
 }
+
+// TestPrefetchFillsTheReadCache checks that Prefetch fetches, without
+// waiting, exactly the swarms the node does not own and holds no copy of,
+// and that the reads that follow are answered from those copies, with
+// every peer.
+func TestPrefetchFillsTheReadCache(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) { c.ReadCacheTTL = time.Minute })
+	all := []string{"a", "b", "c"}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	want := swarmSet{}
+	tc.announce(want, []string{"b", "c"}, 30, 300, 1)
+
+	a := tc.nodes["a"]
+	v := a.c.View()
+	var remote, local []bittorrent.InfoHash
+	for ih := range want {
+		owner := v.Members()[v.OwnersOf(ih, nil)[0]].Name
+		if owner == "a" {
+			local = append(local, ih)
+			continue
+		}
+		remote = append(remote, ih)
+		waitFor(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
+			return int(size(tc.nodes[owner].store.Counts(ih))) == len(want[ih])
+		})
+	}
+	if len(remote) == 0 || len(local) == 0 {
+		t.Fatalf("placement gave a %d remote and %d local swarms; the test needs both", len(remote), len(local))
+	}
+
+	a.c.Prefetch(append(slices.Clone(remote), local...))
+	if got := testutil.ToFloat64(a.c.m.prefetches); got != float64(len(remote)) {
+		t.Fatalf("%v prefetches, want one per remote swarm (%d)", got, len(remote))
+	}
+	waitFor(t, 5*time.Second, "prefetched copies", func() bool {
+		for _, ih := range remote {
+			if s := a.c.cache.current(ih); s == nil || int(size(s.counts)) != len(want[ih]) {
+				return false
+			}
+		}
+		return true
+	})
+	a.c.Prefetch(remote) // fresh copies: nothing to fetch again
+	if got := testutil.ToFloat64(a.c.m.prefetches); got != float64(len(remote)) {
+		t.Errorf("%v prefetches after a second call, want still %d", got, len(remote))
+	}
+
+	fetched := testutil.ToFloat64(a.c.m.reads.WithLabelValues("fetched"))
+	for _, ih := range remote {
+		peers, _ := tc.visible("a", ih)
+		if len(peers) != len(want[ih]) {
+			t.Errorf("swarm %x: a shows %d peers, want %d", ih[:4], len(peers), len(want[ih]))
+		}
+	}
+	if got := testutil.ToFloat64(a.c.m.reads.WithLabelValues("cached")); got != float64(len(remote)) {
+		t.Errorf("%v reads answered from the cache, want %d", got, len(remote))
+	}
+	if got := testutil.ToFloat64(a.c.m.reads.WithLabelValues("fetched")); got != fetched {
+		t.Errorf("reads fetched again after prefetching: %v, was %v", got, fetched)
+	}
+}

@@ -14,6 +14,7 @@ type metrics struct {
 	received     prometheus.Counter
 	reads        *prometheus.CounterVec
 	fetchTime    prometheus.Histogram
+	prefetches   prometheus.Counter
 	handoff      *prometheus.CounterVec
 	handoffTime  prometheus.Histogram
 	handoffFails prometheus.Counter
@@ -40,6 +41,10 @@ func newMetrics() *metrics {
 			Namespace: ns, Subsystem: sub, Name: "reads_total",
 			Help: "Swarm reads by source: local (this node owns it), cached, fetched (from an owner), stale (no owner answered; an older copy served) and failed (no owner answered; local data served).",
 		}, []string{"result"}),
+		prefetches: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "prefetches_total",
+			Help: "Swarm fetches started ahead of their reads, for a batch of requests received together.",
+		}),
 		fetchTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "fetch_seconds",
 			Help: "Time to fetch a swarm from its owners for a read, answered or not.", Buckets: latency,
@@ -63,7 +68,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.reads, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
+	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
 }
 
 // queueCollector reports each destination's queue depth at scrape time,
