@@ -267,9 +267,6 @@ func TestMemoryBound(t *testing.T) {
 
 // TestBytesPerBucket measures the heap a full table takes per bucket.
 func TestBytesPerBucket(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocates a million buckets")
-	}
 	const n = 1 << 20
 	var ms runtime.MemStats
 	runtime.GC()

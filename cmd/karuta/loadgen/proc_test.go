@@ -1,7 +1,6 @@
 package loadgen
 
 import (
-	"os"
 	"testing"
 	"time"
 )
@@ -67,18 +66,5 @@ func TestCPUBetween(t *testing.T) {
 	b.schedCPU = time.Second // a thread exited
 	if d, src := cpuBetween(a, b); d != 2*time.Second || src != "stat" {
 		t.Errorf("after a thread exit: got %v from %s", d, src)
-	}
-}
-
-func TestReadProcSelf(t *testing.T) {
-	if _, err := os.Stat("/proc/self/stat"); err != nil {
-		t.Skip("no /proc")
-	}
-	s, err := readProc("/proc", os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.peakRSS == 0 || s.schedCPU+s.statCPU == 0 {
-		t.Errorf("own process: %+v", s)
 	}
 }
