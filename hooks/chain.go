@@ -55,6 +55,9 @@ type Chain struct {
 	pre  []PreHook
 	post []PostHook
 	log  *zap.Logger
+	// prefetch holds what the PreHooks read through that prefetches,
+	// found once in New so batches skip the work when there is none.
+	prefetch []Prefetcher
 
 	queue   chan bittorrent.AnnounceRequest
 	dropped prometheus.Counter
@@ -84,6 +87,15 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 		dropLog: NewRateLog(10 * time.Second),
 	}
 	c.cfg.Store(&cfg)
+	for _, h := range pre {
+		if r, ok := h.(*Responder); ok {
+			if p, ok := r.src.(Prefetcher); ok {
+				c.prefetch = append(c.prefetch, p)
+			}
+		} else if p, ok := h.(Prefetcher); ok {
+			c.prefetch = append(c.prefetch, p)
+		}
+	}
 	depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "karuta", Subsystem: "hooks", Name: "post_queue_depth",
 		Help: "Answered announces waiting for the post hooks.",
@@ -107,13 +119,27 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 }
 
 // Prefetch implements Prefetcher by passing ihs to every PreHook that
-// prefetches, usually the Responder.
+// prefetches and to the Responder's PeerSource, if it does.
 func (c *Chain) Prefetch(ihs []bittorrent.InfoHash) {
-	for _, h := range c.pre {
-		if p, ok := h.(Prefetcher); ok {
-			p.Prefetch(ihs)
-		}
+	for _, p := range c.prefetch {
+		p.Prefetch(ihs)
 	}
+}
+
+// PrefetcherOf returns what a frontend should hand batches of infohashes
+// to, or nil when nothing behind t prefetches and the frontend can skip
+// gathering them.
+func PrefetcherOf(t Tracker) Prefetcher {
+	switch t := t.(type) {
+	case *Chain:
+		if len(t.prefetch) == 0 {
+			return nil
+		}
+		return t
+	case Prefetcher:
+		return t
+	}
+	return nil
 }
 
 // SetConfig swaps the announce policy, for reloads. The queue size and

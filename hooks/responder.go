@@ -50,13 +50,6 @@ func NewResponder(src PeerSource, rankers ...PeerRanker) *Responder {
 	return &Responder{src: src, rankers: rankers}
 }
 
-// Prefetch implements Prefetcher for sources that prefetch.
-func (r *Responder) Prefetch(ihs []bittorrent.InfoHash) {
-	if p, ok := r.src.(Prefetcher); ok {
-		p.Prefetch(ihs)
-	}
-}
-
 // HandleAnnounce fills resp. Because the announce itself is applied to the
 // swarm only after the answer (by the swarm-write PostHook), the counts are
 // adjusted here to include the announcer as it will be once applied.

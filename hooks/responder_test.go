@@ -247,3 +247,33 @@ func TestRateLog(t *testing.T) {
 		t.Fatalf("after the period: %d, %v; want 6, true", n, ok)
 	}
 }
+
+// prefetchSource is a fakeSource that records what it is asked to prefetch.
+type prefetchSource struct {
+	fakeSource
+	got []bittorrent.InfoHash
+}
+
+func (p *prefetchSource) Prefetch(ihs []bittorrent.InfoHash) { p.got = append(p.got, ihs...) }
+
+// TestChainPrefetch checks that a chain prefetches through its Responder's
+// source when that source prefetches, and tells frontends there is nothing
+// to prefetch when it does not.
+func TestChainPrefetch(t *testing.T) {
+	plain, _ := newTestChain(t, DefaultConfig(), []PreHook{NewResponder(&fakeSource{})}, nil)
+	if pf := PrefetcherOf(plain); pf != nil {
+		t.Errorf("chain over a source that does not prefetch: PrefetcherOf = %v, want nil", pf)
+	}
+
+	src := &prefetchSource{}
+	c, _ := newTestChain(t, DefaultConfig(), []PreHook{NewResponder(src)}, nil)
+	pf := PrefetcherOf(c)
+	if pf == nil {
+		t.Fatal("chain over a prefetching source: PrefetcherOf = nil")
+	}
+	ihs := []bittorrent.InfoHash{{1}, {2}}
+	pf.Prefetch(ihs)
+	if len(src.got) != 2 || src.got[0] != ihs[0] || src.got[1] != ihs[1] {
+		t.Errorf("source prefetched %x, want %x", src.got, ihs)
+	}
+}

@@ -58,7 +58,7 @@ type handler struct {
 	log     *zap.Logger
 	failLog *hooks.RateLog
 
-	pf    hooks.Prefetcher      // t, if it prefetches
+	pf    hooks.Prefetcher      // nil unless something behind t prefetches
 	ihs   []bittorrent.InfoHash // prefetch scratch
 	mac   idMAC
 	url   urlData
@@ -71,9 +71,8 @@ type handler struct {
 // keys. failLog limits warnings about failed requests; share it between the
 // readers of a server so that they log one line per period between them.
 func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *hooks.RateLog) *handler {
-	pf, _ := t.(hooks.Prefetcher)
 	return &handler{
-		pf:      pf,
+		pf:      hooks.PrefetcherOf(t),
 		ihs:     make([]bittorrent.InfoHash, 0, maxPrefetch),
 		t:       t,
 		rec:     rec,

@@ -118,7 +118,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		go c.fetch(v, ih, append([]int(nil), targets...), e)
+		go c.fetch(v, ih, slices.Clone(targets), e)
 	}
 	t := time.NewTimer(c.cfg.ReadTimeout)
 	defer t.Stop()
@@ -190,22 +190,11 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	case 0:
 		return nil
 	case 1: // nothing to wait for in parallel
-		reply, err := c.tr.Call(ctx, v.DataAddrs[owners[0]], &FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
-		if fr, ok := reply.(*FetchReply); ok && err == nil {
-			return fr
-		}
-		return nil
+		return c.askOne(ctx, v.DataAddrs[owners[0]], ih)
 	}
 	replies := make(chan *FetchReply, len(owners))
 	for _, o := range owners {
-		go func(addr string) {
-			reply, err := c.tr.Call(ctx, addr, &FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
-			fr, _ := reply.(*FetchReply)
-			if err != nil {
-				fr = nil
-			}
-			replies <- fr
-		}(v.DataAddrs[o])
+		go func(addr string) { replies <- c.askOne(ctx, addr, ih) }(v.DataAddrs[o])
 	}
 	var (
 		merged *FetchReply
@@ -228,6 +217,16 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 		}
 	}
 	return merged
+}
+
+// askOne fetches the swarm from the owner at addr, or returns nil if it
+// did not answer.
+func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHash) *FetchReply {
+	reply, err := c.tr.Call(ctx, addr, &FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
+	if fr, ok := reply.(*FetchReply); ok && err == nil {
+		return fr
+	}
+	return nil
 }
 
 // mergeReplies is the union of two owners' answers: each count at its
