@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -198,7 +199,7 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	mc.Transport = m.opts.Transport
 	mc.Delegate = delegate{m}
 	mc.Events = events{m}
-	m.mlog = &zapWriter{log: m.log.Named("memberlist")}
+	m.mlog = &zapWriter{log: m.log.Named("memberlist"), warns: ratelog.NewKeyed(10*time.Second, 256)}
 	mc.Logger = log.New(m.mlog, "", 0)
 	// A restarted node comes back under the same name at once instead of
 	// waiting out the default reclaim time.
@@ -641,38 +642,9 @@ type zapWriter struct {
 	// not wait for all of its goroutines, and a late line must not reach
 	// a logger that is gone (a test's, say).
 	closed atomic.Bool
-	mu     sync.Mutex
-	kinds  map[string]*logKind
-}
-
-type logKind struct {
-	next   time.Time // nothing of this kind is logged before
-	events uint64    // since the last line
-}
-
-// allow rate-limits by the message's first words, which name the kind of
-// event (the rest carries addresses that differ every time): one line per
-// kind per 10 seconds, with the number of events it stands for.
-func (w *zapWriter) allow(msg []byte) (uint64, bool) {
-	kind := string(msg[:min(len(msg), 40)])
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.kinds == nil || len(w.kinds) > 256 {
-		w.kinds = map[string]*logKind{}
-	}
-	k := w.kinds[kind]
-	if k == nil {
-		k = &logKind{}
-		w.kinds[kind] = k
-	}
-	k.events++
-	if now.Before(k.next) {
-		return 0, false
-	}
-	n := k.events
-	k.next, k.events = now.Add(10*time.Second), 0
-	return n, true
+	// warns rate-limits by the message's first words, which name the kind
+	// of event (the rest carries addresses that differ every time).
+	warns *ratelog.Keyed
 }
 
 func (w *zapWriter) Write(p []byte) (int, error) {
@@ -691,7 +663,7 @@ func (w *zapWriter) Write(p []byte) (int, error) {
 		// memberlist's errors are mostly about what other hosts sent
 		// (wrong keys, another cluster's label), which may repeat many
 		// times a second: warnings, each kind at most once per period.
-		if n, ok := w.allow(msg); ok {
+		if n, ok := w.warns.AllowAt(string(msg[:min(len(msg), 40)]), time.Now()); ok {
 			w.log.Warn(string(msg), zap.Uint64("events", n))
 		}
 	case "DEBUG", "TRACE":

@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
@@ -67,9 +67,9 @@ type Cluster struct {
 	baseline    *ring.View                        // owned by the handoff loop
 	pendingDrop map[bittorrent.InfoHash]time.Time // handed over once; owned by the handoff loop
 
-	dropLog    *hooks.RateLog
-	unreachLog *hooks.RateLog
-	handoffLog *hooks.RateLog
+	dropLog    *ratelog.Limiter
+	unreachLog *ratelog.Limiter
+	handoffLog *ratelog.Limiter
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -93,9 +93,9 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		m: newMetrics(), reg: opts.Registerer,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
-		dropLog:    hooks.NewRateLog(10 * time.Second),
-		unreachLog: hooks.NewRateLog(10 * time.Second),
-		handoffLog: hooks.NewRateLog(10 * time.Second),
+		dropLog:    ratelog.New(10 * time.Second),
+		unreachLog: ratelog.New(10 * time.Second),
+		handoffLog: ratelog.New(10 * time.Second),
 		stop:       make(chan struct{}),
 	}
 	c.cache.init()

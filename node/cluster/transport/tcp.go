@@ -10,9 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 	"go.uber.org/zap"
-
-	"github.com/karuta-tracker/karuta/hooks"
 )
 
 // The TCP data channel.
@@ -149,9 +148,9 @@ type TCP struct {
 	opts      TCPOptions // defaults filled in
 	keys      [][]byte   // never empty
 	log       *zap.Logger
-	rejectLog *hooks.RateLog
-	frameLog  *hooks.RateLog
-	acceptLog *hooks.RateLog
+	rejectLog *ratelog.Limiter
+	frameLog  *ratelog.Limiter
+	acceptLog *ratelog.Limiter
 
 	ctx        context.Context // done at Close
 	cancel     context.CancelFunc
@@ -227,9 +226,9 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 		opts:       opts,
 		keys:       keys,
 		log:        opts.Log,
-		rejectLog:  hooks.NewRateLog(10 * time.Second),
-		frameLog:   hooks.NewRateLog(10 * time.Second),
-		acceptLog:  hooks.NewRateLog(10 * time.Second),
+		rejectLog:  ratelog.New(10 * time.Second),
+		frameLog:   ratelog.New(10 * time.Second),
+		acceptLog:  ratelog.New(10 * time.Second),
 		handshakes: make(chan struct{}, maxHandshakes),
 		pools:      map[string]*tcpPool{},
 		sessions:   map[*tcpSession]struct{}{},
