@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // writeFile replaces path's contents by renaming a new file over it, as
@@ -24,17 +25,6 @@ func writeFile(t *testing.T, path, data string) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -170,7 +160,7 @@ func TestApprovalWatcherPicksUpChanges(t *testing.T) {
 	}
 
 	writeFile(t, path, hashB+"\n") // renamed over: same size, new file
-	eventually(t, "renamed-over file picked up", func() bool { return announceOK(h, b) && !announceOK(h, a) })
+	eventually.True(t, 5*time.Second, "renamed-over file picked up", func() bool { return announceOK(h, b) && !announceOK(h, a) })
 
 	writeFile(t, path, "garbage\n")
 	time.Sleep(50 * time.Millisecond) // several ticks: the bad file must not replace the list
@@ -182,7 +172,7 @@ func TestApprovalWatcherPicksUpChanges(t *testing.T) {
 	if err := os.WriteFile(path, []byte(hashA+"\n"+hashB+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "file written in place picked up", func() bool { return announceOK(h, a) && announceOK(h, b) })
+	eventually.True(t, 5*time.Second, "file written in place picked up", func() bool { return announceOK(h, a) && announceOK(h, b) })
 
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
@@ -192,7 +182,7 @@ func TestApprovalWatcherPicksUpChanges(t *testing.T) {
 		t.Fatal("a missing file replaced the list")
 	}
 	writeFile(t, path, hashB+"\n")
-	eventually(t, "file recreated", func() bool { return !announceOK(h, a) && announceOK(h, b) })
+	eventually.True(t, 5*time.Second, "file recreated", func() bool { return !announceOK(h, a) && announceOK(h, b) })
 
 	if err := h.Close(); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	gojwt "github.com/golang-jwt/jwt/v5"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 func TestParseJWKS(t *testing.T) {
@@ -135,8 +136,8 @@ func TestJWKSRotation(t *testing.T) {
 		})
 	}
 	srv.set(jwksOf(t, jwkOf(t, "new", k.ed2.Public())))
-	eventually(t, "new key in force", func() bool { return announce(h, testIH, query(newTok)) == "" })
-	eventually(t, "old key gone", func() bool { return announce(h, testIH, query(oldTok)) == string(errUnknownKID) })
+	eventually.True(t, 5*time.Second, "new key in force", func() bool { return announce(h, testIH, query(newTok)) == "" })
+	eventually.True(t, 5*time.Second, "old key gone", func() bool { return announce(h, testIH, query(oldTok)) == string(errUnknownKID) })
 	close(stop)
 	wg.Wait()
 }
@@ -166,7 +167,7 @@ func TestJWKSRetry(t *testing.T) {
 	}
 
 	up.Store(true)
-	eventually(t, "keys arrive after the JWKS comes up", func() bool { return announce(h, testIH, query(tok)) == "" })
+	eventually.True(t, 5*time.Second, "keys arrive after the JWKS comes up", func() bool { return announce(h, testIH, query(tok)) == "" })
 }
 
 // TestJWKSFailureKeepsKeys serves errors after a good fetch: the keys stay.
@@ -222,23 +223,11 @@ func TestReloadFetchesAndCloseStops(t *testing.T) {
 	// With a fast refresh, fetches stop growing after Close.
 	h2 := newTestHook(t, Config{JWKSURL: srv.URL})
 	before := srv.fetches.Load()
-	eventually(t, "refresher fetches again", func() bool { return srv.fetches.Load() > before+1 })
+	eventually.True(t, 5*time.Second, "refresher fetches again", func() bool { return srv.fetches.Load() > before+1 })
 	_ = h2.Close()
 	after := srv.fetches.Load()
 	time.Sleep(200 * time.Millisecond) // four refresh periods; nothing may fetch
 	if n := srv.fetches.Load(); n != after {
 		t.Errorf("%d fetches after Close", n-after)
-	}
-}
-
-// eventually retries f for up to five seconds.
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

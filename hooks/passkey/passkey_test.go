@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 func writeFile(t *testing.T, path, data string) {
@@ -176,7 +177,7 @@ func TestWatcherPicksUpChange(t *testing.T) {
 	cfg.CheckInterval = 100 * time.Millisecond
 	h := newHook(t, cfg)
 	writeFile(t, file, "beta\n")
-	eventually(t, "beta accepted", func() bool { return announce(h, route("beta")) == nil })
+	eventually.True(t, 5*time.Second, "beta accepted", func() bool { return announce(h, route("beta")) == nil })
 	if err := announce(h, route("alpha")); !errors.Is(err, ErrUnknown) {
 		t.Errorf("alpha after change: %v, want unknown", err)
 	}
@@ -184,7 +185,7 @@ func TestWatcherPicksUpChange(t *testing.T) {
 	if err := os.WriteFile(file, []byte("gamma\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "gamma accepted", func() bool { return announce(h, route("gamma")) == nil })
+	eventually.True(t, 5*time.Second, "gamma accepted", func() bool { return announce(h, route("gamma")) == nil })
 	// A bad file is logged and ignored.
 	writeFile(t, file, "bad key\n")
 	time.Sleep(3 * cfg.CheckInterval)
@@ -270,17 +271,6 @@ func TestValidate(t *testing.T) {
 	ok.File = "/etc/karuta/passkeys"
 	if err := ok.Validate(); err != nil {
 		t.Errorf("file only: %v", err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
