@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
@@ -128,7 +129,7 @@ func (tc *testCluster) see(observers, members []string) {
 	}
 	for _, o := range observers {
 		n := tc.nodes[o]
-		waitFor(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
+		eventually.True(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
 	}
 }
 
@@ -145,7 +146,7 @@ func (tc *testCluster) names() []string {
 // pass for its current view and has nothing queued.
 func (tc *testCluster) waitSettled(names ...string) {
 	tc.t.Helper()
-	waitFor(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
+	eventually.True(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
 		for _, name := range names {
 			c := tc.nodes[name].c
 			if c.settled.Load() != c.View() || c.queued() != 0 {
@@ -154,17 +155,6 @@ func (tc *testCluster) waitSettled(names ...string) {
 		}
 		return true
 	})
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var reader = netip.MustParseAddrPort("192.0.2.1:1")
@@ -451,7 +441,7 @@ func TestForwardDropsAreCounted(t *testing.T) {
 	if full != 42 {
 		t.Errorf("queue_full drops = %v, want 42 (50 changes, room for 8)", full)
 	}
-	waitFor(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
+	eventually.True(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
 		return testutil.ToFloat64(a.c.m.forwarded.WithLabelValues("unreachable")) == 8
 	})
 	if d := a.c.QueueDepths()["b"]; d != 0 {
@@ -675,7 +665,7 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 	a.store.Apply(changes)
 	a.store.MergeSnatches(ih, 7)
 	a.c.requestHandoff()
-	waitFor(t, 10*time.Second, "the swarm moves to b", func() bool {
+	eventually.True(t, 10*time.Second, "the swarm moves to b", func() bool {
 		_, _, onA := a.store.Swarm(ih, 1, nil)
 		return !onA && b.store.Counts(ih) == bittorrent.Counts{Seeders: n / 2, Leechers: n / 2, Snatches: 7}
 	})
@@ -704,7 +694,7 @@ func TestStrayWriteMovesOnPromptly(t *testing.T) {
 	if _, err := a.c.tr.Call(context.Background(), "b", &transport.ApplyRequest{Changes: []bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: peer}}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
+	eventually.True(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
 		_, _, onB := b.store.Swarm(ih, 1, nil)
 		return !onB && a.store.Counts(ih).Leechers == 1
 	})
@@ -763,7 +753,7 @@ func TestPrefetchFillsTheReadCache(t *testing.T) {
 			continue
 		}
 		remote = append(remote, ih)
-		waitFor(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
+		eventually.True(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
 			return int(size(tc.nodes[owner].store.Counts(ih))) == len(want[ih])
 		})
 	}
@@ -775,7 +765,7 @@ func TestPrefetchFillsTheReadCache(t *testing.T) {
 	if got := testutil.ToFloat64(a.c.m.prefetches); got != float64(len(remote)) {
 		t.Fatalf("%v prefetches, want one per remote swarm (%d)", got, len(remote))
 	}
-	waitFor(t, 5*time.Second, "prefetched copies", func() bool {
+	eventually.True(t, 5*time.Second, "prefetched copies", func() bool {
 		for _, ih := range remote {
 			if s := a.c.cache.current(ih); s == nil || int(size(s.counts)) != len(want[ih]) {
 				return false

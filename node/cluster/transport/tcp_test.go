@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -140,7 +141,7 @@ func TestTCPLabelMismatch(t *testing.T) {
 	if n := h.calls.Load(); n != 0 {
 		t.Fatalf("handler called %d times", n)
 	}
-	trEventually(t, 2*time.Second, "a rejection is logged", func() bool { return logs.Len() > 0 })
+	eventually.True(t, 2*time.Second, "a rejection is logged", func() bool { return logs.Len() > 0 })
 	entries := logs.FilterMessage("data channel: connection rejected").All()
 	if len(entries) != 1 {
 		t.Fatalf("%d rejection lines for 15 rejections; want 1 per period", len(entries))
@@ -262,13 +263,13 @@ func TestTCPAuthenticatedGarbage(t *testing.T) {
 			h := &trHandler{}
 			srv := tcpServe(t, nil, h)
 			s := authSession(t, srv)
-			trEventually(t, 2*time.Second, "server authenticated the connection", func() bool { return tcpSessions(srv) == 1 })
+			eventually.True(t, 2*time.Second, "server authenticated the connection", func() bool { return tcpSessions(srv) == 1 })
 			s.nc.Write(tc.bytes)
 			expectClosed(t, s.nc)
 			if n := h.calls.Load(); n != 0 {
 				t.Fatalf("handler called %d times", n)
 			}
-			trEventually(t, 2*time.Second, "server dropped the connection", func() bool { return tcpSessions(srv) == 0 })
+			eventually.True(t, 2*time.Second, "server dropped the connection", func() bool { return tcpSessions(srv) == 0 })
 		})
 	}
 
@@ -469,7 +470,7 @@ func TestTCPTamperedStream(t *testing.T) {
 				}
 			}
 			if !tc.ok {
-				trEventually(t, 2*time.Second, "server closed the tampered connection", func() bool { return tcpSessions(srv) == 0 })
+				eventually.True(t, 2*time.Second, "server closed the tampered connection", func() bool { return tcpSessions(srv) == 0 })
 			}
 			if n := h.calls.Load(); n != tc.handled {
 				t.Fatalf("handler called %d times; want %d", n, tc.handled)
@@ -515,7 +516,7 @@ func TestTCPServerRestart(t *testing.T) {
 	}
 	tcpServe(t, func(o *TCPOptions) { o.Bind = addr }, h)
 	attempts := 0
-	trEventually(t, 3*time.Second, "the client reconnects", func() bool {
+	eventually.True(t, 3*time.Second, "the client reconnects", func() bool {
 		attempts++
 		_, err := cl.Call(trCtx(t, time.Second), addr, &ApplyRequest{})
 		return err == nil
@@ -534,7 +535,7 @@ func TestTCPIdleConnectionsClose(t *testing.T) {
 		if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		trEventually(t, 2*time.Second, "idle connections close", func() bool {
+		eventually.True(t, 2*time.Second, "idle connections close", func() bool {
 			return tcpSessions(cl) == 0 && tcpSessions(srv) == 0
 		})
 	}
@@ -555,7 +556,7 @@ func TestTCPConnsPerPeer(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			trEventually(t, 2*time.Second, "pool fills", func() bool { return tcpSessions(cl) == n })
+			eventually.True(t, 2*time.Second, "pool fills", func() bool { return tcpSessions(cl) == n })
 			time.Sleep(20 * time.Millisecond) // would a stray dial show up?
 			if got := tcpSessions(srv); got != n {
 				t.Fatalf("server has %d connections; want %d", got, n)
