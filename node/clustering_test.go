@@ -12,6 +12,7 @@ import (
 
 	"github.com/anacrolix/torrent/tracker"
 	"github.com/anacrolix/torrent/types/infohash"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 var testClusterKey = base64.StdEncoding.EncodeToString([]byte("karuta-test-cluster-key-32-bytes"))
@@ -47,18 +48,18 @@ func TestClusterSwarmAcrossNodes(t *testing.T) {
 		seeder := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('s'), Port: 5001, NumWant: -1, Event: tracker.Started}
 		httpc.announce(seeder)
 		leecher := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('l'), Left: 10, Port: 5002, NumWant: -1, Event: tracker.Started}
-		eventually(t, fmt.Sprintf("swarm %d: leecher at n3 gets the seeder announced at n1", i), func() bool {
+		eventually.True(t, 5*time.Second, fmt.Sprintf("swarm %d: leecher at n3 gets the seeder announced at n1", i), func() bool {
 			r := udpc.announce(leecher)
 			return hasPeer(r, 5001) && r.Seeders == 1 && r.Leechers == 1
 		})
-		eventually(t, fmt.Sprintf("swarm %d: seeder at n1 gets the leecher announced at n3", i), func() bool {
+		eventually.True(t, 5*time.Second, fmt.Sprintf("swarm %d: seeder at n1 gets the leecher announced at n3", i), func() bool {
 			return hasPeer(httpc.announce(seeder), 5002)
 		})
 	}
 	// Every node scrapes the same counts.
 	for _, n := range nodes {
 		c := newClient(t, "udp://"+n.Addrs().UDP)
-		eventually(t, n.Config().Node.Name+" scrapes 1 seeder and 1 leecher", func() bool {
+		eventually.True(t, 5*time.Second, n.Config().Node.Name+" scrapes 1 seeder and 1 leecher", func() bool {
 			s := c.scrape(infohash.T{3, 0xc1})
 			return len(s) == 1 && s[0].Seeders == 1 && s[0].Leechers == 1
 		})
@@ -133,7 +134,7 @@ func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
 		nodes = append(nodes, startClusterNode(t, name, join, func(c *Config) { c.Cluster.Replicas = 1 }))
 	}
 	for _, n := range nodes {
-		eventually(t, "three members", func() bool {
+		eventually.True(t, 5*time.Second, "three members", func() bool {
 			st, _ := n.ClusterStatus()
 			return len(st.Ring.Members) == 3 && st.Ring.Settled
 		})
@@ -143,7 +144,7 @@ func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
 	for i := range swarms {
 		c.announce(tracker.AnnounceRequest{InfoHash: infohash.T{byte(i), 0x9}, PeerId: peerID('p'), Port: uint16(4000 + i), NumWant: -1})
 	}
-	eventually(t, "g3's swarms spread over the owners", func() bool {
+	eventually.True(t, 5*time.Second, "g3's swarms spread over the owners", func() bool {
 		return nodes[0].store.Stats().Swarms+nodes[1].store.Stats().Swarms+nodes[2].store.Stats().Swarms == swarms
 	})
 	held := nodes[2].store.Stats().Swarms
@@ -158,7 +159,7 @@ func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
 	c1 := newClient(t, "udp://"+nodes[0].Addrs().UDP)
 	for i := range swarms {
 		probe := tracker.AnnounceRequest{InfoHash: infohash.T{byte(i), 0x9}, PeerId: peerID('q'), Port: 9999, Left: 1, NumWant: -1}
-		eventually(t, fmt.Sprintf("swarm %d still has its peer after g3 left", i), func() bool {
+		eventually.True(t, 5*time.Second, fmt.Sprintf("swarm %d still has its peer after g3 left", i), func() bool {
 			return hasPeer(c1.announce(probe), 4000+i)
 		})
 	}

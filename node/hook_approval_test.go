@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // approvalHooks parses a config document and returns its hooks, so the
@@ -190,7 +191,7 @@ hooks:
 			writeList(t, path, second.HexString()+"\n")
 			apply("")
 			for _, c := range []*client{httpc, udpc} {
-				eventually(t, c.url+" sees the new list", func() bool { return !refused(c, first) && refused(c, second) })
+				eventually.True(t, 5*time.Second, c.url+" sees the new list", func() bool { return !refused(c, first) && refused(c, second) })
 			}
 
 			writeList(t, path, second.HexString()+"\nnot-a-hash\n")

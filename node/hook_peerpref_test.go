@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anacrolix/torrent/tracker"
 	trhttp "github.com/anacrolix/torrent/tracker/http"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // The peer-preference tests give every client its own loopback address
@@ -170,7 +172,7 @@ func TestPeerPrefSingleNode(t *testing.T) {
 	announcePeerPrefSwarm(t, []*Node{n}, ih)
 	for _, url := range []string{"http://" + n.Addrs().HTTP + "/announce", "udp://" + n.Addrs().UDP} {
 		c := boundClient(t, url, peerPrefProbe)
-		eventually(t, url+" answers the whole swarm", func() bool {
+		eventually.True(t, 5*time.Second, url+" answers the whole swarm", func() bool {
 			return len(c.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('p'), Left: 10, Port: 7000, NumWant: 50}).Peers) == 30
 		})
 		if err := probePeerPref(t, url, ih); err != nil {

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 const (
@@ -50,10 +52,10 @@ func TestRealClientCluster(t *testing.T) {
 	// members and replicas 2, n1 always has an owner other than itself to
 	// forward the seeder's announces to, and n3 either owns the swarm (and
 	// received them) or read it from an owner.
-	eventually(t, "n1 forwards the seeder's announces to the swarm's other owners", func() bool {
+	eventually.True(t, 5*time.Second, "n1 forwards the seeder's announces to the swarm's other owners", func() bool {
 		return n1.scrape(t).value("karuta_cluster_forwarded_changes_total", "result", "ok") > 0
 	})
-	eventually(t, "n3 gets the swarm from the other nodes, as an owner or by reading", func() bool {
+	eventually.True(t, 5*time.Second, "n3 gets the swarm from the other nodes, as an owner or by reading", func() bool {
 		m := n3.scrape(t)
 		return m.value("karuta_cluster_received_changes_total") > 0 ||
 			m.value("karuta_cluster_reads_total", "result", "fetched")+m.value("karuta_cluster_reads_total", "result", "cached") > 0
