@@ -130,6 +130,7 @@ func buildHooks(specs []hooks.Spec, env hookEnv) (built builtHooks, err error) {
 	defer func() {
 		if err != nil {
 			_ = built.close()
+			built = builtHooks{} // closed: nothing left for the caller
 		}
 	}()
 	for i, spec := range specs {
