@@ -29,7 +29,10 @@ func startClusterNode(t *testing.T, name string, join []string, mutate func(*Con
 		c.Cluster.Profile = "local"
 		c.Cluster.JoinRetry = 200 * time.Millisecond
 		c.Cluster.SecretKeys = []string{testClusterKey}
-		c.Cluster.Label = "karuta-test"
+		// Each test its own label: cluster tests run in parallel, and a
+		// node retrying a crashed member's address must not join another
+		// test's node that reuses the port.
+		c.Cluster.Label = "karuta-test-" + t.Name()
 		c.Cluster.Data.ReadTimeout = 500 * time.Millisecond // -race on two cores
 		if mutate != nil {
 			mutate(c)
@@ -40,6 +43,7 @@ func startClusterNode(t *testing.T, name string, join []string, mutate func(*Con
 // TestClusterSwarmAcrossNodes announces a seeder over HTTP to one node and
 // a leecher over UDP to another: each sees the other.
 func TestClusterSwarmAcrossNodes(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "n1", "n2", "n3")
 	httpc := newClient(t, "http://"+nodes[0].Addrs().HTTP+"/announce")
 	udpc := newClient(t, "udp://"+nodes[2].Addrs().UDP)
@@ -125,6 +129,7 @@ func scrapeMetrics(t *testing.T, addr string) string {
 // does and checks that the survivors still have every peer, with replicas
 // 1 so the leaving node holds the only copy of its swarms.
 func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	var nodes []*Node
 	for i, name := range []string{"g1", "g2", "g3"} {
 		var join []string
