@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +60,11 @@ type testCluster struct {
 	boots    int
 }
 
+// newTestCluster is called inside a synctest bubble (each test is
+// synctest.Test around its lower-case twin): the nodes talk over the
+// in-memory transport, so every timer (forward delay and retry, read
+// timeout and cache TTL, repair interval, handoff grace) runs on the fake
+// clock and a test waits out seconds of cluster time in milliseconds.
 func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testCluster {
 	cfg := DefaultConfig()
 	cfg.ForwardDelay = time.Millisecond
@@ -225,17 +231,12 @@ func (tc *testCluster) waitPresent(want swarmSet, observers ...string) {
 
 func (tc *testCluster) waitFor(want swarmSet, exact bool, observers ...string) {
 	tc.t.Helper()
-	var last []string
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if last = tc.missing(want, exact, observers...); len(last) == 0 {
-			return
+	eventually.NoError(tc.t, 15*time.Second, "every peer where it belongs", func() error {
+		if last := tc.missing(want, exact, observers...); len(last) > 0 {
+			return fmt.Errorf("%d problems, e.g. %v", len(last), last[:min(5, len(last))])
 		}
-		if time.Now().After(deadline) {
-			tc.t.Fatalf("peers missing after 15s (%d problems), e.g. %v", len(last), last[:min(5, len(last))])
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // checkPlacement verifies every swarm is stored on exactly its owners.
@@ -272,6 +273,10 @@ func (tc *testCluster) populated(all []string, swarms, nPeers int) swarmSet {
 }
 
 func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
+	synctest.Test(t, testEveryPeerVisibleFromEveryNode)
+}
+
+func testEveryPeerVisibleFromEveryNode(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 40, 400)
@@ -287,7 +292,9 @@ func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
 	}
 }
 
-func TestNodeFailureLosesNoPeer(t *testing.T) {
+func TestNodeFailureLosesNoPeer(t *testing.T) { synctest.Test(t, testNodeFailureLosesNoPeer) }
+
+func testNodeFailureLosesNoPeer(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 40, 400)
@@ -308,6 +315,10 @@ func TestNodeFailureLosesNoPeer(t *testing.T) {
 }
 
 func TestGracefulLeaveAndRollingRestart(t *testing.T) {
+	synctest.Test(t, testGracefulLeaveAndRollingRestart)
+}
+
+func testGracefulLeaveAndRollingRestart(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
 	want := tc.populated(all, 60, 600)
@@ -343,7 +354,9 @@ func TestGracefulLeaveAndRollingRestart(t *testing.T) {
 	}
 }
 
-func TestJoinsKeepEverySwarmVisible(t *testing.T) {
+func TestJoinsKeepEverySwarmVisible(t *testing.T) { synctest.Test(t, testJoinsKeepEverySwarmVisible) }
+
+func testJoinsKeepEverySwarmVisible(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	members := []string{"a", "b", "c"}
 	for _, n := range members {
@@ -369,7 +382,9 @@ func TestJoinsKeepEverySwarmVisible(t *testing.T) {
 	}
 }
 
-func TestPartitionAndHeal(t *testing.T) {
+func TestPartitionAndHeal(t *testing.T) { synctest.Test(t, testPartitionAndHeal) }
+
+func testPartitionAndHeal(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
 	want := tc.populated(all, 30, 300)
@@ -419,7 +434,9 @@ func TestPartitionAndHeal(t *testing.T) {
 	tc.checkPlacement(want, all)
 }
 
-func TestForwardDropsAreCounted(t *testing.T) {
+func TestForwardDropsAreCounted(t *testing.T) { synctest.Test(t, testForwardDropsAreCounted) }
+
+func testForwardDropsAreCounted(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) {
 		c.ForwardQueue, c.ForwardBatch = 8, 4
 		c.ForwardRetry = 200 * time.Millisecond
@@ -456,6 +473,10 @@ func TestForwardDropsAreCounted(t *testing.T) {
 }
 
 func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
+	synctest.Test(t, testReadFallsBackWhenOwnersAreDown)
+}
+
+func testReadFallsBackWhenOwnersAreDown(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) {
 		c.ReadCacheTTL = 20 * time.Millisecond
 		c.ReadTimeout = 50 * time.Millisecond
@@ -475,7 +496,7 @@ func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
 		t.Fatalf("a sees %v %+v, want the seeder", got, counts)
 	}
 	tc.net.Cut("a", "b")
-	time.Sleep(30 * time.Millisecond) // past the TTL
+	time.Sleep(30 * time.Millisecond) // fake clock: past the TTL
 	start := time.Now()
 	got, counts := tc.visible("a", ih)
 	if !got[peer] || counts.Seeders != 1 {
@@ -581,7 +602,9 @@ func contains(s, sub string) bool {
 
 // Changes queued for a node that drops out of a view are re-routed, not
 // lost, even while post-hook workers keep applying.
-func TestApplyDuringViewChanges(t *testing.T) {
+func TestApplyDuringViewChanges(t *testing.T) { synctest.Test(t, testApplyDuringViewChanges) }
+
+func testApplyDuringViewChanges(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
@@ -600,7 +623,7 @@ func TestApplyDuringViewChanges(t *testing.T) {
 			// 4 workers × 800 peers over 20 swarms stays under
 			// read_max_peers, so a reader can see every peer.
 			for i := 0; i < 800; i++ {
-				time.Sleep(200 * time.Microsecond)
+				time.Sleep(200 * time.Microsecond) // fake clock: paced across the view flaps
 				select {
 				case <-stop:
 					return
@@ -616,7 +639,7 @@ func TestApplyDuringViewChanges(t *testing.T) {
 			}
 		}()
 	}
-	for range 5 {
+	for range 5 { // 20 ms apart on the fake clock, while the writers run
 		tc.see([]string{"a"}, []string{"a", "b"})
 		time.Sleep(20 * time.Millisecond)
 		tc.see([]string{"a"}, all)
@@ -643,7 +666,9 @@ func TestApplyDuringViewChanges(t *testing.T) {
 }
 
 // A swarm larger than one handoff request arrives whole, in parts.
-func TestHandoffMovesLargeSwarm(t *testing.T) {
+func TestHandoffMovesLargeSwarm(t *testing.T) { synctest.Test(t, testHandoffMovesLargeSwarm) }
+
+func testHandoffMovesLargeSwarm(t *testing.T) {
 	tc := newTestCluster(t, 1, nil)
 	a, b := tc.start("a"), tc.start("b")
 	tc.see([]string{"a", "b"}, []string{"a", "b"})
@@ -677,7 +702,9 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 // A write that reaches a node that does not own the swarm (its sender
 // routed by another view) moves on to the owner at once, not at the next
 // repair.
-func TestStrayWriteMovesOnPromptly(t *testing.T) {
+func TestStrayWriteMovesOnPromptly(t *testing.T) { synctest.Test(t, testStrayWriteMovesOnPromptly) }
+
+func testStrayWriteMovesOnPromptly(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.RepairInterval = time.Hour })
 	a, b := tc.start("a"), tc.start("b")
 	tc.see([]string{"a", "b"}, []string{"a", "b"})
@@ -733,7 +760,9 @@ func TestMergeReplies(t *testing.T) {
 // waiting, exactly the swarms the node does not own and holds no copy of,
 // and that the reads that follow are answered from those copies, with
 // every peer.
-func TestPrefetchFillsTheReadCache(t *testing.T) {
+func TestPrefetchFillsTheReadCache(t *testing.T) { synctest.Test(t, testPrefetchFillsTheReadCache) }
+
+func testPrefetchFillsTheReadCache(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.ReadCacheTTL = time.Minute })
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
