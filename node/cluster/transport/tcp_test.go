@@ -74,6 +74,25 @@ func tcpSessions(tr *TCP) int {
 	return len(tr.sessions)
 }
 
+// tcpDialing counts tr's dials to addr in progress.
+func tcpDialing(tr *TCP, addr string) int {
+	tr.mu.Lock()
+	p := tr.pools[addr]
+	tr.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, sl := range p.slots {
+		if sl.dialing != nil {
+			n++
+		}
+	}
+	return n
+}
+
 func TestTCPKeys(t *testing.T) {
 	k16, k24 := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 24)
 	for _, tc := range []struct {
@@ -557,7 +576,12 @@ func TestTCPConnsPerPeer(t *testing.T) {
 			}
 			wg.Wait()
 			eventually.True(t, 2*time.Second, "pool fills", func() bool { return tcpSessions(cl) == n })
-			time.Sleep(20 * time.Millisecond) // would a stray dial show up?
+			// With no dial in flight none can follow without another
+			// call, so the server's count is final once it catches up.
+			if d := tcpDialing(cl, srv.Addr()); d != 0 {
+				t.Fatalf("%d dials still in flight with the pool full", d)
+			}
+			eventually.True(t, 2*time.Second, "server sees the pool's connections", func() bool { return tcpSessions(srv) >= n })
 			if got := tcpSessions(srv); got != n {
 				t.Fatalf("server has %d connections; want %d", got, n)
 			}
