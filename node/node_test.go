@@ -15,12 +15,24 @@ import (
 	"github.com/anacrolix/torrent/tracker/udp"
 	"github.com/anacrolix/torrent/types/infohash"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // startNode runs a node on loopback ports chosen by the kernel.
 func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
 	t.Helper()
+	n, _ := startNodeLogged(t, host, mutate)
+	return n
+}
+
+// startNodeLogged is startNode that also records the node's warnings, for
+// tests that wait for the node to have noticed something.
+func startNodeLogged(t *testing.T, host string, mutate func(*Config)) (*Node, *observer.ObservedLogs) {
+	t.Helper()
+	warns, logs := observer.New(zap.WarnLevel)
 	cfg := Default()
 	cfg.Node.Name = "test"
 	cfg.Frontends.HTTP.Addr = netipJoin(host, 0)
@@ -29,7 +41,7 @@ func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	n, err := New(cfg, Options{Log: zaptest.NewLogger(t), Version: "test"})
+	n, err := New(cfg, Options{Log: zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), warns)), Version: "test"})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -43,7 +55,7 @@ func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
 			t.Errorf("Shutdown: %v", err)
 		}
 	})
-	return n
+	return n, logs
 }
 
 func netipJoin(host string, port int) string {

@@ -275,9 +275,8 @@ func formed(st ClusterStatus, want int) bool {
 func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
 	t.Helper()
 	start := time.Now()
-	deadline := start.Add(procClusterFormTimeout)
 	last := make([]string, len(nodes))
-	for {
+	eventually.NoError(t, procClusterFormTimeout, fmt.Sprintf("the %d nodes all see each other, settled", len(nodes)), func() error {
 		done := true
 		for i, n := range nodes {
 			select {
@@ -296,19 +295,16 @@ func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
 				done = false
 			}
 		}
-		if done {
-			t.Logf("cluster of %d processes formed in %s", len(nodes), time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Now().After(deadline) {
+		if !done {
 			var b strings.Builder
 			for i, n := range nodes {
 				fmt.Fprintf(&b, "\n%s: %s", n.name, last[i])
 			}
-			t.Fatalf("the %d nodes did not all see each other, settled, within %s; last views:%s", len(nodes), procClusterFormTimeout, b.String())
+			return fmt.Errorf("last views:%s", b.String())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
+	t.Logf("cluster of %d processes formed in %s", len(nodes), time.Since(start).Round(time.Millisecond))
 }
 
 func describeClusterStatus(st ClusterStatus) string {
