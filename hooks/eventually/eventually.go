@@ -5,7 +5,10 @@
 // can share it without an import pointing up.
 package eventually
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // TB is the part of testing.TB the helpers use; *testing.T, *testing.B and
 // *testing.F satisfy it.
@@ -46,7 +49,7 @@ func NoError(t TB, within time.Duration, what string, check func() error) {
 			return
 		}
 		if !time.Now().Before(deadline) {
-			if err == errNotYet {
+			if errors.Is(err, errNotYet) {
 				t.Fatalf("%s: not within %s", what, within)
 			} else {
 				t.Fatalf("%s: not within %s: %v", what, within, err)
@@ -59,8 +62,5 @@ func NoError(t TB, within time.Duration, what string, check func() error) {
 	}
 }
 
-type notYet struct{}
-
-func (notYet) Error() string { return "condition not met" }
-
-var errNotYet error = notYet{}
+// errNotYet is what True's condition reports while it does not hold.
+var errNotYet = errors.New("condition not met")
