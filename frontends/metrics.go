@@ -33,9 +33,12 @@ const (
 	// answering it with an error could start an endless exchange between
 	// two trackers (or a tracker and itself) tricked by a spoofed source.
 	DropResponse = "response"
+	// DropConnectRate is a UDP connect from a source over its
+	// connect_rate.
+	DropConnectRate = "connect_rate"
 )
 
-var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse}
+var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse, DropConnectRate}
 
 // Metrics counts and times requests by frontend, action and result. Create
 // one per registry and share it between frontends. Safe for concurrent use.
