@@ -127,7 +127,7 @@ func New(cfg Config, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Frontends.HTTP.Addr != "" {
-		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.For("http"), n.log.Named("http")); err != nil {
+		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
 			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
