@@ -125,6 +125,11 @@ func (s *Server) Start() error {
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
 	}
+	if limit, ok := fileLimit(); ok {
+		if problem := fileLimitProblem(s.cfg.MaxConnections, limit); problem != "" {
+			s.log.Warn("http: " + problem)
+		}
+	}
 	s.ln, s.started = ln, true
 	s.wg.Add(1)
 	go s.accept(ln)
