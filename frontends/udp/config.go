@@ -17,8 +17,8 @@ const (
 	// maxBatchSize is the kernel's limit on messages per recvmmsg/sendmmsg
 	// call (UIO_MAXIOV).
 	maxBatchSize = 1024
-	// maxConnectSources bounds the connect limiter's table: about 60
-	// bytes a source, so 64 MiB at most.
+	// maxConnectSources bounds the connect limiter's table: under 100
+	// bytes a source, so 100 MB at most.
 	maxConnectSources = 1 << 20
 )
 
