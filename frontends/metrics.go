@@ -3,10 +3,27 @@
 package frontends
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// SourcePrefix6 is the IPv6 prefix the frontends' per-source limits count
+// as one source: a subscriber is given at least a /64, so an address of its
+// own per request or connection would otherwise escape the limit.
+const SourcePrefix6 = 64
+
+// Source is the source a client address counts as for per-source limits:
+// its IPv4 address (unmapped), or its IPv6 /64.
+func Source(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(SourcePrefix6) // cannot fail for an IPv6 address
+		return p.Addr()
+	}
+	return ip
+}
 
 // Actions and results used as metric labels.
 const (

@@ -72,23 +72,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 		c.peer = ta.AddrPort().Addr().Unmap().WithZone("")
 	}
 	if c.peer.IsValid() && !trusted(s.proxies, c.peer) {
-		c.limitKey, c.limited = sourceKey(c.peer), true
+		c.limitKey, c.limited = frontends.Source(c.peer), true
 	}
 	return c
-}
-
-// IPv6 sources are capped per /64, the least a subscriber is given, so
-// that one cannot open max_connections_per_ip from each of its addresses.
-const sourcePrefix6 = 64
-
-// sourceKey is the source a peer's connections count against: its IPv4
-// address, or its IPv6 /64.
-func sourceKey(ip netip.Addr) netip.Addr {
-	if ip.Is6() {
-		p, _ := ip.Prefix(sourcePrefix6) // cannot fail for an IPv6 address
-		return p.Addr()
-	}
-	return ip
 }
 
 // serve reads, answers and flushes requests until the client closes, a

@@ -89,17 +89,16 @@ func (c Config) Validate() error {
 	if c.BatchSize < 1 || c.BatchSize > maxBatchSize {
 		return fmt.Errorf("batch_size: %d is out of range; want 1 to %d", c.BatchSize, maxBatchSize)
 	}
-	if c.ConnectRate == 0 {
-		return nil
-	}
-	if !(c.ConnectRate >= 0.01 && c.ConnectRate <= 1e6) {
-		return fmt.Errorf("connect_rate: %v is out of range; want 0 (no limit) or 0.01 to 1000000 connects a second", c.ConnectRate)
-	}
-	if c.ConnectBurst < 1 || c.ConnectBurst > 1e6 {
-		return fmt.Errorf("connect_burst: %d is out of range; want 1 to 1000000", c.ConnectBurst)
-	}
-	if c.ConnectSources < limiterShards || c.ConnectSources > maxConnectSources {
-		return fmt.Errorf("connect_sources: %d is out of range; want %d to %d", c.ConnectSources, limiterShards, maxConnectSources)
+	if c.ConnectRate != 0 { // 0 is no limit, and the other two keys unused
+		if !(c.ConnectRate >= 0.01 && c.ConnectRate <= 1e6) {
+			return fmt.Errorf("connect_rate: %v is out of range; want 0 (no limit) or 0.01 to 1000000 connects a second", c.ConnectRate)
+		}
+		if c.ConnectBurst < 1 || c.ConnectBurst > 1e6 {
+			return fmt.Errorf("connect_burst: %d is out of range; want 1 to 1000000", c.ConnectBurst)
+		}
+		if c.ConnectSources < limiterShards || c.ConnectSources > maxConnectSources {
+			return fmt.Errorf("connect_sources: %d is out of range; want %d to %d", c.ConnectSources, limiterShards, maxConnectSources)
+		}
 	}
 	return nil
 }

@@ -5,12 +5,9 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-)
 
-// IPv6 sources are limited per /64: a subscriber is given at least that
-// much, so an address of its own per connect would otherwise escape the
-// limit.
-const connectPrefix6 = 64
+	"github.com/karuta-tracker/karuta/frontends"
+)
 
 // limiterShards splits the table so that readers rarely wait on one lock.
 const limiterShards = 16
@@ -59,23 +56,13 @@ func newConnectLimiter(rate float64, burst, maxSources int) *connectLimiter {
 	return l
 }
 
-// sourceKey is the bucket of a source: its IPv4 address, or its IPv6 /64.
-func sourceKey(ip netip.Addr) netip.Addr {
-	ip = ip.Unmap().WithZone("")
-	if ip.Is6() {
-		p, _ := ip.Prefix(connectPrefix6) // cannot fail for an IPv6 address
-		return p.Addr()
-	}
-	return ip
-}
-
 // allow takes a token from ip's bucket at now and reports whether there
 // was one. A nil limiter allows everything.
 func (l *connectLimiter) allow(ip netip.Addr, now time.Time) bool {
 	if l == nil {
 		return true
 	}
-	k := sourceKey(ip)
+	k := frontends.Source(ip)
 	t := now.UnixNano()
 	s := &l.shards[maphash.Comparable(l.seed, k)%limiterShards]
 	s.mu.Lock()
