@@ -224,9 +224,10 @@ func (s *Server) accept(ln net.Listener) {
 			// Closed at once, unanswered: an answer would mean reading
 			// the request first (closing on unread input resets the
 			// connection and loses the answer), which is the cost the
-			// cap is there to avoid.
-			_ = nc.Close()
+			// cap is there to avoid. Counted first, so that whoever sees
+			// the close also sees the count.
 			s.refuse(c, refused)
+			_ = nc.Close()
 		case !ok:
 			_ = nc.Close()
 			return
