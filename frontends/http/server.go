@@ -125,10 +125,9 @@ func (s *Server) Start() error {
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
 	}
-	if limit, ok := fileLimit(); ok {
-		if problem := fileLimitProblem(s.cfg.MaxConnections, limit); problem != "" {
-			s.log.Warn("http: " + problem)
-		}
+	if limit, ok := fileLimit(); ok && fileLimitTight(s.cfg.MaxConnections, limit) {
+		s.log.Warn("http: frontends.http.max_connections leaves too few file descriptors for the rest of the node; lower it or raise the limit (ulimit -n, LimitNOFILE)",
+			zap.Int("max_connections", s.cfg.MaxConnections), zap.Uint64("file_limit", limit), zap.Int("want_spare", fdHeadroom))
 	}
 	s.ln, s.started = ln, true
 	s.wg.Add(1)
@@ -237,12 +236,6 @@ func (s *Server) accept(ln net.Listener) {
 	}
 }
 
-// Reasons a connection is refused.
-const (
-	refusedTotal = frontends.RefusedMaxConnections
-	refusedPerIP = frontends.RefusedMaxConnectionsPerIP
-)
-
 // track registers c so Shutdown can find and wait for it. It refuses c,
 // with the reason, when the server holds max_connections connections or
 // c's source holds max_connections_per_ip, and reports false once Shutdown
@@ -254,11 +247,11 @@ func (s *Server) track(c *conn) (ok bool, refused string) {
 		return false, ""
 	}
 	if len(s.conns) >= s.cfg.MaxConnections {
-		return false, refusedTotal
+		return false, frontends.RefusedMaxConnections
 	}
 	if c.limited {
 		if s.perIP[c.limitKey] >= s.cfg.MaxConnectionsPerIP {
-			return false, refusedPerIP
+			return false, frontends.RefusedMaxConnectionsPerIP
 		}
 		s.perIP[c.limitKey]++
 	}
@@ -289,7 +282,7 @@ func (s *Server) refuse(c *conn, reason string) {
 	s.rec.RefuseConn(reason)
 	if n, ok := s.limitLog.Allow(); ok {
 		key := "frontends.http.max_connections"
-		if reason == refusedPerIP {
+		if reason == frontends.RefusedMaxConnectionsPerIP {
 			key = "frontends.http.max_connections_per_ip"
 		}
 		s.log.Warn("http: connections refused at their cap", zap.String("cap", key),
