@@ -272,9 +272,14 @@ const (
 )
 
 func (n *Node) startOps(addr string, pprofOn bool) error {
-	ln, err := net.Listen("tcp", addr)
+	tcpLn, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("node: listen metrics %s: %w", addr, err)
+	}
+	ln, err := newOpsListener(tcpLn, opsMaxConns, opsMaxConnsPerIP, n.reg, n.log)
+	if err != nil {
+		_ = tcpLn.Close()
+		return fmt.Errorf("node: metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}))
