@@ -4,6 +4,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/karuta-tracker/karuta/frontends"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 func TestConnectLimiter(t *testing.T) {
@@ -123,4 +126,39 @@ func BenchmarkConnectLimiter(b *testing.B) {
 			l.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), now)
 		}
 	})
+}
+
+// TestHandleConnectLimit drives the handler at a fixed time: connects from
+// one source past its burst are dropped unanswered with the connect_rate
+// reason, while another source connects and announces, and the flooding
+// source's own announces (which carry a connection ID) still pass.
+func TestHandleConnectLimit(t *testing.T) {
+	h := newTestHandler(t, &fakeTracker{peers: testPeers(3)})
+	h.limit, h.limitLog = newConnectLimiter(1, 3, 1024), ratelog.New(time.Hour)
+	flooder := netip.MustParseAddrPort("198.51.100.1:4000")
+	other := netip.MustParseAddrPort("198.51.100.2:4000")
+	for i := range 10 {
+		s := handlePacket(h, connectPacket(uint32(i)), flooder, testNow)
+		if i < 3 {
+			if s.reply == nil || replyAction(s.reply) != actionConnect {
+				t.Fatalf("connect %d within the burst: reply % x, drop %q", i, s.reply, s.drop)
+			}
+			continue
+		}
+		if s.reply != nil || s.drop != frontends.DropConnectRate || s.action != "" {
+			t.Fatalf("connect %d past the burst: reply % x, drop %q, action %q; want dropped for connect_rate", i, s.reply, s.drop, s.action)
+		}
+	}
+	if s := handlePacket(h, connectPacket(99), other, testNow); s.reply == nil || replyAction(s.reply) != actionConnect {
+		t.Errorf("connect from another source: reply % x, drop %q", s.reply, s.drop)
+	}
+	for _, from := range []netip.AddrPort{flooder, other} {
+		id := mintFor(t, from.Addr(), testNow)
+		if s := handlePacket(h, testAnnounce().packet(id, 7), from, testNow); s.reply == nil || replyAction(s.reply) != actionAnnounce {
+			t.Errorf("announce from %s: reply % x, drop %q", from, s.reply, s.drop)
+		}
+	}
+	if s := handlePacket(h, connectPacket(100), flooder, testNow.Add(time.Second)); s.reply == nil {
+		t.Errorf("connect a second later, with one token refilled: dropped (%q)", s.drop)
+	}
 }
