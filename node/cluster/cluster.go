@@ -38,6 +38,9 @@ type Options struct {
 	Views      Views
 	Registerer prometheus.Registerer
 	Log        *zap.Logger
+	// Clock is the time source of the data plane's grace periods, delays
+	// and cache ages; nil means the real clock.
+	Clock Clock
 }
 
 // Cluster is one node's share of the cluster data plane. It is the node's
@@ -51,6 +54,7 @@ type Cluster struct {
 	log   *zap.Logger
 	m     *metrics
 	reg   prometheus.Registerer
+	clock Clock
 
 	view atomic.Pointer[ring.View]
 
@@ -63,9 +67,8 @@ type Cluster struct {
 	strayPending atomic.Bool   // a pass for stray swarms is scheduled
 	// settled is the view of the last handoff pass that moved everything it
 	// had to; Drain waits for it to reach the current view.
-	settled     atomic.Pointer[ring.View]
-	baseline    *ring.View                        // owned by the handoff loop
-	pendingDrop map[bittorrent.InfoHash]time.Time // handed over once; owned by the handoff loop
+	settled atomic.Pointer[ring.View]
+	handoff handoffState // owned by the handoff loop
 
 	dropLog    *ratelog.Limiter
 	unreachLog *ratelog.Limiter
@@ -88,9 +91,12 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
 	c := &Cluster{
 		cfg: cfg, store: opts.Store, tr: opts.Transport, views: opts.Views, log: opts.Log,
-		m: newMetrics(), reg: opts.Registerer,
+		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
 		dropLog:    ratelog.New(10 * time.Second),
