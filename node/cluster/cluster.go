@@ -63,8 +63,7 @@ type Cluster struct {
 
 	cache readCache
 
-	rebalance    chan struct{} // ask for a handoff pass; cap 1
-	strayPending atomic.Bool   // a pass for stray swarms is scheduled
+	rebalance chan struct{} // ask for a handoff pass; cap 1
 	// settled is the view of the last handoff pass that moved everything it
 	// had to; Drain waits for it to reach the current view.
 	settled atomic.Pointer[ring.View]
@@ -74,9 +73,16 @@ type Cluster struct {
 	unreachLog *ratelog.Limiter
 	handoffLog *ratelog.Limiter
 
+	// mu guards the timer of the pass scheduled for stray swarms, and
+	// closing, after which neither it nor goroutines start.
+	mu         sync.Mutex
+	strayTimer Timer
+	closing    bool
+
 	stop      chan struct{}
+	ctx       context.Context // cancelled at Close, for requests in flight
+	cancel    context.CancelFunc
 	wg        sync.WaitGroup
-	started   bool
 	closeOnce sync.Once
 }
 
@@ -104,6 +110,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		handoffLog: ratelog.New(10 * time.Second),
 		stop:       make(chan struct{}),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
 	c.view.Store(opts.Views.View())
 	if c.reg != nil {
@@ -121,7 +128,6 @@ func (c *Cluster) Start() error {
 	if err := c.tr.Serve(c); err != nil {
 		return fmt.Errorf("cluster: serve data channel: %w", err)
 	}
-	c.started = true
 	c.wg.Add(3)
 	go c.watchLoop()
 	go c.handoffLoop()
@@ -158,6 +164,22 @@ func (c *Cluster) requestHandoff() {
 	}
 }
 
+// goOwned runs fn on a goroutine of the cluster's, which Close waits for.
+// Once Close has begun it runs nothing and reports false.
+func (c *Cluster) goOwned(fn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
+}
+
 // Drain waits until this node holds no swarm and has no forward queued:
 // everything it had is with the swarms' owners. It is the middle step of a
 // graceful leave, after the node stopped being an owner (its view has Self
@@ -192,7 +214,15 @@ func (c *Cluster) Drain(ctx context.Context) error {
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		if c.strayTimer != nil {
+			c.strayTimer.Stop()
+			c.strayTimer = nil
+		}
+		c.mu.Unlock()
 		close(c.stop)
+		c.cancel()
 		c.wg.Wait()
 		c.destMu.Lock()
 		ds := c.dests
@@ -286,12 +316,16 @@ func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 	var buf [8]int
 	for i := range n {
 		if !isOwner(v.OwnersOf(ih(i), buf[:0]), v.Self) {
-			if c.strayPending.CompareAndSwap(false, true) {
-				time.AfterFunc(strayDelay, func() {
-					c.strayPending.Store(false)
+			c.mu.Lock()
+			if c.strayTimer == nil && !c.closing {
+				c.strayTimer = c.clock.AfterFunc(strayDelay, func() {
+					c.mu.Lock()
+					c.strayTimer = nil
+					c.mu.Unlock()
 					c.requestHandoff()
 				})
 			}
+			c.mu.Unlock()
 			return
 		}
 	}

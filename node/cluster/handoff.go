@@ -161,15 +161,8 @@ func (h *handoff) flushAll() {
 }
 
 func (h *handoff) flush(to int, b *mergeBatch) {
-	ctx, cancel := context.WithTimeout(context.Background(), mergeTimeout)
+	ctx, cancel := context.WithTimeout(h.c.ctx, mergeTimeout)
 	defer cancel()
-	go func() {
-		select {
-		case <-h.c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	_, err := h.c.tr.Call(ctx, h.v.DataAddrs[to], &transport.MergeRequest{Swarms: b.swarms})
 	if err != nil {
 		h.c.m.handoffFails.Inc()
