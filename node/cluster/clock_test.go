@@ -8,6 +8,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -253,4 +254,66 @@ func TestStrayWriteTimersSynctest(t *testing.T) {
 			t.Errorf("b still holds the stray %s after sending it", dropGrace+2*handoffRetry)
 		}
 	})
+}
+
+// The read cache ages by the clock: a fetched copy answers until
+// read_cache_ttl has passed on it, and not a moment longer.
+func TestReadCacheAgesByTheClock(t *testing.T) {
+	clock := newManualClock()
+	net := transport.NewMemNet()
+	_, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil)
+	b, _ := newLoneCluster(t, net, "b", []string{"a", "b"}, clock)
+	ih := ownedBy(t, b.View(), "a")
+	put := func(addr string) {
+		aStore.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(addr)}}})
+	}
+	read := func() int {
+		peers, _, _ := b.AnnouncePeers(ih, reader, false, 50, nil)
+		return len(peers)
+	}
+	put("10.4.4.1:1")
+	if n := read(); n != 1 {
+		t.Fatalf("first read: %d peers, want 1", n)
+	}
+	put("10.4.4.2:1")
+	if n := read(); n != 1 {
+		t.Errorf("read at once: %d peers, want the cached 1", n)
+	}
+	<-clock.advance(b.cfg.ReadCacheTTL - time.Nanosecond)
+	if n := read(); n != 1 {
+		t.Errorf("read just before read_cache_ttl: %d peers, want the cached 1", n)
+	}
+	<-clock.advance(time.Nanosecond)
+	if n := read(); n != 2 {
+		t.Errorf("read at read_cache_ttl: %d peers, want 2, fetched again", n)
+	}
+	if got, want := testutil.ToFloat64(b.m.reads.WithLabelValues("cached")), 2.0; got != want {
+		t.Errorf("%v cached reads, want %v", got, want)
+	}
+}
+
+// Close waits for the fetches in flight, and ends them rather than
+// waiting out their deadline.
+func TestCloseWaitsForFetches(t *testing.T) {
+	net := transport.NewMemNet()
+	_, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil)
+	b, _ := newLoneCluster(t, net, "b", []string{"a", "b"}, nil)
+	ih := ownedBy(t, b.View(), "a")
+	aStore.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort("10.4.4.1:1")}}})
+	net.SetDelay(time.Hour)
+	b.Prefetch([]bittorrent.InfoHash{ih})
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sh := b.cache.shard(ih)
+	sh.mu.Lock()
+	e := sh.m[ih]
+	sh.mu.Unlock()
+	if e == nil || e.busy {
+		t.Errorf("after Close the prefetch is still in flight (entry %+v)", e)
+	}
+	b.Prefetch([]bittorrent.InfoHash{ih}) // after Close: starts nothing, wakes any waiter
+	if e := b.cache.current(ih); e != nil {
+		t.Errorf("a fetch after Close filled the cache: %+v", e)
+	}
 }

@@ -82,7 +82,7 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 // a batch of requests waits about one round trip instead of one each.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
-	now := time.Now()
+	now := c.clock.Now()
 	for _, ih := range ihs {
 		var buf, others [8]int
 		owners := v.OwnersOf(ih, buf[:0])
@@ -95,7 +95,7 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 		}
 		if e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL); fetch {
 			c.m.prefetches.Inc()
-			go c.fetch(v, ih, slices.Clone(targets), e)
+			c.goFetch(v, ih, slices.Clone(targets), e)
 		}
 	}
 }
@@ -110,7 +110,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 		c.m.reads.WithLabelValues("failed").Inc()
 		return nil
 	}
-	now := time.Now()
+	now := c.clock.Now()
 	e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL)
 	if !fetch && e.snap != nil && now.Sub(e.snap.at) < c.cfg.ReadCacheTTL {
 		c.m.reads.WithLabelValues("cached").Inc()
@@ -119,7 +119,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		go c.fetch(v, ih, slices.Clone(targets), e)
+		c.goFetch(v, ih, slices.Clone(targets), e)
 	}
 	t := time.NewTimer(c.cfg.ReadTimeout)
 	defer t.Stop()
@@ -140,6 +140,14 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	return nil
 }
 
+// goFetch runs fetch on a goroutine Close waits for; once Close has begun
+// it fetches nothing and wakes the entry's waiters at once.
+func (c *Cluster) goFetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
+	if !c.goOwned(func() { c.fetch(v, ih, owners, e) }) {
+		c.cache.finish(ih, e, nil)
+	}
+}
+
 // fetch asks the owners in this node's datacenter for the swarm, and the
 // others only if none of those answers.
 func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
@@ -147,7 +155,7 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
 	// Fetches outlive the caller's wait, but not by much: a late answer is
 	// still worth caching, a very late one is not.
-	ctx, cancel := context.WithTimeout(context.Background(), 4*c.cfg.ReadTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, 4*c.cfg.ReadTimeout)
 	defer cancel()
 	near, far := owners, []int(nil)
 	if v.Self >= 0 {
@@ -167,7 +175,7 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	}
 	var snap *snapshot
 	if best != nil {
-		at := time.Now()
+		at := c.clock.Now()
 		if size(best.Counts) == 0 {
 			// An empty swarm is most often one whose first announce is
 			// still on its way to the owners; keep the answer briefly so
@@ -195,7 +203,10 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	}
 	replies := make(chan *transport.FetchReply, len(owners))
 	for _, o := range owners {
-		go func(addr string) { replies <- c.askOne(ctx, addr, ih) }(v.DataAddrs[o])
+		addr := v.DataAddrs[o]
+		if !c.goOwned(func() { replies <- c.askOne(ctx, addr, ih) }) {
+			replies <- nil
+		}
 	}
 	var (
 		merged *transport.FetchReply
@@ -446,8 +457,8 @@ func (c *Cluster) cacheLoop() {
 		select {
 		case <-c.stop:
 			return
-		case now := <-t.C:
-			c.cache.expire(now, max(100*c.cfg.ReadCacheTTL, 10*time.Second))
+		case <-t.C:
+			c.cache.expire(c.clock.Now(), max(100*c.cfg.ReadCacheTTL, 10*time.Second))
 		}
 	}
 }
