@@ -283,7 +283,7 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 		v := c.view.Load()
 		var buf [8]int
 		for _, sw := range r.Swarms {
-			if !isOwner(v.OwnersOf(sw.InfoHash, buf[:0]), v.Self) {
+			if !v.Owns(sw.InfoHash, buf[:0]) {
 				return nil, fmt.Errorf("cluster: not an owner of %x by view %d; not taking swarms", sw.InfoHash[:4], v.Epoch)
 			}
 		}
@@ -315,7 +315,7 @@ func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 	v := c.view.Load()
 	var buf [8]int
 	for i := range n {
-		if !isOwner(v.OwnersOf(ih(i), buf[:0]), v.Self) {
+		if !v.Owns(ih(i), buf[:0]) {
 			c.mu.Lock()
 			if c.strayTimer == nil && !c.closing {
 				c.strayTimer = c.clock.AfterFunc(strayDelay, func() {
