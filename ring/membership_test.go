@@ -133,7 +133,7 @@ func TestMembershipLeaveAndFailure(t *testing.T) {
 	states := func() map[string]string {
 		out := map[string]string{}
 		for _, s := range a.Members() {
-			out[s.Name] = s.State
+			out[s.Name] = string(s.State)
 		}
 		return out
 	}
