@@ -113,8 +113,8 @@ func (f fixedViews) View() *ring.View         { return f.v }
 func (f fixedViews) Changed() <-chan struct{} { return f.changed }
 
 // newLoneCluster starts node self of members over net with clock, its
-// view fixed.
-func newLoneCluster(t *testing.T, net *transport.MemNet, self string, members []string, clock Clock) (*Cluster, *store.Memory) {
+// view fixed; mutate, if not nil, adjusts the config.
+func newLoneCluster(t *testing.T, net *transport.MemNet, self string, members []string, clock Clock, mutate ...func(*Config)) (*Cluster, *store.Memory) {
 	t.Helper()
 	var infos []ring.NodeInfo
 	for _, m := range members {
@@ -130,6 +130,9 @@ func newLoneCluster(t *testing.T, net *transport.MemNet, self string, members []
 	}
 	cfg := DefaultConfig()
 	cfg.RepairInterval = time.Hour
+	for _, m := range mutate {
+		m(&cfg)
+	}
 	c, err := New(cfg, Options{Store: st, Transport: net.Transport(self), Views: newFixedViews(v), Log: zaptest.NewLogger(t).Named(self), Clock: clock})
 	if err != nil {
 		t.Fatal(err)

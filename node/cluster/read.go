@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
+	"github.com/karuta-tracker/karuta/store"
 )
 
 // emptyTTL is how long an empty answer from the owners is reused, at most.
@@ -271,73 +271,68 @@ func mergeReplies(a, b *transport.FetchReply, maxPerFamily int) *transport.Fetch
 
 func size(c bittorrent.Counts) uint32 { return c.Seeders + c.Leechers + c.Snatches }
 
-// snapshot is a swarm as fetched from an owner, split by family and role
-// so choosing peers is a couple of slice walks.
+// snapshot is a swarm as fetched from an owner, each family's peers
+// seeders first, the layout store.Choose walks.
 type snapshot struct {
 	at     time.Time
 	counts bittorrent.Counts
-	// groups[family][role]: family 0 is IPv4, 1 IPv6; role 0 seeders,
-	// 1 leechers.
-	groups [2][2][]bittorrent.Peer
+	// fams[0] is IPv4, fams[1] IPv6.
+	fams [2]snapFamily
+}
+
+type snapFamily struct {
+	peers   []bittorrent.Peer
+	seeders int
 }
 
 func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 	s := &snapshot{at: at, counts: r.Counts}
+	var size [2]int
+	for _, p := range r.Peers {
+		fam := familyOf(p.Addr)
+		size[fam]++
+		if p.Seeder {
+			s.fams[fam].seeders++
+		}
+	}
+	var next [2][2]int // next[family]: where the next seeder and leecher go
+	for fam := range s.fams {
+		s.fams[fam].peers = make([]bittorrent.Peer, size[fam])
+		next[fam] = [2]int{0, s.fams[fam].seeders}
+	}
 	for _, p := range r.Peers {
 		fam, role := familyOf(p.Addr), 1
 		if p.Seeder {
 			role = 0
 		}
-		s.groups[fam][role] = append(s.groups[fam][role], p.Peer)
+		s.fams[fam].peers[next[fam][role]] = p.Peer
+		next[fam][role]++
 	}
 	return s
 }
 
+// familyOf is the index into snapshot.fams of a's family.
 func familyOf(a netip.AddrPort) int {
-	if a.Addr().Unmap().Is4() {
-		return 0
+	if store.Family(a) == 6 {
+		return 1
 	}
-	return 1
+	return 0
 }
 
-// choose appends up to n peers of the announcer's family, the other role
-// first, never the announcer, starting at a random offset so announcers
-// sharing a snapshot get different peers. It also finds the announcer's
-// state, which is exact when the snapshot holds the whole family.
+// choose hands out up to n peers by the store's rule (store.Walk), so a
+// swarm read from a copy answers as the owner's store would. The
+// announcer's state is exact when the snapshot holds its whole family.
 func (s *snapshot) choose(announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.PeerState) {
-	fam := familyOf(announcer)
-	self := netip.AddrPortFrom(announcer.Addr().Unmap(), announcer.Port())
-	state := bittorrent.Absent
-	for role, st := range [2]bittorrent.PeerState{bittorrent.Seeding, bittorrent.Leeching} {
-		for _, p := range s.groups[fam][role] {
-			if samePeer(p.Addr, self) {
-				state = st
-			}
-		}
+	if store.Family(announcer) == 0 {
+		return dst, bittorrent.Absent
 	}
-	first := 0 // leechers want seeders first
-	if seeder {
-		first = 1
+	f := &s.fams[familyOf(announcer)]
+	self := -1
+	if announcer.Port() != 0 {
+		me := netip.AddrPortFrom(announcer.Addr().Unmap(), announcer.Port())
+		self = slices.IndexFunc(f.peers, func(p bittorrent.Peer) bool { return samePeer(p.Addr, me) })
 	}
-	for _, role := range [2]int{first, 1 - first} {
-		g := s.groups[fam][role]
-		if len(g) == 0 {
-			continue
-		}
-		off := rand.IntN(len(g))
-		for i := range g {
-			if n <= 0 {
-				return dst, state
-			}
-			p := g[(off+i)%len(g)]
-			if samePeer(p.Addr, self) {
-				continue
-			}
-			dst = append(dst, p)
-			n--
-		}
-	}
-	return dst, state
+	return store.ChoosePeers(f.peers, f.seeders, self, seeder, n, dst)
 }
 
 func samePeer(a, self netip.AddrPort) bool {
