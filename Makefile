@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient vet bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient vet lint bench fuzz tidy clean
 
 all: build
 
@@ -26,6 +26,11 @@ test-deps:
 vet:
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+
+## lint: golangci-lint with the linters listed in .golangci.yml; the version is
+## pinned by the tool line in go.mod, so a clean clone builds it from the module proxy
+lint:
+	$(GO) tool golangci-lint run $(PKGS)
 
 unit:
 	$(GO) test -race -count=1 $(PKGS)
