@@ -16,9 +16,9 @@ build:
 static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
-## test: everything CI checks — vet, unit and end-to-end tests with the race
-## detector, and the real BitTorrent clients test (installs what it needs)
-test: test-deps vet unit realclient
+## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
+## the race detector, and the real BitTorrent clients test (installs what it needs)
+test: test-deps vet lint tidy unit realclient
 
 test-deps:
 	@.ci/install-test-deps
