@@ -84,6 +84,7 @@ type swarm struct {
 	snatches uint32
 }
 
+//nolint:gosec // G115: a set's counts are non-negative int32s
 func (sw *swarm) counts() bittorrent.Counts {
 	c := bittorrent.Counts{
 		Seeders:  uint32(sw.v4.seeders()),
@@ -110,10 +111,10 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	m := &Memory{
 		cfg:      cfg,
 		now:      cfg.Clock,
-		lifetime: uint32((cfg.PeerLifetime + time.Second - 1) / time.Second),
+		lifetime: uint32((cfg.PeerLifetime + time.Second - 1) / time.Second), //nolint:gosec // G115: Validate caps peer_lifetime at 168h
 		seed:     maphash.MakeSeed(),
 		shards:   make([]shard, cfg.Shards),
-		shardMsk: uint64(cfg.Shards - 1),
+		shardMsk: uint64(cfg.Shards - 1), //nolint:gosec // G115: Validate keeps shards at 1 or more
 		log:      log,
 		gcChunk:  gcChunk,
 		done:     make(chan struct{}),
