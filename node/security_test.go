@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
@@ -197,7 +198,7 @@ func TestOpsAnswersAtHTTPCap(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 	}
-	eventually(t, "the HTTP frontend holds its cap of idle connections", func() bool {
+	eventually.True(t, 5*time.Second, "the HTTP frontend holds its cap of idle connections", func() bool {
 		return gaugeValue(t, n, "karuta_frontend_connections") == capacity
 	})
 	over, err := net.DialTimeout("tcp", n.Addrs().HTTP, 5*time.Second)
@@ -214,7 +215,7 @@ func TestOpsAnswersAtHTTPCap(t *testing.T) {
 			t.Errorf("GET %s at the HTTP cap = %d, want 200", path, code)
 		}
 	}
-	eventually(t, "the refusal is counted", func() bool {
+	eventually.True(t, 5*time.Second, "the refusal is counted", func() bool {
 		return gaugeValue(t, n, "karuta_frontend_connections_refused_total") == 1
 	})
 }
@@ -252,7 +253,7 @@ func TestSnatchesCountOncePerPeer(t *testing.T) {
 		// Announces are applied in order after their answers: once a
 		// later one shows, the 50 completes are applied.
 		c.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('d'), Left: 1, Port: 6101, NumWant: -1, Event: tracker.Started})
-		eventually(t, "the last announce is applied", func() bool {
+		eventually.True(t, 5*time.Second, "the last announce is applied", func() bool {
 			r := c.scrape(ih)
 			return len(r) == 1 && r[0].Leechers == 1
 		})

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/karuta-tracker/karuta/frontends"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // TestServerConnectionCaps reproduces finding 4 of issue 11 at a small
@@ -103,11 +104,11 @@ func TestServerConnectionCapFrees(t *testing.T) {
 	s, addr := testServer(t, &fakeTracker{}, nil, func(c *Config) { c.MaxConnections, c.MaxConnectionsPerIP = 2, 1 })
 	a := dialRawFrom(t, addr, "127.0.0.2")
 	b := dialRawFrom(t, addr, "127.0.0.3")
-	waitFor(t, "two connections tracked", func() bool { return s.openConns() == 2 })
+	eventually.True(t, 5*time.Second, "two connections tracked", func() bool { return s.openConns() == 2 })
 	dialRawFrom(t, addr, "127.0.0.4").expectRefused()
 	dialRawFrom(t, addr, "127.0.0.2").expectRefused()
 	a.c.Close()
-	waitFor(t, "a closed connection let go", func() bool { return s.openConns() == 1 })
+	eventually.True(t, 5*time.Second, "a closed connection let go", func() bool { return s.openConns() == 1 })
 	c := dialRawFrom(t, addr, "127.0.0.2")
 	c.write(fmt.Sprintf("GET /announce?%s HTTP/1.1\r\nHost: t\r\n\r\n", baseQuery))
 	if resp, _ := c.read("GET"); resp.StatusCode != 200 {

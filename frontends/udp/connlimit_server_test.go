@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/karuta-tracker/karuta/frontends"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // TestServerConnectFlood reproduces finding 7 of issue 11: one source
@@ -60,7 +61,7 @@ karuta_frontend_dropped_total{frontend="udp",reason="response"} 0
 karuta_frontend_dropped_total{frontend="udp",reason="too_long"} 0
 karuta_frontend_dropped_total{frontend="udp",reason="too_short"} 0
 `, flood-burst)
-	eventually(t, func() error {
+	eventually.NoError(t, 5*time.Second, "the refused connects are counted", func() error {
 		return testutil.GatherAndCompare(reg, strings.NewReader(want), "karuta_frontend_dropped_total")
 	})
 }
