@@ -310,7 +310,7 @@ func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
 func describeClusterStatus(st ClusterStatus) string {
 	var members, ring []string
 	for _, m := range st.Members {
-		members = append(members, m.Name+"="+m.State)
+		members = append(members, m.Name+"="+string(m.State))
 	}
 	for _, m := range st.Ring.Members {
 		ring = append(ring, fmt.Sprintf("%s(%.2f)", m.Name, m.Share))

@@ -141,7 +141,7 @@ func testMembershipLeaveAndFailure(t *testing.T) {
 	states := func() map[string]string {
 		out := map[string]string{}
 		for _, s := range a.Members() {
-			out[s.Name] = s.State
+			out[s.Name] = string(s.State)
 		}
 		return out
 	}
