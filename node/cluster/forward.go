@@ -140,7 +140,7 @@ type dest struct {
 	queue  []bittorrent.Change
 	head   int    // queue[head:] is waiting
 	seq    uint64 // the sequence number of queue[head]
-	closed bool // retired: take has emptied the queue for good
+	closed bool   // retired: take has emptied the queue for good
 
 	signal chan struct{} // cap 1: the queue grew
 	ctx    context.Context
