@@ -25,8 +25,9 @@ type MembershipOptions struct {
 	Self NodeInfo
 	// VNodes is passed to placement; zero means DefaultVNodes.
 	VNodes int
-	// Transport replaces memberlist's UDP/TCP transport, for tests that
-	// cut links. Nil means the network, on Config.Bind.
+	// Transport replaces memberlist's UDP/TCP transport, so tests can run
+	// many members in one process on a fake clock and cut links (ring's
+	// gossipNet). Nil, as in production, means the network on Config.Bind.
 	Transport memberlist.Transport
 	// Registerer receives the membership metrics; nil means none.
 	Registerer prometheus.Registerer

@@ -511,6 +511,7 @@ func TestBalance(t *testing.T) {
 	} {
 		name := fmt.Sprintf("nodes=%d/dcs=%d/zones=%d/replicas=%d/every=%t", tc.nodes, tc.dcs, tc.zones, tc.replicas, tc.everyDC)
 		t.Run(name, func(t *testing.T) {
+			t.Parallel() // CPU-bound and independent: use every core
 			r := mustNew(t, cluster(tc.nodes, tc.dcs, tc.zones), Options{EveryDatacenter: tc.everyDC})
 			exact := exactOwnership(r, tc.replicas)
 			sampled := sampledOwnership(r, tc.replicas, keys)
@@ -544,6 +545,7 @@ func TestJoinMovement(t *testing.T) {
 	const replicas = 3
 	for _, tc := range []struct{ nodes, zones int }{{3, 1}, {5, 1}, {10, 1}, {30, 1}, {100, 1}, {30, 3}} {
 		t.Run(fmt.Sprintf("nodes=%d/zones=%d", tc.nodes, tc.zones), func(t *testing.T) {
+			t.Parallel() // CPU-bound and independent: use every core
 			prev := mustNew(t, cluster(tc.nodes, 1, tc.zones), Options{})
 			next := mustNew(t, cluster(tc.nodes+1, 1, tc.zones), Options{})
 			newcomer := next.Index(fmt.Sprintf("node-%03d", tc.nodes))
