@@ -433,10 +433,37 @@ type tamperProxy struct {
 	skip   int
 	tamper func(i int, record []byte, toServer, toClient io.Writer)
 
-	mu    sync.Mutex
-	sent  []byte
+	relayConns
+	mu   sync.Mutex
+	sent []byte
+}
+
+// relayConns are a test relay's connections and goroutines, closed and
+// waited for when the test ends.
+type relayConns struct {
+	cmu   sync.Mutex
 	conns []net.Conn
 	wg    sync.WaitGroup
+}
+
+func (r *relayConns) add(cs ...net.Conn) {
+	r.cmu.Lock()
+	r.conns = append(r.conns, cs...)
+	r.cmu.Unlock()
+}
+
+// stopOnCleanup closes ln and every connection when t ends, then waits
+// for the relay's goroutines.
+func (r *relayConns) stopOnCleanup(t *testing.T, ln net.Listener) {
+	t.Cleanup(func() {
+		ln.Close()
+		r.cmu.Lock()
+		for _, c := range r.conns {
+			c.Close()
+		}
+		r.cmu.Unlock()
+		r.wg.Wait()
+	})
 }
 
 func newTamperProxy(t *testing.T, target string, skip int, tamper func(i int, record []byte, toServer, toClient io.Writer)) *tamperProxy {
@@ -446,15 +473,7 @@ func newTamperProxy(t *testing.T, target string, skip int, tamper func(i int, re
 	}
 	p := &tamperProxy{ln: ln, target: target, skip: skip, tamper: tamper}
 	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
+	p.stopOnCleanup(t, ln)
 	return p
 }
 
@@ -469,9 +488,7 @@ func (p *tamperProxy) accept() {
 			cc.Close()
 			continue
 		}
-		p.mu.Lock()
-		p.conns = append(p.conns, cc, sc)
-		p.mu.Unlock()
+		p.add(cc, sc)
 		toClient := &lockedWriter{w: cc}
 		p.wg.Go(func() {
 			io.Copy(toClient, sc)
