@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
@@ -50,9 +51,9 @@ func TestClusterCertificates(t *testing.T) {
 		}
 		nodes = append(nodes, startClusterNode(t, name, join, func(c *Config) { c.Cluster.TLS = tlsOf[name] }))
 	}
-	within(t, convergeWithin, "certificate cluster converges", func() error { return converged(nodes) })
+	eventually.NoError(t, convergeWithin, "certificate cluster converges", func() error { return converged(nodes) })
 	want := announceSwarms(t, nodes, 0x7c)
-	within(t, visibleWithin, "swarms visible on every node", func() error { return visibleEverywhere(nodes, want) })
+	eventually.NoError(t, visibleWithin, "swarms visible on every node", func() error { return visibleEverywhere(nodes, want) })
 
 	// A SIGHUP reload rereads the files; with the same files nothing
 	// changes and the cluster keeps answering.
@@ -60,7 +61,7 @@ func TestClusterCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	more := announceSwarms(t, nodes, 0x7d)
-	within(t, visibleWithin, "swarms visible after the reload", func() error { return visibleEverywhere(nodes, more) })
+	eventually.NoError(t, visibleWithin, "swarms visible after the reload", func() error { return visibleEverywhere(nodes, more) })
 }
 
 // TestClusterCertificateErrors checks that certificate problems stop a

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // testPKI is a cluster CA with node certificates written to a directory,
@@ -162,7 +164,7 @@ func TestTCPCertIdentity(t *testing.T) {
 		if h.calls.Load() != 0 {
 			t.Fatal("the handler was called")
 		}
-		trEventually(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
+		eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
 	})
 
 	t.Run("no member known at the address", func(t *testing.T) {
@@ -241,7 +243,7 @@ func TestTCPCertRotation(t *testing.T) {
 		}
 		// A fresh connection must pass with the files as they are now.
 		fresh := certNode(t, clFiles, clMembers, nil)
-		trEventually(t, 5*time.Second, st.name+": a new connection succeeds", func() bool {
+		eventually.True(t, 5*time.Second, st.name+": a new connection succeeds", func() bool {
 			_, err := fresh.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{})
 			return err == nil
 		})
@@ -268,7 +270,7 @@ func TestTCPCertRotation(t *testing.T) {
 // onlySession waits for srv to hold exactly one session and returns it.
 func onlySession(t *testing.T, srv *TCP) *tcpSession {
 	t.Helper()
-	trEventually(t, 5*time.Second, "one session", func() bool { return tcpSessions(srv) == 1 })
+	eventually.True(t, 5*time.Second, "one session", func() bool { return tcpSessions(srv) == 1 })
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	for s := range srv.sessions {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // These tests check the properties the data channel claims (issue 11,
@@ -264,7 +265,7 @@ func TestTCPNoDowngrade(t *testing.T) {
 			if n := h.calls.Load(); n != 0 {
 				t.Fatalf("handler called %d times through the relay", n)
 			}
-			trEventually(t, 3*time.Second, "the server refused the relayed sessions", func() bool { return tcpSessions(srv) == 0 && rejected(srv, reasonHandshake) >= 1 })
+			eventually.True(t, 3*time.Second, "the server refused the relayed sessions", func() bool { return tcpSessions(srv) == 0 && rejected(srv, reasonHandshake) >= 1 })
 			// Directly, the same nodes agree on the new key.
 			if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); err != nil {
 				t.Fatal(err)
