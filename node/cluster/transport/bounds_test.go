@@ -36,7 +36,7 @@ func closedWithin(nc net.Conn, d time.Duration) bool {
 	var b [1]byte
 	_, err := nc.Read(b[:])
 	var ne net.Error
-	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	return err != nil && (!errors.As(err, &ne) || !ne.Timeout())
 }
 
 // TestTCPPreAuthFlood reproduces finding 1 of issue 11: hundreds of silent
@@ -234,7 +234,7 @@ func TestTCPInflightBounded(t *testing.T) {
 			frame := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(payload)), uint32(len(payload)))
 			frame = append(frame, payload...)
 			for range frames {
-				s.nc.SetWriteDeadline(time.Now().Add(3 * time.Second))
+				_ = s.nc.SetWriteDeadline(time.Now().Add(3 * time.Second))
 				if _, err := s.nc.Write(frame); err != nil {
 					return // the server stopped reading: the point
 				}
@@ -275,7 +275,7 @@ func TestTCPInflightBounded(t *testing.T) {
 		for range 20 {
 			s := authSession(t, srv)
 			if send != nil {
-				s.nc.Write(send)
+				_, _ = s.nc.Write(send)
 				expectClosed(t, s.nc)
 			} else {
 				s.close()

@@ -82,6 +82,9 @@ var (
 	errLabelMismatch = errors.New("handshake: cluster label mismatch")
 	errBadProof      = errors.New("handshake: key proof does not verify")
 	errNotMember     = errors.New("handshake: not a current member")
+	// errSilent is a connection closed before it sent a byte of the
+	// handshake: a port probe or a health check, not an attack to count.
+	errSilent = errors.New("handshake: closed before saying anything")
 )
 
 // sharedKey is one secret key as the handshake uses it.
@@ -111,9 +114,9 @@ type clientHello struct {
 
 func appendClientHello(b []byte, label string, keys []sharedKey) []byte {
 	b = append(b, helloMagic...)
-	b = append(b, protocolVersion, byte(len(label)))
+	b = append(b, protocolVersion, byte(len(label))) //nolint:gosec // G115: NewTCP caps the label at maxLabel (255)
 	b = append(b, label...)
-	b = append(b, byte(len(keys)))
+	b = append(b, byte(len(keys))) //nolint:gosec // G115: NewTCP caps the keys at maxKeys (16)
 	for _, k := range keys {
 		b = append(b, k.id[:]...)
 	}
@@ -127,7 +130,7 @@ func readClientHello(r io.Reader) (clientHello, []byte, error) {
 	raw := make([]byte, len(helloMagic)+2, len(helloMagic)+2+maxLabel+1+maxKeys*keyIDSize)
 	if n, err := io.ReadFull(r, raw); err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
-			return h, nil, io.EOF
+			return h, nil, errSilent
 		}
 		return h, nil, fmt.Errorf("handshake: client hello: %w", err)
 	}
@@ -310,7 +313,7 @@ func (t *TCP) clientExchange(tc *tls.Conn) error {
 func (t *TCP) serverExchange(tc *tls.Conn) error {
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, io.EOF) {
-			return io.EOF
+			return errSilent
 		}
 		return fmt.Errorf("handshake: tls: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -98,7 +97,7 @@ func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
 	if err != nil {
 		nc.Close()
 		switch {
-		case err == io.EOF:
+		case errors.Is(err, errSilent):
 			// Closed before saying anything: a port probe or health check.
 			t.log.Debug("data channel: connection closed before handshake", zap.String("remote", nc.RemoteAddr().String()))
 		case errors.Is(err, os.ErrDeadlineExceeded):
