@@ -199,42 +199,28 @@ func prove(cs tls.ConnectionState, k sharedKey, ctx []byte) ([]byte, error) {
 	return m.Sum(nil), nil
 }
 
-// peerInfo is what the handshake learned about the other side.
-type peerInfo struct {
-	// name is the node its certificate names; empty in shared-key mode.
-	name string
-	// key is whom sessions are counted against: the certificate's node,
-	// or the remote host in shared-key mode.
-	key string
-}
-
 // handshake runs TLS and the exchange on nc as the client (dialing the
 // member name at addr; name is empty outside certificate mode) or the
-// server, and returns the session. It gives up after the handshake
-// timeout or at Close.
-func (t *TCP) handshake(nc net.Conn, client bool, name string) (*tcpSession, peerInfo, error) {
+// server, and returns the session and, on the server, whom its sessions
+// are counted against: the node its certificate names, or in shared-key
+// mode the remote host. It gives up after the handshake timeout or at
+// Close.
+func (t *TCP) handshake(nc net.Conn, client bool, name string) (s *tcpSession, peer string, err error) {
 	stop := context.AfterFunc(t.ctx, func() { nc.Close() })
 	defer stop()
 	if err := nc.SetDeadline(time.Now().Add(t.opts.HandshakeTimeout)); err != nil {
-		return nil, peerInfo{}, err
+		return nil, "", err
 	}
-	var (
-		tc   *tls.Conn
-		peer peerInfo
-		err  error
-	)
+	var tc *tls.Conn
 	if client {
 		tc = tls.Client(nc, t.clientConfig(name))
 		err = t.clientExchange(tc)
-		peer = peerInfo{name: name, key: name}
 	} else {
 		remote := remoteHost(nc)
-		var cname string
-		tc = tls.Server(nc, t.serverConfig(remote, &cname))
+		tc = tls.Server(nc, t.serverConfig(remote, &peer))
 		err = t.serverExchange(tc)
-		peer = peerInfo{name: cname, key: cname}
-		if cname == "" {
-			peer.key = remote.String()
+		if peer == "" {
+			peer = remote.String()
 		}
 	}
 	if err != nil {
@@ -246,7 +232,7 @@ func (t *TCP) handshake(nc net.Conn, client bool, name string) (*tcpSession, pee
 	if err := nc.SetDeadline(time.Time{}); err != nil {
 		return nil, peer, err
 	}
-	s := &tcpSession{
+	s = &tcpSession{
 		t:    t,
 		nc:   tc,
 		r:    bufio.NewReaderSize(tc, 32<<10),

@@ -107,10 +107,10 @@ func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
 		}
 		return
 	}
-	if err := t.track(s, peer.key); err != nil {
+	if err := t.track(s, peer); err != nil {
 		s.close()
 		if errors.Is(err, errSessionLimit) {
-			t.reject(reasonSessionLimit, nc.RemoteAddr().String(), fmt.Errorf("%w %s (%d allowed)", err, peer.key, t.opts.MaxSessionsPerPeer))
+			t.reject(reasonSessionLimit, nc.RemoteAddr().String(), fmt.Errorf("%w %s (%d allowed)", err, peer, t.opts.MaxSessionsPerPeer))
 		}
 		return
 	}

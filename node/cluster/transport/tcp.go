@@ -195,7 +195,7 @@ type TCP struct {
 	ln       net.Listener
 	pools    map[string]*tcpPool
 	sessions map[*tcpSession]struct{}
-	perPeer  map[string]int // accepted sessions by peerInfo.key
+	perPeer  map[string]int // accepted sessions by the peer handshake names
 }
 
 // NewTCP returns a TCP transport. It opens nothing: Serve listens, Call
