@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -292,4 +293,23 @@ func TestTCPInflightBounded(t *testing.T) {
 	if n := rejected(srv, reasonFrameTooLarge); n != 20 {
 		t.Errorf("frame_too_large counted %d; want 20", n)
 	}
+}
+
+// TestTCPNotMemberRefused checks that a node the server does not count as
+// a member is refused before TLS, counted, and told something it can act
+// on.
+func TestTCPNotMemberRefused(t *testing.T) {
+	trNoLeaks(t)
+	h := &trHandler{}
+	others := &testMembers{hosts: map[netip.Addr]bool{netip.MustParseAddr("127.0.0.9"): true}}
+	srv := tcpServe(t, func(o *TCPOptions) { o.Members = others }, h)
+	cl := newTestTCP(t, nil)
+	_, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(1)})
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "does not count this node's address as a member's") {
+		t.Fatalf("got %v; want ErrUnreachable saying the node is not a member there", err)
+	}
+	if h.calls.Load() != 0 {
+		t.Fatal("the handler was called")
+	}
+	eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonNotMember) >= 1 })
 }

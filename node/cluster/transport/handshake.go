@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 )
 
@@ -245,6 +246,11 @@ func (t *TCP) handshake(nc net.Conn, client bool, name string) (s *tcpSession, p
 
 func (t *TCP) clientExchange(tc *tls.Conn) error {
 	if err := tc.Handshake(); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("handshake: the node closed the connection before TLS completed "+
+				"(it does not count this node's address as a member's yet, or it has too many handshakes pending; "+
+				"its log and karuta_cluster_data_rejected_total say which): %w", err)
+		}
 		return fmt.Errorf("handshake: tls: %w", err)
 	}
 	hello := appendClientHello(nil, t.opts.Label, t.keys)
@@ -254,7 +260,7 @@ func (t *TCP) clientExchange(tc *tls.Conn) error {
 	var sh [serverHelloSize]byte
 	if _, err := io.ReadFull(tc, sh[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("handshake: closed by the node before answering (not a member there yet?): %w", err)
+			return fmt.Errorf("handshake: the node closed the connection before answering; its log says why: %w", err)
 		}
 		return fmt.Errorf("handshake: %w", err)
 	}
