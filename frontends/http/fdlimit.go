@@ -9,5 +9,5 @@ const fdHeadroom = 1024
 // fileLimitTight reports whether maxConns connections leave fewer than
 // fdHeadroom of a process limit of limit file descriptors.
 func fileLimitTight(maxConns int, limit uint64) bool {
-	return uint64(max(maxConns, 0))+fdHeadroom > limit
+	return uint64(maxConns)+fdHeadroom > limit //nolint:gosec // G115: Validate keeps max_connections between 1 and 10 000 000
 }

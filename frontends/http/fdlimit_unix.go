@@ -11,5 +11,5 @@ func fileLimit() (uint64, bool) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
 		return 0, false
 	}
-	return uint64(r.Cur), true //nolint:unconvert // int64 on some platforms
+	return uint64(r.Cur), true // Cur is int64 on some platforms
 }
