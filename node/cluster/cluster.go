@@ -47,7 +47,10 @@ type Cluster struct {
 	m     *metrics
 	reg   prometheus.Registerer
 
-	view atomic.Pointer[ring.View]
+	view  atomic.Pointer[ring.View]
+	trust trust // which local copies are whole; see localAlone
+	// viewCh is closed, and replaced, each time a new view is installed.
+	viewCh atomic.Pointer[chan struct{}]
 
 	destMu sync.Mutex
 	dests  map[string]*dest // by data address
@@ -94,7 +97,10 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		stop:       make(chan struct{}),
 	}
 	c.cache.init()
+	c.trust.adopt(opts.Views.View(), time.Now())
 	c.view.Store(opts.Views.View())
+	viewCh := make(chan struct{})
+	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
 		for _, col := range append(c.m.collectors(), queueCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
@@ -122,6 +128,9 @@ func (c *Cluster) Start() error {
 // View returns the view the data plane currently routes by.
 func (c *Cluster) View() *ring.View { return c.view.Load() }
 
+// viewChanged returns a channel closed when the next view is installed.
+func (c *Cluster) viewChanged() <-chan struct{} { return *c.viewCh.Load() }
+
 // watchLoop installs each new view: it retires destinations that left,
 // re-routing what they had queued, and asks for a handoff pass.
 func (c *Cluster) watchLoop() {
@@ -133,7 +142,10 @@ func (c *Cluster) watchLoop() {
 		case <-c.views.Changed():
 		}
 		v := c.views.View()
+		c.trust.adopt(v, time.Now())
 		c.view.Store(v)
+		next := make(chan struct{})
+		close(*c.viewCh.Swap(&next))
 		c.retireDests(v)
 		c.cache.clear() // owners may have changed; refetch rather than trust
 		c.requestHandoff()
@@ -228,12 +240,7 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 	case *FetchRequest:
 		// A sample is always bounded, whatever the caller asked, so the
 		// reply stays far below the transport's frame limit.
-		snap, counts, _ := c.store.Swarm(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers), nil)
-		reply := &FetchReply{Counts: counts, Peers: make([]SwarmPeer, len(snap))}
-		for i, ch := range snap {
-			reply.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
-		}
-		return reply, nil
+		return c.localReply(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers)), nil
 	case *MergeRequest:
 		// Only an owner takes a swarm. When the views differ (one side has
 		// not heard of a join or a leave yet), refusing keeps the sender's
@@ -255,6 +262,7 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 			c.store.Apply(changes)
 			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
 		}
+		c.trust.received(func(i int) bittorrent.InfoHash { return r.Swarms[i].InfoHash }, len(r.Swarms))
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
 		return &Ack{}, nil
 	}

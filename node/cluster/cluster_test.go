@@ -44,6 +44,7 @@ type testNode struct {
 	views *scriptedViews
 	c     *Cluster
 	reg   *prometheus.Registry
+	gate  *gatedTransport // holds back this node's handoff requests on demand
 }
 
 // testCluster runs nodes over a MemNet with scripted membership.
@@ -55,6 +56,8 @@ type testCluster struct {
 	nodes    map[string]*testNode
 	epoch    uint64
 	boots    int
+	dc       map[string]string // node name → datacenter; "dc1" when absent
+	every    bool              // every_datacenter placement
 }
 
 func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testCluster {
@@ -81,7 +84,8 @@ func (tc *testCluster) start(name string) *testNode {
 	tc.boots++
 	n := &testNode{name: name, boot: tc.boots, store: st, views: &scriptedViews{changed: make(chan struct{}, 1)}, reg: prometheus.NewRegistry()}
 	n.views.v.Store(tc.view(name, []string{name}, n))
-	n.c, err = New(tc.cfg, Options{Store: st, Transport: tc.net.Transport(name), Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
+	n.gate = &gatedTransport{Transport: tc.net.Transport(name)}
+	n.c, err = New(tc.cfg, Options{Store: st, Transport: n.gate, Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,10 +112,14 @@ func (tc *testCluster) view(self string, members []string, newcomer *testNode) *
 		if newcomer != nil && newcomer.name == m {
 			n = newcomer
 		}
-		infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: m, Datacenter: "dc1", Zone: m}, DataAddr: m, Boot: fmt.Sprint(n.boot)})
+		dc := tc.dc[m]
+		if dc == "" {
+			dc = "dc1"
+		}
+		infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: m, Datacenter: dc, Zone: m}, DataAddr: m, Boot: fmt.Sprint(n.boot)})
 	}
 	tc.epoch++
-	v, err := ring.NewView(infos, self, tc.replicas, ring.Options{VNodes: 64}, tc.epoch)
+	v, err := ring.NewView(infos, self, tc.replicas, ring.Options{VNodes: 64, EveryDatacenter: tc.every}, tc.epoch)
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -384,13 +392,7 @@ func TestPartitionAndHeal(t *testing.T) {
 	want := tc.populated(all, 30, 300)
 
 	left, right := []string{"a", "b"}, []string{"c", "d"}
-	for _, l := range left {
-		for _, r := range right {
-			tc.net.Cut(l, r)
-		}
-	}
-	tc.see(left, left)
-	tc.see(right, right)
+	tc.split(left, right)
 	wantLeft, wantRight := swarmSet{}, swarmSet{}
 	tc.announce(wantLeft, left, 30, 60, 2)
 	tc.announce(wantRight, right, 30, 60, 3)

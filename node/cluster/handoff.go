@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,6 +52,9 @@ func (c *Cluster) handoffLoop() {
 		if c.handoffPass(v) {
 			c.baseline = v
 			c.settled.Store(v)
+			if c.trust.settle(v, time.Now(), c.cfg.RepairInterval) {
+				c.log.Info("local copies trusted again", zap.Uint64("epoch", v.Epoch))
+			}
 		} else {
 			retry = time.After(handoffRetry)
 		}
@@ -84,7 +89,8 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 	}
 	start := time.Now()
 	pending := map[bittorrent.InfoHash]time.Time{}
-	h := &handoff{c: c, v: v, batches: map[int]*mergeBatch{}, failed: map[bittorrent.InfoHash]bool{}}
+	h := &handoff{c: c, v: v, batches: map[int]*mergeBatch{}, inflight: map[int]chan struct{}{},
+		failed: map[bittorrent.InfoHash]bool{}, down: map[int]bool{}}
 	var (
 		now, before []int
 		targets     []int
@@ -201,14 +207,22 @@ func containsOwner(v *ring.View, owners []int, id owner) bool {
 }
 
 // handoff accumulates swarms per destination and sends them in requests of
-// about mergePeers peers.
+// about mergePeers peers. Destinations are served side by side, one
+// request in flight each, so a node that does not answer (cut off, not yet
+// declared dead) delays only its own swarms: after its first failure in a
+// pass it gets no more requests that pass, and a request to it ends as
+// soon as a view without it arrives.
 type handoff struct {
-	c       *Cluster
-	v       *ring.View
-	batches map[int]*mergeBatch
-	failed  map[bittorrent.InfoHash]bool
-	drop    []bittorrent.InfoHash
-	sent    int
+	c        *Cluster
+	v        *ring.View
+	batches  map[int]*mergeBatch
+	inflight map[int]chan struct{} // closed when the request to a destination ends
+	drop     []bittorrent.InfoHash
+
+	mu     sync.Mutex // guards the fields below, written by the senders
+	failed map[bittorrent.InfoHash]bool
+	down   map[int]bool // destinations that failed this pass
+	sent   int
 }
 
 type mergeBatch struct {
@@ -241,37 +255,86 @@ func (h *handoff) addPart(to int, sw Swarm) {
 	}
 }
 
+// flushAll sends what is left for every destination and waits for all.
 func (h *handoff) flushAll() {
 	for to, b := range h.batches {
 		if len(b.swarms) > 0 {
 			h.flush(to, b)
 		}
 	}
+	for _, done := range h.inflight {
+		<-done
+	}
 }
 
+// flush starts sending b to destination to once its previous request has
+// ended, and empties b.
 func (h *handoff) flush(to int, b *mergeBatch) {
+	swarms := b.swarms
+	b.swarms, b.peers = nil, 0
+	if prev := h.inflight[to]; prev != nil {
+		<-prev
+	}
+	h.mu.Lock()
+	down := h.down[to]
+	if down {
+		for _, sw := range swarms {
+			h.failed[sw.InfoHash] = true
+		}
+	}
+	h.mu.Unlock()
+	if down {
+		return
+	}
+	done := make(chan struct{})
+	h.inflight[to] = done
+	go func() {
+		defer close(done)
+		h.send(to, swarms)
+	}()
+}
+
+func (h *handoff) send(to int, swarms []Swarm) {
+	addr := h.v.DataAddrs[to]
 	ctx, cancel := context.WithTimeout(context.Background(), mergeTimeout)
 	defer cancel()
-	go func() {
-		select {
-		case <-h.c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	_, err := h.c.tr.Call(ctx, h.v.DataAddrs[to], &MergeRequest{Swarms: b.swarms})
+	go h.c.cancelWhenGone(ctx, cancel, addr)
+	_, err := h.c.tr.Call(ctx, addr, &MergeRequest{Swarms: swarms})
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if err != nil {
 		h.c.m.handoffFails.Inc()
-		for _, sw := range b.swarms {
+		h.down[to] = true
+		for _, sw := range swarms {
 			h.failed[sw.InfoHash] = true
 		}
 		if n, ok := h.c.handoffLog.Allow(); ok {
-			h.c.log.Warn("handoff failed; will retry", zap.String("peer", h.v.Members()[to].Name), zap.Int("swarms", len(b.swarms)),
+			h.c.log.Warn("handoff failed; will retry", zap.String("peer", h.v.Members()[to].Name), zap.Int("swarms", len(swarms)),
 				zap.Uint64("events", n), zap.Error(err))
 		}
-	} else {
-		h.sent += len(b.swarms)
-		h.c.m.handoff.WithLabelValues("sent").Add(float64(len(b.swarms)))
+		return
 	}
-	b.swarms, b.peers = nil, 0
+	h.sent += len(swarms)
+	h.c.m.handoff.WithLabelValues("sent").Add(float64(len(swarms)))
+}
+
+// cancelWhenGone calls cancel when the node stops or a view arrives
+// without the node at addr (declared dead, or gone), whichever comes
+// first, and returns when ctx is done.
+func (c *Cluster) cancelWhenGone(ctx context.Context, cancel context.CancelFunc, addr string) {
+	for {
+		changed := c.viewChanged()
+		if !slices.Contains(c.view.Load().DataAddrs, addr) {
+			cancel()
+			return
+		}
+		select {
+		case <-c.stop:
+			cancel()
+			return
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
 }

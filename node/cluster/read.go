@@ -15,16 +15,17 @@ import (
 // emptyTTL is how long an empty answer from the owners is reused, at most.
 const emptyTTL = 5 * time.Millisecond
 
-// AnnouncePeers implements hooks.PeerSource. An owner answers from its own
-// store; any other node answers from a copy of the swarm fetched from the
-// nearest owner and kept for read_cache_ttl. An owner that does not have
-// the swarm yet (it has just gained it and the handoff is on its way) asks
-// the other owners the same way.
+// AnnouncePeers implements hooks.PeerSource. An owner whose copy is whole
+// (localAlone) answers from its own store; any other node answers from a
+// copy of the swarm fetched from the nearest owners and kept for
+// read_cache_ttl. An owner that has just gained the swarm, whose handoff
+// may still be on its way, asks the other and the previous owners the same
+// way and adds its own copy to their answers.
 func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
 	v := c.view.Load()
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
-	if isOwner(owners, v.Self) {
+	if c.localAlone(v, ih, owners) {
 		peers, counts, state := c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 		if counts != (bittorrent.Counts{}) || len(owners) == 1 {
 			c.m.reads.WithLabelValues("local").Inc()
@@ -44,7 +45,7 @@ func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 	v := c.view.Load()
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
-	if isOwner(owners, v.Self) {
+	if c.localAlone(v, ih, owners) {
 		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 {
 			c.m.reads.WithLabelValues("local").Inc()
 			return counts
@@ -85,10 +86,10 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	for _, ih := range ihs {
 		var buf, others [8]int
 		owners := v.OwnersOf(ih, buf[:0])
-		if isOwner(owners, v.Self) {
+		if c.localAlone(v, ih, owners) {
 			continue
 		}
-		targets := otherOwners(v, owners, others[:0])
+		targets := c.readTargets(v, ih, owners, others[:0])
 		if len(targets) == 0 {
 			continue
 		}
@@ -103,8 +104,8 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 // fetching it if needed, or nil if none answered and no copy exists; then
 // the caller falls back to the local store. It waits at most read_timeout.
 func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *snapshot {
-	var others [8]int
-	targets := otherOwners(v, owners, others[:0])
+	var others [16]int
+	targets := c.readTargets(v, ih, owners, others[:0])
 	if len(targets) == 0 {
 		c.m.reads.WithLabelValues("failed").Inc()
 		return nil
@@ -163,6 +164,13 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	best := c.ask(ctx, v, ih, near)
 	if best == nil && len(far) > 0 {
 		best = c.ask(ctx, v, ih, far)
+	}
+	var buf [8]int
+	if best != nil && isOwner(v.OwnersOf(ih, buf[:0]), v.Self) {
+		// An owner asks others only while its own copy may lack part of
+		// the swarm; what it holds (the writes forwarded to it since it
+		// gained the swarm) belongs in the answer too.
+		best = mergeReplies(best, c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
 	}
 	var snap *snapshot
 	if best != nil {
@@ -227,6 +235,17 @@ func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHas
 		return fr
 	}
 	return nil
+}
+
+// localReply is this node's copy of ih as it answers a fetch: the counts
+// and up to maxPeers peers per family.
+func (c *Cluster) localReply(ih bittorrent.InfoHash, maxPeers int) *FetchReply {
+	snap, counts, _ := c.store.Swarm(ih, maxPeers, nil)
+	reply := &FetchReply{Counts: counts, Peers: make([]SwarmPeer, len(snap))}
+	for i, ch := range snap {
+		reply.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+	}
+	return reply
 }
 
 // mergeReplies is the union of two owners' answers: each count at its
