@@ -306,11 +306,15 @@ type MemberStatus struct {
 
 // Status is the data plane as this node sees it.
 type Status struct {
-	Epoch    uint64         `json:"epoch"`
-	Self     string         `json:"self,omitempty"`
-	Replicas int            `json:"replicas"`
-	Settled  bool           `json:"settled"`
-	Members  []MemberStatus `json:"members"`
+	Epoch    uint64 `json:"epoch"`
+	Self     string `json:"self,omitempty"`
+	Replicas int    `json:"replicas"`
+	Settled  bool   `json:"settled"`
+	// Whole says the node answers every swarm it owns from its own copy:
+	// no swarm it gained in a membership change is still waiting for its
+	// handoff (see localAlone).
+	Whole   bool           `json:"whole"`
+	Members []MemberStatus `json:"members"`
 }
 
 // shareSamples is how many infohashes Status places to estimate each
@@ -321,7 +325,7 @@ const shareSamples = 1 << 14
 // swarms (as one of their owners) and the forward queues.
 func (c *Cluster) Status() Status {
 	v := c.view.Load()
-	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v}
+	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v, Whole: c.Trusted()}
 	if v.Self >= 0 {
 		st.Self = v.Members()[v.Self].Name
 	}

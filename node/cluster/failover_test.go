@@ -229,10 +229,7 @@ func TestLocalCopiesTrustedAgainAfterTheWindow(t *testing.T) {
 	if len(gained) == 0 {
 		t.Fatal("d gained no swarm; the test would prove nothing")
 	}
-	waitFor(t, 10*time.Second, "d trusts its copies after a repair interval", func() bool {
-		s := d.c.trust.cur.Load()
-		return s.steady() && s.trusted == d.c.View()
-	})
+	waitFor(t, 10*time.Second, "d trusts its copies after a repair interval", d.c.Trusted)
 	tc.waitVisible(want, "d")
 	local := testutil.ToFloat64(d.c.m.reads.WithLabelValues("local"))
 	fetched := testutil.ToFloat64(d.c.m.reads.WithLabelValues("fetched")) + testutil.ToFloat64(d.c.m.reads.WithLabelValues("cached"))

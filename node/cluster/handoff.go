@@ -52,8 +52,11 @@ func (c *Cluster) handoffLoop() {
 		if c.handoffPass(v) {
 			c.baseline = v
 			c.settled.Store(v)
-			if c.trust.settle(v, time.Now(), c.cfg.RepairInterval) {
-				c.log.Info("local copies trusted again", zap.Uint64("epoch", v.Epoch))
+			switch wait := c.trust.settle(v, time.Now(), c.trustWindow()); {
+			case wait == 0:
+				c.log.Info("local copies whole again", zap.Uint64("epoch", v.Epoch))
+			case wait > 0:
+				retry = time.After(wait) // look again when the window has passed
 			}
 		} else {
 			retry = time.After(handoffRetry)

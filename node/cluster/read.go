@@ -134,6 +134,10 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 		return snap
 	case snap != nil:
 		c.m.reads.WithLabelValues("stale").Inc()
+		if isOwner(owners, v.Self) {
+			// The old copy misses what was written here since.
+			return snap.with(c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
+		}
 		return snap
 	}
 	c.m.reads.WithLabelValues("failed").Inc()
@@ -298,6 +302,19 @@ func newSnapshot(r *FetchReply, at time.Time) *snapshot {
 		s.groups[fam][role] = append(s.groups[fam][role], p.Peer)
 	}
 	return s
+}
+
+// with returns a snapshot of the union of s and r, taken when s was.
+func (s *snapshot) with(r *FetchReply, maxPerFamily int) *snapshot {
+	own := &FetchReply{Counts: s.counts}
+	for fam := range s.groups {
+		for role, g := range s.groups[fam] {
+			for _, p := range g {
+				own.Peers = append(own.Peers, SwarmPeer{Peer: p, Seeder: role == 0})
+			}
+		}
+	}
+	return newSnapshot(mergeReplies(own, r, maxPerFamily), s.at)
 }
 
 func familyOf(a netip.AddrPort) int {

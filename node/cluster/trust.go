@@ -64,18 +64,39 @@ func (t *trust) adopt(v *ring.View, now time.Time) {
 
 // settle makes v the trusted view if it is still current and has been
 // for at least window: by then every previous owner that can reach this
-// node has run a handoff pass for it (each retries a failed pass within
-// half a second and repeats every repair_interval) and sent what it had.
-// It reports whether the trusted view changed.
-func (t *trust) settle(v *ring.View, now time.Time, window time.Duration) bool {
+// node has run a handoff pass for it and sent what it had (see
+// trustWindow). It returns 0 if the trusted view moved to v, the time left
+// if the window has not passed yet, and -1 if there is nothing to do.
+func (t *trust) settle(v *ring.View, now time.Time, window time.Duration) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	cur := t.cur.Load()
-	if cur == nil || cur.since[len(cur.since)-1] != v || now.Sub(cur.at) < window || (cur.trusted == v && len(cur.since) == 1) {
-		return false
+	if cur == nil || cur.since[len(cur.since)-1] != v || cur.steady() {
+		return -1
+	}
+	if left := window - now.Sub(cur.at); left > 0 {
+		return left
 	}
 	t.cur.Store(&trustState{trusted: v, since: []*ring.View{v}, at: cur.at, received: newReceivedSet()})
-	return true
+	return 0
+}
+
+// trustWindow is how long a view must have been current before this node
+// trusts the copies of the swarms it gained with it, handed over or not.
+// A previous owner that can reach this node retries a pass that failed
+// within half a second and gives up on a request after mergeTimeout, and
+// a pass no longer waits on nodes that left the view; so by then it has
+// sent what it had, and what was sent is already trusted as received.
+// Swarms nobody had to send (new since the change) are whole here anyway.
+func (c *Cluster) trustWindow() time.Duration {
+	return min(c.cfg.RepairInterval, mergeTimeout+handoffRetry)
+}
+
+// Trusted reports whether every local copy of the swarms this node owns
+// is whole: no membership change is still within its trust window.
+func (c *Cluster) Trusted() bool {
+	s := c.trust.cur.Load()
+	return s != nil && s.steady() && s.trusted == c.view.Load()
 }
 
 // received notes swarms handed to this node by a previous owner.
