@@ -464,6 +464,23 @@ func TestForwardDropsAreCounted(t *testing.T) {
 	if got := testutil.CollectAndCount(a.reg, "karuta_cluster_forward_queue_depth"); got != 1 {
 		t.Errorf("forward_queue_depth series = %d, want 1", got)
 	}
+	// What could not be sent is kept on a, not lost, and reaches b once
+	// the link is back.
+	for _, ch := range changes[:8] {
+		if got := a.store.Counts(ch.InfoHash); got.Leechers != 1 {
+			t.Errorf("swarm %x: a keeps %+v of the change it could not forward, want the leecher", ch.InfoHash[:4], got)
+		}
+	}
+	tc.net.Heal()
+	waitFor(t, 10*time.Second, "the kept changes reach b and leave a", func() bool {
+		for _, ch := range changes[:8] {
+			_, _, onA := a.store.Swarm(ch.InfoHash, 1, nil)
+			if onA || tc.nodes["b"].store.Counts(ch.InfoHash).Leechers != 1 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {

@@ -3,6 +3,9 @@
 package netns
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -106,5 +109,123 @@ func TestDatacenterCutAndHeal(t *testing.T) {
 	t.Logf("REPORT datacenter cut: far side declared dead %s (dc1), %s (dc2) after the cut, handoff settled at %s; after the heal rings merged in %s, answers whole %s after the heal",
 		detA.Round(time.Millisecond), detB.Round(time.Millisecond), settled.Round(time.Millisecond),
 		merged.Round(time.Millisecond), whole.Round(time.Millisecond))
+	verdict(t, res, lu, lo)
+}
+
+// TestKillNode kills one of three nodes with SIGKILL and checks every
+// answer from the kill through the dead declaration and the copying of
+// its swarms to new owners.
+func TestKillNode(t *testing.T) {
+	l := newLab(t, "kill", []string{"dc1"}, false)
+	n1, n2, n3 := l.addNode("n1", "dc1"), l.addNode("n2", "dc1"), l.addNode("n3", "dc1")
+	l.cluster(n1, n2, n3)
+	pr := newProbe(l, 2)
+	pr.seed(n1, n2, n3)
+
+	kill := pr.mark("SIGKILL n3")
+	pr.kill(n3, kill)
+	l.kill(n3)
+	l.waitRings(detectWithin, false, []string{"n1", "n2"}, n1, n2)
+	detect := time.Since(kill)
+	pr.mark("n3 declared dead")
+	l.waitRings(settleWithin, true, []string{"n1", "n2"}, n1, n2)
+	settled := time.Since(kill)
+	time.Sleep(steadyFor)
+	res := pr.halt()
+	lu, lo := pr.lost()
+	t.Logf("REPORT SIGKILL: n3 declared dead %s after the kill, its swarms re-replicated by %s; %d of the peers announced through n3 within %s of the kill lost",
+		detect.Round(time.Millisecond), settled.Round(time.Millisecond), lu, deliveryLag)
+	verdict(t, res, lu, lo)
+}
+
+// TestIsolatedNode cuts one node of four off from the others while
+// clients still reach it: it keeps taking announces, and after the heal
+// nothing it took and nothing the others took is lost.
+func TestIsolatedNode(t *testing.T) {
+	l := newLab(t, "iso", []string{"dc1"}, false)
+	n1, n2, n3, n4 := l.addNode("n1", "dc1"), l.addNode("n2", "dc1"), l.addNode("n3", "dc1"), l.addNode("n4", "dc1")
+	all := l.cluster(n1, n2, n3, n4)
+	pr := newProbe(l, 2)
+	pr.seed(n1, n2, n3, n4)
+
+	cut := pr.mark("n4 isolated")
+	l.isolate(n4)
+	pr.split(map[string]int{"n4": 1})
+	l.waitRings(detectWithin, false, []string{"n1", "n2", "n3"}, n1, n2, n3)
+	detOthers := time.Since(cut)
+	pr.mark("n4 declared dead")
+	l.waitRings(detectWithin, false, []string{"n4"}, n4)
+	detSelf := time.Since(cut)
+	pr.mark("n4 declared the others dead")
+	time.Sleep(steadyFor)
+
+	heal := time.Now()
+	l.rejoin(n4)
+	pr.heal(heal)
+	merged := l.waitRings(formWithin, true, all, n1, n2, n3, n4)
+	whole, err := pr.waitWhole(wholeWithin)
+	if err != nil {
+		t.Error(err)
+	}
+	time.Sleep(steadyFor)
+	res := pr.halt()
+	lu, lo := pr.lost()
+	t.Logf("REPORT isolated node: the others declared n4 dead %s after the cut, n4 them %s after; after the heal rings merged in %s, answers whole %s after the heal",
+		detOthers.Round(time.Millisecond), detSelf.Round(time.Millisecond), merged.Round(time.Millisecond), whole.Round(time.Millisecond))
+	verdict(t, res, lu, lo)
+}
+
+// TestJoinLeaveRollingRestart grows three nodes to five, lets the fifth
+// leave gracefully, then restarts the other four one at a time (SIGTERM,
+// start again under the same name): nothing answered before a SIGTERM may
+// be lost, and every answer stays whole throughout.
+func TestJoinLeaveRollingRestart(t *testing.T) {
+	l := newLab(t, "roll", []string{"dc1"}, false)
+	nodes := []*proc{l.addNode("n1", "dc1"), l.addNode("n2", "dc1"), l.addNode("n3", "dc1")}
+	l.cluster(nodes...)
+	pr := newProbe(l, 2)
+	pr.seed(nodes...)
+	names := func(ps []*proc) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.name)
+		}
+		return out
+	}
+	var steps []string
+	for _, name := range []string{"n4", "n5"} {
+		p := l.addNode(name, "dc1")
+		pr.mark("start " + name)
+		l.start(p)
+		nodes = append(nodes, p)
+		took := l.waitRings(formWithin, true, names(nodes), nodes...)
+		pr.join(p) // clients are sent to it once it has joined
+		steps = append(steps, fmt.Sprintf("%s joined in %s", name, took.Round(time.Millisecond)))
+		time.Sleep(steadyFor)
+	}
+	leaver := nodes[4]
+	nodes = nodes[:4]
+	pr.mark("SIGTERM n5")
+	pr.leaving(leaver)
+	left := l.stop(leaver)
+	l.waitRings(settleWithin, true, names(nodes), nodes...)
+	steps = append(steps, fmt.Sprintf("n5 left in %s", left.Round(time.Millisecond)))
+	time.Sleep(steadyFor)
+	for i, p := range nodes {
+		rest := append(slices.Clone(nodes[:i]), nodes[i+1:]...)
+		pr.mark("SIGTERM " + p.name)
+		pr.leaving(p)
+		left := l.stop(p)
+		l.waitRings(settleWithin, true, names(rest), rest...)
+		pr.mark("restart " + p.name)
+		l.start(p)
+		back := l.waitRings(formWithin, true, names(nodes), nodes...)
+		pr.join(p)
+		steps = append(steps, fmt.Sprintf("%s restarted: left in %s, back in %s", p.name, left.Round(time.Millisecond), back.Round(time.Millisecond)))
+		time.Sleep(steadyFor)
+	}
+	res := pr.halt()
+	lu, lo := pr.lost()
+	t.Logf("REPORT membership: %s", strings.Join(steps, "; "))
 	verdict(t, res, lu, lo)
 }

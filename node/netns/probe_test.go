@@ -123,6 +123,7 @@ type probe struct {
 	worst   moment
 	fails   int // answers missing an expected peer
 	answers int
+	latency []time.Duration // of every answer checked
 	errs    []string
 	events  []event   // the changes, for reporting moments against them
 	samples []moment  // the first answers that lacked a peer
@@ -323,6 +324,7 @@ func (pr *probe) read(p *proc, swarm int) error {
 // sent; self is the announcer's port, never in its own answer.
 func (pr *probe) check(n string, swarm int, got map[uint16]bool, sent, now time.Time, self uint16) {
 	pr.answers++
+	pr.latency = append(pr.latency, now.Sub(sent))
 	var missing []uint16
 	want := pr.expected(n, swarm, sent, true)
 	for _, port := range want {
@@ -335,11 +337,7 @@ func (pr *probe) check(n string, swarm int, got map[uint16]bool, sent, now time.
 	}
 	pr.fails++
 	m := moment{at: sent, node: n, swarm: swarm, missing: missing, want: len(want), when: pr.relative(sent), took: now.Sub(sent)}
-	for _, pe := range pr.peers {
-		if pe.swarm == swarm && pe.port == missing[0] {
-			m.first = fmt.Sprintf("%d through %s %s, held by %v", pe.port, pe.via, pr.relative(pe.at), pe.holders)
-		}
-	}
+	m.first = pr.story(swarm, missing[0])
 	if len(missing) > len(pr.worst.missing) {
 		pr.worst = m
 	}
@@ -487,7 +485,7 @@ func (pr *probe) checkWhole() {
 	if heal.IsZero() {
 		return
 	}
-	if pr.missingEverywhere(false) == 0 {
+	if n, _ := pr.missingEverywhere(false); n == 0 {
 		pr.mu.Lock()
 		pr.whole = time.Since(heal)
 		pr.converged()
@@ -496,27 +494,42 @@ func (pr *probe) checkWhole() {
 }
 
 // missingEverywhere reads every swarm through every serving node and
-// returns the number of expected peers missing.
-func (pr *probe) missingEverywhere(strict bool) int {
+// returns the number of expected peers missing, with a few examples.
+func (pr *probe) missingEverywhere(strict bool) (int, []string) {
 	serving := pr.servingNodes()
 	total := 0
+	var sample []string
 	for _, p := range serving {
 		for sw := range probeSwarms {
+			sent := time.Now()
 			ports, err := pr.ask(p, sw, uint16(readerPort+p.idx), 1, false)
 			if err != nil {
 				total++
 				continue
 			}
 			pr.mu.Lock()
-			for _, port := range pr.expected(p.name, sw, time.Now(), strict) {
+			for _, port := range pr.expected(p.name, sw, sent, strict) {
 				if !ports[port] {
 					total++
+					if len(sample) < 5 {
+						sample = append(sample, fmt.Sprintf("%s lacks %s", p.name, pr.story(sw, port)))
+					}
 				}
 			}
 			pr.mu.Unlock()
 		}
 	}
-	return total
+	return total, sample
+}
+
+// story tells where a peer came from.
+func (pr *probe) story(swarm int, port uint16) string {
+	for _, pe := range pr.peers {
+		if pe.swarm == swarm && pe.port == port {
+			return fmt.Sprintf("%d of swarm %d through %s %s, held by %v", pe.port, swarm, pe.via, pr.relative(pe.at), pe.holders)
+		}
+	}
+	return fmt.Sprint(port)
 }
 
 // waitWhole waits for the heal to converge and returns how long it took.
@@ -531,7 +544,8 @@ func (pr *probe) waitWhole(within time.Duration) (time.Duration, error) {
 		}
 		time.Sleep(probeRound)
 	}
-	return 0, fmt.Errorf("answers not whole %s after the heal: %d expected peers still missing", within, pr.missingEverywhere(false))
+	n, sample := pr.missingEverywhere(false)
+	return 0, fmt.Errorf("answers not whole %s after the heal: %d expected peers still missing, e.g. %v", within, n, sample)
 }
 
 // lost counts the peers whose announce was answered but that no serving
@@ -573,10 +587,16 @@ func (pr *probe) halt() probeResult {
 	pr.done.Wait()
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	return probeResult{answers: pr.answers, fails: pr.fails, worst: pr.worst, samples: slices.Clone(pr.samples), errs: slices.Clone(pr.errs), peers: len(pr.peers)}
+	slices.Sort(pr.latency)
+	var p50, p99, worst time.Duration
+	if n := len(pr.latency); n > 0 {
+		p50, p99, worst = pr.latency[n/2], pr.latency[n*99/100], pr.latency[n-1]
+	}
+	return probeResult{p50: p50, p99: p99, slowest: worst, answers: pr.answers, fails: pr.fails, worst: pr.worst, samples: slices.Clone(pr.samples), errs: slices.Clone(pr.errs), peers: len(pr.peers)}
 }
 
 type probeResult struct {
+	p50, p99, slowest     time.Duration
 	answers, fails, peers int
 	worst                 moment
 	samples               []moment
@@ -584,7 +604,8 @@ type probeResult struct {
 }
 
 func (r probeResult) String() string {
-	s := fmt.Sprintf("%d answers checked, %d peers announced, %d answers missing an expected peer", r.answers, r.peers, r.fails)
+	s := fmt.Sprintf("%d answers checked (latency p50 %s, p99 %s, max %s), %d peers announced, %d answers missing an expected peer",
+		r.answers, r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.slowest.Round(time.Millisecond), r.peers, r.fails)
 	if r.fails > 0 {
 		s += fmt.Sprintf("; worst %s; first %v", r.worst, r.samples)
 	}
