@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
 // gatedTransport can hold back the handoff requests (MergeRequest) a node
@@ -18,7 +21,7 @@ import (
 // gives up: the late or stuck handoff of a real failover, made
 // deterministic. Other requests pass untouched.
 type gatedTransport struct {
-	Transport
+	transport.Transport
 	mu      sync.Mutex
 	held    map[string]bool // destination addresses; "" holds every one
 	release chan struct{}   // closed by open
@@ -51,8 +54,8 @@ func (g *gatedTransport) open() {
 	}
 }
 
-func (g *gatedTransport) Call(ctx context.Context, addr string, req Request) (Reply, error) {
-	if _, ok := req.(*MergeRequest); ok {
+func (g *gatedTransport) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
+	if _, ok := req.(*transport.MergeRequest); ok {
 		g.mu.Lock()
 		held, release := g.held[""] || g.held[addr], g.release
 		g.mu.Unlock()
@@ -62,7 +65,7 @@ func (g *gatedTransport) Call(ctx context.Context, addr string, req Request) (Re
 			select {
 			case <-release:
 			case <-ctx.Done():
-				return nil, fmt.Errorf("cluster: call %s: held back: %w", addr, unreachableError{ctx.Err()})
+				return nil, fmt.Errorf("cluster: call %s: held back: %w", addr, errors.Join(transport.ErrUnreachable, ctx.Err()))
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 )
 
@@ -140,9 +141,9 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 			if !ok {
 				return true
 			}
-			sw := Swarm{InfoHash: ih, Snatches: counts.Snatches, Peers: make([]SwarmPeer, len(snap))}
+			sw := transport.Swarm{InfoHash: ih, Snatches: counts.Snatches, Peers: make([]transport.SwarmPeer, len(snap))}
 			for i, ch := range snap {
-				sw.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+				sw.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
 			}
 			for _, t := range targets {
 				h.add(t, sw)
@@ -229,11 +230,11 @@ type handoff struct {
 }
 
 type mergeBatch struct {
-	swarms []Swarm
+	swarms []transport.Swarm
 	peers  int
 }
 
-func (h *handoff) add(to int, sw Swarm) {
+func (h *handoff) add(to int, sw transport.Swarm) {
 	// A swarm bigger than one request travels in parts; merging is
 	// idempotent, so each part can carry the snatch count.
 	for len(sw.Peers) > mergePeers {
@@ -245,7 +246,7 @@ func (h *handoff) add(to int, sw Swarm) {
 	h.addPart(to, sw)
 }
 
-func (h *handoff) addPart(to int, sw Swarm) {
+func (h *handoff) addPart(to int, sw transport.Swarm) {
 	b := h.batches[to]
 	if b == nil {
 		b = &mergeBatch{}
@@ -297,12 +298,12 @@ func (h *handoff) flush(to int, b *mergeBatch) {
 	}()
 }
 
-func (h *handoff) send(to int, swarms []Swarm) {
+func (h *handoff) send(to int, swarms []transport.Swarm) {
 	addr := h.v.DataAddrs[to]
 	ctx, cancel := context.WithTimeout(context.Background(), mergeTimeout)
 	defer cancel()
 	go h.c.cancelWhenGone(ctx, cancel, addr)
-	_, err := h.c.tr.Call(ctx, addr, &MergeRequest{Swarms: swarms})
+	_, err := h.c.tr.Call(ctx, addr, &transport.MergeRequest{Swarms: swarms})
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err != nil {
