@@ -195,9 +195,10 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 // one another by a forward (the node that took an announce applies it at
 // once and sends it to the other owners a few milliseconds later), and an
 // owner that has just gained a swarm may not hold it yet, so the union is
-// the freshest view. Once one owner has answered with peers, the others get
-// a short grace instead of the whole deadline, so one slow owner does not
-// hold every read up.
+// the freshest view. Once an owner that held the swarm before the last
+// membership change has answered with peers, the others get a short grace
+// instead of the whole deadline, so one slow owner does not hold every
+// read up.
 func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *transport.FetchReply {
 	switch len(owners) {
 	case 0:
@@ -205,9 +206,13 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	case 1: // nothing to wait for in parallel
 		return c.askOne(ctx, v.DataAddrs[owners[0]], ih)
 	}
-	replies := make(chan *transport.FetchReply, len(owners))
+	type answer struct {
+		o  int
+		fr *transport.FetchReply
+	}
+	replies := make(chan answer, len(owners))
 	for _, o := range owners {
-		go func(addr string) { replies <- c.askOne(ctx, addr, ih) }(v.DataAddrs[o])
+		go func() { replies <- answer{o, c.askOne(ctx, v.DataAddrs[o], ih)} }()
 	}
 	var (
 		merged *transport.FetchReply
@@ -215,12 +220,15 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	)
 	for range owners {
 		select {
-		case fr := <-replies:
-			if fr == nil {
+		case a := <-replies:
+			if a.fr == nil {
 				continue
 			}
-			merged = mergeReplies(merged, fr, c.cfg.ReadMaxPeers)
-			if grace == nil && size(merged.Counts) > 0 {
+			merged = mergeReplies(merged, a.fr, c.cfg.ReadMaxPeers)
+			// An owner that has just gained the swarm may answer first,
+			// with a part of it: only an answer from one that held it
+			// before the last change cuts the others short.
+			if grace == nil && size(merged.Counts) > 0 && c.heldBefore(v, ih, a.o) {
 				grace = time.After(min(c.cfg.ReadTimeout/5, 5*time.Millisecond))
 			}
 		case <-grace:

@@ -167,6 +167,21 @@ func (c *Cluster) localAlone(v *ring.View, ih bittorrent.InfoHash, owners []int)
 	return got
 }
 
+// heldBefore reports whether member o of v owned ih, as the same process,
+// in this node's trusted view (or is an owner and nothing changed since):
+// its copy is the whole swarm, not one still waiting for a handoff.
+func (c *Cluster) heldBefore(v *ring.View, ih bittorrent.InfoHash, o int) bool {
+	s := c.trust.cur.Load()
+	switch {
+	case s == nil || s.trusted == nil:
+		return false
+	case s.trusted == v:
+		return true
+	}
+	var buf [8]int
+	return containsOwner(s.trusted, s.trusted.OwnersOf(ih, buf[:0]), ownerAt(v, o))
+}
+
 // readTargets appends to dst the members of v to ask for ih besides this
 // node: its other owners, and the owners it had in the trusted view that
 // are still members (they hold the swarm while a node that gained it waits

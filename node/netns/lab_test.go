@@ -309,6 +309,7 @@ cluster:
   profile: local
   join_retry: 200ms
   repair_interval: 3s
+  read_timeout: 250ms
   secret_keys: [%q]
   label: karuta-netns
 `, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.clusterIP(), gossipPort, strings.Join(seeds, ", "), l.every, clusterKey)

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -224,7 +225,16 @@ type tcpClientConn struct {
 	closed  bool
 	nextID  uint64
 	pending map[uint64]chan tcpResult
+	// lastRead is when the last reply frame arrived, in unix nanoseconds.
+	lastRead atomic.Int64
 }
+
+// silentConnAfter is how long a call may wait on a connection that
+// delivers nothing at all before the connection counts as dead. After a
+// network cut an established connection neither fails nor answers (TCP
+// retransmits for minutes); every call through it would time out, even
+// after the network has healed, while a fresh connection would work.
+const silentConnAfter = 2 * time.Second
 
 type tcpResult struct {
 	rep Reply
@@ -259,11 +269,15 @@ func (c *tcpClientConn) call(ctx context.Context, fb *frameBuf) (rep Reply, sent
 		c.forget(id)
 		return nil, false, err
 	}
+	sentAt := time.Now()
 	select {
 	case r := <-ch:
 		return r.rep, true, r.err
 	case <-ctx.Done():
 		c.forget(id)
+		if waited := time.Since(sentAt); waited >= silentConnAfter && c.lastRead.Load() < sentAt.UnixNano() {
+			c.shutdown(fmt.Errorf("no reply for %s: %w", waited.Round(time.Millisecond), ctx.Err()))
+		}
 		return nil, true, ctx.Err()
 	}
 }
@@ -286,6 +300,7 @@ func (c *tcpClientConn) readReplies() error {
 		if err != nil {
 			return err
 		}
+		c.lastRead.Store(time.Now().UnixNano())
 		if len(p) < replyHeaderSize {
 			return fmt.Errorf("%w: short reply frame", errMalformed)
 		}
