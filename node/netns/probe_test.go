@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/karuta-tracker/karuta/frontends/http/bencode"
@@ -407,8 +408,28 @@ func compactPorts(b []byte) map[uint16]bool {
 }
 
 // run reads through every serving node each round, and announces two
-// fresh peers per round through the nodes in turn, until stopped.
+// fresh peers per round through the nodes in turn, until stopped. A node
+// still answering the previous round's reads (one waiting out
+// read_timeout for owners it cannot reach) skips a round instead of
+// holding up the others.
 func (pr *probe) run() {
+	busy := map[string]*atomic.Bool{}
+	spawn := func(key string, f func()) {
+		b := busy[key]
+		if b == nil {
+			b = &atomic.Bool{}
+			busy[key] = b
+		}
+		if !b.CompareAndSwap(false, true) {
+			return
+		}
+		pr.done.Add(1)
+		go func() {
+			defer pr.done.Done()
+			defer b.Store(false)
+			f()
+		}()
+	}
 	pr.done.Add(1)
 	go func() {
 		defer pr.done.Done()
@@ -424,30 +445,24 @@ func (pr *probe) run() {
 			if len(serving) == 0 {
 				continue
 			}
-			var wg sync.WaitGroup
 			for i, p := range serving {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				spawn(p.name, func() {
 					for k := range readsPerRound {
 						sw := (round*readsPerRound + k + i*7) % probeSwarms
 						if err := pr.read(p, sw); err != nil {
 							pr.fail(p, err)
 						}
 					}
-				}()
+				})
 			}
 			for k := range 2 {
 				via := serving[(round*2+k)%len(serving)]
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				spawn(fmt.Sprint("announce", k), func() {
 					if err := pr.announce(via, (round*5+k*17)%probeSwarms, k == 1); err != nil {
 						pr.fail(via, err)
 					}
-				}()
+				})
 			}
-			wg.Wait()
 			pr.checkWhole()
 		}
 	}()
