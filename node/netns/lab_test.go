@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -45,6 +46,11 @@ const (
 	metricsPort = 6880
 	gossipPort  = 7946
 )
+
+// profile is the nodes' cluster.profile. The stage run by `make test` uses
+// local; `-profile lan` or `-profile wan` measures the slower failure
+// detectors (see docs/cluster.md).
+var profile = flag.String("profile", "local", "cluster.profile of the nodes: local, lan or wan")
 
 var clusterKey = base64.StdEncoding.EncodeToString([]byte("karuta-netns-test-key-32-bytes!!"))
 
@@ -306,13 +312,13 @@ cluster:
   join: [%s]
   replicas: 2
   every_datacenter: %v
-  profile: local
+  profile: %s
   join_retry: 200ms
   repair_interval: 3s
   read_timeout: 250ms
   secret_keys: [%q]
   label: karuta-netns
-`, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.clusterIP(), gossipPort, strings.Join(seeds, ", "), l.every, clusterKey)
+`, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.clusterIP(), gossipPort, strings.Join(seeds, ", "), l.every, *profile, clusterKey)
 	p.cfgPath = filepath.Join(l.dir, p.name+".yaml")
 	if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 		l.t.Fatal(err)

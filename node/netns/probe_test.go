@@ -564,9 +564,9 @@ func (pr *probe) waitWhole(within time.Duration) (time.Duration, error) {
 }
 
 // lost counts the peers whose announce was answered but that no serving
-// node shows at the end: uncertain ones (through a killed node) and any
-// other, which would be a bug.
-func (pr *probe) lost() (uncertain, other int) {
+// node shows at the end: uncertain ones (through a killed node, out of
+// inFlight such peers) and any other, which would be a bug.
+func (pr *probe) lost() (uncertain, inFlight, other int) {
 	serving := pr.servingNodes()
 	pr.mu.Lock()
 	peers := slices.Clone(pr.peers)
@@ -584,6 +584,9 @@ func (pr *probe) lost() (uncertain, other int) {
 		}
 	}
 	for _, pe := range peers {
+		if pe.uncertain {
+			inFlight++
+		}
 		if seen[[2]int{pe.swarm, int(pe.port)}] {
 			continue
 		}
@@ -593,7 +596,7 @@ func (pr *probe) lost() (uncertain, other int) {
 			other++
 		}
 	}
-	return uncertain, other
+	return uncertain, inFlight, other
 }
 
 // halt stops the probe and returns its findings.
