@@ -59,7 +59,7 @@ type Node struct {
 }
 
 // New builds a node from a validated config without opening any socket.
-func New(cfg Config, opts Options) (*Node, error) {
+func New(cfg Config, opts Options) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -94,12 +94,17 @@ func New(cfg Config, opts Options) (*Node, error) {
 		}),
 	)
 
-	var err error
 	if n.store, err = store.NewMemory(cfg.Store, n.reg, n.log.Named("store")); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	// From here on a failure undoes what was built the way Shutdown does,
+	// through closeCore, which skips the parts not built yet.
+	defer func() {
+		if err != nil {
+			_ = n.closeCore(context.Background())
+		}
+	}()
 	if n.hooks, err = buildHooks(cfg.Hooks, hookEnv{Log: n.log.Named("hooks"), Registerer: n.reg}); err != nil {
-		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	pre, post := n.hooks.pre, n.hooks.post
@@ -109,7 +114,6 @@ func New(cfg Config, opts Options) (*Node, error) {
 	)
 	if cfg.Cluster.Bind != "" {
 		if n.cl, err = newClustered(cfg, n); err != nil {
-			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		source, sink = n.cl.data, n.cl.data
@@ -117,18 +121,15 @@ func New(cfg Config, opts Options) (*Node, error) {
 	pre = append(pre, hooks.NewResponder(source, n.hooks.rankers...))
 	post = append(post, hooks.NewSwarmWriter(sink))
 	if n.chain, err = hooks.New(cfg.Tracker, pre, post, n.reg, n.log.Named("hooks")); err != nil {
-		n.closeCore(context.Background())
 		return nil, fmt.Errorf("node: %w", err)
 	}
 
 	metrics, err := frontends.NewMetrics(n.reg)
 	if err != nil {
-		n.closeCore(context.Background())
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Frontends.HTTP.Addr != "" {
-		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.For("http"), n.log.Named("http")); err != nil {
-			n.closeCore(context.Background())
+		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
@@ -137,7 +138,6 @@ func New(cfg Config, opts Options) (*Node, error) {
 	}
 	if cfg.Frontends.UDP.Addr != "" {
 		if n.udp, err = udp.New(cfg.Frontends.UDP, n.chain, metrics.For("udp"), n.log.Named("udp")); err != nil {
-			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
@@ -148,8 +148,9 @@ func New(cfg Config, opts Options) (*Node, error) {
 // was opened is closed again.
 func (n *Node) Start() error {
 	cfg := n.cfg.Load()
+	warnInsecure(n.log, cfg)
 	if cfg.Metrics.Addr != "" {
-		if err := n.startOps(cfg.Metrics.Addr); err != nil {
+		if err := n.startOps(cfg.Metrics.Addr, cfg.Metrics.Pprof); err != nil {
 			return err
 		}
 	}
@@ -259,10 +260,26 @@ func (n *Node) closeCore(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (n *Node) startOps(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+// Timeouts of the operations listener, so that a client that connects and
+// stalls, or reads slowly, holds a connection for a bounded time. A
+// scrape of /metrics is written in milliseconds; profiles take their
+// ?seconds= first, up to opsPprofWriteTimeout less a little.
+const (
+	opsReadTimeout       = 5 * time.Second
+	opsWriteTimeout      = 30 * time.Second
+	opsPprofWriteTimeout = 2 * time.Minute
+	opsIdleTimeout       = time.Minute
+)
+
+func (n *Node) startOps(addr string, pprofOn bool) error {
+	tcpLn, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("node: listen metrics %s: %w", addr, err)
+	}
+	ln, err := newOpsListener(tcpLn, opsMaxConns, opsMaxConnsPerIP, n.reg, n.log)
+	if err != nil {
+		_ = tcpLn.Close()
+		return fmt.Errorf("node: metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}))
@@ -283,13 +300,25 @@ func (n *Node) startOps(addr string) error {
 		}
 		n.cl.serveStatus(w, r)
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	writeTimeout := opsWriteTimeout
+	if pprofOn {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// A CPU profile or trace writes after its ?seconds= (30 by
+		// default), which must stay below the write timeout.
+		writeTimeout = opsPprofWriteTimeout
+	}
 	n.opsLn = ln
-	n.ops = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	n.ops = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: opsReadTimeout,
+		ReadTimeout:       opsReadTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       opsIdleTimeout,
+	}
 	go func() {
 		if err := n.ops.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("metrics listener failed", zap.Error(err))

@@ -3,7 +3,6 @@ package store
 import (
 	"encoding/binary"
 	"hash/maphash"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 
@@ -18,10 +17,11 @@ import (
 //	IPv6 (42 bytes): ip[16] port[2] id[20] seen[4]
 //
 // ip and port are big-endian, so ip:port is the peer's identity as it appears
-// in compact peer lists and compares as plain bytes. seen is the last
-// announce in whole seconds since the store's epoch, little-endian. Whether
-// a peer seeds is not stored in the record but by its position: a set keeps
-// its seeders before its leechers.
+// in compact peer lists and compares as plain bytes. seen is little-endian:
+// its low 31 bits are the last announce in whole seconds since the store's
+// epoch (68 years), its top bit is set once the peer has seeded (seededBit).
+// Whether a peer seeds now is not stored in the record but by its position:
+// a set keeps its seeders before its leechers.
 const (
 	idLen     = len(bittorrent.PeerID{})
 	seenLen   = 4
@@ -30,6 +30,14 @@ const (
 	stride4   = addrLen4 + idLen + seenLen
 	stride6   = addrLen6 + idLen + seenLen
 	maxStride = stride6
+
+	// seededBit in seen marks a peer that has completed or seeded in this
+	// swarm since it joined, so its completion is counted once however
+	// often it is repeated or applied again. It is sticky: going back to
+	// leeching keeps it; only leaving the swarm forgets it.
+	seededBit = 1 << 31
+	// maxSeen is the largest timestamp the low bits of seen hold.
+	maxSeen = seededBit - 1
 )
 
 // Sets with more than smallMax records get a hash index. Below that a
@@ -129,8 +137,27 @@ func (s *peerSet) addrAt(f *family, i int) []byte {
 }
 
 func (s *peerSet) seenAt(f *family, i int) uint32 {
+	return s.seenWord(f, i) & maxSeen
+}
+
+// seeded reports whether the peer at i has completed or seeded since it
+// joined the swarm.
+func (s *peerSet) seeded(f *family, i int) bool {
+	return s.seenWord(f, i)&seededBit != 0
+}
+
+func (s *peerSet) seenWord(f *family, i int) uint32 {
 	o := (i+1)*f.stride - seenLen
 	return binary.LittleEndian.Uint32(s.recs[o : o+seenLen])
+}
+
+// seenFor packs a timestamp and the seeded bit into a seen word.
+func seenFor(seen uint32, seeded bool) uint32 {
+	seen &= maxSeen
+	if seeded {
+		seen |= seededBit
+	}
+	return seen
 }
 
 func (s *peerSet) seeders() int  { return int(s.nseed) }
@@ -172,7 +199,7 @@ func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32,
 	r := s.rec(f, i)
 	copy(r, key)
 	copy(r[f.addrLen:], id[:])
-	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seen)
+	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seenFor(seen, seeder))
 	s.n++
 	switch {
 	case s.idx != nil:
@@ -189,11 +216,13 @@ func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32,
 	}
 }
 
-// update refreshes the record at i.
-func (s *peerSet) update(f *family, i int, id *bittorrent.PeerID, seen uint32) {
+// update refreshes the record at i, marking it seeded if seeder; a peer
+// marked seeded stays marked.
+func (s *peerSet) update(f *family, i int, id *bittorrent.PeerID, seen uint32, seeder bool) {
+	seeded := seeder || s.seeded(f, i)
 	r := s.rec(f, i)
 	copy(r[f.addrLen:], id[:])
-	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seen)
+	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seenFor(seen, seeded))
 }
 
 // setSeeder moves the record at i into the seeders or the leechers.
@@ -299,47 +328,6 @@ func (s *peerSet) buildIndex(f *family) {
 		x.insert(i, f.hash(s.addrAt(f, i)))
 	}
 	s.idx = x
-}
-
-// appendPeers appends to dst up to want peers from positions [lo, hi),
-// skipping position self. It starts at a random position and steps by a
-// random stride coprime to the group's size, which visits every position
-// once in an order that differs between calls without a shuffle buffer.
-func (s *peerSet) appendPeers(f *family, dst []bittorrent.Peer, lo, hi, self, want int) []bittorrent.Peer {
-	size := hi - lo
-	if want <= 0 || size <= 0 {
-		return dst
-	}
-	start, step := 0, 1
-	if size > 2 {
-		start = rand.IntN(size)
-		step = 1 + rand.IntN(size-1)
-		for gcd(step, size) != 1 {
-			step++ // terminates: size-1 is coprime to size
-		}
-	} else if size == 2 {
-		start = rand.IntN(2)
-	}
-	for i, k := start, 0; k < size; k++ {
-		if lo+i != self {
-			dst = append(dst, bittorrent.Peer{})
-			f.decode(&dst[len(dst)-1], s.rec(f, lo+i))
-			if want--; want == 0 {
-				break
-			}
-		}
-		if i += step; i >= size {
-			i -= size
-		}
-	}
-	return dst
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
 }
 
 // index maps addresses to record positions for big sets: open addressing

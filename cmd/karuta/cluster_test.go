@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node"
 )
 
@@ -38,21 +40,17 @@ func TestClusterStatus(t *testing.T) {
 			c.Node.Name, c.Node.Datacenter = name, "dc-"+name
 			c.Cluster.Bind, c.Cluster.DataBind = "127.0.0.1:0", "127.0.0.1:0"
 			c.Cluster.Profile, c.Cluster.Join = "local", join
+			c.Cluster.SecretKeys = []string{"a2FydXRhLWNsaS10ZXN0LWtleS0zMi1ieXRlcy1vayE="}
 		}
 	}
 	a := startNode(t, clustered("alpha", nil))
 	startNode(t, clustered("beta", []string{a.Addrs().Gossip}))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, _ := a.ClusterStatus()
-		if len(st.Ring.Members) == 2 && st.Ring.Settled {
-			break
+	eventually.NoError(t, 10*time.Second, "two-node cluster settles", func() error {
+		if st, _ := a.ClusterStatus(); len(st.Ring.Members) != 2 || !st.Ring.Settled {
+			return fmt.Errorf("status %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("two-node cluster did not settle: %+v", st)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 
 	code, out, errOut := runCLI(t, "cluster", "status", "--addr", a.Addrs().Metrics)
 	if code != exitOK {

@@ -9,10 +9,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
@@ -172,37 +174,39 @@ func TestAnswersStayWholeWhileHandoffIsLate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tc := newTestCluster(t, 2, nil)
-			tc.dc, tc.every = tt.dc, tt.dc != nil
-			before := tc.populated(tt.nodes, 40, 320)
-			tc.waitSettled(tt.nodes...)
+			synctest.Test(t, func(t *testing.T) {
+				tc := newTestCluster(t, 2, nil)
+				tc.dc, tc.every = tt.dc, tt.dc != nil
+				before := tc.populated(tt.nodes, 40, 320)
+				tc.waitSettled(tt.nodes...)
 
-			tc.holdHandoffs()
-			groups := tt.change(tc)
-			for i, g := range groups {
-				after := swarmSet{}
-				tc.announce(after, g, 40, 80, 20+i)
-				// Wait for the new peers to be answered: by then the nodes
-				// that gained swarms hold the writes forwarded to them.
-				tc.waitPresent(after, g...)
-				if miss := tc.missing(before, false, g...); len(miss) > 0 {
-					t.Fatalf("with the handoff late, %d peers announced before the change are missing, e.g. %v",
-						len(miss), miss[:min(5, len(miss))])
-				}
-				// Whole at every moment, not once: keep reading a while.
-				for range 5 {
-					if miss := tc.missing(union(before, after), false, g...); len(miss) > 0 {
-						t.Fatalf("%d peers missing, e.g. %v", len(miss), miss[:min(5, len(miss))])
+				tc.holdHandoffs()
+				groups := tt.change(tc)
+				for i, g := range groups {
+					after := swarmSet{}
+					tc.announce(after, g, 40, 80, 20+i)
+					// Wait for the new peers to be answered: by then the nodes
+					// that gained swarms hold the writes forwarded to them.
+					tc.waitPresent(after, g...)
+					if miss := tc.missing(before, false, g...); len(miss) > 0 {
+						t.Fatalf("with the handoff late, %d peers announced before the change are missing, e.g. %v",
+							len(miss), miss[:min(5, len(miss))])
+					}
+					// Whole at every moment, not once: keep reading a while.
+					for range 5 {
+						if miss := tc.missing(union(before, after), false, g...); len(miss) > 0 {
+							t.Fatalf("%d peers missing, e.g. %v", len(miss), miss[:min(5, len(miss))])
+						}
 					}
 				}
-			}
-			tc.openHandoffs()
-			for i, g := range groups {
-				tc.waitSettled(g...)
-				after := swarmSet{}
-				tc.announce(after, g, 40, 40, 40+i)
-				tc.waitPresent(union(before, after), g...)
-			}
+				tc.openHandoffs()
+				for i, g := range groups {
+					tc.waitSettled(g...)
+					after := swarmSet{}
+					tc.announce(after, g, 40, 40, 40+i)
+					tc.waitPresent(union(before, after), g...)
+				}
+			})
 		})
 	}
 }
@@ -212,6 +216,10 @@ func TestAnswersStayWholeWhileHandoffIsLate(t *testing.T) {
 // node answers the swarms it gained from its own store again, without
 // asking anyone.
 func TestLocalCopiesTrustedAgainAfterTheWindow(t *testing.T) {
+	synctest.Test(t, testLocalCopiesTrustedAgainAfterTheWindow)
+}
+
+func testLocalCopiesTrustedAgainAfterTheWindow(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 30, 240)
@@ -232,7 +240,7 @@ func TestLocalCopiesTrustedAgainAfterTheWindow(t *testing.T) {
 	if len(gained) == 0 {
 		t.Fatal("d gained no swarm; the test would prove nothing")
 	}
-	waitFor(t, 10*time.Second, "d trusts its copies after a repair interval", d.c.Trusted)
+	eventually.True(t, 10*time.Second, "d trusts its copies after a repair interval", d.c.Trusted)
 	tc.waitVisible(want, "d")
 	local := testutil.ToFloat64(d.c.m.reads.WithLabelValues("local"))
 	fetched := testutil.ToFloat64(d.c.m.reads.WithLabelValues("fetched")) + testutil.ToFloat64(d.c.m.reads.WithLabelValues("cached"))
@@ -252,6 +260,10 @@ func TestLocalCopiesTrustedAgainAfterTheWindow(t *testing.T) {
 // so the next pass (here: the one that hands swarms back after the node is
 // declared dead) does not wait out the 10-second request timeout.
 func TestHandoffNotBlockedByAnUnreachableNode(t *testing.T) {
+	synctest.Test(t, testHandoffNotBlockedByAnUnreachableNode)
+}
+
+func testHandoffNotBlockedByAnUnreachableNode(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	tc.populated(all, 40, 320)
@@ -264,7 +276,7 @@ func TestHandoffNotBlockedByAnUnreachableNode(t *testing.T) {
 	tc.start("d")
 	four := append(slices.Clone(all), "d")
 	tc.see(four, four)
-	waitFor(t, 5*time.Second, "a handoff request to d is in flight", func() bool {
+	eventually.True(t, 5*time.Second, "a handoff request to d is in flight", func() bool {
 		for _, n := range all {
 			if tc.nodes[n].gate.waiting.Load() > 0 {
 				return true
