@@ -14,8 +14,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
+	"github.com/karuta-tracker/karuta/ring"
 )
 
 // gatedTransport can hold back the handoff requests (MergeRequest) a node
@@ -290,4 +292,145 @@ func testHandoffNotBlockedByAnUnreachableNode(t *testing.T) {
 	if took := time.Since(start); took >= mergeTimeout/2 {
 		t.Errorf("settling after d was dropped took %s; the pass waited for d", took)
 	}
+}
+
+// TestTrustState pins the trust bookkeeping with time as an input: which
+// view is trusted after adopting views and settling at given moments.
+func TestTrustState(t *testing.T) {
+	mk := func(epoch uint64, names ...string) *ring.View {
+		var infos []ring.NodeInfo
+		for _, n := range names {
+			infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: n}, DataAddr: n, Boot: "1"})
+		}
+		v, err := ring.NewView(infos, "a", 2, ring.Options{VNodes: 16}, epoch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	t0 := time.Unix(1000, 0)
+	const window = 10 * time.Second
+	v1, v2, v3 := mk(1, "a", "b", "c"), mk(2, "a", "b", "c", "d"), mk(3, "a", "b")
+	tests := []struct {
+		name  string
+		steps func(tr *trust) []time.Duration // what each settle returned
+		want  *ring.View                      // trusted at the end
+		wants []time.Duration
+	}{
+		{"nothing is trusted before a window has passed", func(tr *trust) []time.Duration {
+			tr.adopt(v1, t0)
+			return []time.Duration{tr.settle(v1, t0.Add(4*time.Second), window)}
+		}, nil, []time.Duration{6 * time.Second}},
+		{"a view current for a window is trusted", func(tr *trust) []time.Duration {
+			tr.adopt(v1, t0)
+			return []time.Duration{tr.settle(v1, t0.Add(window), window), tr.settle(v1, t0.Add(2*window), window)}
+		}, v1, []time.Duration{0, -1}},
+		{"a change restarts the window and keeps the old trust", func(tr *trust) []time.Duration {
+			tr.adopt(v1, t0)
+			tr.settle(v1, t0.Add(window), window)
+			tr.adopt(v2, t0.Add(20*time.Second))
+			return []time.Duration{tr.settle(v2, t0.Add(25*time.Second), window)}
+		}, v1, []time.Duration{5 * time.Second}},
+		{"settling a view that is no longer current does nothing", func(tr *trust) []time.Duration {
+			tr.adopt(v1, t0)
+			tr.adopt(v2, t0.Add(time.Second))
+			return []time.Duration{tr.settle(v1, t0.Add(time.Hour), window)}
+		}, nil, []time.Duration{-1}},
+		{"too many changes in one window forget the trusted view", func(tr *trust) []time.Duration {
+			tr.adopt(v1, t0)
+			tr.settle(v1, t0.Add(window), window)
+			for i := range maxTrustViews {
+				tr.adopt([]*ring.View{v2, v3}[i%2], t0.Add(window+time.Duration(i)*time.Millisecond))
+			}
+			return nil
+		}, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var tr trust
+			got := tt.steps(&tr)
+			if !slices.Equal(got, tt.wants) {
+				t.Errorf("settle returned %v, want %v", got, tt.wants)
+			}
+			if s := tr.cur.Load(); s.trusted != tt.want {
+				t.Errorf("trusted view %v, want %v", s.trusted, tt.want)
+			}
+		})
+	}
+}
+
+// TestLocalAlone is the read rule's table: whether node a's own copy
+// answers alone, for swarms it kept, gained, received or lost and regained.
+func TestLocalAlone(t *testing.T) {
+	mk := func(self string, names ...string) *ring.View {
+		var infos []ring.NodeInfo
+		for _, n := range names {
+			infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: n}, DataAddr: n, Boot: "1"})
+		}
+		v, err := ring.NewView(infos, self, 2, ring.Options{VNodes: 16}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	abc, abcd, ab, alone := mk("a", "a", "b", "c"), mk("a", "a", "b", "c", "d"), mk("a", "a", "b"), mk("a", "a")
+	// find returns a swarm for which a's ownership in each view is as given.
+	find := func(views []*ring.View, owns []bool) bittorrent.InfoHash {
+		for i := 0; i < 1<<16; i++ {
+			ih := bittorrent.InfoHash{byte(i), byte(i >> 8), 0x7a}
+			ok := true
+			for k, v := range views {
+				ok = ok && v.Owns(ih, nil) == owns[k]
+			}
+			if ok {
+				return ih
+			}
+		}
+		t.Fatalf("no swarm with ownership %v", owns)
+		return bittorrent.InfoHash{}
+	}
+	kept := find([]*ring.View{abcd, abc}, []bool{true, true})
+	gained := find([]*ring.View{abcd, abc}, []bool{false, true}) // d left
+	notMine := find([]*ring.View{abcd}, []bool{false})
+	regained := find([]*ring.View{abc, abcd, ab}, []bool{true, false, true})
+	t0 := time.Unix(1000, 0)
+	tests := []struct {
+		name    string
+		history []*ring.View // adopted in turn; the first is trusted
+		ih      bittorrent.InfoHash
+		recv    bool
+		want    bool
+	}{
+		{"steady owner", []*ring.View{abc}, kept, false, true},
+		{"steady non-owner", []*ring.View{abcd}, notMine, false, false},
+		{"kept through a leave", []*ring.View{abcd, abc}, kept, false, true},
+		{"gained in a leave", []*ring.View{abcd, abc}, gained, false, false},
+		{"gained and handed over", []*ring.View{abcd, abc}, gained, true, true},
+		{"lost and gained back", []*ring.View{abc, abcd, ab}, regained, false, false},
+		{"alone", []*ring.View{alone}, kept, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Cluster{}
+			c.trust.adopt(tt.history[0], t0)
+			c.trust.settle(tt.history[0], t0.Add(time.Minute), time.Second)
+			for _, v := range tt.history[1:] {
+				c.trust.adopt(v, t0.Add(2*time.Minute))
+			}
+			if tt.recv {
+				c.trust.received(func(int) bittorrent.InfoHash { return tt.ih }, 1)
+			}
+			v := tt.history[len(tt.history)-1]
+			if got := c.localAlone(v, tt.ih, v.OwnersOf(tt.ih, nil)); got != tt.want {
+				t.Errorf("localAlone = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	t.Run("nothing trusted yet", func(t *testing.T) {
+		c := &Cluster{}
+		c.trust.adopt(abc, t0)
+		if c.localAlone(abc, kept, abc.OwnersOf(kept, nil)) {
+			t.Error("a node that has just started trusts its copy")
+		}
+	})
 }
