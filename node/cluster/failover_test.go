@@ -408,6 +408,8 @@ func TestLocalAlone(t *testing.T) {
 		{"gained and handed over", []*ring.View{abcd, abc}, gained, true, true},
 		{"lost and gained back", []*ring.View{abc, abcd, ab}, regained, false, false},
 		{"alone", []*ring.View{alone}, kept, false, true},
+		// c was cut off and took writes of its own: nothing is whole.
+		{"a member comes back", []*ring.View{abc, ab, abc}, find([]*ring.View{abc, ab}, []bool{true, true}), false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

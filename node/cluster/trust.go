@@ -39,21 +39,45 @@ func newReceivedSet() *receivedSet {
 	return &receivedSet{ihs: map[bittorrent.InfoHash]struct{}{}}
 }
 
+// maxSeenMembers bounds the members a node remembers having seen. Past
+// it the memory starts afresh, which only makes a node that comes back
+// after a partition look new.
+const maxSeenMembers = 4096
+
 // trust holds the current trustState; writers take mu.
 type trust struct {
-	mu  sync.Mutex
-	cur atomic.Pointer[trustState]
+	mu   sync.Mutex
+	cur  atomic.Pointer[trustState]
+	seen map[owner]bool // every member of every view adopted
 }
 
 // adopt records that v is now current.
+//
+// A member that comes back (a process seen in an earlier view, not a new
+// boot) was on the other side of a partition, or cut off: it took writes
+// this node never saw, for swarms this node owned all along. Nothing is
+// trusted then until the window has passed, so reads merge every owner's
+// copy while the handoffs after the heal run.
 func (t *trust) adopt(v *ring.View, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.cur.Load()
 	next := &trustState{at: now, received: newReceivedSet()}
+	var prev *ring.View
 	if old != nil {
 		next.trusted, next.received = old.trusted, old.received
 		next.since = append(make([]*ring.View, 0, len(old.since)+1), old.since...)
+		prev = old.since[len(old.since)-1]
+	}
+	if t.seen == nil || len(t.seen) > maxSeenMembers {
+		t.seen = map[owner]bool{}
+	}
+	for i := range v.Members() {
+		id := ownerAt(v, i)
+		if t.seen[id] && (prev == nil || prev.Index(id.name) < 0 || prev.Boots[prev.Index(id.name)] != id.boot) {
+			next.trusted = nil
+		}
+		t.seen[id] = true
 	}
 	next.since = append(next.since, v)
 	if len(next.since) > maxTrustViews {

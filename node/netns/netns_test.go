@@ -108,6 +108,7 @@ func TestDatacenterCutAndHeal(t *testing.T) {
 	l.healDatacenters()
 	pr.heal(heal)
 	merged := l.waitRings(formWithin, true, all, a1, a2, b1, b2)
+	pr.ringsMerged()
 	whole, err := pr.waitWhole(wholeWithin)
 	if err != nil {
 		t.Error(err)
@@ -192,6 +193,7 @@ func TestIsolatedNode(t *testing.T) {
 	l.rejoin(n4)
 	pr.heal(heal)
 	merged := l.waitRings(formWithin, true, all, n1, n2, n3, n4)
+	pr.ringsMerged()
 	whole, err := pr.waitWhole(wholeWithin)
 	if err != nil {
 		t.Error(err)

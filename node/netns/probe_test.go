@@ -129,6 +129,7 @@ type probe struct {
 	events  []event   // the changes, for reporting moments against them
 	samples []moment  // the first answers that lacked a peer
 	healAt  time.Time // last heal not yet converged; zero when whole
+	merged  bool      // every ring holds every member again since healAt
 	whole   time.Duration
 	clients map[string]*udpClient
 
@@ -217,8 +218,18 @@ func (pr *probe) delivered(pe *peer, h string) bool {
 func (pr *probe) heal(at time.Time) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	pr.healAt, pr.whole = at, 0
+	pr.healAt, pr.whole, pr.merged = at, 0, false
 	pr.events = append(pr.events, event{at, "heal"})
+}
+
+// ringsMerged records that every node's ring holds every member again
+// after the heal: from the first whole read after it, the sides count as
+// one again. Until then views can still disagree and a node that came
+// back can answer by a ring of its own.
+func (pr *probe) ringsMerged() {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	pr.merged = true
 }
 
 // converged ends a heal: everyone is connected again, and what a node took
@@ -495,9 +506,9 @@ func (pr *probe) fail(p *proc, err error) {
 // records when nothing is missing any more.
 func (pr *probe) checkWhole() {
 	pr.mu.Lock()
-	heal := pr.healAt
+	heal, merged := pr.healAt, pr.merged
 	pr.mu.Unlock()
-	if heal.IsZero() {
+	if heal.IsZero() || !merged {
 		return
 	}
 	if n, _ := pr.missingEverywhere(false); n == 0 {
