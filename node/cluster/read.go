@@ -237,9 +237,16 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 			merged = mergeReplies(merged, a.fr, c.cfg.ReadMaxPeers)
 			// An owner that has just gained the swarm may answer first,
 			// with a part of it: only an answer from one that held it
-			// before the last change cuts the others short.
-			if grace == nil && size(merged.Counts) > 0 && c.heldBefore(v, ih, a.o) {
+			// before the last change cuts the others short. After any
+			// other answer they still get half the read timeout, so one
+			// owner that cannot be reached does not leave the readers
+			// with nothing.
+			switch {
+			case size(merged.Counts) == 0:
+			case c.heldBefore(v, ih, a.o):
 				grace = time.After(min(c.cfg.ReadTimeout/5, 5*time.Millisecond))
+			case grace == nil:
+				grace = time.After(c.cfg.ReadTimeout / 2)
 			}
 		case <-grace:
 			return merged

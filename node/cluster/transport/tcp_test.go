@@ -743,8 +743,25 @@ func TestTCPSilentConnectionIsReplaced(t *testing.T) {
 	mu.Lock()
 	cut = true
 	mu.Unlock()
-	if _, err := cl.Call(trCtx(t, silentConnAfter+500*time.Millisecond), addr, &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
-		t.Fatalf("over a cut connection: got %v; want ErrUnreachable", err)
+	// Short calls, as reads make, each give up long before the connection
+	// counts as silent; together they find it so, and it is closed.
+	cl.mu.Lock()
+	pool := cl.pools[addr]
+	cl.mu.Unlock()
+	pool.mu.Lock()
+	first := pool.slots[0].conn
+	pool.mu.Unlock()
+	start := time.Now()
+	for first.usable() {
+		if time.Since(start) > 3*silentConnAfter {
+			t.Fatalf("the silent connection is still open after %s", time.Since(start))
+		}
+		if _, err := cl.Call(trCtx(t, 300*time.Millisecond), addr, &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+			t.Fatalf("over a cut connection: got %v; want ErrUnreachable", err)
+		}
+	}
+	if took := time.Since(start); took < silentConnAfter {
+		t.Errorf("connection closed after %s of silence, before %s", took, silentConnAfter)
 	}
 	mu.Lock()
 	cut = false // the network is back; the old connection stays dead
