@@ -131,7 +131,6 @@ type handoff struct {
 	v        *ring.View
 	batches  map[int]*mergeBatch
 	inflight map[int]chan struct{} // closed when the request to a destination ends
-	drop     []bittorrent.InfoHash
 
 	mu     sync.Mutex // guards the fields below, written by the senders
 	failed map[bittorrent.InfoHash]bool
