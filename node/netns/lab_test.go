@@ -112,7 +112,7 @@ var (
 func karutaBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", nsPrefix+"-bin-")
+		dir, err := os.MkdirTemp("", nsPrefix+"-bin-") //nolint:usetesting // one binary for every test of the run; TestMain removes it
 		if err != nil {
 			buildErr = err
 			return
@@ -120,7 +120,7 @@ func karutaBinary(t *testing.T) string {
 		builtBin = filepath.Join(dir, "karuta")
 		cmd := exec.Command("go", "build", "-o", builtBin, "github.com/karuta-tracker/karuta/cmd/karuta")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/karuta: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build ./cmd/karuta: %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -501,37 +501,4 @@ func (l *lab) waitTrusted(within time.Duration, nodes ...*proc) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-}
-
-// metric returns the sum of the samples of name on p whose labels include
-// every label="value" given.
-func (l *lab) metric(p *proc, name string, labels ...string) (float64, error) {
-	resp, err := l.http.Get("http://" + p.metricsAddr() + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
-			continue
-		}
-		match := true
-		for _, lv := range labels {
-			match = match && strings.Contains(line, lv)
-		}
-		if !match {
-			continue
-		}
-		if f := strings.Fields(line); len(f) >= 2 {
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err == nil {
-				sum += v
-			}
-		}
-	}
-	return sum, sc.Err()
 }
