@@ -210,9 +210,14 @@ func (h *handoff) flush(to int, b *mergeBatch) {
 func (h *handoff) send(to int, swarms []transport.Swarm) {
 	addr := h.v.DataAddrs[to]
 	ctx, cancel := context.WithTimeout(h.c.ctx, mergeTimeout)
-	defer cancel()
-	go h.c.cancelWhenGone(ctx, cancel, addr)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		h.c.cancelWhenGone(ctx, cancel, addr)
+	}()
 	_, err := h.c.tr.Call(ctx, addr, &transport.MergeRequest{Swarms: swarms})
+	cancel()
+	<-watched
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err != nil {
