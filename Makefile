@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient vet lint bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient netns vet lint bench fuzz tidy clean
 
 all: build
 
@@ -17,14 +17,16 @@ static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
 ## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
-## the race detector, and the real BitTorrent clients test (installs what it needs)
-test: test-deps vet lint tidy unit realclient
+## the race detector, the real BitTorrent clients test and the failover tests
+## on real networks (installs what it needs)
+test: test-deps vet lint tidy unit realclient netns
 
 test-deps:
 	@.ci/install-test-deps
 
 vet:
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags 'realclient netns' ./node/...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 
 ## lint: golangci-lint with the linters listed in .golangci.yml; the version is
@@ -37,6 +39,13 @@ unit:
 
 realclient:
 	$(GO) test -race -count=1 -tags realclient -run RealClient -v ./node/
+
+## netns: failover on real networks — karuta serve processes in network
+## namespaces, cut and healed by the network while a probe checks every
+## answer (needs root and iproute2; removes namespaces left by killed runs)
+netns:
+	@.ci/netns-clean
+	$(GO) test -count=1 -tags netns -v ./node/netns/
 
 ## bench: Go benchmarks of the hot paths (compare runs with benchstat)
 bench:
