@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient vet bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient deploy-test vet bench fuzz tidy clean
 
 all: build
 
@@ -17,8 +17,9 @@ static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
 ## test: everything CI checks — vet, unit and end-to-end tests with the race
-## detector, and the real BitTorrent clients test (installs what it needs)
-test: test-deps vet unit realclient
+## detector, the real BitTorrent clients test and the deploy stage (installs
+## what it needs)
+test: test-deps vet unit realclient deploy-test
 
 test-deps:
 	@.ci/install-test-deps
@@ -32,6 +33,11 @@ unit:
 
 realclient:
 	$(GO) test -race -count=1 -tags realclient -run RealClient -v ./node/
+
+## deploy-test: the image, the compose cluster, Prometheus, the alerts, the
+## dashboard and the Kubernetes manifests, run for real (deploy/test/run.sh)
+deploy-test:
+	deploy/test/run.sh
 
 ## bench: Go benchmarks of the hot paths (compare runs with benchstat)
 bench:
