@@ -37,12 +37,30 @@ const (
 
 var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse}
 
+// Outcomes of a full scrape (a scrape of every swarm), used as metric labels.
+const (
+	// FullScrapeOK is a full scrape answered.
+	FullScrapeOK = "ok"
+	// FullScrapeDisabled is one refused because full scrapes are off.
+	FullScrapeDisabled = "disabled"
+	// FullScrapeRateLimited is one refused because another was answered
+	// too recently or is still being sent.
+	FullScrapeRateLimited = "rate_limited"
+	// FullScrapeRefused is one a hook refused (passkey, jwt, rate_limit).
+	FullScrapeRefused = "refused"
+	// FullScrapeError is one that failed, or was cut short, while answering.
+	FullScrapeError = "error"
+)
+
+var fullScrapeResults = [...]string{FullScrapeOK, FullScrapeDisabled, FullScrapeRateLimited, FullScrapeRefused, FullScrapeError}
+
 // Metrics counts and times requests by frontend, action and result. Create
 // one per registry and share it between frontends. Safe for concurrent use.
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	dropped  *prometheus.CounterVec
+	full     *prometheus.CounterVec
 }
 
 // NewMetrics registers the frontend metrics with reg.
@@ -67,8 +85,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name:      "dropped_total",
 			Help:      "Requests dropped without an answer, by frontend and reason.",
 		}, []string{"frontend", "reason"}),
+		full: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "full_scrapes_total",
+			Help:      "Scrapes of every swarm, by frontend and result: ok, disabled, rate_limited, refused (by a hook), error.",
+		}, []string{"frontend", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped, m.full} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -81,6 +105,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 type Recorder struct {
 	byAction [4]actionRecorder                    // indexed like actions
 	dropped  [len(dropReasons)]prometheus.Counter // indexed like dropReasons
+	full     [len(fullScrapeResults)]prometheus.Counter
 }
 
 type actionRecorder struct {
@@ -101,6 +126,9 @@ func (m *Metrics) For(frontend string) *Recorder {
 	}
 	for i, reason := range dropReasons {
 		r.dropped[i] = m.dropped.WithLabelValues(frontend, reason)
+	}
+	for i, res := range fullScrapeResults {
+		r.full[i] = m.full.WithLabelValues(frontend, res)
 	}
 	return r
 }
@@ -141,6 +169,20 @@ func (r *Recorder) Drop(reason string) {
 	for i, d := range dropReasons {
 		if d == reason {
 			r.dropped[i].Inc()
+			return
+		}
+	}
+}
+
+// FullScrape counts one full scrape with result, one of the FullScrape
+// constants. A nil Recorder records nothing.
+func (r *Recorder) FullScrape(result string) {
+	if r == nil {
+		return
+	}
+	for i, res := range fullScrapeResults {
+		if res == result {
+			r.full[i].Inc()
 			return
 		}
 	}

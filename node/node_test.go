@@ -303,3 +303,14 @@ func TestScrapeOfAFullPacket(t *testing.T) {
 		})
 	}
 }
+
+// TestFullScrapeSingleNode enables full scrapes and checks GET /scrape
+// lists every swarm once with its counts, plain and gzipped, and that the
+// rate limit refuses a second one at once.
+func TestFullScrapeSingleNode(t *testing.T) {
+	n := startNode(t, "127.0.0.1", func(c *Config) { c.Frontends.HTTP.FullScrape = true; c.Frontends.HTTP.FullScrapeInterval = time.Second })
+	udpc := newClient(t, "udp://"+n.Addrs().UDP)
+	want := announceForFullScrape(t, []*client{udpc}, 40)
+	eventually(t, "the announces are applied", func() bool { return n.store.Stats().Swarms == len(want) })
+	checkFullScrape(t, "http://"+n.Addrs().HTTP+"/scrape", want)
+}

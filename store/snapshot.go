@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"math/rand/v2"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -119,4 +120,54 @@ func (m *Memory) Drop(ih bittorrent.InfoHash) {
 	}
 	delete(sh.swarms, ih)
 	sh.nswarm.Add(-1)
+}
+
+// scrapeAllBatch is how many swarms ScrapeAll hands over at a time; a
+// shard's swarms are copied under its read lock in batches of this many.
+const scrapeAllBatch = 1024
+
+// ScrapeAll lists every swarm that has peers with its counts, one shard at
+// a time, calling fn after releasing the shard's lock. It implements
+// hooks.SwarmLister. Swarms created or dropped meanwhile may or may not be
+// listed; none is listed twice.
+func (m *Memory) ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) error) error {
+	batch := make([]bittorrent.Scrape, 0, scrapeAllBatch)
+	var ihs []bittorrent.InfoHash
+	for i := range m.shards {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		sh := &m.shards[i]
+		ihs = ihs[:0]
+		sh.mu.RLock()
+		for ih := range sh.swarms {
+			ihs = append(ihs, ih)
+		}
+		sh.mu.RUnlock()
+		// Counts are read in chunks so a huge shard never holds its lock
+		// for long, and so the batch stays small.
+		for start := 0; start < len(ihs); start += scrapeAllBatch {
+			chunk := ihs[start:min(start+scrapeAllBatch, len(ihs))]
+			batch = batch[:0]
+			sh.mu.RLock()
+			for _, ih := range chunk {
+				if sw := sh.swarms[ih]; sw != nil {
+					if c := sw.counts(); c.Seeders+c.Leechers > 0 {
+						batch = append(batch, bittorrent.Scrape{InfoHash: ih, Counts: c})
+					}
+				}
+			}
+			sh.mu.RUnlock()
+			if len(batch) == 0 {
+				continue
+			}
+			if err := fn(batch); err != nil {
+				return err
+			}
+		}
+		if cap(ihs) > rangeKeep {
+			ihs = nil
+		}
+	}
+	return nil
 }

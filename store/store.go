@@ -3,6 +3,7 @@
 package store
 
 import (
+	"context"
 	"net/netip"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -61,6 +62,12 @@ type Store interface {
 	// method; swarms created or dropped meanwhile may or may not be
 	// visited, and no swarm is visited twice.
 	Range(fn func(ih bittorrent.InfoHash) bool)
+
+	// ScrapeAll calls fn with the counts of every swarm that has peers, in
+	// batches, each swarm once, until all are listed, fn returns an error
+	// or ctx ends, and returns that error. fn runs without the store's
+	// locks held and must not keep the slice. It answers full scrapes.
+	ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) error) error
 
 	// Drop deletes a swarm with its peers and snatch count, as when it has
 	// been handed to the nodes that own it now. Dropping an unknown swarm

@@ -48,6 +48,8 @@ type Server struct {
 	stopOnce  sync.Once
 	errLog    *hooks.RateLog
 	acceptLog *hooks.RateLog
+	fullLog   *hooks.RateLog
+	fullGate  fullScrapeGate
 
 	mu      sync.Mutex
 	ln      net.Listener
@@ -77,6 +79,8 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 		router:    rt,
 		errLog:    hooks.NewRateLog(10 * time.Second),
 		acceptLog: hooks.NewRateLog(10 * time.Second),
+		fullLog:   hooks.NewRateLog(time.Minute),
+		fullGate:  fullScrapeGate{interval: cfg.FullScrapeInterval},
 		conns:     map[*conn]struct{}{},
 		stopping:  make(chan struct{}),
 	}
