@@ -19,6 +19,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // ErrServerClosed is returned by Start after Shutdown.
@@ -46,9 +47,9 @@ type Server struct {
 	closing   atomic.Bool
 	stopping  chan struct{} // closed when Shutdown starts, to end waits
 	stopOnce  sync.Once
-	errLog    *hooks.RateLog
-	acceptLog *hooks.RateLog
-	fullLog   *hooks.RateLog
+	errLog    *ratelog.Limiter
+	acceptLog *ratelog.Limiter
+	fullLog   *ratelog.Limiter
 	fullGate  fullScrapeGate
 
 	mu      sync.Mutex
@@ -77,9 +78,9 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 		rec:       rec,
 		log:       log,
 		router:    rt,
-		errLog:    hooks.NewRateLog(10 * time.Second),
-		acceptLog: hooks.NewRateLog(10 * time.Second),
-		fullLog:   hooks.NewRateLog(time.Minute),
+		errLog:    ratelog.New(10 * time.Second),
+		acceptLog: ratelog.New(10 * time.Second),
+		fullLog:   ratelog.New(time.Minute),
 		fullGate:  fullScrapeGate{interval: cfg.FullScrapeInterval},
 		conns:     map[*conn]struct{}{},
 		stopping:  make(chan struct{}),
