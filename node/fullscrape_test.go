@@ -114,3 +114,29 @@ func fullScrape(t *testing.T, url string, gz bool) map[string]any {
 	}
 	return files
 }
+
+// TestFullScrapeCluster announces to the three nodes of a cluster in turn
+// and checks every node's full scrape lists every swarm of the cluster
+// once with the right counts.
+func TestFullScrapeCluster(t *testing.T) {
+	var nodes []*Node
+	for i, name := range []string{"f1", "f2", "f3"} {
+		var join []string
+		if i > 0 {
+			join = []string{nodes[0].Addrs().Gossip}
+		}
+		nodes = append(nodes, startClusterNode(t, name, join, func(c *Config) {
+			c.Frontends.HTTP.FullScrape = true
+			c.Frontends.HTTP.FullScrapeInterval = time.Second
+		}))
+	}
+	within(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
+	var clients []*client
+	for _, n := range nodes {
+		clients = append(clients, newClient(t, "udp://"+n.Addrs().UDP))
+	}
+	want := announceForFullScrape(t, clients, 30)
+	for _, n := range nodes {
+		checkFullScrape(t, "http://"+n.Addrs().HTTP+"/scrape", want)
+	}
+}

@@ -122,52 +122,48 @@ func (m *Memory) Drop(ih bittorrent.InfoHash) {
 	sh.nswarm.Add(-1)
 }
 
-// scrapeAllBatch is how many swarms ScrapeAll hands over at a time; a
-// shard's swarms are copied under its read lock in batches of this many.
+// scrapeAllBatch is how many swarms ScrapeAll reads for each call of fn.
 const scrapeAllBatch = 1024
 
-// ScrapeAll lists every swarm that has peers with its counts, one shard at
-// a time, calling fn after releasing the shard's lock. It implements
-// hooks.SwarmLister. Swarms created or dropped meanwhile may or may not be
-// listed; none is listed twice.
+// ScrapeAll implements Store by reading ScrapePage after ScrapePage.
 func (m *Memory) ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) error) error {
-	batch := make([]bittorrent.Scrape, 0, scrapeAllBatch)
-	var ihs []bittorrent.InfoHash
-	for i := range m.shards {
+	var (
+		batch  []bittorrent.Scrape
+		cursor uint64
+		done   bool
+	)
+	for !done {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		sh := &m.shards[i]
-		ihs = ihs[:0]
-		sh.mu.RLock()
-		for ih := range sh.swarms {
-			ihs = append(ihs, ih)
+		batch, cursor, done = m.ScrapePage(cursor, scrapeAllBatch, batch[:0])
+		if len(batch) == 0 {
+			continue
 		}
-		sh.mu.RUnlock()
-		// Counts are read in chunks so a huge shard never holds its lock
-		// for long, and so the batch stays small.
-		for start := 0; start < len(ihs); start += scrapeAllBatch {
-			chunk := ihs[start:min(start+scrapeAllBatch, len(ihs))]
-			batch = batch[:0]
-			sh.mu.RLock()
-			for _, ih := range chunk {
-				if sw := sh.swarms[ih]; sw != nil {
-					if c := sw.counts(); c.Seeders+c.Leechers > 0 {
-						batch = append(batch, bittorrent.Scrape{InfoHash: ih, Counts: c})
-					}
-				}
-			}
-			sh.mu.RUnlock()
-			if len(batch) == 0 {
-				continue
-			}
-			if err := fn(batch); err != nil {
-				return err
-			}
-		}
-		if cap(ihs) > rangeKeep {
-			ihs = nil
+		if err := fn(batch); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// ScrapePage implements Store. A page is a run of whole shards, each copied
+// under its read lock, and the cursor is the next shard's index; so a page
+// holds at most max swarms plus one shard's worth.
+func (m *Memory) ScrapePage(cursor uint64, max int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool) {
+	start := len(dst)
+	for ; cursor < uint64(len(m.shards)); cursor++ {
+		if len(dst)-start >= max {
+			return dst, cursor, false
+		}
+		sh := &m.shards[cursor]
+		sh.mu.RLock()
+		for ih, sw := range sh.swarms {
+			if c := sw.counts(); c.Seeders+c.Leechers > 0 {
+				dst = append(dst, bittorrent.Scrape{InfoHash: ih, Counts: c})
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	return dst, cursor, true
 }

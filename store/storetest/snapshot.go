@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"testing"
 
@@ -343,6 +344,33 @@ func testScrapeAll(t *testing.T, open func(*testing.T) store.Store) {
 	}
 	if batches < 2 {
 		t.Errorf("%d swarms came in %d batch; want them spread over several", swarms, batches)
+	}
+
+	// Paging lists the same swarms once each, however small the pages.
+	paged := map[bittorrent.InfoHash]bittorrent.Counts{}
+	var (
+		page   []bittorrent.Scrape
+		cursor uint64
+		done   bool
+		pages  int
+	)
+	for !done {
+		if pages++; pages > 10*swarms {
+			t.Fatal("ScrapePage never reports done")
+		}
+		page, cursor, done = s.ScrapePage(cursor, 100, page[:0])
+		for _, f := range page {
+			if _, dup := paged[f.InfoHash]; dup {
+				t.Errorf("ScrapePage listed %x twice", f.InfoHash)
+			}
+			paged[f.InfoHash] = f.Counts
+		}
+	}
+	if !maps.Equal(paged, want) {
+		t.Errorf("ScrapePage listed %d swarms, want the %d of ScrapeAll", len(paged), len(want))
+	}
+	if pages < 2 {
+		t.Errorf("%d swarms in pages of 100 came in %d page", swarms, pages)
 	}
 
 	// An error from fn stops the listing and is returned.
