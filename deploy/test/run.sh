@@ -10,7 +10,8 @@
 #     static binary, and the 3-node compose cluster comes up on free host
 #     ports, with the hooks of deploy/test/hooks*.yaml (rate_limit,
 #     torrent_approval, and jwt on n3);
-#  4. deploy/compose/smoke.sh passes;
+#  4. deploy/compose/smoke.sh passes, and a full scrape of every node
+#     lists its swarm;
 #  5. a Prometheus on the host (Debian's package) scrapes the cluster every
 #     2s with alerts.yml's `for` windows cut to 10s, while `karuta bench`
 #     loads the nodes over UDP and HTTP (bounded, loopback ports only);
@@ -120,7 +121,9 @@ export KARUTA_IMAGE=$image
 for n in n1 n2 n3; do
 	hooks=deploy/test/hooks.yaml
 	[[ $n == n3 ]] && hooks=deploy/test/hooks-jwt.yaml
-	cat "deploy/compose/$n.yaml" "$hooks" >"$tmp/$n.yaml"
+	# The test copies also answer full scrapes, checked after the load.
+	sed '/^  http:$/a\    full_scrape: true\n    full_scrape_interval: 1s' "deploy/compose/$n.yaml" | cat - "$hooks" >"$tmp/$n.yaml"
+	grep -q 'full_scrape: true' "$tmp/$n.yaml" || fail "could not turn full_scrape on in the test copy of $n.yaml"
 	"$karuta" config check "$tmp/$n.yaml" >/dev/null || fail "$n.yaml with $hooks does not validate"
 done
 chmod a+r "$tmp"/n?.yaml "$tmp/jwt.pub.pem"
@@ -186,6 +189,20 @@ load() {
 }
 say "loading the cluster for 15s"
 load 15s
+
+# A full scrape of any node lists the cluster's swarms, the smoke test's
+# among them, as a bencoded files dictionary, gzipped on request.
+# Retried for a few seconds: right after the load, rate_limit may refuse.
+for port in "$p1" "$p2" "$p3"; do
+	for try in $(seq 10); do
+		hex=$(curl -fsS --max-time 20 --compressed "http://127.0.0.1:$port/scrape" | od -An -v -tx1 | tr -d ' \n')
+		[[ $hex == 64353a66696c657364* ]] && break
+		((try < 10)) || fail "full scrape of 127.0.0.1:$port is not a files dictionary: $(xxd -r -p <<<"${hex:0:400}")"
+		sleep 1
+	done
+	[[ $hex == *"32303a$ih"* ]] || fail "full scrape of 127.0.0.1:$port lacks the smoke test's swarm $ih"
+done
+say "full scrapes list the smoke test's swarm on every node"
 
 # --- 6. One alert end to end ---------------------------------------------------
 say "stopping n2: KarutaNodeDown must fire"
