@@ -11,6 +11,7 @@ import (
 
 	"github.com/anacrolix/torrent/tracker"
 	"github.com/anacrolix/torrent/types/infohash"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // shutdownNode stops n as SIGTERM does, failing the test on error.
@@ -174,4 +175,26 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestNodeMetricsLint runs promlint over every metric a node with the
+// swarm file and full scrapes on exports, Go and process collectors
+// included, so new metrics follow Prometheus naming.
+func TestNodeMetricsLint(t *testing.T) {
+	n := startNode(t, "127.0.0.1", func(c *Config) {
+		c.Store.SnapshotFile = filepath.Join(t.TempDir(), "swarms")
+		c.Frontends.HTTP.FullScrape = true
+	})
+	problems, err := testutil.GatherAndLint(n.Registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	for _, name := range []string{"karuta_store_snapshot_loads_total", "karuta_frontend_full_scrapes_total"} {
+		if c, err := testutil.GatherAndCount(n.Registry(), name); err != nil || c == 0 {
+			t.Errorf("%s: %d series, %v; want some", name, c, err)
+		}
+	}
 }
