@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -683,15 +684,20 @@ func TestConcurrentWithGC(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	var bg sync.WaitGroup
-	var collected atomic.Int64
+	var collected, written atomic.Int64
 	// Readers and the collector are bounded, so that they cannot starve the
-	// writers on a busy machine.
+	// writers on a busy machine. Collection k waits for 20k writes, so the
+	// collector cannot finish before the writers have made peers to expire
+	// (as it could when the scheduler ran it first on a loaded machine).
 	bg.Go(func() {
-		for range 300 {
-			select {
-			case <-stop:
-				return
-			default:
+		for k := range 300 {
+			for written.Load() < int64(20*k) {
+				select {
+				case <-stop:
+					return
+				default:
+					runtime.Gosched()
+				}
 			}
 			collected.Add(int64(m.GC(cfg.Clock())))
 		}
@@ -719,6 +725,7 @@ func TestConcurrentWithGC(t *testing.T) {
 					op = bittorrent.OpRemove
 				}
 				m.Apply([]bittorrent.Change{{InfoHash: ih(i), Peer: bittorrent.Peer{Addr: addr(w, i%200)}, Op: op, Seeder: i%3 == 0}})
+				written.Add(1)
 			}
 		})
 	}
