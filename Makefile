@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient deploy-test vet bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient deploy-test vet lint bench fuzz tidy clean
 
 all: build
 
@@ -16,10 +16,10 @@ build:
 static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
-## test: everything CI checks — vet, unit and end-to-end tests with the race
-## detector, the real BitTorrent clients test and the deploy stage (installs
-## what it needs)
-test: test-deps vet unit realclient deploy-test
+## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
+## the race detector, the real BitTorrent clients test and the deploy stage
+## (installs what it needs)
+test: test-deps vet lint tidy unit realclient deploy-test
 
 test-deps:
 	@.ci/install-test-deps
@@ -27,6 +27,11 @@ test-deps:
 vet:
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+
+## lint: golangci-lint with the linters listed in .golangci.yml; the version is
+## pinned by the tool line in go.mod, so a clean clone builds it from the module proxy
+lint:
+	$(GO) tool golangci-lint run $(PKGS)
 
 unit:
 	$(GO) test -race -count=1 $(PKGS)

@@ -12,6 +12,7 @@ import (
 	"github.com/anacrolix/torrent/types/infohash"
 
 	"github.com/karuta-tracker/karuta/frontends/http/bencode"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // announceForFullScrape announces to swarms swarms through the clients in
@@ -44,7 +45,7 @@ func checkFullScrape(t *testing.T, url string, want map[string]map[string]any) {
 	t.Helper()
 	for _, gz := range []bool{false, true} {
 		var files map[string]any
-		eventually(t, "full scrape shows every swarm with its counts", func() bool {
+		eventually.True(t, 10*time.Second, "full scrape shows every swarm with its counts", func() bool {
 			files = fullScrape(t, url, gz)
 			if len(files) != len(want) {
 				return false
@@ -130,7 +131,7 @@ func TestFullScrapeCluster(t *testing.T) {
 			c.Frontends.HTTP.FullScrapeInterval = time.Second
 		}))
 	}
-	within(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
+	eventually.NoError(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
 	var clients []*client
 	for _, n := range nodes {
 		clients = append(clients, newClient(t, "udp://"+n.Addrs().UDP))

@@ -12,6 +12,8 @@ import (
 	"github.com/anacrolix/torrent/tracker"
 	"github.com/anacrolix/torrent/types/infohash"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // shutdownNode stops n as SIGTERM does, failing the test on error.
@@ -133,7 +135,7 @@ func TestClusterRestartKeepsSnatches(t *testing.T) {
 				c.Store.SnapshotFile = filepath.Join(dir, name+".swarms")
 			}))
 		}
-		within(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
+		eventually.NoError(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
 		return nodes
 	}
 	const swarms = 12
@@ -152,7 +154,7 @@ func TestClusterRestartKeepsSnatches(t *testing.T) {
 			c := newClient(t, "udp://"+n.Addrs().UDP)
 			for i := range swarms {
 				want := int32(i%3 + 1)
-				eventually(t, fmt.Sprintf("%s: %s scrapes swarm %d with %d snatches", when, n.Config().Node.Name, i, want), func() bool {
+				eventually.True(t, 10*time.Second, fmt.Sprintf("%s: %s scrapes swarm %d with %d snatches", when, n.Config().Node.Name, i, want), func() bool {
 					s := c.scrape(ih(i))
 					return len(s) == 1 && s[0].Completed == want && s[0].Seeders == want
 				})

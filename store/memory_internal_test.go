@@ -5,7 +5,6 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -684,20 +683,17 @@ func TestConcurrentWithGC(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	var bg sync.WaitGroup
-	var collected, written atomic.Int64
+	var collected atomic.Int64
 	// Readers and the collector are bounded, so that they cannot starve the
-	// writers on a busy machine. Collection k waits for 20k writes, so the
-	// collector cannot finish before the writers have made peers to expire
-	// (as it could when the scheduler ran it first on a loaded machine).
+	// writers on a busy machine; the collector goes on past its 300 rounds
+	// until something has expired, as on a loaded machine its rounds can
+	// all run before the writers have made a peer old enough.
 	bg.Go(func() {
-		for k := range 300 {
-			for written.Load() < int64(20*k) {
-				select {
-				case <-stop:
-					return
-				default:
-					runtime.Gosched()
-				}
+		for i := 0; i < 300 || collected.Load() == 0; i++ {
+			select {
+			case <-stop:
+				return
+			default:
 			}
 			collected.Add(int64(m.GC(cfg.Clock())))
 		}
@@ -725,7 +721,6 @@ func TestConcurrentWithGC(t *testing.T) {
 					op = bittorrent.OpRemove
 				}
 				m.Apply([]bittorrent.Change{{InfoHash: ih(i), Peer: bittorrent.Peer{Addr: addr(w, i%200)}, Op: op, Seeder: i%3 == 0}})
-				written.Add(1)
 			}
 		})
 	}

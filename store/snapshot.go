@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"math/rand/v2"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
@@ -27,28 +26,22 @@ func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorren
 	return dst, sw.counts(), true
 }
 
-// appendSnapshot appends up to max of the set's peers (all with max <= 0)
+// appendSnapshot appends up to limit of the set's peers (all with limit <= 0)
 // as OpPut changes. A sample is taken with the same random start and
-// coprime stride as appendPeers, so it is uniform over seeders and leechers
-// alike and keeps their proportion.
-func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorrent.InfoHash, max int) []bittorrent.Change {
+// coprime stride as ChoosePeers, so it is uniform over seeders and
+// leechers alike and keeps their proportion.
+func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorrent.InfoHash, limit int) []bittorrent.Change {
 	size := int(s.n)
 	want := size
-	if max > 0 && max < size {
-		want = max
+	if limit > 0 && limit < size {
+		want = limit
 	}
 	if want == 0 {
 		return dst
 	}
 	start, step := 0, 1
 	if want < size {
-		start = rand.IntN(size)
-		if size > 2 {
-			step = 1 + rand.IntN(size-1)
-			for gcd(step, size) != 1 {
-				step++ // terminates: size-1 is coprime to size
-			}
-		}
+		start, step = randomWalk(size)
 	}
 	for i, k := start, 0; k < want; k++ {
 		dst = append(dst, bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Seeder: i < s.seeders()})

@@ -3,6 +3,7 @@ package http
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	nethttp "net/http"
@@ -158,13 +159,19 @@ func BenchmarkNetHTTPLoopback(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &nethttp.Server{Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+	srv := &nethttp.Server{ReadHeaderTimeout: time.Minute, Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		_ = r.URL.Query() // parse the query, as any handler must
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write(body)
 	})}
-	go srv.Serve(ln)
-	defer srv.Close()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, nethttp.ErrServerClosed) {
+			b.Errorf("serve: %v", err)
+		}
+	}()
 	benchLoopback(b, ln.Addr().String())
 }
 

@@ -114,7 +114,7 @@ func (c *conn) serve() {
 			deadlineSet = !c.served
 		}
 		n, err := parseRequest(c.rbuf[c.r:c.w], c.s.realIPHeader, &c.req)
-		if err == errNeedMore {
+		if errors.Is(err, errNeedMore) {
 			if c.w-c.r >= c.s.cfg.MaxRequestBytes {
 				c.tooLarge()
 				return

@@ -266,15 +266,15 @@ func parseRequestLine(line []byte, req *request) error {
 
 // connectionTokens reports whether a Connection header value lists close
 // and keep-alive.
-func connectionTokens(v []byte) (close, keepAlive bool) {
+func connectionTokens(v []byte) (hasClose, hasKeepAlive bool) {
 	for len(v) > 0 {
 		var tok []byte
 		tok, v = nextListItem(v)
 		tok = trimOWS(tok)
-		close = close || equalFold(tok, "close")
-		keepAlive = keepAlive || equalFold(tok, "keep-alive")
+		hasClose = hasClose || equalFold(tok, "close")
+		hasKeepAlive = hasKeepAlive || equalFold(tok, "keep-alive")
 	}
-	return close, keepAlive
+	return hasClose, hasKeepAlive
 }
 
 // nextListItem splits the first item off a comma-separated header value.

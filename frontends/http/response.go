@@ -2,6 +2,7 @@ package http
 
 import (
 	"bytes"
+	"encoding/binary"
 	"slices"
 	"strconv"
 	"time"
@@ -75,7 +76,7 @@ func appendAnnounce(dst []byte, resp *bittorrent.AnnounceResponse, v6, compact, 
 }
 
 func appendPort(dst []byte, port uint16) []byte {
-	return append(dst, byte(port>>8), byte(port))
+	return binary.BigEndian.AppendUint16(dst, port)
 }
 
 // appendPeerDict appends one peer in the original, non-compact format.
@@ -159,7 +160,7 @@ func appendHead(dst []byte, h head) []byte {
 	dst = append(dst, "\r\nContent-Type: text/plain"...)
 	if !h.stream {
 		dst = append(dst, "\r\nContent-Length: "...)
-		dst = strconv.AppendUint(dst, uint64(h.contentLen), 10)
+		dst = strconv.AppendInt(dst, int64(h.contentLen), 10)
 	}
 	if h.gzip {
 		dst = append(dst, "\r\nContent-Encoding: gzip"...)

@@ -193,6 +193,7 @@ func (h *handler) announce(s *slot, pkt []byte, txID uint32) {
 	if v6 {
 		peerLen = peer6Len
 	}
+	//nolint:gosec // G115: s.out is maxReply bytes
 	if fit := uint32((len(s.out) - announceReplyLen) / peerLen); s.req.NumWantSet && s.req.NumWant > fit {
 		s.req.NumWant = fit
 	}

@@ -130,6 +130,16 @@ type jwksServer struct {
 	fetches atomic.Int64
 }
 
+// inMemory serves HTTP requests with a handler in the caller's goroutine,
+// for tests on synctest's fake clock, which real sockets would stall.
+type inMemory struct{ h http.Handler }
+
+func (m inMemory) RoundTrip(req *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	m.h.ServeHTTP(rec, req)
+	return rec.Result(), nil
+}
+
 func newJWKSServer(t testing.TB, body []byte) *jwksServer {
 	s := &jwksServer{}
 	s.set(body)
@@ -156,7 +166,7 @@ func newTestHook(t testing.TB, cfg Config) *Hook {
 	if cfg.JWKSRefresh == 0 {
 		cfg.JWKSRefresh = time.Minute
 	}
-	h, err := newHook(cfg, nil, nil, knobs{now: func() time.Time { return testNow }, retryMin: 10 * time.Millisecond, refresh: 50 * time.Millisecond})
+	h, err := newHook(cfg, nil, nil, knobs{now: func() time.Time { return testNow }, retryFirst: 10 * time.Millisecond, refresh: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("newHook: %v", err)
 	}

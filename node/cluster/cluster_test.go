@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
@@ -58,6 +60,11 @@ type testCluster struct {
 	boots    int
 }
 
+// newTestCluster is called inside a synctest bubble (each test is
+// synctest.Test around its lower-case twin): the nodes talk over the
+// in-memory transport, so every timer (forward delay and retry, read
+// timeout and cache TTL, repair interval, handoff grace) runs on the fake
+// clock and a test waits out seconds of cluster time in milliseconds.
 func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testCluster {
 	cfg := DefaultConfig()
 	cfg.ForwardDelay = time.Millisecond
@@ -128,24 +135,15 @@ func (tc *testCluster) see(observers, members []string) {
 	}
 	for _, o := range observers {
 		n := tc.nodes[o]
-		waitFor(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
+		eventually.True(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
 	}
-}
-
-func (tc *testCluster) names() []string {
-	var out []string
-	for name := range tc.nodes {
-		out = append(out, name)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // waitSettled waits until every listed node has run a complete handoff
 // pass for its current view and has nothing queued.
 func (tc *testCluster) waitSettled(names ...string) {
 	tc.t.Helper()
-	waitFor(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
+	eventually.True(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
 		for _, name := range names {
 			c := tc.nodes[name].c
 			if c.settled.Load() != c.View() || c.queued() != 0 {
@@ -154,17 +152,6 @@ func (tc *testCluster) waitSettled(names ...string) {
 		}
 		return true
 	})
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var reader = netip.MustParseAddrPort("192.0.2.1:1")
@@ -235,17 +222,12 @@ func (tc *testCluster) waitPresent(want swarmSet, observers ...string) {
 
 func (tc *testCluster) waitFor(want swarmSet, exact bool, observers ...string) {
 	tc.t.Helper()
-	var last []string
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if last = tc.missing(want, exact, observers...); len(last) == 0 {
-			return
+	eventually.NoError(tc.t, 15*time.Second, "every peer where it belongs", func() error {
+		if last := tc.missing(want, exact, observers...); len(last) > 0 {
+			return fmt.Errorf("%d problems, e.g. %v", len(last), last[:min(5, len(last))])
 		}
-		if time.Now().After(deadline) {
-			tc.t.Fatalf("peers missing after 15s (%d problems), e.g. %v", len(last), last[:min(5, len(last))])
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // checkPlacement verifies every swarm is stored on exactly its owners.
@@ -282,6 +264,10 @@ func (tc *testCluster) populated(all []string, swarms, nPeers int) swarmSet {
 }
 
 func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
+	synctest.Test(t, testEveryPeerVisibleFromEveryNode)
+}
+
+func testEveryPeerVisibleFromEveryNode(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 40, 400)
@@ -297,7 +283,9 @@ func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
 	}
 }
 
-func TestNodeFailureLosesNoPeer(t *testing.T) {
+func TestNodeFailureLosesNoPeer(t *testing.T) { synctest.Test(t, testNodeFailureLosesNoPeer) }
+
+func testNodeFailureLosesNoPeer(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 40, 400)
@@ -318,6 +306,10 @@ func TestNodeFailureLosesNoPeer(t *testing.T) {
 }
 
 func TestGracefulLeaveAndRollingRestart(t *testing.T) {
+	synctest.Test(t, testGracefulLeaveAndRollingRestart)
+}
+
+func testGracefulLeaveAndRollingRestart(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
 	want := tc.populated(all, 60, 600)
@@ -353,7 +345,9 @@ func TestGracefulLeaveAndRollingRestart(t *testing.T) {
 	}
 }
 
-func TestJoinsKeepEverySwarmVisible(t *testing.T) {
+func TestJoinsKeepEverySwarmVisible(t *testing.T) { synctest.Test(t, testJoinsKeepEverySwarmVisible) }
+
+func testJoinsKeepEverySwarmVisible(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	members := []string{"a", "b", "c"}
 	for _, n := range members {
@@ -379,7 +373,9 @@ func TestJoinsKeepEverySwarmVisible(t *testing.T) {
 	}
 }
 
-func TestPartitionAndHeal(t *testing.T) {
+func TestPartitionAndHeal(t *testing.T) { synctest.Test(t, testPartitionAndHeal) }
+
+func testPartitionAndHeal(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
 	want := tc.populated(all, 30, 300)
@@ -429,7 +425,9 @@ func TestPartitionAndHeal(t *testing.T) {
 	tc.checkPlacement(want, all)
 }
 
-func TestForwardDropsAreCounted(t *testing.T) {
+func TestForwardDropsAreCounted(t *testing.T) { synctest.Test(t, testForwardDropsAreCounted) }
+
+func testForwardDropsAreCounted(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) {
 		c.ForwardQueue, c.ForwardBatch = 8, 4
 		c.ForwardRetry = 200 * time.Millisecond
@@ -451,7 +449,7 @@ func TestForwardDropsAreCounted(t *testing.T) {
 	if full != 42 {
 		t.Errorf("queue_full drops = %v, want 42 (50 changes, room for 8)", full)
 	}
-	waitFor(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
+	eventually.True(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
 		return testutil.ToFloat64(a.c.m.forwarded.WithLabelValues("unreachable")) == 8
 	})
 	if d := a.c.QueueDepths()["b"]; d != 0 {
@@ -466,6 +464,10 @@ func TestForwardDropsAreCounted(t *testing.T) {
 }
 
 func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
+	synctest.Test(t, testReadFallsBackWhenOwnersAreDown)
+}
+
+func testReadFallsBackWhenOwnersAreDown(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) {
 		c.ReadCacheTTL = 20 * time.Millisecond
 		c.ReadTimeout = 50 * time.Millisecond
@@ -485,7 +487,7 @@ func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
 		t.Fatalf("a sees %v %+v, want the seeder", got, counts)
 	}
 	tc.net.Cut("a", "b")
-	time.Sleep(30 * time.Millisecond) // past the TTL
+	time.Sleep(30 * time.Millisecond) // fake clock: past the TTL
 	start := time.Now()
 	got, counts := tc.visible("a", ih)
 	if !got[peer] || counts.Seeders != 1 {
@@ -591,7 +593,9 @@ func contains(s, sub string) bool {
 
 // Changes queued for a node that drops out of a view are re-routed, not
 // lost, even while post-hook workers keep applying.
-func TestApplyDuringViewChanges(t *testing.T) {
+func TestApplyDuringViewChanges(t *testing.T) { synctest.Test(t, testApplyDuringViewChanges) }
+
+func testApplyDuringViewChanges(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
@@ -610,7 +614,7 @@ func TestApplyDuringViewChanges(t *testing.T) {
 			// 4 workers × 800 peers over 20 swarms stays under
 			// read_max_peers, so a reader can see every peer.
 			for i := 0; i < 800; i++ {
-				time.Sleep(200 * time.Microsecond)
+				time.Sleep(200 * time.Microsecond) // fake clock: paced across the view flaps
 				select {
 				case <-stop:
 					return
@@ -626,7 +630,7 @@ func TestApplyDuringViewChanges(t *testing.T) {
 			}
 		}()
 	}
-	for range 5 {
+	for range 5 { // 20 ms apart on the fake clock, while the writers run
 		tc.see([]string{"a"}, []string{"a", "b"})
 		time.Sleep(20 * time.Millisecond)
 		tc.see([]string{"a"}, all)
@@ -653,7 +657,9 @@ func TestApplyDuringViewChanges(t *testing.T) {
 }
 
 // A swarm larger than one handoff request arrives whole, in parts.
-func TestHandoffMovesLargeSwarm(t *testing.T) {
+func TestHandoffMovesLargeSwarm(t *testing.T) { synctest.Test(t, testHandoffMovesLargeSwarm) }
+
+func testHandoffMovesLargeSwarm(t *testing.T) {
 	tc := newTestCluster(t, 1, nil)
 	a, b := tc.start("a"), tc.start("b")
 	tc.see([]string{"a", "b"}, []string{"a", "b"})
@@ -675,7 +681,7 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 	a.store.Apply(changes)
 	a.store.MergeSnatches(ih, 7)
 	a.c.requestHandoff()
-	waitFor(t, 10*time.Second, "the swarm moves to b", func() bool {
+	eventually.True(t, 10*time.Second, "the swarm moves to b", func() bool {
 		_, _, onA := a.store.Swarm(ih, 1, nil)
 		return !onA && b.store.Counts(ih) == bittorrent.Counts{Seeders: n / 2, Leechers: n / 2, Snatches: 7}
 	})
@@ -687,7 +693,9 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 // A write that reaches a node that does not own the swarm (its sender
 // routed by another view) moves on to the owner at once, not at the next
 // repair.
-func TestStrayWriteMovesOnPromptly(t *testing.T) {
+func TestStrayWriteMovesOnPromptly(t *testing.T) { synctest.Test(t, testStrayWriteMovesOnPromptly) }
+
+func testStrayWriteMovesOnPromptly(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.RepairInterval = time.Hour })
 	a, b := tc.start("a"), tc.start("b")
 	tc.see([]string{"a", "b"}, []string{"a", "b"})
@@ -704,7 +712,7 @@ func TestStrayWriteMovesOnPromptly(t *testing.T) {
 	if _, err := a.c.tr.Call(context.Background(), "b", &transport.ApplyRequest{Changes: []bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: peer}}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
+	eventually.True(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
 		_, _, onB := b.store.Swarm(ih, 1, nil)
 		return !onB && a.store.Counts(ih).Leechers == 1
 	})
@@ -743,7 +751,9 @@ func TestMergeReplies(t *testing.T) {
 // waiting, exactly the swarms the node does not own and holds no copy of,
 // and that the reads that follow are answered from those copies, with
 // every peer.
-func TestPrefetchFillsTheReadCache(t *testing.T) {
+func TestPrefetchFillsTheReadCache(t *testing.T) { synctest.Test(t, testPrefetchFillsTheReadCache) }
+
+func testPrefetchFillsTheReadCache(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.ReadCacheTTL = time.Minute })
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
@@ -763,7 +773,7 @@ func TestPrefetchFillsTheReadCache(t *testing.T) {
 			continue
 		}
 		remote = append(remote, ih)
-		waitFor(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
+		eventually.True(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
 			return int(size(tc.nodes[owner].store.Counts(ih))) == len(want[ih])
 		})
 	}
@@ -775,7 +785,7 @@ func TestPrefetchFillsTheReadCache(t *testing.T) {
 	if got := testutil.ToFloat64(a.c.m.prefetches); got != float64(len(remote)) {
 		t.Fatalf("%v prefetches, want one per remote swarm (%d)", got, len(remote))
 	}
-	waitFor(t, 5*time.Second, "prefetched copies", func() bool {
+	eventually.True(t, 5*time.Second, "prefetched copies", func() bool {
 		for _, ih := range remote {
 			if s := a.c.cache.current(ih); s == nil || int(size(s.counts)) != len(want[ih]) {
 				return false

@@ -195,11 +195,11 @@ func (d *dest) enqueue(chs []bittorrent.Change) bool {
 	return true
 }
 
-// peek copies up to max waiting changes into buf.
-func (d *dest) peek(buf []bittorrent.Change, max int) []bittorrent.Change {
+// peek copies up to limit waiting changes into buf.
+func (d *dest) peek(buf []bittorrent.Change, limit int) []bittorrent.Change {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := min(max, len(d.queue)-d.head)
+	n := min(limit, len(d.queue)-d.head)
 	return append(buf[:0], d.queue[d.head:d.head+n]...)
 }
 

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
+	"github.com/karuta-tracker/karuta/store"
 )
 
 // emptyTTL is how long an empty answer from the owners is reused, at most.
@@ -82,7 +82,7 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 // a batch of requests waits about one round trip instead of one each.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
-	now := time.Now()
+	now := c.clock.Now()
 	for _, ih := range ihs {
 		var buf, others [8]int
 		owners := v.OwnersOf(ih, buf[:0])
@@ -95,7 +95,7 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 		}
 		if e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL); fetch {
 			c.m.prefetches.Inc()
-			go c.fetch(v, ih, slices.Clone(targets), e)
+			c.goFetch(v, ih, slices.Clone(targets), e)
 		}
 	}
 }
@@ -110,7 +110,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 		c.m.reads.WithLabelValues("failed").Inc()
 		return nil
 	}
-	now := time.Now()
+	now := c.clock.Now()
 	e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL)
 	if !fetch && e.snap != nil && now.Sub(e.snap.at) < c.cfg.ReadCacheTTL {
 		c.m.reads.WithLabelValues("cached").Inc()
@@ -119,7 +119,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		go c.fetch(v, ih, slices.Clone(targets), e)
+		c.goFetch(v, ih, slices.Clone(targets), e)
 	}
 	t := time.NewTimer(c.cfg.ReadTimeout)
 	defer t.Stop()
@@ -140,6 +140,14 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	return nil
 }
 
+// goFetch runs fetch on a goroutine Close waits for; once Close has begun
+// it fetches nothing and wakes the entry's waiters at once.
+func (c *Cluster) goFetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
+	if !c.goOwned(func() { c.fetch(v, ih, owners, e) }) {
+		c.cache.finish(ih, e, nil)
+	}
+}
+
 // fetch asks the owners in this node's datacenter for the swarm, and the
 // others only if none of those answers.
 func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
@@ -147,7 +155,7 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
 	// Fetches outlive the caller's wait, but not by much: a late answer is
 	// still worth caching, a very late one is not.
-	ctx, cancel := context.WithTimeout(context.Background(), 4*c.cfg.ReadTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, 4*c.cfg.ReadTimeout)
 	defer cancel()
 	near, far := owners, []int(nil)
 	if v.Self >= 0 {
@@ -167,7 +175,7 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	}
 	var snap *snapshot
 	if best != nil {
-		at := time.Now()
+		at := c.clock.Now()
 		if size(best.Counts) == 0 {
 			// An empty swarm is most often one whose first announce is
 			// still on its way to the owners; keep the answer briefly so
@@ -195,7 +203,10 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	}
 	replies := make(chan *transport.FetchReply, len(owners))
 	for _, o := range owners {
-		go func(addr string) { replies <- c.askOne(ctx, addr, ih) }(v.DataAddrs[o])
+		addr := v.DataAddrs[o]
+		if !c.goOwned(func() { replies <- c.askOne(ctx, addr, ih) }) {
+			replies <- nil
+		}
 	}
 	var (
 		merged *transport.FetchReply
@@ -260,73 +271,68 @@ func mergeReplies(a, b *transport.FetchReply, maxPerFamily int) *transport.Fetch
 
 func size(c bittorrent.Counts) uint32 { return c.Seeders + c.Leechers + c.Snatches }
 
-// snapshot is a swarm as fetched from an owner, split by family and role
-// so choosing peers is a couple of slice walks.
+// snapshot is a swarm as fetched from an owner, each family's peers
+// seeders first, the layout store.Choose walks.
 type snapshot struct {
 	at     time.Time
 	counts bittorrent.Counts
-	// groups[family][role]: family 0 is IPv4, 1 IPv6; role 0 seeders,
-	// 1 leechers.
-	groups [2][2][]bittorrent.Peer
+	// fams[0] is IPv4, fams[1] IPv6.
+	fams [2]snapFamily
+}
+
+type snapFamily struct {
+	peers   []bittorrent.Peer
+	seeders int
 }
 
 func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 	s := &snapshot{at: at, counts: r.Counts}
+	var size [2]int
+	for _, p := range r.Peers {
+		fam := familyOf(p.Addr)
+		size[fam]++
+		if p.Seeder {
+			s.fams[fam].seeders++
+		}
+	}
+	var next [2][2]int // next[family]: where the next seeder and leecher go
+	for fam := range s.fams {
+		s.fams[fam].peers = make([]bittorrent.Peer, size[fam])
+		next[fam] = [2]int{0, s.fams[fam].seeders}
+	}
 	for _, p := range r.Peers {
 		fam, role := familyOf(p.Addr), 1
 		if p.Seeder {
 			role = 0
 		}
-		s.groups[fam][role] = append(s.groups[fam][role], p.Peer)
+		s.fams[fam].peers[next[fam][role]] = p.Peer
+		next[fam][role]++
 	}
 	return s
 }
 
+// familyOf is the index into snapshot.fams of a's family.
 func familyOf(a netip.AddrPort) int {
-	if a.Addr().Unmap().Is4() {
-		return 0
+	if store.Family(a) == 6 {
+		return 1
 	}
-	return 1
+	return 0
 }
 
-// choose appends up to n peers of the announcer's family, the other role
-// first, never the announcer, starting at a random offset so announcers
-// sharing a snapshot get different peers. It also finds the announcer's
-// state, which is exact when the snapshot holds the whole family.
+// choose hands out up to n peers by the store's rule (store.Walk), so a
+// swarm read from a copy answers as the owner's store would. The
+// announcer's state is exact when the snapshot holds its whole family.
 func (s *snapshot) choose(announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.PeerState) {
-	fam := familyOf(announcer)
-	self := netip.AddrPortFrom(announcer.Addr().Unmap(), announcer.Port())
-	state := bittorrent.Absent
-	for role, st := range [2]bittorrent.PeerState{bittorrent.Seeding, bittorrent.Leeching} {
-		for _, p := range s.groups[fam][role] {
-			if samePeer(p.Addr, self) {
-				state = st
-			}
-		}
+	if store.Family(announcer) == 0 {
+		return dst, bittorrent.Absent
 	}
-	first := 0 // leechers want seeders first
-	if seeder {
-		first = 1
+	f := &s.fams[familyOf(announcer)]
+	self := -1
+	if announcer.Port() != 0 {
+		me := netip.AddrPortFrom(announcer.Addr().Unmap(), announcer.Port())
+		self = slices.IndexFunc(f.peers, func(p bittorrent.Peer) bool { return samePeer(p.Addr, me) })
 	}
-	for _, role := range [2]int{first, 1 - first} {
-		g := s.groups[fam][role]
-		if len(g) == 0 {
-			continue
-		}
-		off := rand.IntN(len(g))
-		for i := range g {
-			if n <= 0 {
-				return dst, state
-			}
-			p := g[(off+i)%len(g)]
-			if samePeer(p.Addr, self) {
-				continue
-			}
-			dst = append(dst, p)
-			n--
-		}
-	}
-	return dst, state
+	return store.ChoosePeers(f.peers, f.seeders, self, seeder, n, dst)
 }
 
 func samePeer(a, self netip.AddrPort) bool {
@@ -446,8 +452,8 @@ func (c *Cluster) cacheLoop() {
 		select {
 		case <-c.stop:
 			return
-		case now := <-t.C:
-			c.cache.expire(now, max(100*c.cfg.ReadCacheTTL, 10*time.Second))
+		case <-t.C:
+			c.cache.expire(c.clock.Now(), max(100*c.cfg.ReadCacheTTL, 10*time.Second))
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
@@ -65,7 +66,7 @@ func TestFullScrapeCountsEachSwarmOnce(t *testing.T) {
 	}
 	for _, name := range all {
 		var got map[bittorrent.InfoHash]bittorrent.Counts
-		waitFor(t, 10*time.Second, name+"'s full scrape shows every swarm with its counts", func() bool {
+		eventually.True(t, 10*time.Second, name+"'s full scrape shows every swarm with its counts", func() bool {
 			got = scrapeAll(t, tc.nodes[name].c)
 			if len(got) != len(want) {
 				return false

@@ -63,7 +63,7 @@ func (t *TCP) clientHandshake(nc net.Conn) (sendKey, recvKey []byte, err error) 
 	}
 	hello := make([]byte, 0, 6+len(t.opts.Label)+nonceSize)
 	hello = append(hello, clientMagic...)
-	hello = append(hello, protocolVersion, byte(len(t.opts.Label)))
+	hello = append(hello, protocolVersion, byte(len(t.opts.Label))) //nolint:gosec // G115: NewTCP caps the label at 255 bytes
 	hello = append(hello, t.opts.Label...)
 	hello = append(hello, nc0...)
 	if _, err := nc.Write(hello); err != nil {
@@ -128,7 +128,7 @@ func (t *TCP) serverHandshake(nc net.Conn) (sendKey, recvKey []byte, err error) 
 		return nil, nil, err
 	}
 	hello = append(hello, ns...)
-	hello = append(hello, byte(len(t.keys)))
+	hello = append(hello, byte(len(t.keys))) //nolint:gosec // G115: NewTCP caps the keys at maxKeys
 	for _, k := range t.keys {
 		hello = append(hello, t.mac(k, nc0, ns, "server proof")...)
 	}
@@ -165,7 +165,7 @@ func (t *TCP) matchKey(nc, ns []byte, purpose string, proofs []byte) []byte {
 func (t *TCP) mac(key, nc, ns []byte, purpose string) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(protocolTag))
-	m.Write([]byte{byte(len(t.opts.Label))})
+	m.Write([]byte{byte(len(t.opts.Label))}) //nolint:gosec // G115: NewTCP caps the label at 255 bytes
 	m.Write([]byte(t.opts.Label))
 	m.Write(nc)
 	m.Write(ns)

@@ -75,7 +75,7 @@ func (s *tcpSession) writeLoop() {
 				s.close() // never reuse a nonce
 				return
 			}
-			binary.BigEndian.PutUint32(hdr[:], uint32(len(fb.b)+gcmTagSize))
+			binary.BigEndian.PutUint32(hdr[:], uint32(len(fb.b)+gcmTagSize)) //nolint:gosec // G115: frames are at most MaxFrame, which NewTCP keeps below MaxUint32-gcmTagSize
 			binary.BigEndian.PutUint64(nonce[4:], seq)
 			seq++
 			batch = append(batch, hdr[:]...)

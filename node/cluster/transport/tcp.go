@@ -109,9 +109,6 @@ var (
 type TCPOptions struct {
 	// Bind is the host:port Serve listens on; port 0 picks a free port.
 	Bind string
-	// Advertise is the host:port other nodes call this node at, when it
-	// differs from the listener's address (NAT, containers).
-	Advertise string
 	// Keys are the cluster's secret keys, 16, 24 or 32 bytes each, at most
 	// 16. A connection uses the first key of the caller's list that the
 	// callee also has; any key in the list is accepted. To rotate, add the
@@ -237,12 +234,10 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 	return t, nil
 }
 
-// Addr returns Advertise if set, else the listener's address once Serve
-// has run, else Bind.
+// Addr returns the listener's address once Serve has run, else Bind. A
+// wildcard host in it is replaced by the gossip address before other
+// nodes hear of it (ring's resolveDataAddr).
 func (t *TCP) Addr() string {
-	if t.opts.Advertise != "" {
-		return t.opts.Advertise
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ln != nil {

@@ -422,11 +422,11 @@ func (d *decoder) uint32() uint32 {
 // make the decoder allocate more than the input justifies.
 func (d *decoder) count(minSize int) int {
 	v := d.uvarint()
-	if v > uint64(len(d.b)/minSize) {
+	if v > uint64(len(d.b)/minSize) { //nolint:gosec // G115: a length is never negative
 		d.fail("count exceeds the bytes present")
 		return 0
 	}
-	return int(v)
+	return int(v) //nolint:gosec // G115: at most len(d.b), checked above
 }
 
 func (d *decoder) swarmPeers() []SwarmPeer {
