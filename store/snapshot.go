@@ -142,11 +142,11 @@ func (m *Memory) ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) err
 
 // ScrapePage implements Store. A page is a run of whole shards, each copied
 // under its read lock, and the cursor is the next shard's index; so a page
-// holds at most max swarms plus one shard's worth.
-func (m *Memory) ScrapePage(cursor uint64, max int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool) {
+// holds at most limit swarms plus one shard's worth.
+func (m *Memory) ScrapePage(cursor uint64, limit int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool) {
 	start := len(dst)
 	for ; cursor < uint64(len(m.shards)); cursor++ {
-		if len(dst)-start >= max {
+		if len(dst)-start >= limit {
 			return dst, cursor, false
 		}
 		sh := &m.shards[cursor]

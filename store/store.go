@@ -70,13 +70,13 @@ type Store interface {
 	ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) error) error
 
 	// ScrapePage appends to dst the counts of the next swarms with peers,
-	// starting at cursor (0 for the first page), reading at least max
+	// starting at cursor (0 for the first page), reading at least limit
 	// swarms unless the store runs out; it returns the cursor of the next
 	// page and whether this was the last. Paging through the whole store
 	// lists every swarm once, though swarms created or dropped meanwhile
 	// may or may not be listed. A cursor means something only to the
 	// store that returned it. A cluster node pages this way for others.
-	ScrapePage(cursor uint64, max int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool)
+	ScrapePage(cursor uint64, limit int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool)
 
 	// Drop deletes a swarm with its peers and snatch count, as when it has
 	// been handed to the nodes that own it now. Dropping an unknown swarm

@@ -76,7 +76,7 @@ func (m *Memory) WriteSwarms(w io.Writer) (SwarmFileStats, error) {
 	var hdr [swarmFileHeader]byte
 	copy(hdr[:], swarmFileMagic)
 	binary.BigEndian.PutUint16(hdr[8:], swarmFileVersion)
-	binary.BigEndian.PutUint64(hdr[10:], uint64(now.Unix()))
+	binary.BigEndian.PutUint64(hdr[10:], unixBits(now.Unix()))
 	if _, err := bw.Write(hdr[:]); err != nil {
 		return st, err
 	}
@@ -103,7 +103,7 @@ func (m *Memory) WriteSwarms(w io.Writer) (SwarmFileStats, error) {
 	}
 	var end [swarmEndLen]byte
 	end[0] = tagEnd
-	binary.BigEndian.PutUint64(end[1:], uint64(st.Swarms))
+	binary.BigEndian.PutUint64(end[1:], uint64(st.Swarms)) //nolint:gosec // G115: a count is never negative
 	if _, err := bw.Write(end[:9]); err != nil {
 		return st, err
 	}
@@ -134,8 +134,8 @@ func (m *Memory) appendSwarmRecord(ih bittorrent.InfoHash, buf []byte) ([]byte, 
 	buf = append(buf, tagSwarm)
 	buf = append(buf, ih[:]...)
 	buf = binary.BigEndian.AppendUint32(buf, sw.snatches)
-	buf = binary.BigEndian.AppendUint32(buf, uint32(sw.v4.n))
-	buf = binary.BigEndian.AppendUint32(buf, uint32(v6.n))
+	buf = binary.BigEndian.AppendUint32(buf, uint32(sw.v4.n)) //nolint:gosec // G115: a set's count is never negative
+	buf = binary.BigEndian.AppendUint32(buf, uint32(v6.n))    //nolint:gosec // G115: as above
 	epoch := m.epoch.Unix()
 	for _, s := range []struct {
 		set *peerSet
@@ -144,7 +144,7 @@ func (m *Memory) appendSwarmRecord(ih bittorrent.InfoHash, buf []byte) ([]byte, 
 		for i := range int(s.set.n) {
 			r := s.set.rec(s.f, i)
 			buf = append(buf, r[:s.f.addrLen+idLen]...)
-			buf = binary.BigEndian.AppendUint64(buf, uint64(epoch+int64(s.set.seenAt(s.f, i))))
+			buf = binary.BigEndian.AppendUint64(buf, unixBits(epoch+int64(s.set.seenAt(s.f, i))))
 			var flags byte
 			if i < s.set.seeders() {
 				flags = flagSeeder
@@ -187,7 +187,7 @@ func (m *Memory) scanSwarms(r io.Reader, now time.Time, load bool) (SwarmFileSta
 	if v := binary.BigEndian.Uint16(hdr[8:]); v != swarmFileVersion {
 		return st, fmt.Errorf("%w: version %d; this Karuta reads version %d", ErrBadSwarmFile, v, swarmFileVersion)
 	}
-	st.WrittenAt = time.Unix(int64(binary.BigEndian.Uint64(hdr[10:])), 0)
+	st.WrittenAt = time.Unix(unixFromBits(binary.BigEndian.Uint64(hdr[10:])), 0)
 	cutoff := now.Unix() - int64(m.lifetime)
 	var (
 		batch  []bittorrent.Change
@@ -224,7 +224,7 @@ func (m *Memory) scanSwarms(r io.Reader, now time.Time, load bool) (SwarmFileSta
 				if err != nil {
 					return st, err
 				}
-				seen := int64(binary.BigEndian.Uint64(rec[addrLen+idLen:]))
+				seen := unixFromBits(binary.BigEndian.Uint64(rec[addrLen+idLen:]))
 				if seen < cutoff {
 					st.Expired++
 					continue
@@ -350,7 +350,7 @@ func (m *Memory) SaveSwarmFile(path string) (SwarmFileStats, error) {
 		return st, fmt.Errorf("store: save swarms to %s: %w", path, err)
 	}
 	// Sync the directory too, or the rename itself may not survive a crash.
-	if d, err := os.Open(dir); err == nil {
+	if d, err := os.Open(dir); err == nil { //nolint:gosec // G304: the directory of the operator's snapshot_file
 		_ = d.Sync()
 		_ = d.Close()
 	}
@@ -361,14 +361,21 @@ func (m *Memory) SaveSwarmFile(path string) (SwarmFileStats, error) {
 // file is not an error: it returns os.ErrNotExist wrapped, for the caller
 // to tell a first start from a failure.
 func (m *Memory) LoadSwarmFile(path string) (SwarmFileStats, error) {
-	f, err := os.Open(path)
+	f, err := os.Open(path) //nolint:gosec // G304: the operator's snapshot_file
 	if err != nil {
 		return SwarmFileStats{}, fmt.Errorf("store: load swarms: %w", err)
 	}
-	defer f.Close()
+	// Read only: a failed close loses nothing.
+	defer func() { _ = f.Close() }()
 	st, err := m.ReadSwarms(f, m.now())
 	if err != nil {
 		return st, fmt.Errorf("store: load swarms from %s: %w", path, err)
 	}
 	return st, nil
 }
+
+// unixBits and unixFromBits store unix seconds, which may be negative, in
+// a file's unsigned 64-bit fields as two's complement, so they round-trip.
+func unixBits(sec int64) uint64 { return uint64(sec) } //nolint:gosec // G115: two's complement on purpose
+
+func unixFromBits(b uint64) int64 { return int64(b) } //nolint:gosec // G115: two's complement on purpose

@@ -28,7 +28,7 @@ type fullTracker struct {
 	calls int
 }
 
-func (f *fullTracker) ScrapeAll(ctx context.Context, req *bittorrent.ScrapeRequest, fn func([]bittorrent.Scrape) error) error {
+func (f *fullTracker) ScrapeAll(_ context.Context, _ *bittorrent.ScrapeRequest, fn func([]bittorrent.Scrape) error) error {
 	f.mu.Lock()
 	f.calls++
 	f.mu.Unlock()

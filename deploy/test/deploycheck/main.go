@@ -13,6 +13,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -142,7 +143,10 @@ func waitAlert(ctx context.Context, p *prom, name, want string, within time.Dura
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("alert %s not %s within %s; last seen: %s (%v)", name, want, within, last, err)
+			if err != nil {
+				return fmt.Errorf("alert %s not %s within %s; last seen: %s: %w", name, want, within, last, err)
+			}
+			return fmt.Errorf("alert %s not %s within %s; last seen: %s", name, want, within, last)
 		}
 		time.Sleep(time.Second)
 	}
@@ -153,12 +157,11 @@ func waitAlert(ctx context.Context, p *prom, name, want string, within time.Dura
 // (kustomize rewrote its name with the hash suffix), and writes the
 // config out for `karuta config check`.
 func extractK8sConfig(rendered, outFile string) error {
-	f, err := os.Open(rendered)
+	raw, err := os.ReadFile(rendered)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	var secret, mounted string
 	var config []byte
 	kinds := map[string]int{}
@@ -217,7 +220,7 @@ func freePorts(n int) ([]int, error) {
 	var held []io.Closer
 	defer func() {
 		for _, c := range held {
-			c.Close()
+			_ = c.Close() // a probe socket: nothing to lose
 		}
 	}()
 	for tries := 0; len(ports) < n; tries++ {
@@ -254,7 +257,9 @@ func writeJWTKey(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "jwt.seed"), []byte(hex.EncodeToString(priv.Seed())), 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "jwt.pub.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	// 0600 like everything else here; run.sh makes it readable for the
+	// container's user when it mounts it.
+	return os.WriteFile(filepath.Join(dir, "jwt.pub.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600)
 }
 
 // signToken signs an EdDSA JSON Web Token for one infohash, valid for an
