@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,5 +125,24 @@ func TestScrapePageReportsFirstOwned(t *testing.T) {
 	}
 	if len(seen) != firstOwner {
 		t.Errorf("b reported %d swarms, want the %d it is first owner of", len(seen), firstOwner)
+	}
+}
+
+// TestFullScrapeFailsWhenAMemberIsCut checks a full scrape is never
+// silently partial: with the link to c cut, a's full scrape fails naming
+// c, and succeeds again once the link heals.
+func TestFullScrapeFailsWhenAMemberIsCut(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c"}
+	tc.populated(all, 20, 40)
+	tc.waitSettled(all...)
+	tc.net.Cut("a", "c")
+	err := tc.nodes["a"].c.ScrapeAll(context.Background(), func([]bittorrent.Scrape) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "full scrape of c") {
+		t.Fatalf("ScrapeAll with c cut off = %v; want an error naming c", err)
+	}
+	tc.net.Heal()
+	if got := scrapeAll(t, tc.nodes["a"].c); len(got) != 20 {
+		t.Errorf("after the heal a's full scrape lists %d swarms, want 20", len(got))
 	}
 }
