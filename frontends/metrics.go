@@ -3,10 +3,27 @@
 package frontends
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// SourcePrefix6 is the IPv6 prefix the frontends' per-source limits count
+// as one source: a subscriber is given at least a /64, so an address of its
+// own per request or connection would otherwise escape the limit.
+const SourcePrefix6 = 64
+
+// Source is the source a client address counts as for per-source limits:
+// its IPv4 address (unmapped), or its IPv6 /64.
+func Source(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(SourcePrefix6) // cannot fail for an IPv6 address
+		return p.Addr()
+	}
+	return ip
+}
 
 // Actions and results used as metric labels.
 const (
@@ -33,9 +50,12 @@ const (
 	// answering it with an error could start an endless exchange between
 	// two trackers (or a tracker and itself) tricked by a spoofed source.
 	DropResponse = "response"
+	// DropConnectRate is a UDP connect from a source over its
+	// connect_rate.
+	DropConnectRate = "connect_rate"
 )
 
-var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse}
+var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse, DropConnectRate}
 
 // Outcomes of a full scrape (a scrape of every swarm), used as metric labels.
 const (
@@ -60,8 +80,21 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	dropped  *prometheus.CounterVec
+	conns    *prometheus.GaugeVec
+	refused  *prometheus.CounterVec
 	full     *prometheus.CounterVec
 }
+
+// Reasons a connection-oriented frontend refuses a connection, used as
+// metric labels.
+const (
+	// RefusedMaxConnections is a connection over the frontend's cap.
+	RefusedMaxConnections = "max_connections"
+	// RefusedMaxConnectionsPerIP is a connection over its source's cap.
+	RefusedMaxConnectionsPerIP = "max_connections_per_ip"
+)
+
+var refusedReasons = [...]string{RefusedMaxConnections, RefusedMaxConnectionsPerIP}
 
 // NewMetrics registers the frontend metrics with reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -85,6 +118,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name:      "dropped_total",
 			Help:      "Requests dropped without an answer, by frontend and reason.",
 		}, []string{"frontend", "reason"}),
+		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "connections",
+			Help:      "Client connections open, by frontend.",
+		}, []string{"frontend"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "connections_refused_total",
+			Help:      "Client connections closed unanswered at a connection cap, by frontend and cap.",
+		}, []string{"frontend", "reason"}),
 		full: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "karuta",
 			Subsystem: "frontend",
@@ -92,7 +137,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:      "Scrapes of every swarm, by frontend and result: ok, disabled, rate_limited, refused (by a hook), error.",
 		}, []string{"frontend", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped, m.full} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped, m.conns, m.refused, m.full} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -103,9 +148,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // Recorder is the set of metric children of one frontend, resolved up front
 // so that recording a request allocates nothing.
 type Recorder struct {
-	byAction [4]actionRecorder                    // indexed like actions
-	dropped  [len(dropReasons)]prometheus.Counter // indexed like dropReasons
-	full     [len(fullScrapeResults)]prometheus.Counter
+	byAction [4]actionRecorder                          // indexed like actions
+	dropped  [len(dropReasons)]prometheus.Counter       // indexed like dropReasons
+	full     [len(fullScrapeResults)]prometheus.Counter // indexed like fullScrapeResults
+	// conns and refused exist only for connection-oriented frontends
+	// (ForConnections).
+	conns   prometheus.Gauge
+	refused [len(refusedReasons)]prometheus.Counter // indexed like refusedReasons
 }
 
 type actionRecorder struct {
@@ -127,6 +176,19 @@ func (m *Metrics) For(frontend string) *Recorder {
 	for i, reason := range dropReasons {
 		r.dropped[i] = m.dropped.WithLabelValues(frontend, reason)
 	}
+	return r
+}
+
+// ForConnections returns the recorder for a frontend that serves
+// connections ("http"): For's metrics plus open and refused connections
+// and full scrapes.
+func (m *Metrics) ForConnections(frontend string) *Recorder {
+	r := m.For(frontend)
+	r.conns = m.conns.WithLabelValues(frontend)
+	for i, reason := range refusedReasons {
+		r.refused[i] = m.refused.WithLabelValues(frontend, reason)
+	}
+	// Only a connection-oriented frontend (HTTP) answers full scrapes.
 	for i, res := range fullScrapeResults {
 		r.full[i] = m.full.WithLabelValues(frontend, res)
 	}
@@ -174,10 +236,39 @@ func (r *Recorder) Drop(reason string) {
 	}
 }
 
+// ConnOpened counts a connection accepted. A nil Recorder, or one made by
+// For, records nothing.
+func (r *Recorder) ConnOpened() {
+	if r != nil && r.conns != nil {
+		r.conns.Inc()
+	}
+}
+
+// ConnClosed counts a connection ended after ConnOpened.
+func (r *Recorder) ConnClosed() {
+	if r != nil && r.conns != nil {
+		r.conns.Dec()
+	}
+}
+
+// RefuseConn counts a connection refused for reason, one of the Refused
+// constants; other reasons are not counted.
+func (r *Recorder) RefuseConn(reason string) {
+	if r == nil || r.conns == nil {
+		return
+	}
+	for i, x := range refusedReasons {
+		if x == reason {
+			r.refused[i].Inc()
+			return
+		}
+	}
+}
+
 // FullScrape counts one full scrape with result, one of the FullScrape
-// constants. A nil Recorder records nothing.
+// constants. A nil Recorder, or one made by For, records nothing.
 func (r *Recorder) FullScrape(result string) {
-	if r == nil {
+	if r == nil || r.conns == nil {
 		return
 	}
 	for i, res := range fullScrapeResults {

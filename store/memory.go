@@ -167,8 +167,8 @@ func (m *Memory) seconds(t time.Time) uint32 {
 	switch {
 	case d < 0:
 		return 0
-	case d > math.MaxUint32:
-		return math.MaxUint32
+	case d > maxSeen:
+		return maxSeen
 	}
 	return uint32(d)
 }
@@ -245,7 +245,12 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 	seeder := c.Seeder
 	if c.Op == bittorrent.OpComplete {
 		seeder = true
-		if sw.snatches < math.MaxUint32 {
+		// A completion counts once per peer: a client repeating
+		// `completed`, and a forwarded batch applied again after its
+		// acknowledgement was lost, find the peer marked seeded already.
+		// A handed-over seeder arrives marked too (snapshots carry
+		// Seeder), so a swarm's new owner does not count it again.
+		if (i < 0 || !set.seeded(f, i)) && sw.snatches < math.MaxUint32 {
 			sw.snatches++
 		}
 	}
@@ -254,7 +259,7 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		sh.npeers[kindIndex(f.v6, seeder)].Add(1)
 		return
 	}
-	set.update(f, i, &c.Peer.ID, now)
+	set.update(f, i, &c.Peer.ID, now, seeder)
 	if was := i < set.seeders(); was != seeder {
 		set.setSeeder(f, i, seeder)
 		sh.npeers[kindIndex(f.v6, was)].Add(-1)

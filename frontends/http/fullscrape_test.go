@@ -83,7 +83,7 @@ func TestFullScrape(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rec := m.For("http")
+			rec := m.ForConnections("http")
 			_, addr := testServer(t, f, rec, func(c *Config) { c.FullScrape = true })
 			r := dialRaw(t, addr)
 			r.write(tt.request)
@@ -176,7 +176,7 @@ func TestFullScrapeRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, addr := testServer(t, tt.tr, m.For("http"), func(c *Config) { c.FullScrape = tt.on; c.FullScrapeInterval = time.Hour })
+			_, addr := testServer(t, tt.tr, m.ForConnections("http"), func(c *Config) { c.FullScrape = tt.on; c.FullScrapeInterval = time.Hour })
 			if tt.twice {
 				r := dialRaw(t, addr)
 				r.write("GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -171,8 +171,8 @@ func FuzzConn(f *testing.F) {
 		}
 		sc := &scriptConn{in: in, chunk: int(chunk) + 1}
 		c := newConn(s, sc)
-		if !s.track(c) {
-			t.Fatal("track failed")
+		if ok, refused := s.track(c); !ok {
+			t.Fatalf("track failed (refused: %q)", refused)
 		}
 		c.serve()
 		out := sc.out.Bytes()

@@ -12,6 +12,7 @@ type metrics struct {
 	forwarded    *prometheus.CounterVec
 	forwardTime  prometheus.Histogram
 	received     prometheus.Counter
+	duplicates   prometheus.Counter
 	reads        *prometheus.CounterVec
 	fetchTime    prometheus.Histogram
 	prefetches   prometheus.Counter
@@ -36,6 +37,10 @@ func newMetrics() *metrics {
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "received_changes_total",
 			Help: "Swarm changes applied on behalf of other nodes.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "duplicate_changes_total",
+			Help: "Forwarded swarm changes received again after a retry and skipped, having been applied already.",
 		}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "reads_total",
@@ -68,7 +73,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
+	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.duplicates, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
 }
 
 // queueCollector reports each destination's queue depth at scrape time,
