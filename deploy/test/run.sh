@@ -16,7 +16,7 @@
 #     2s with alerts.yml's `for` windows cut to 10s, while `karuta bench`
 #     loads the nodes over UDP and HTTP (bounded, loopback ports only);
 #  6. stopping n2 fires KarutaNodeDown in that Prometheus, starting it again
-#     resolves it;
+#     resolves it, and n2 comes back with the swarm file it wrote on SIGTERM;
 #  7. every expression of every panel of the Grafana dashboard returns data,
 #     its variables resolved as Grafana does (deploy/test/deploycheck).
 #
@@ -121,9 +121,14 @@ export KARUTA_IMAGE=$image
 for n in n1 n2 n3; do
 	hooks=deploy/test/hooks.yaml
 	[[ $n == n3 ]] && hooks=deploy/test/hooks-jwt.yaml
-	# The test copies also answer full scrapes, checked after the load.
+	# The test copies also answer full scrapes, checked after the load, and
+	# keep their swarms in a swarm file on a host directory, checked when n2
+	# restarts.
 	sed '/^  http:$/a\    full_scrape: true\n    full_scrape_interval: 1s' "deploy/compose/$n.yaml" | cat - "$hooks" >"$tmp/$n.yaml"
+	printf 'store:\n  snapshot_file: /var/lib/karuta/swarms\n  snapshot_interval: 10s\n' >>"$tmp/$n.yaml"
 	grep -q 'full_scrape: true' "$tmp/$n.yaml" || fail "could not turn full_scrape on in the test copy of $n.yaml"
+	mkdir -p "$tmp/$n-state"
+	chown 65532:65532 "$tmp/$n-state" 2>/dev/null || chmod 777 "$tmp/$n-state"
 	"$karuta" config check "$tmp/$n.yaml" >/dev/null || fail "$n.yaml with $hooks does not validate"
 done
 chmod a+r "$tmp"/n?.yaml "$tmp/jwt.pub.pem"
@@ -131,11 +136,11 @@ chmod a+rx "$tmp"
 cat >"$tmp/override.yml" <<EOF
 services:
   n1:
-    volumes: ["$tmp/n1.yaml:/etc/karuta/karuta.yaml:ro"]
+    volumes: ["$tmp/n1.yaml:/etc/karuta/karuta.yaml:ro", "$tmp/n1-state:/var/lib/karuta"]
   n2:
-    volumes: ["$tmp/n2.yaml:/etc/karuta/karuta.yaml:ro"]
+    volumes: ["$tmp/n2.yaml:/etc/karuta/karuta.yaml:ro", "$tmp/n2-state:/var/lib/karuta"]
   n3:
-    volumes: ["$tmp/n3.yaml:/etc/karuta/karuta.yaml:ro", "$tmp/jwt.pub.pem:/etc/karuta/jwt.pub.pem:ro"]
+    volumes: ["$tmp/n3.yaml:/etc/karuta/karuta.yaml:ro", "$tmp/n3-state:/var/lib/karuta", "$tmp/jwt.pub.pem:/etc/karuta/jwt.pub.pem:ro"]
 EOF
 say "starting the compose cluster (project $run_id; trackers on $p1 $p2 $p3, metrics on $m1 $m2 $m3)"
 compose_up=1
@@ -214,6 +219,10 @@ compose start n2 >/dev/null 2>&1
 HOST=127.0.0.1 TRACKER_PORTS="$p1 $p2 $p3" METRICS_PORTS="$m1 $m2 $m3" WAIT_SECS=60 \
 	INFO_HASH=$ih ANNOUNCE_QUERY="&jwt=$token" deploy/compose/smoke.sh >/dev/null ||
 	fail "the cluster did not recover after n2 restarted"
+# n2 wrote its swarm file when it stopped and loaded it when it started.
+curl -fsS --max-time 5 "http://127.0.0.1:$m2/metrics" | grep -q '^karuta_store_snapshot_loads_total{result="ok"} 1$' ||
+	fail "n2 did not load its swarm file after the restart: $(curl -fsS --max-time 5 "http://127.0.0.1:$m2/metrics" | grep snapshot_loads)"
+say "n2 loaded the swarm file it wrote when it stopped"
 
 # --- 7. The dashboard -------------------------------------------------------------
 say "loading again for 10s, then checking every dashboard expression"
