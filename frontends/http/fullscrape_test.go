@@ -1,11 +1,13 @@
 package http
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
 	"io"
+	nethttp "net/http"
 	"reflect"
 	"strings"
 	"testing"
@@ -250,4 +252,62 @@ func TestAcceptsGzip(t *testing.T) {
 			t.Errorf("acceptsGzip(%q) = %v, want %v", v, got, want)
 		}
 	}
+}
+
+// FuzzFullScrapeConn serves arbitrary input on a connection whose server
+// answers full scrapes: every response must parse, every 200 body must be
+// canonical bencode once gunzipped when it says gzip, and nothing may
+// follow a full scrape's answer, which ends with the connection.
+func FuzzFullScrapeConn(f *testing.F) {
+	f.Add(uint8(255), []byte("GET /scrape HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n"))
+	f.Add(uint8(3), []byte("GET "+scrapeOne+" HTTP/1.1\r\nHost: t\r\n\r\nGET /scrape?x=1 HTTP/1.0\r\nAccept-Encoding: x-gzip;q=0.1\r\n\r\nGET /scrape HTTP/1.1\r\nHost: t\r\n\r\n"))
+	f.Add(uint8(9), []byte("GET /scrape HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip;q=0, *\r\nAccept-Encoding: deflate\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, chunk uint8, in []byte) {
+		in = bytes.ReplaceAll(in, []byte("HEAD"), []byte("GETX")) // see FuzzConn
+		cfg := DefaultConfig()
+		cfg.MaxRequestBytes = 512
+		cfg.FullScrape = true
+		s, err := New(cfg, &fullTracker{files: testFiles(20)}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := &scriptConn{in: in, chunk: int(chunk) + 1}
+		c := newConn(s, sc)
+		if ok, refused := s.track(c); !ok {
+			t.Fatalf("track failed (refused: %q)", refused)
+		}
+		c.serve()
+		br := bufio.NewReader(bytes.NewReader(sc.out.Bytes()))
+		for full := false; ; {
+			if _, err := br.Peek(1); err == io.EOF {
+				break
+			}
+			if full {
+				t.Fatal("a response follows a full scrape's answer")
+			}
+			resp, err := nethttp.ReadResponse(br, &nethttp.Request{Method: "GET"})
+			if err != nil {
+				t.Fatalf("malformed response: %v", err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("bad body: %v", err)
+			}
+			full = resp.ContentLength < 0
+			if resp.Header.Get("Content-Encoding") == "gzip" {
+				zr, err := gzip.NewReader(bytes.NewReader(body))
+				if err != nil {
+					t.Fatalf("gzip body: %v", err)
+				}
+				if body, err = io.ReadAll(zr); err != nil {
+					t.Fatalf("gzip body: %v", err)
+				}
+			}
+			if resp.StatusCode == 200 {
+				if _, err := (bencode.Decoder{SortedKeys: true}).Decode(body); err != nil {
+					t.Fatalf("200 body %q is not canonical bencode: %v", body, err)
+				}
+			}
+		}
+	})
 }
