@@ -15,6 +15,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends/udp"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/node/cluster"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
 )
@@ -34,19 +35,24 @@ type Config struct {
 // ClusterConfig is the `cluster` section: membership and placement keys
 // (ring) and data-plane keys (node/cluster) side by side.
 type ClusterConfig struct {
-	// Insecure allows a cluster without secret_keys, whose gossip is
+	// Insecure allows a cluster without secret_keys or certificates, whose gossip is
 	// plain and whose data channel anyone who reaches it can write to.
 	// Without it such a config is refused (see insecureCluster).
 	Insecure    bool `yaml:"insecure"`
 	ring.Config `yaml:",inline"`
 	Data        cluster.Config `yaml:",inline"`
+	// TLS selects the data channel's certificate mode.
+	TLS transport.Config `yaml:"tls"`
 }
 
 func (c ClusterConfig) validate() error {
 	if err := c.Config.Validate(); err != nil {
 		return err
 	}
-	return c.Data.Validate()
+	if err := c.Data.Validate(); err != nil {
+		return err
+	}
+	return c.TLS.Validate()
 }
 
 // IdentityConfig names the node and places it for replica placement and
@@ -96,7 +102,7 @@ func Default() Config {
 		Tracker: hooks.DefaultConfig(),
 		Store:   store.DefaultConfig(),
 		Metrics: MetricsConfig{Addr: "127.0.0.1:6880"},
-		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig()},
+		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig(), TLS: transport.DefaultConfig()},
 	}
 }
 
