@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient netns vet lint bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient netns deploy-test vet lint bench fuzz tidy clean
 
 all: build
 
@@ -17,9 +17,9 @@ static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
 ## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
-## the race detector, the real BitTorrent clients test and the failover tests
-## on real networks (installs what it needs)
-test: test-deps vet lint tidy unit realclient netns
+## the race detector, the real BitTorrent clients test, the failover tests
+## on real networks and the deploy stage (installs what it needs)
+test: test-deps vet lint tidy unit realclient netns deploy-test
 
 test-deps:
 	@.ci/install-test-deps
@@ -46,6 +46,11 @@ realclient:
 netns:
 	@.ci/netns-clean
 	$(GO) test -count=1 -tags netns -v ./node/netns/
+
+## deploy-test: the image, the compose cluster, Prometheus, the alerts, the
+## dashboard and the Kubernetes manifests, run for real (deploy/test/run.sh)
+deploy-test:
+	deploy/test/run.sh
 
 ## bench: Go benchmarks of the hot paths (compare runs with benchstat)
 bench:

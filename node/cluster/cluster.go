@@ -79,6 +79,10 @@ type Cluster struct {
 	settled atomic.Pointer[ring.View]
 	handoff handoffState // owned by the handoff loop
 
+	// scrapePage is how many swarms a full scrape reads per page: the
+	// scrapePage constant, smaller in tests.
+	scrapePage int
+
 	dropLog    *ratelog.Limiter
 	unreachLog *ratelog.Limiter
 	handoffLog *ratelog.Limiter
@@ -115,6 +119,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
+		scrapePage: scrapePage,
 		dropLog:    ratelog.New(10 * time.Second),
 		unreachLog: ratelog.New(10 * time.Second),
 		handoffLog: ratelog.New(10 * time.Second),
@@ -318,6 +323,8 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 		c.trust.received(func(i int) bittorrent.InfoHash { return r.Swarms[i].InfoHash }, len(r.Swarms))
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
 		return &transport.Ack{}, nil
+	case *transport.ScrapeRequest:
+		return c.scrapePageFor(r), nil
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }

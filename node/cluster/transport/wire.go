@@ -17,13 +17,16 @@ import (
 //	ApplyRequest  0x01 stream:uvarint seq:uvarint count:uvarint change*count
 //	FetchRequest  0x02 infohash:20 maxpeers:varint
 //	MergeRequest  0x03 count:uvarint swarm*count
+//	ScrapeRequest 0x04 cursor:uvarint max:varint
 //	Ack           0x81
 //	FetchReply    0x82 seeders:uvarint leechers:uvarint snatches:uvarint count:uvarint swarmpeer*count
 //	error reply   0x83 len:uvarint message:len
+//	ScrapeReply   0x84 done:1 next:uvarint count:uvarint file*count
 //
 //	change    op:1 seeder:1 infohash:20 peer
 //	swarm     infohash:20 snatches:uvarint count:uvarint swarmpeer*count
 //	swarmpeer seeder:1 peer
+//	file      infohash:20 seeders:uvarint leechers:uvarint snatches:uvarint
 //	peer      family:1 (0: no address, 4: 4 bytes, 6: 16 bytes) addr port:2 (big endian) id:20
 //
 // Varints are encoding/binary's. Every value has exactly one encoding:
@@ -31,12 +34,14 @@ import (
 // kinds, operations and families, and trailing bytes, so decode followed
 // by encode gives back the input. Decoded values never alias the input.
 const (
-	kindApply      byte = 0x01
-	kindFetch      byte = 0x02
-	kindMerge      byte = 0x03
-	kindAck        byte = 0x81
-	kindFetchReply byte = 0x82
-	kindError      byte = 0x83
+	kindApply       byte = 0x01
+	kindFetch       byte = 0x02
+	kindMerge       byte = 0x03
+	kindScrape      byte = 0x04
+	kindAck         byte = 0x81
+	kindFetchReply  byte = 0x82
+	kindError       byte = 0x83
+	kindScrapeReply byte = 0x84
 )
 
 // Address families of an encoded peer.
@@ -54,6 +59,7 @@ const (
 	minSwarmPeerSize = 1 + minPeerSize
 	minChangeSize    = 1 + 1 + 20 + minPeerSize
 	minSwarmSize     = 20 + 1 + 1
+	minFileSize      = 20 + 1 + 1 + 1
 )
 
 // maxErrorLen bounds the message of an error reply; longer messages are
@@ -111,6 +117,13 @@ func appendRequest(dst []byte, req Request) ([]byte, error) {
 			}
 		}
 		return dst, nil
+	case *ScrapeRequest:
+		if r == nil {
+			break
+		}
+		dst = append(dst, kindScrape)
+		dst = binary.AppendUvarint(dst, r.Cursor)
+		return binary.AppendVarint(dst, int64(r.Max)), nil
 	}
 	return dst, fmt.Errorf("encode request: unsupported value %T", req)
 }
@@ -135,6 +148,21 @@ func appendReply(dst []byte, rep Reply) ([]byte, error) {
 		dst, err := appendSwarmPeers(dst, r.Peers)
 		if err != nil {
 			return dst, fmt.Errorf("encode fetch reply: %w", err)
+		}
+		return dst, nil
+	case *ScrapeReply:
+		if r == nil {
+			break
+		}
+		dst = append(dst, kindScrapeReply, boolByte(r.Done))
+		dst = binary.AppendUvarint(dst, r.Next)
+		dst = binary.AppendUvarint(dst, uint64(len(r.Files)))
+		for i := range r.Files {
+			f := &r.Files[i]
+			dst = append(dst, f.InfoHash[:]...)
+			dst = binary.AppendUvarint(dst, uint64(f.Seeders))
+			dst = binary.AppendUvarint(dst, uint64(f.Leechers))
+			dst = binary.AppendUvarint(dst, uint64(f.Snatches))
 		}
 		return dst, nil
 	}
@@ -244,6 +272,14 @@ func decodeRequest(b []byte) (Request, error) {
 			}
 		}
 		req = r
+	case kindScrape:
+		r := &ScrapeRequest{Cursor: d.uvarint()}
+		v := d.varint()
+		if v < math.MinInt || v > math.MaxInt {
+			d.fail("max out of range")
+		}
+		r.Max = int(v)
+		req = r
 	default:
 		d.fail(fmt.Sprintf("unknown request kind 0x%02x", kind))
 	}
@@ -268,6 +304,17 @@ func decodeReply(b []byte) (Reply, error) {
 		r.Counts.Leechers = d.uint32()
 		r.Counts.Snatches = d.uint32()
 		r.Peers = d.swarmPeers()
+		rep = r
+	case kindScrapeReply:
+		r := &ScrapeReply{Done: d.flag(), Next: d.uvarint()}
+		if n := d.count(minFileSize); n > 0 {
+			r.Files = make([]bittorrent.Scrape, n)
+			for i := range r.Files {
+				f := &r.Files[i]
+				d.read(f.InfoHash[:])
+				f.Seeders, f.Leechers, f.Snatches = d.uint32(), d.uint32(), d.uint32()
+			}
+		}
 		rep = r
 	case kindError:
 		n := d.count(1)

@@ -103,6 +103,8 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "fetch negative", req: &FetchRequest{InfoHash: testInfoHash(9), MaxPeers: -1}},
 		{name: "fetch max", req: &FetchRequest{MaxPeers: math.MaxInt}},
 		{name: "fetch min", req: &FetchRequest{MaxPeers: math.MinInt}},
+		{name: "scrape first page", req: &ScrapeRequest{Max: 8192}},
+		{name: "scrape extremes", req: &ScrapeRequest{Cursor: math.MaxUint64, Max: math.MinInt}},
 		{name: "merge nil", req: &MergeRequest{}},
 		{name: "merge empty", req: &MergeRequest{Swarms: []Swarm{}}, want: &MergeRequest{}},
 		{name: "merge swarm without peers", req: &MergeRequest{Swarms: []Swarm{{InfoHash: testInfoHash(5), Snatches: 3}}}},
@@ -163,6 +165,12 @@ func TestReplyRoundTrip(t *testing.T) {
 			},
 		}},
 		{name: "fetch reply 10000 peers", rep: &FetchReply{Peers: manySwarmPeers(10000)}},
+		{name: "scrape reply done", rep: &ScrapeReply{Done: true}},
+		{name: "scrape reply empty files", rep: &ScrapeReply{Next: 5, Files: []bittorrent.Scrape{}}, want: &ScrapeReply{Next: 5}},
+		{name: "scrape reply files", rep: &ScrapeReply{Next: math.MaxUint64, Files: []bittorrent.Scrape{
+			{InfoHash: testInfoHash(1), Counts: bittorrent.Counts{Seeders: 1, Leechers: 2, Snatches: 3}},
+			{InfoHash: bittorrent.InfoHash(allOnes), Counts: bittorrent.Counts{Seeders: math.MaxUint32, Leechers: math.MaxUint32, Snatches: math.MaxUint32}},
+		}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := appendReply(nil, tc.rep)
@@ -277,6 +285,12 @@ func goldenCases() []struct {
 			}})
 		}},
 		{"error", func() ([]byte, error) { return appendErrorReply(nil, "boom"), nil }},
+		{"scrape", func() ([]byte, error) { return appendRequest(nil, &ScrapeRequest{Cursor: 300, Max: 8192}) }},
+		{"scrape reply", func() ([]byte, error) {
+			return appendReply(nil, &ScrapeReply{Next: 7, Files: []bittorrent.Scrape{
+				{InfoHash: testInfoHash(0xc0), Counts: bittorrent.Counts{Seeders: 300, Leechers: 2, Snatches: 1}},
+			}})
+		}},
 	}
 }
 
