@@ -57,7 +57,10 @@ type Cluster struct {
 	reg   prometheus.Registerer
 	clock Clock
 
-	view atomic.Pointer[ring.View]
+	view  atomic.Pointer[ring.View]
+	trust trust // which local copies are whole; see localAlone
+	// viewCh is closed, and replaced, each time a new view is installed.
+	viewCh atomic.Pointer[chan struct{}]
 
 	destMu sync.Mutex
 	dests  map[string]*dest // by data address
@@ -125,7 +128,10 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
+	c.trust.adopt(opts.Views.View(), c.clock.Now())
 	c.view.Store(opts.Views.View())
+	viewCh := make(chan struct{})
+	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
 		for _, col := range append(c.m.collectors(), queueCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
@@ -152,6 +158,9 @@ func (c *Cluster) Start() error {
 // View returns the view the data plane currently routes by.
 func (c *Cluster) View() *ring.View { return c.view.Load() }
 
+// viewChanged returns a channel closed when the next view is installed.
+func (c *Cluster) viewChanged() <-chan struct{} { return *c.viewCh.Load() }
+
 // watchLoop installs each new view: it retires destinations that left,
 // re-routing what they had queued, and asks for a handoff pass.
 func (c *Cluster) watchLoop() {
@@ -163,7 +172,10 @@ func (c *Cluster) watchLoop() {
 		case <-c.views.Changed():
 		}
 		v := c.views.View()
+		c.trust.adopt(v, c.clock.Now())
 		c.view.Store(v)
+		next := make(chan struct{})
+		close(*c.viewCh.Swap(&next))
 		c.retireDests(v)
 		c.cache.clear() // owners may have changed; refetch rather than trust
 		c.requestHandoff()
@@ -286,12 +298,7 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 	case *transport.FetchRequest:
 		// A sample is always bounded, whatever the caller asked, so the
 		// reply stays far below the transport's frame limit.
-		snap, counts, _ := c.store.Swarm(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers), nil)
-		reply := &transport.FetchReply{Counts: counts, Peers: make([]transport.SwarmPeer, len(snap))}
-		for i, ch := range snap {
-			reply.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
-		}
-		return reply, nil
+		return c.localReply(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers)), nil
 	case *transport.MergeRequest:
 		// Only an owner takes a swarm. When the views differ (one side has
 		// not heard of a join or a leave yet), refusing keeps the sender's
@@ -313,6 +320,7 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 			c.store.Apply(changes)
 			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
 		}
+		c.trust.received(func(i int) bittorrent.InfoHash { return r.Swarms[i].InfoHash }, len(r.Swarms))
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
 		return &transport.Ack{}, nil
 	case *transport.ScrapeRequest:
@@ -362,11 +370,15 @@ type MemberStatus struct {
 
 // Status is the data plane as this node sees it.
 type Status struct {
-	Epoch    uint64         `json:"epoch"`
-	Self     string         `json:"self,omitempty"`
-	Replicas int            `json:"replicas"`
-	Settled  bool           `json:"settled"`
-	Members  []MemberStatus `json:"members"`
+	Epoch    uint64 `json:"epoch"`
+	Self     string `json:"self,omitempty"`
+	Replicas int    `json:"replicas"`
+	Settled  bool   `json:"settled"`
+	// Whole says the node answers every swarm it owns from its own copy:
+	// no swarm it gained in a membership change is still waiting for its
+	// handoff (see localAlone).
+	Whole   bool           `json:"whole"`
+	Members []MemberStatus `json:"members"`
 }
 
 // shareSamples is how many infohashes Status places to estimate each
@@ -377,7 +389,7 @@ const shareSamples = 1 << 14
 // swarms (as one of their owners) and the forward queues.
 func (c *Cluster) Status() Status {
 	v := c.view.Load()
-	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v}
+	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v, Whole: c.Trusted()}
 	if v.Self >= 0 {
 		st.Self = v.Members()[v.Self].Name
 	}

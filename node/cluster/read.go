@@ -16,16 +16,17 @@ import (
 // emptyTTL is how long an empty answer from the owners is reused, at most.
 const emptyTTL = 5 * time.Millisecond
 
-// AnnouncePeers implements hooks.PeerSource. An owner answers from its own
-// store; any other node answers from a copy of the swarm fetched from the
-// nearest owner and kept for read_cache_ttl. An owner that does not have
-// the swarm yet (it has just gained it and the handoff is on its way) asks
-// the other owners the same way.
+// AnnouncePeers implements hooks.PeerSource. An owner whose copy is whole
+// (localAlone) answers from its own store; any other node answers from a
+// copy of the swarm fetched from the nearest owners and kept for
+// read_cache_ttl. An owner that has just gained the swarm, whose handoff
+// may still be on its way, asks the other and the previous owners the same
+// way and adds its own copy to their answers.
 func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
 	v := c.view.Load()
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
-	if isOwner(owners, v.Self) {
+	if c.localAlone(v, ih, owners) {
 		peers, counts, state := c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 		if counts != (bittorrent.Counts{}) || len(owners) == 1 {
 			c.m.reads.WithLabelValues("local").Inc()
@@ -45,7 +46,7 @@ func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 	v := c.view.Load()
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
-	if isOwner(owners, v.Self) {
+	if c.localAlone(v, ih, owners) {
 		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 {
 			c.m.reads.WithLabelValues("local").Inc()
 			return counts
@@ -86,10 +87,10 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	for _, ih := range ihs {
 		var buf, others [8]int
 		owners := v.OwnersOf(ih, buf[:0])
-		if isOwner(owners, v.Self) {
+		if c.localAlone(v, ih, owners) {
 			continue
 		}
-		targets := otherOwners(v, owners, others[:0])
+		targets := c.readTargets(v, ih, owners, others[:0])
 		if len(targets) == 0 {
 			continue
 		}
@@ -104,8 +105,8 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 // fetching it if needed, or nil if none answered and no copy exists; then
 // the caller falls back to the local store. It waits at most read_timeout.
 func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *snapshot {
-	var others [8]int
-	targets := otherOwners(v, owners, others[:0])
+	var others [16]int
+	targets := c.readTargets(v, ih, owners, others[:0])
 	if len(targets) == 0 {
 		c.m.reads.WithLabelValues("failed").Inc()
 		return nil
@@ -134,6 +135,10 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 		return snap
 	case snap != nil:
 		c.m.reads.WithLabelValues("stale").Inc()
+		if isOwner(owners, v.Self) {
+			// The old copy misses what was written here since.
+			return snap.with(c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
+		}
 		return snap
 	}
 	c.m.reads.WithLabelValues("failed").Inc()
@@ -173,6 +178,13 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 	if best == nil && len(far) > 0 {
 		best = c.ask(ctx, v, ih, far)
 	}
+	var buf [8]int
+	if best != nil && isOwner(v.OwnersOf(ih, buf[:0]), v.Self) {
+		// An owner asks others only while its own copy may lack part of
+		// the swarm; what it holds (the writes forwarded to it since it
+		// gained the swarm) belongs in the answer too.
+		best = mergeReplies(best, c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
+	}
 	var snap *snapshot
 	if best != nil {
 		at := c.clock.Now()
@@ -191,9 +203,10 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 // one another by a forward (the node that took an announce applies it at
 // once and sends it to the other owners a few milliseconds later), and an
 // owner that has just gained a swarm may not hold it yet, so the union is
-// the freshest view. Once one owner has answered with peers, the others get
-// a short grace instead of the whole deadline, so one slow owner does not
-// hold every read up.
+// the freshest view. Once an owner that held the swarm before the last
+// membership change has answered with peers, the others get a short grace
+// instead of the whole deadline, so one slow owner does not hold every
+// read up.
 func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *transport.FetchReply {
 	switch len(owners) {
 	case 0:
@@ -201,11 +214,14 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	case 1: // nothing to wait for in parallel
 		return c.askOne(ctx, v.DataAddrs[owners[0]], ih)
 	}
-	replies := make(chan *transport.FetchReply, len(owners))
+	type answer struct {
+		o  int
+		fr *transport.FetchReply
+	}
+	replies := make(chan answer, len(owners))
 	for _, o := range owners {
-		addr := v.DataAddrs[o]
-		if !c.goOwned(func() { replies <- c.askOne(ctx, addr, ih) }) {
-			replies <- nil
+		if !c.goOwned(func() { replies <- answer{o, c.askOne(ctx, v.DataAddrs[o], ih)} }) {
+			replies <- answer{o, nil}
 		}
 	}
 	var (
@@ -214,13 +230,23 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 	)
 	for range owners {
 		select {
-		case fr := <-replies:
-			if fr == nil {
+		case a := <-replies:
+			if a.fr == nil {
 				continue
 			}
-			merged = mergeReplies(merged, fr, c.cfg.ReadMaxPeers)
-			if grace == nil && size(merged.Counts) > 0 {
+			merged = mergeReplies(merged, a.fr, c.cfg.ReadMaxPeers)
+			// An owner that has just gained the swarm may answer first,
+			// with a part of it: only an answer from one that held it
+			// before the last change cuts the others short. After any
+			// other answer they still get half the read timeout, so one
+			// owner that cannot be reached does not leave the readers
+			// with nothing.
+			switch {
+			case size(merged.Counts) == 0:
+			case c.heldBefore(v, ih, a.o):
 				grace = time.After(min(c.cfg.ReadTimeout/5, 5*time.Millisecond))
+			case grace == nil:
+				grace = time.After(c.cfg.ReadTimeout / 2)
 			}
 		case <-grace:
 			return merged
@@ -239,6 +265,17 @@ func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHas
 		return fr
 	}
 	return nil
+}
+
+// localReply is this node's copy of ih as it answers a fetch: the counts
+// and up to maxPeers peers per family.
+func (c *Cluster) localReply(ih bittorrent.InfoHash, maxPeers int) *transport.FetchReply {
+	snap, counts, _ := c.store.Swarm(ih, maxPeers, nil)
+	reply := &transport.FetchReply{Counts: counts, Peers: make([]transport.SwarmPeer, len(snap))}
+	for i, ch := range snap {
+		reply.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+	}
+	return reply
 }
 
 // mergeReplies is the union of two owners' answers: each count at its
@@ -309,6 +346,17 @@ func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 		next[fam][role]++
 	}
 	return s
+}
+
+// with returns a snapshot of the union of s and r, taken when s was.
+func (s *snapshot) with(r *transport.FetchReply, maxPerFamily int) *snapshot {
+	own := &transport.FetchReply{Counts: s.counts}
+	for _, f := range s.fams {
+		for i, p := range f.peers {
+			own.Peers = append(own.Peers, transport.SwarmPeer{Peer: p, Seeder: i < f.seeders})
+		}
+	}
+	return newSnapshot(mergeReplies(own, r, maxPerFamily), s.at)
 }
 
 // familyOf is the index into snapshot.fams of a's family.
