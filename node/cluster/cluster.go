@@ -47,7 +47,8 @@ type Cluster struct {
 	m     *metrics
 	reg   prometheus.Registerer
 
-	view atomic.Pointer[ring.View]
+	view   atomic.Pointer[ring.View]
+	viewAt atomic.Int64 // when view was installed, in Unix nanoseconds
 
 	destMu sync.Mutex
 	dests  map[string]*dest // by data address
@@ -95,6 +96,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	}
 	c.cache.init()
 	c.view.Store(opts.Views.View())
+	c.viewAt.Store(time.Now().UnixNano())
 	if c.reg != nil {
 		for _, col := range append(c.m.collectors(), queueCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
@@ -133,6 +135,7 @@ func (c *Cluster) watchLoop() {
 		case <-c.views.Changed():
 		}
 		v := c.views.View()
+		c.viewAt.Store(time.Now().UnixNano())
 		c.view.Store(v)
 		c.retireDests(v)
 		c.cache.clear() // owners may have changed; refetch rather than trust

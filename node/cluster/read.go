@@ -15,6 +15,19 @@ import (
 // emptyTTL is how long an empty answer from the owners is reused, at most.
 const emptyTTL = 5 * time.Millisecond
 
+// gainGrace is how long after a view change an owner that holds nothing
+// for a swarm still asks the other owners: it may have just gained the
+// swarm, with the handoff on its way. Past it, and once this node's own
+// handoff has settled, an owner's store is the truth and an empty swarm is
+// answered locally, so a new swarm's first announces cost no round trip.
+const gainGrace = 10 * time.Second
+
+// trustLocal reports whether an owner answers from its own store even when
+// it holds nothing for the swarm; see gainGrace.
+func (c *Cluster) trustLocal(v *ring.View) bool {
+	return c.settled.Load() == v && time.Since(time.Unix(0, c.viewAt.Load())) > gainGrace
+}
+
 // AnnouncePeers implements hooks.PeerSource. An owner answers from its own
 // store; any other node answers from a copy of the swarm fetched from the
 // nearest owner and kept for read_cache_ttl. An owner that does not have
@@ -26,7 +39,7 @@ func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort
 	owners := v.OwnersOf(ih, buf[:0])
 	if isOwner(owners, v.Self) {
 		peers, counts, state := c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
-		if counts != (bittorrent.Counts{}) || len(owners) == 1 {
+		if counts != (bittorrent.Counts{}) || len(owners) == 1 || c.trustLocal(v) {
 			c.m.reads.WithLabelValues("local").Inc()
 			return peers, counts, state
 		}
@@ -45,7 +58,7 @@ func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
 	if isOwner(owners, v.Self) {
-		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 {
+		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 || c.trustLocal(v) {
 			c.m.reads.WithLabelValues("local").Inc()
 			return counts
 		}
