@@ -11,7 +11,10 @@ type Config struct {
 	// ForwardBatch is the most changes sent to one node in one request.
 	ForwardBatch int `yaml:"forward_batch"`
 	// ForwardDelay is how long a change may wait for others to share its
-	// request; it bounds the latency batching adds.
+	// request; it bounds the latency batching adds. 0 sends at once
+	// whatever is queued, and batches only while a request is in flight
+	// (group commit): low load gets one round trip of latency, high load
+	// large batches.
 	ForwardDelay time.Duration `yaml:"forward_delay"`
 	// ForwardQueue is the most changes waiting for one node; beyond it new
 	// changes for that node are dropped and counted.
@@ -37,7 +40,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		ForwardBatch:   256,
-		ForwardDelay:   5 * time.Millisecond,
+		ForwardDelay:   0,
 		ForwardQueue:   65536,
 		ForwardRetry:   10 * time.Second,
 		ReadCacheTTL:   50 * time.Millisecond,
