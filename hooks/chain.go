@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // PreHook takes part in building an answer. PreHooks run in order on the
@@ -61,7 +62,7 @@ type Chain struct {
 
 	queue   chan bittorrent.AnnounceRequest
 	dropped prometheus.Counter
-	dropLog *RateLog
+	dropLog *ratelog.Limiter
 	ctx     context.Context
 	cancel  context.CancelFunc
 	stop    chan struct{}
@@ -84,7 +85,7 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 			Namespace: "karuta", Subsystem: "hooks", Name: "post_dropped_total",
 			Help: "Answered announces dropped because the post-hook queue was full.",
 		}),
-		dropLog: NewRateLog(10 * time.Second),
+		dropLog: ratelog.New(10 * time.Second),
 	}
 	c.cfg.Store(&cfg)
 	for _, h := range pre {

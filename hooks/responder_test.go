@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
@@ -229,22 +228,6 @@ func TestSwarmWriter(t *testing.T) {
 		if got[i].Op != w.op || got[i].Seeder != w.seeder || got[i].InfoHash != reqs[i].InfoHash {
 			t.Errorf("change %d = %+v, want op %v seeder %v", i, got[i], w.op, w.seeder)
 		}
-	}
-}
-
-func TestRateLog(t *testing.T) {
-	r := NewRateLog(10 * time.Second)
-	t0 := time.Unix(1000, 0)
-	if n, ok := r.AllowAt(t0); !ok || n != 1 {
-		t.Fatalf("first event: %d, %v; want 1, true", n, ok)
-	}
-	for i := range 5 {
-		if _, ok := r.AllowAt(t0.Add(time.Duration(i) * time.Second)); ok {
-			t.Fatalf("event %d within the period was allowed", i)
-		}
-	}
-	if n, ok := r.AllowAt(t0.Add(11 * time.Second)); !ok || n != 6 {
-		t.Fatalf("after the period: %d, %v; want 6, true", n, ok)
 	}
 }
 

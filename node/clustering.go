@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/node/cluster"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 )
 
@@ -29,7 +30,7 @@ type clustered struct {
 	cfg   ClusterConfig
 	id    IdentityConfig
 	log   *zap.Logger
-	tr    cluster.Transport
+	tr    transport.Transport
 	views *membershipViews
 	data  *cluster.Cluster
 	boot  string
@@ -93,7 +94,7 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 		return nil, err
 	}
 	c := &clustered{cfg: cc, id: cfg.Node, log: n.log.Named("cluster"), boot: newBoot()}
-	c.tr, err = cluster.NewTCP(cluster.TCPOptions{Bind: dataBind, Keys: keys, Label: cc.Label, Log: c.log.Named("data")})
+	c.tr, err = transport.NewTCP(transport.TCPOptions{Bind: dataBind, Keys: keys, Label: cc.Label, Log: c.log.Named("data")})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: data channel: %w", err)
 	}

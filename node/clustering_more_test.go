@@ -16,7 +16,7 @@ import (
 	"github.com/anacrolix/torrent/types/infohash"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
-	"github.com/karuta-tracker/karuta/node/cluster"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
 // These tests run whole nodes with real memberlist gossip and the real TCP
@@ -403,7 +403,7 @@ func TestClusterWrongKeyCannotJoin(t *testing.T) {
 		ih := bittorrent.InfoHash{0xef, byte(i)}
 		change := bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{ID: peerID('y'), Addr: netip.MustParseAddrPort("127.0.0.1:31000")}}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := x.cl.tr.Call(ctx, nodes[0].Addrs().Data, &cluster.ApplyRequest{Changes: []bittorrent.Change{change}})
+		_, err := x.cl.tr.Call(ctx, nodes[0].Addrs().Data, &transport.ApplyRequest{Changes: []bittorrent.Change{change}})
 		cancel()
 		if err == nil {
 			t.Errorf("%s's data channel request to k1 succeeded; want it refused", nodeName(x))

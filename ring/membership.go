@@ -1,8 +1,6 @@
 package ring
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -75,20 +74,6 @@ type Membership struct {
 	closeOnce sync.Once
 	leaveOnce sync.Once
 	members   *prometheus.GaugeVec
-}
-
-// nodeMeta is the metadata gossiped with each node. JSON keeps it readable
-// in memberlist's debug output and lets fields be added without breaking
-// older nodes.
-type nodeMeta struct {
-	Datacenter string `json:"dc,omitempty"`
-	Zone       string `json:"zone,omitempty"`
-	Name       string `json:"name,omitempty"`
-	Data       string `json:"data"`
-	Boot       string `json:"boot,omitempty"`
-	// Leaving marks a node handing its swarms over before it leaves;
-	// placement already leaves it out.
-	Leaving bool `json:"leaving,omitempty"`
 }
 
 // reconnectFor is how long a node that failed (not one that left) is
@@ -198,7 +183,7 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	mc.Transport = m.opts.Transport
 	mc.Delegate = delegate{m}
 	mc.Events = events{m}
-	m.mlog = &zapWriter{log: m.log.Named("memberlist")}
+	m.mlog = &zapWriter{log: m.log.Named("memberlist"), warns: ratelog.NewKeyed(10*time.Second, 256)}
 	mc.Logger = log.New(m.mlog, "", 0)
 	// A restarted node comes back under the same name at once instead of
 	// waiting out the default reclaim time.
@@ -554,150 +539,9 @@ func (m *Membership) updateGauge() {
 	}
 }
 
-func decodeMeta(n *memberlist.Node) (info NodeInfo, leaving bool, err error) {
-	var meta nodeMeta
-	if err := json.Unmarshal(n.Meta, &meta); err != nil {
-		return NodeInfo{}, false, fmt.Errorf("metadata %q: %w", n.Meta, err)
-	}
-	if meta.Data == "" {
-		return NodeInfo{}, false, errors.New("metadata has no data address")
-	}
-	name := meta.Name
-	if name == "" {
-		name = n.Name
-	}
-	return NodeInfo{Member: Member{Name: name, Datacenter: meta.Datacenter, Zone: meta.Zone}, DataAddr: meta.Data, Boot: meta.Boot}, meta.Leaving, nil
-}
-
-// note records a member's state from a memberlist event and asks for a
-// rebuild. It runs under memberlist's locks and must not call back into it.
-// memberlist does not say whether a node that is gone failed or left (the
-// state in the node it passes is not kept up to date), so a node that
-// announced it was leaving counts as left and any other as dead.
-func (m *Membership) note(n *memberlist.Node, gone bool) {
-	info, leaving, err := decodeMeta(n)
-	if err != nil {
-		// Kept for operators to see, but out of placement: without a
-		// data address nobody could send it anything.
-		m.log.Warn("member with unreadable metadata left out of the ring", zap.String("member", n.Name), zap.Error(err))
-		info = NodeInfo{Member: Member{Name: n.Name}}
-	}
-	m.mu.Lock()
-	prev := m.known[n.Name]
-	state := "alive"
-	switch {
-	case gone && prev != nil && (prev.State == "leaving" || prev.State == "left"):
-		state = "left"
-	case gone:
-		state = "dead"
-	case leaving:
-		state = "leaving"
-	}
-	since := time.Now()
-	if prev != nil && prev.State == state {
-		since = prev.Since
-	}
-	m.known[n.Name] = &MemberStatus{NodeInfo: info, Gossip: n.Address(), State: state, Since: since}
-	m.mu.Unlock()
-	m.markDirty()
-}
-
 func (m *Membership) markDirty() {
 	select {
 	case m.dirty <- struct{}{}:
 	default:
 	}
-}
-
-type events struct{ m *Membership }
-
-func (e events) NotifyJoin(n *memberlist.Node)   { e.m.note(n, false) }
-func (e events) NotifyLeave(n *memberlist.Node)  { e.m.note(n, true) }
-func (e events) NotifyUpdate(n *memberlist.Node) { e.m.note(n, false) }
-
-// delegate gives memberlist this node's metadata. Karuta sends no user
-// messages over gossip: swarm data travels on the data channel.
-type delegate struct{ m *Membership }
-
-func (d delegate) NodeMeta(limit int) []byte {
-	self := d.m.self.Load()
-	b, err := json.Marshal(nodeMeta{Name: self.Name, Datacenter: self.Datacenter, Zone: self.Zone, Data: self.DataAddr, Boot: self.Boot, Leaving: d.m.leaving.Load()})
-	if err != nil || len(b) > limit {
-		d.m.log.Error("node metadata does not fit gossip", zap.Int("bytes", len(b)), zap.Int("limit", limit))
-		return nil
-	}
-	return b
-}
-func (delegate) NotifyMsg([]byte)                {}
-func (delegate) GetBroadcasts(int, int) [][]byte { return nil }
-func (delegate) LocalState(bool) []byte          { return nil }
-func (delegate) MergeRemoteState([]byte, bool)   {}
-
-// zapWriter turns memberlist's "[LEVEL] memberlist: ..." lines into zap
-// entries at the matching level.
-type zapWriter struct {
-	log *zap.Logger
-	// closed silences the writer once gossip is shut down: memberlist does
-	// not wait for all of its goroutines, and a late line must not reach
-	// a logger that is gone (a test's, say).
-	closed atomic.Bool
-	mu     sync.Mutex
-	kinds  map[string]*logKind
-}
-
-type logKind struct {
-	next   time.Time // nothing of this kind is logged before
-	events uint64    // since the last line
-}
-
-// allow rate-limits by the message's first words, which name the kind of
-// event (the rest carries addresses that differ every time): one line per
-// kind per 10 seconds, with the number of events it stands for.
-func (w *zapWriter) allow(msg []byte) (uint64, bool) {
-	kind := string(msg[:min(len(msg), 40)])
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.kinds == nil || len(w.kinds) > 256 {
-		w.kinds = map[string]*logKind{}
-	}
-	k := w.kinds[kind]
-	if k == nil {
-		k = &logKind{}
-		w.kinds[kind] = k
-	}
-	k.events++
-	if now.Before(k.next) {
-		return 0, false
-	}
-	n := k.events
-	k.next, k.events = now.Add(10*time.Second), 0
-	return n, true
-}
-
-func (w *zapWriter) Write(p []byte) (int, error) {
-	if w.closed.Load() {
-		return len(p), nil
-	}
-	line := bytes.TrimSpace(p)
-	level, msg := "INFO", line
-	if len(line) > 2 && line[0] == '[' {
-		if end := bytes.IndexByte(line, ']'); end > 0 {
-			level, msg = string(line[1:end]), bytes.TrimSpace(line[end+1:])
-		}
-	}
-	switch level {
-	case "ERR", "ERROR", "WARN":
-		// memberlist's errors are mostly about what other hosts sent
-		// (wrong keys, another cluster's label), which may repeat many
-		// times a second: warnings, each kind at most once per period.
-		if n, ok := w.allow(msg); ok {
-			w.log.Warn(string(msg), zap.Uint64("events", n))
-		}
-	case "DEBUG", "TRACE":
-		w.log.Debug(string(msg))
-	default:
-		w.log.Info(string(msg))
-	}
-	return len(p), nil
 }

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/karuta-tracker/karuta/cmd/karuta/loadgen"
+	"github.com/karuta-tracker/karuta/cmd/karuta/internal/loadgen"
 )
 
 // benchCmd runs `karuta bench`: load against any UDP or HTTP tracker, a

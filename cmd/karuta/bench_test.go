@@ -12,7 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/karuta-tracker/karuta/cmd/karuta/loadgen"
+	"github.com/karuta-tracker/karuta/cmd/karuta/internal/loadgen"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/node"
 )

@@ -19,6 +19,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // ErrServerClosed is returned by Start after Shutdown.
@@ -46,8 +47,8 @@ type Server struct {
 	closing   atomic.Bool
 	stopping  chan struct{} // closed when Shutdown starts, to end waits
 	stopOnce  sync.Once
-	errLog    *hooks.RateLog
-	acceptLog *hooks.RateLog
+	errLog    *ratelog.Limiter
+	acceptLog *ratelog.Limiter
 
 	mu      sync.Mutex
 	ln      net.Listener
@@ -75,8 +76,8 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 		rec:       rec,
 		log:       log,
 		router:    rt,
-		errLog:    hooks.NewRateLog(10 * time.Second),
-		acceptLog: hooks.NewRateLog(10 * time.Second),
+		errLog:    ratelog.New(10 * time.Second),
+		acceptLog: ratelog.New(10 * time.Second),
 		conns:     map[*conn]struct{}{},
 		stopping:  make(chan struct{}),
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // slot is one datagram of a batch and everything needed to answer it. A
@@ -56,7 +57,7 @@ type handler struct {
 	keys    *atomic.Pointer[keyring]
 	ctx     context.Context
 	log     *zap.Logger
-	failLog *hooks.RateLog
+	failLog *ratelog.Limiter
 
 	pf    hooks.Prefetcher      // nil unless something behind t prefetches
 	ihs   []bittorrent.InfoHash // prefetch scratch
@@ -70,7 +71,7 @@ type handler struct {
 // newHandler returns a handler answering from t with the keys in force in
 // keys. failLog limits warnings about failed requests; share it between the
 // readers of a server so that they log one line per period between them.
-func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *hooks.RateLog) *handler {
+func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *ratelog.Limiter) *handler {
 	return &handler{
 		pf:      hooks.PrefetcherOf(t),
 		ihs:     make([]bittorrent.InfoHash, 0, maxPrefetch),

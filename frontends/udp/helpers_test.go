@@ -14,6 +14,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // testKey is the connection ID key of tests that do not say otherwise.
@@ -126,7 +127,7 @@ func newTestHandler(tb testing.TB, tr hooks.Tracker, keys ...string) *handler {
 	}
 	var p atomic.Pointer[keyring]
 	p.Store(kr)
-	return newHandler(context.Background(), tr, (*frontends.Recorder)(nil), &p, zap.NewNop(), hooks.NewRateLog(time.Second))
+	return newHandler(context.Background(), tr, (*frontends.Recorder)(nil), &p, zap.NewNop(), ratelog.New(time.Second))
 }
 
 // handlePacket runs pkt from `from` through h at now in a fresh slot.

@@ -5,9 +5,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 	"go.uber.org/zap"
-
-	"github.com/karuta-tracker/karuta/hooks"
 )
 
 // packetIO moves datagrams between one socket and a reader's slots.
@@ -65,7 +64,7 @@ type reader struct {
 	h     *handler
 	slots []slot
 	log   *zap.Logger
-	ioLog *hooks.RateLog
+	ioLog *ratelog.Limiter
 }
 
 // run serves until the socket is closed.

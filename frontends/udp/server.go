@@ -17,6 +17,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // Server is a UDP tracker frontend. Start binds its sockets and starts one
@@ -107,7 +108,7 @@ func (s *Server) Start() error {
 		return fmt.Errorf("udp: listen on %s: %w", s.cfg.Addr, err)
 	}
 	// One limit per kind of warning for all readers together.
-	failLog, ioLog := hooks.NewRateLog(10*time.Second), hooks.NewRateLog(10*time.Second)
+	failLog, ioLog := ratelog.New(10*time.Second), ratelog.New(10*time.Second)
 	rs := make([]*reader, readers)
 	for i := range rs {
 		pio, batch, err := newPacketIO(conns[i%len(conns)], s.cfg.BatchSize)

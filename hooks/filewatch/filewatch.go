@@ -8,9 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 	"go.uber.org/zap"
-
-	"github.com/karuta-tracker/karuta/hooks"
 )
 
 // Watcher polls one file. Whoever loads the file reports the version it
@@ -21,7 +20,7 @@ import (
 type Watcher struct {
 	path    string
 	log     *zap.Logger
-	statLog *hooks.RateLog
+	statLog *ratelog.Limiter
 
 	mu   sync.Mutex
 	seen os.FileInfo // the version last loaded; nil before the first
@@ -33,7 +32,7 @@ type Watcher struct {
 
 // New returns a watcher for path that does not poll until Start.
 func New(path string, log *zap.Logger) *Watcher {
-	return &Watcher{path: path, log: log, statLog: hooks.NewRateLog(time.Minute)}
+	return &Watcher{path: path, log: log, statLog: ratelog.New(time.Minute)}
 }
 
 // Seen records the version of the file a load read. Loaders should take it

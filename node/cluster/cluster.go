@@ -1,3 +1,7 @@
+// Package cluster makes a node's swarms part of one cluster-wide tracker:
+// it forwards swarm writes to their owners, answers reads for swarms owned
+// elsewhere, and moves swarms between nodes when membership changes. The
+// ring package says who owns a swarm; this package says how to ask them.
 package cluster
 
 import (
@@ -11,8 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
 )
@@ -29,7 +34,7 @@ type Views interface {
 // Options are a Cluster's collaborators.
 type Options struct {
 	Store      store.Store
-	Transport  Transport
+	Transport  transport.Transport
 	Views      Views
 	Registerer prometheus.Registerer
 	Log        *zap.Logger
@@ -41,7 +46,7 @@ type Options struct {
 type Cluster struct {
 	cfg   Config
 	store store.Store
-	tr    Transport
+	tr    transport.Transport
 	views Views
 	log   *zap.Logger
 	m     *metrics
@@ -63,9 +68,9 @@ type Cluster struct {
 	baseline    *ring.View                        // owned by the handoff loop
 	pendingDrop map[bittorrent.InfoHash]time.Time // handed over once; owned by the handoff loop
 
-	dropLog    *hooks.RateLog
-	unreachLog *hooks.RateLog
-	handoffLog *hooks.RateLog
+	dropLog    *ratelog.Limiter
+	unreachLog *ratelog.Limiter
+	handoffLog *ratelog.Limiter
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -89,9 +94,9 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		m: newMetrics(), reg: opts.Registerer,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
-		dropLog:    hooks.NewRateLog(10 * time.Second),
-		unreachLog: hooks.NewRateLog(10 * time.Second),
-		handoffLog: hooks.NewRateLog(10 * time.Second),
+		dropLog:    ratelog.New(10 * time.Second),
+		unreachLog: ratelog.New(10 * time.Second),
+		handoffLog: ratelog.New(10 * time.Second),
 		stop:       make(chan struct{}),
 	}
 	c.cache.init()
@@ -215,29 +220,29 @@ const maxFetchPeers = 10000
 // Handle answers other nodes. A node applies what it is sent even for
 // swarms it does not own by its own view (views can briefly disagree);
 // the handoff pass moves such swarms on to their owners.
-func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
+func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Reply, error) {
 	switch r := req.(type) {
-	case *ApplyRequest:
+	case *transport.ApplyRequest:
 		c.m.received.Add(float64(len(r.Changes)))
 		if v := c.view.Load(); v.Self < 0 && len(v.Members()) > 0 {
 			// Leaving: whatever is stored here now would have to be handed
 			// over again, perhaps after the last pass; pass it on instead.
 			c.route(v, r.Changes)
-			return &Ack{}, nil
+			return &transport.Ack{}, nil
 		}
 		c.store.Apply(r.Changes)
 		c.checkOwned(len(r.Changes), func(i int) bittorrent.InfoHash { return r.Changes[i].InfoHash })
-		return &Ack{}, nil
-	case *FetchRequest:
+		return &transport.Ack{}, nil
+	case *transport.FetchRequest:
 		// A sample is always bounded, whatever the caller asked, so the
 		// reply stays far below the transport's frame limit.
 		snap, counts, _ := c.store.Swarm(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers), nil)
-		reply := &FetchReply{Counts: counts, Peers: make([]SwarmPeer, len(snap))}
+		reply := &transport.FetchReply{Counts: counts, Peers: make([]transport.SwarmPeer, len(snap))}
 		for i, ch := range snap {
-			reply.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+			reply.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
 		}
 		return reply, nil
-	case *MergeRequest:
+	case *transport.MergeRequest:
 		// Only an owner takes a swarm. When the views differ (one side has
 		// not heard of a join or a leave yet), refusing keeps the sender's
 		// copy, to be sent again once they agree; taking it would leave a
@@ -259,7 +264,7 @@ func (c *Cluster) Handle(_ context.Context, req Request) (Reply, error) {
 			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
 		}
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
-		return &Ack{}, nil
+		return &transport.Ack{}, nil
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
 )
@@ -49,7 +50,7 @@ type testNode struct {
 // testCluster runs nodes over a MemNet with scripted membership.
 type testCluster struct {
 	t        *testing.T
-	net      *MemNet
+	net      *transport.MemNet
 	cfg      Config
 	replicas int
 	nodes    map[string]*testNode
@@ -66,7 +67,7 @@ func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testClust
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return &testCluster{t: t, net: NewMemNet(), cfg: cfg, replicas: replicas, nodes: map[string]*testNode{}}
+	return &testCluster{t: t, net: transport.NewMemNet(), cfg: cfg, replicas: replicas, nodes: map[string]*testNode{}}
 }
 
 // start starts a node with an empty store; the same name again is a
@@ -512,10 +513,10 @@ func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
 }
 
 func TestChooseFromSnapshot(t *testing.T) {
-	mk := func(s string, seeder bool) SwarmPeer {
-		return SwarmPeer{Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(s)}, Seeder: seeder}
+	mk := func(s string, seeder bool) transport.SwarmPeer {
+		return transport.SwarmPeer{Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(s)}, Seeder: seeder}
 	}
-	snap := newSnapshot(&FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 3}, Peers: []SwarmPeer{
+	snap := newSnapshot(&transport.FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 3}, Peers: []transport.SwarmPeer{
 		mk("10.0.0.1:1", true), mk("10.0.0.2:1", true),
 		mk("10.0.0.3:1", false), mk("10.0.0.4:1", false), mk("10.0.0.5:1", false),
 		mk("[2001:db8::1]:1", true),
@@ -700,7 +701,7 @@ func TestStrayWriteMovesOnPromptly(t *testing.T) {
 	}
 	peer := bittorrent.Peer{Addr: netip.MustParseAddrPort("10.3.3.3:3")}
 	// As a node whose view had b as the owner would send it.
-	if _, err := a.c.tr.Call(context.Background(), "b", &ApplyRequest{Changes: []bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: peer}}}); err != nil {
+	if _, err := a.c.tr.Call(context.Background(), "b", &transport.ApplyRequest{Changes: []bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: peer}}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
@@ -710,13 +711,13 @@ func TestStrayWriteMovesOnPromptly(t *testing.T) {
 }
 
 func TestMergeReplies(t *testing.T) {
-	p := func(s string, seeder bool) SwarmPeer {
-		return SwarmPeer{Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(s)}, Seeder: seeder}
+	p := func(s string, seeder bool) transport.SwarmPeer {
+		return transport.SwarmPeer{Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(s)}, Seeder: seeder}
 	}
-	a := &FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 1, Snatches: 5}, Peers: []SwarmPeer{
+	a := &transport.FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 1, Snatches: 5}, Peers: []transport.SwarmPeer{
 		p("10.0.0.1:1", true), p("10.0.0.2:1", true), p("10.0.0.3:1", false),
 	}}
-	b := &FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 2, Snatches: 4}, Peers: []SwarmPeer{
+	b := &transport.FetchReply{Counts: bittorrent.Counts{Seeders: 2, Leechers: 2, Snatches: 4}, Peers: []transport.SwarmPeer{
 		p("[::ffff:10.0.0.1]:1", true), // the same peer, written mapped
 		p("10.0.0.4:1", false), p("10.0.0.5:1", false), p("[2001:db8::1]:1", true),
 	}}

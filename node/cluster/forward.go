@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 )
 
@@ -253,7 +254,7 @@ func (d *dest) run() {
 		buf = d.peek(buf, cfg.ForwardBatch)
 		ctx, cancel := context.WithTimeout(d.ctx, forwardCallTimeout)
 		start := time.Now()
-		_, err := d.c.tr.Call(ctx, d.addr, &ApplyRequest{Changes: buf})
+		_, err := d.c.tr.Call(ctx, d.addr, &transport.ApplyRequest{Changes: buf})
 		cancel()
 		d.c.m.forwardTime.Observe(time.Since(start).Seconds())
 		switch {
@@ -266,7 +267,7 @@ func (d *dest) run() {
 			failSince, backoff = time.Time{}, 0
 		case d.ctx.Err() != nil:
 			return // retired or closing: the queue is handed back intact
-		case !errors.Is(err, ErrUnreachable):
+		case !errors.Is(err, transport.ErrUnreachable):
 			d.pop(len(buf))
 			d.c.m.forwarded.WithLabelValues("rejected").Add(float64(len(buf)))
 			if n, ok := d.c.unreachLog.Allow(); ok {

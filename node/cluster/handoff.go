@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 )
 
@@ -131,9 +132,9 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 			if !ok {
 				return true
 			}
-			sw := Swarm{InfoHash: ih, Snatches: counts.Snatches, Peers: make([]SwarmPeer, len(snap))}
+			sw := transport.Swarm{InfoHash: ih, Snatches: counts.Snatches, Peers: make([]transport.SwarmPeer, len(snap))}
 			for i, ch := range snap {
-				sw.Peers[i] = SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+				sw.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
 			}
 			for _, t := range targets {
 				h.add(t, sw)
@@ -212,11 +213,11 @@ type handoff struct {
 }
 
 type mergeBatch struct {
-	swarms []Swarm
+	swarms []transport.Swarm
 	peers  int
 }
 
-func (h *handoff) add(to int, sw Swarm) {
+func (h *handoff) add(to int, sw transport.Swarm) {
 	// A swarm bigger than one request travels in parts; merging is
 	// idempotent, so each part can carry the snatch count.
 	for len(sw.Peers) > mergePeers {
@@ -228,7 +229,7 @@ func (h *handoff) add(to int, sw Swarm) {
 	h.addPart(to, sw)
 }
 
-func (h *handoff) addPart(to int, sw Swarm) {
+func (h *handoff) addPart(to int, sw transport.Swarm) {
 	b := h.batches[to]
 	if b == nil {
 		b = &mergeBatch{}
@@ -259,7 +260,7 @@ func (h *handoff) flush(to int, b *mergeBatch) {
 		case <-ctx.Done():
 		}
 	}()
-	_, err := h.c.tr.Call(ctx, h.v.DataAddrs[to], &MergeRequest{Swarms: b.swarms})
+	_, err := h.c.tr.Call(ctx, h.v.DataAddrs[to], &transport.MergeRequest{Swarms: b.swarms})
 	if err != nil {
 		h.c.m.handoffFails.Inc()
 		for _, sw := range b.swarms {

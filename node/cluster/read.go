@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 )
 
@@ -198,19 +199,19 @@ func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *c
 // the freshest view. Once one owner has answered with peers, the others get
 // a short grace instead of the whole deadline, so one slow owner does not
 // hold every read up.
-func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *FetchReply {
+func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *transport.FetchReply {
 	switch len(owners) {
 	case 0:
 		return nil
 	case 1: // nothing to wait for in parallel
 		return c.askOne(ctx, v.DataAddrs[owners[0]], ih)
 	}
-	replies := make(chan *FetchReply, len(owners))
+	replies := make(chan *transport.FetchReply, len(owners))
 	for _, o := range owners {
 		go func(addr string) { replies <- c.askOne(ctx, addr, ih) }(v.DataAddrs[o])
 	}
 	var (
-		merged *FetchReply
+		merged *transport.FetchReply
 		grace  <-chan time.Time
 	)
 	for range owners {
@@ -234,9 +235,9 @@ func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash,
 
 // askOne fetches the swarm from the owner at addr, or returns nil if it
 // did not answer.
-func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHash) *FetchReply {
-	reply, err := c.tr.Call(ctx, addr, &FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
-	if fr, ok := reply.(*FetchReply); ok && err == nil {
+func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHash) *transport.FetchReply {
+	reply, err := c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
+	if fr, ok := reply.(*transport.FetchReply); ok && err == nil {
 		return fr
 	}
 	return nil
@@ -244,18 +245,18 @@ func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHas
 
 // mergeReplies is the union of two owners' answers: each count at its
 // larger value, and the peers of both, at most maxPerFamily per family.
-func mergeReplies(a, b *FetchReply, maxPerFamily int) *FetchReply {
+func mergeReplies(a, b *transport.FetchReply, maxPerFamily int) *transport.FetchReply {
 	if a == nil {
 		return b
 	}
-	out := &FetchReply{Counts: bittorrent.Counts{
+	out := &transport.FetchReply{Counts: bittorrent.Counts{
 		Seeders:  max(a.Counts.Seeders, b.Counts.Seeders),
 		Leechers: max(a.Counts.Leechers, b.Counts.Leechers),
 		Snatches: max(a.Counts.Snatches, b.Counts.Snatches),
 	}}
 	seen := make(map[netip.AddrPort]bool, len(a.Peers)+len(b.Peers))
 	var perFamily [2]int
-	for _, list := range [2][]SwarmPeer{a.Peers, b.Peers} {
+	for _, list := range [2][]transport.SwarmPeer{a.Peers, b.Peers} {
 		for _, p := range list {
 			key := netip.AddrPortFrom(p.Addr.Addr().Unmap(), p.Addr.Port())
 			fam := familyOf(p.Addr)
@@ -282,7 +283,7 @@ type snapshot struct {
 	groups [2][2][]bittorrent.Peer
 }
 
-func newSnapshot(r *FetchReply, at time.Time) *snapshot {
+func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 	s := &snapshot{at: at, counts: r.Counts}
 	for _, p := range r.Peers {
 		fam, role := familyOf(p.Addr), 1

@@ -1,4 +1,4 @@
-package cluster
+package transport
 
 import (
 	"bytes"
@@ -71,13 +71,6 @@ func tcpSessions(tr *TCP) int {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	return len(tr.sessions)
-}
-
-func TestTCPTransport(t *testing.T) {
-	testTransport(t, trEnv{
-		node:     func(t *testing.T) Transport { return newTestTCP(t, nil) },
-		deadAddr: tcpDeadAddr,
-	})
 }
 
 func TestTCPKeys(t *testing.T) {

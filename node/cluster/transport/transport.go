@@ -1,8 +1,7 @@
-// Package cluster makes a node's swarms part of one cluster-wide tracker:
-// it forwards swarm writes to their owners, answers reads for swarms owned
-// elsewhere, and moves swarms between nodes when membership changes. The
-// ring package says who owns a swarm; this package says how to ask them.
-package cluster
+// Package transport carries requests and replies between the nodes of a
+// cluster: the messages and their codec, the authenticated TCP channel, and
+// an in-memory network for tests. It knows nothing of placement or policy.
+package transport
 
 import (
 	"context"
@@ -36,7 +35,7 @@ type Handler interface {
 
 // ErrUnreachable wraps failures to reach a node (dial, write, timeout), as
 // opposed to the node answering with an error.
-var ErrUnreachable = errors.New("cluster: node unreachable")
+var ErrUnreachable = errors.New("transport: node unreachable")
 
 // Request is one of *ApplyRequest, *FetchRequest or *MergeRequest.
 type Request interface{ isRequest() }

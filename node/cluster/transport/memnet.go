@@ -1,4 +1,4 @@
-package cluster
+package transport
 
 import (
 	"context"
@@ -103,21 +103,21 @@ func (t *memTransport) Addr() string { return t.addr }
 
 func (t *memTransport) Serve(h Handler) error {
 	if h == nil {
-		return errors.New("cluster: serve: nil handler")
+		return errors.New("transport: serve: nil handler")
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch {
 	case t.closed:
-		return fmt.Errorf("cluster: serve: %w", errTransportClosed)
+		return fmt.Errorf("transport: serve: %w", errTransportClosed)
 	case t.h != nil:
-		return errors.New("cluster: serve: already serving")
+		return errors.New("transport: serve: already serving")
 	}
 	n := t.net
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.nodes[t.addr] != nil {
-		return fmt.Errorf("cluster: serve: %s is in use", t.addr)
+		return fmt.Errorf("transport: serve: %s is in use", t.addr)
 	}
 	n.nodes[t.addr] = t
 	t.h = h
@@ -150,15 +150,15 @@ func (t *memTransport) isClosed() bool {
 func (t *memTransport) Call(ctx context.Context, addr string, req Request) (Reply, error) {
 	b, err := appendRequest(nil, req)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: call %s: %w", addr, err)
+		return nil, fmt.Errorf("transport: call %s: %w", addr, err)
 	}
 	b, err = t.roundTrip(ctx, addr, b)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: call %s: %w", addr, unreachableError{err})
+		return nil, fmt.Errorf("transport: call %s: %w", addr, unreachableError{err})
 	}
 	rep, err := decodeReply(b)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: call %s: %w", addr, err)
+		return nil, fmt.Errorf("transport: call %s: %w", addr, err)
 	}
 	return rep, nil
 }
