@@ -30,7 +30,7 @@ type clustered struct {
 	cfg   ClusterConfig
 	id    IdentityConfig
 	log   *zap.Logger
-	tr    transport.Transport
+	tr    *transport.TCP
 	views *membershipViews
 	data  *cluster.Cluster
 	boot  string
@@ -94,8 +94,20 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 		return nil, err
 	}
 	c := &clustered{cfg: cc, id: cfg.Node, log: n.log.Named("cluster"), boot: newBoot()}
-	c.tr, err = transport.NewTCP(transport.TCPOptions{Bind: dataBind, Keys: keys, Label: cc.Label, Log: c.log.Named("data")})
+	c.tr, err = transport.NewTCP(transport.TCPOptions{
+		Bind:       dataBind,
+		Certs:      cc.TLS.Files(),
+		Keys:       keys,
+		Insecure:   len(keys) == 0 && !cc.TLS.Enabled(),
+		Members:    dataMembers{c},
+		Label:      cc.Label,
+		Log:        c.log.Named("data"),
+		Registerer: n.reg,
+	})
 	if err != nil {
+		if cc.TLS.Enabled() {
+			return nil, fmt.Errorf("cluster.tls: %w", err)
+		}
 		return nil, fmt.Errorf("cluster: data channel: %w", err)
 	}
 	self := ring.NodeInfo{Member: ring.Member{Name: cfg.Node.Name, Datacenter: cfg.Node.Datacenter, Zone: cfg.Node.Zone}, DataAddr: dataBind, Boot: c.boot}

@@ -15,6 +15,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends/udp"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/node/cluster"
+	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
 )
@@ -36,13 +37,18 @@ type Config struct {
 type ClusterConfig struct {
 	ring.Config `yaml:",inline"`
 	Data        cluster.Config `yaml:",inline"`
+	// TLS selects the data channel's certificate mode.
+	TLS transport.Config `yaml:"tls"`
 }
 
 func (c ClusterConfig) validate() error {
 	if err := c.Config.Validate(); err != nil {
 		return err
 	}
-	return c.Data.Validate()
+	if err := c.Data.Validate(); err != nil {
+		return err
+	}
+	return c.TLS.Validate()
 }
 
 // IdentityConfig names the node and places it for replica placement and
@@ -87,7 +93,7 @@ func Default() Config {
 		Tracker: hooks.DefaultConfig(),
 		Store:   store.DefaultConfig(),
 		Metrics: MetricsConfig{Addr: ":6880"},
-		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig()},
+		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig(), TLS: transport.DefaultConfig()},
 	}
 }
 

@@ -329,6 +329,13 @@ func (n *Node) Reload(cfg Config) error {
 			errs = append(errs, fmt.Errorf("frontends.udp.connection_id_keys: %w", err))
 		}
 	}
+	if n.cl != nil {
+		// The files may have changed even if the config did not: SIGHUP
+		// is how an operator says "the new certificates are in place".
+		if err := n.cl.tr.Reload(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster.tls: %w", err))
+		}
+	}
 	if restart := needsRestart(*old, cfg); len(restart) > 0 {
 		n.log.Warn("config changes that take effect only after a restart", zap.Strings("keys", restart))
 		// Keep the running values of what was not applied.

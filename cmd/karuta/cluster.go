@@ -12,11 +12,15 @@ import (
 	"github.com/karuta-tracker/karuta/node"
 )
 
-// clusterCmd runs `karuta cluster status`: it fetches a node's /cluster and
+// clusterCmd runs `karuta cluster status`, or `karuta cluster tls` (see
+// clusterTLSCmd). Status fetches a node's /cluster and
 // prints it as a table, or as the JSON itself with --json.
 func clusterCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "tls" {
+		return clusterTLSCmd(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "status" {
-		fmt.Fprintf(stderr, "karuta: usage: karuta cluster status [--addr HOST:PORT] [--json]\n")
+		fmt.Fprintf(stderr, "karuta: usage: karuta cluster status [--addr HOST:PORT] [--json]\n       karuta cluster tls ca|cert ...\n")
 		return exitUsage
 	}
 	fs := flag.NewFlagSet("cluster status", flag.ContinueOnError)

@@ -36,6 +36,7 @@ Usage:
   karuta config check FILE         validate a config file
   karuta cluster status [--addr HOST:PORT] [--json]
                                    show a node's view of its cluster
+  karuta cluster tls ca|cert ...   create the data channel's CA and node certificates
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
   karuta version                   print the version
 `

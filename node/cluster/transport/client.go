@@ -188,19 +188,24 @@ func (t *TCP) dial(addr string) (*tcpClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := t.handshake(nc, true)
+	var name string
+	if t.certs != nil {
+		var ok bool
+		if name, ok = t.opts.Members.NameAt(addr); !ok {
+			nc.Close()
+			return nil, fmt.Errorf("handshake: no member known at %s to check its certificate against", addr)
+		}
+	}
+	s, _, err := t.handshake(nc, true, name)
 	if err != nil {
 		nc.Close()
-		if errors.Is(err, errNoSharedKey) {
-			if n, ok := t.rejectLog.Allow(); ok {
-				t.log.Warn("data channel: node shares no key with this one; check secret_keys",
-					zap.String("addr", addr), zap.Uint64("events", n))
-			}
+		if n, ok := t.rejectLog.Allow(); ok {
+			t.log.Warn("data channel: handshake with node failed", zap.String("addr", addr), zap.String("node", name), zap.Error(err), zap.Uint64("events", n))
 		}
 		return nil, err
 	}
 	c := &tcpClientConn{s: s, pending: map[uint64]chan tcpResult{}}
-	if !t.track(s) {
+	if t.track(s, "") != nil {
 		s.close()
 		return nil, errTransportClosed
 	}
@@ -322,8 +327,11 @@ func (c *tcpClientConn) shutdown(cause error) {
 	c.pending = nil
 	c.mu.Unlock()
 	c.s.close()
-	if errors.Is(cause, errFrameAuth) || errors.Is(cause, errMalformed) {
-		c.s.t.warnFrame(c.s.nc.RemoteAddr().String(), cause)
+	switch {
+	case errors.Is(cause, errOversized):
+		c.s.t.rejectFrame(reasonFrameTooLarge, c.s.nc.RemoteAddr().String(), cause)
+	case errors.Is(cause, errMalformed):
+		c.s.t.rejectFrame(reasonBadFrame, c.s.nc.RemoteAddr().String(), cause)
 	}
 	err := fmt.Errorf("%w: %w", errSessionClosed, cause)
 	for _, ch := range pending {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,38 +36,83 @@ func (t *TCP) accept(ln net.Listener, h Handler) {
 			continue
 		}
 		backoff = 0
-		select {
-		case t.handshakes <- struct{}{}:
-		default:
+		remote := remoteHost(nc)
+		if reason, err := t.admit(remote); err != nil {
 			nc.Close()
-			t.warnReject(nc.RemoteAddr().String(), errors.New("too many connections in handshake"))
+			t.reject(reason, nc.RemoteAddr().String(), err)
 			continue
 		}
-		if !t.goTracked(func() { t.serveConn(nc, h) }) {
-			<-t.handshakes
+		if !t.goTracked(func() { t.serveConn(nc, remote, h) }) {
+			t.release(remote)
 			nc.Close()
 			return
 		}
 	}
 }
 
-// serveConn authenticates one accepted connection and answers its
+// admit decides, before any handshake, whether a connection from remote
+// may try one: it must come from a member's address and find a pending
+// slot, per source and in total. On success the slot is the caller's,
+// to give back with release.
+func (t *TCP) admit(remote netip.Addr) (reason string, err error) {
+	if !remote.IsValid() || !t.opts.Members.HostIsMember(remote) {
+		return reasonNotMember, errors.New("not from the address of a current member")
+	}
+	t.pendMu.Lock()
+	defer t.pendMu.Unlock()
+	if t.pending >= t.opts.MaxPending {
+		return reasonPendingLimit, fmt.Errorf("%d connections in handshake, the most allowed", t.pending)
+	}
+	if t.perSource[remote] >= t.opts.MaxPendingPerSource {
+		return reasonSourceLimit, fmt.Errorf("%d connections from this address in handshake, the most allowed", t.perSource[remote])
+	}
+	t.pending++
+	t.perSource[remote]++
+	t.metrics.pending.Inc()
+	return "", nil
+}
+
+func (t *TCP) release(remote netip.Addr) {
+	t.pendMu.Lock()
+	defer t.pendMu.Unlock()
+	t.pending--
+	if t.perSource[remote]--; t.perSource[remote] <= 0 {
+		delete(t.perSource, remote)
+	}
+	t.metrics.pending.Dec()
+}
+
+// reject counts a refused connection or frame and logs it at a sane rate.
+func (t *TCP) reject(reason, remote string, err error) {
+	t.metrics.rejected.WithLabelValues(reason).Inc()
+	if n, ok := t.rejectLog.Allow(); ok {
+		t.log.Warn("data channel: connection refused", zap.String("reason", reason), zap.String("remote", remote), zap.Error(err), zap.Uint64("events", n))
+	}
+}
+
+// serveConn authenticates one admitted connection and answers its
 // requests.
-func (t *TCP) serveConn(nc net.Conn, h Handler) {
-	s, err := t.handshake(nc, false)
-	<-t.handshakes
+func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
+	s, peer, err := t.handshake(nc, false, "")
+	t.release(remote)
 	if err != nil {
 		nc.Close()
-		if errors.Is(err, io.EOF) {
+		switch {
+		case errors.Is(err, io.EOF):
 			// Closed before saying anything: a port probe or health check.
 			t.log.Debug("data channel: connection closed before handshake", zap.String("remote", nc.RemoteAddr().String()))
-			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			t.reject(reasonTimeout, nc.RemoteAddr().String(), fmt.Errorf("no handshake within %s", t.opts.HandshakeTimeout))
+		default:
+			t.reject(reasonHandshake, nc.RemoteAddr().String(), err)
 		}
-		t.warnReject(nc.RemoteAddr().String(), err)
 		return
 	}
-	if !t.track(s) {
+	if err := t.track(s, peer.key); err != nil {
 		s.close()
+		if errors.Is(err, errSessionLimit) {
+			t.reject(reasonSessionLimit, nc.RemoteAddr().String(), fmt.Errorf("%w %s (%d allowed)", err, peer.key, t.opts.MaxSessionsPerPeer))
+		}
 		return
 	}
 	defer t.untrack(s)
@@ -82,18 +129,21 @@ func (t *TCP) serveConn(nc net.Conn, h Handler) {
 	for {
 		p, err := s.readFrame(2*t.opts.IdleTimeout, idleClose)
 		if err != nil {
-			if errors.Is(err, errFrameAuth) || errors.Is(err, errMalformed) {
-				t.warnFrame(nc.RemoteAddr().String(), err)
+			switch {
+			case errors.Is(err, errOversized):
+				t.rejectFrame(reasonFrameTooLarge, nc.RemoteAddr().String(), err)
+			case errors.Is(err, errMalformed):
+				t.rejectFrame(reasonBadFrame, nc.RemoteAddr().String(), err)
 			}
 			return
 		}
 		if len(p) < requestHeaderSize {
-			t.warnFrame(nc.RemoteAddr().String(), fmt.Errorf("%w: short request frame", errMalformed))
+			t.rejectFrame(reasonBadFrame, nc.RemoteAddr().String(), fmt.Errorf("%w: short request frame", errMalformed))
 			return
 		}
-		id := binary.BigEndian.Uint64(p)
-		timeout := time.Duration(binary.BigEndian.Uint32(p[8:])) * time.Millisecond
-		req, derr := decodeRequest(p[requestHeaderSize:])
+		// Both limits are taken before decoding, so the requests a peer
+		// can make this node hold are bounded by what it has admitted,
+		// not by what it has read.
 		select {
 		case sem <- struct{}{}:
 		case <-s.done:
@@ -101,12 +151,21 @@ func (t *TCP) serveConn(nc net.Conn, h Handler) {
 		case <-ctx.Done():
 			return
 		}
+		weight := int64(len(p))
+		if err := t.inflight.Acquire(ctx, weight); err != nil {
+			<-sem
+			return
+		}
+		id := binary.BigEndian.Uint64(p)
+		timeout := time.Duration(binary.BigEndian.Uint32(p[8:])) * time.Millisecond
+		req, derr := decodeRequest(p[requestHeaderSize:])
 		// The goroutine is counted by the serveConn one, which is still
 		// running, so Close cannot be waiting on a zero count yet.
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
 			defer func() { <-sem }()
+			defer t.inflight.Release(weight)
 			t.answer(ctx, s, h, id, timeout, req, derr)
 		}()
 	}
@@ -139,13 +198,10 @@ func (t *TCP) answer(ctx context.Context, s *tcpSession, h Handler, id uint64, t
 	}
 }
 
-func (t *TCP) warnReject(remote string, err error) {
-	if n, ok := t.rejectLog.Allow(); ok {
-		t.log.Warn("data channel: connection rejected", zap.String("remote", remote), zap.Error(err), zap.Uint64("events", n))
-	}
-}
-
-func (t *TCP) warnFrame(remote string, err error) {
+// rejectFrame counts a frame that closed its connection and logs it at a
+// sane rate.
+func (t *TCP) rejectFrame(reason, remote string, err error) {
+	t.metrics.rejected.WithLabelValues(reason).Inc()
 	if n, ok := t.frameLog.Allow(); ok {
 		t.log.Warn("data channel: bad frame; connection closed", zap.String("remote", remote), zap.Error(err), zap.Uint64("events", n))
 	}

@@ -2,61 +2,32 @@ package transport
 
 import (
 	"context"
-	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"math"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/karuta-tracker/karuta/hooks/ratelog"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
-// The TCP data channel.
+// The TCP data channel: TLS 1.3 (handshake.go), then frames in both
+// directions:
 //
-// Handshake, client first, in the clear:
-//
-//	client hello  "KRTC" version:1 labellen:1 label nc:32
-//	server hello  "KRTS" version:1 ns:32 n:1 proof*n
-//	client proof  proof:32
-//
-// nc and ns are fresh random nonces. The server proves each of its keys:
-// proof = HMAC-SHA256(key, tag | labellen | label | nc | ns | "server proof").
-// The client picks the first of its own keys that one of those proofs
-// matches (so its first key wins when the server has it) and proves it with
-// the same construction ending in "client proof"; the server accepts any of
-// its keys. A label mismatch, an unknown key or a bad proof closes the
-// connection. Both sides then derive one AES-256-GCM key per direction,
-// HMAC-SHA256(key, tag | labellen | label | nc | ns | "client to server")
-// and "server to client", so a session's keys are fresh even when nc or ns
-// repeat, and differ from every proof sent in the clear.
-//
-// Frames follow in both directions:
-//
-//	frame  len:4 (big endian, of the sealed bytes) sealed:len
-//
-// sealed is the AES-GCM sealing of the payload, with the 4-byte length as
-// additional data and the nonce 4 zero bytes | the frame's 8-byte counter
-// in its direction. The counter starts at zero, so a frame replayed,
-// reordered, dropped or reflected back to its sender fails to open, and a
-// frame that fails to open closes the connection. Payloads:
-//
+//	frame    len:4 (big endian, of the payload) payload:len
 //	request  id:8 timeout-ms:4 message   (timeout 0: the caller set none)
 //	reply    id:8 message                (the id of the request it answers)
 //
-// with messages as in wire.go. Replies may come in any order.
+// with messages as in wire.go. Replies may come in any order. TLS's record
+// layer encrypts and authenticates the frames and refuses them replayed,
+// reordered or reflected.
 const (
-	protocolTag     = "karuta cluster data channel v1"
-	protocolVersion = 1
-	clientMagic     = "KRTC"
-	serverMagic     = "KRTS"
-	nonceSize       = 32
-	proofSize       = sha256.Size
-	maxKeys         = 16 // proofs a server sends; bounds the handshake
-
-	gcmTagSize        = 16
 	requestHeaderSize = 8 + 4
 	replyHeaderSize   = 8
 )
@@ -64,22 +35,39 @@ const (
 const (
 	defaultDialTimeout  = 5 * time.Second
 	defaultIdleTimeout  = 2 * time.Minute
-	defaultMaxFrame     = 16 << 20
 	defaultConnsPerPeer = 2
+	// DefaultMaxFrame bounds a frame's payload: twice the largest message
+	// a node sends (a handoff of 8192 peers is under 300 KiB, an Apply of
+	// 256 changes about 20 KiB), small enough that a peer cannot make a
+	// node hold much memory per request.
+	DefaultMaxFrame = 2 << 20
 	// minMaxFrame leaves room for the largest error reply.
 	minMaxFrame = 4 << 10
 
-	// handshakeTimeout bounds a handshake on both sides.
-	handshakeTimeout = 5 * time.Second
+	// DefaultHandshakeTimeout bounds a handshake on both sides: TLS and
+	// the key exchange take a few round trips, so a second is generous on
+	// a LAN and short enough that silent connections free their slot soon.
+	DefaultHandshakeTimeout = time.Second
+	// DefaultMaxPending bounds connections accepted but not yet
+	// authenticated, in total; past it new connections are closed at once.
+	DefaultMaxPending = 64
+	// DefaultMaxPendingPerSource bounds them per source address, so one
+	// host cannot take the whole pool.
+	DefaultMaxPendingPerSource = 4
+	// DefaultMaxSessionsPerPeer bounds the authenticated connections from
+	// one peer (a node keeps ConnsPerPeer, normally 2, to each other).
+	DefaultMaxSessionsPerPeer = 8
+	// DefaultMaxInflight bounds the request bytes being decoded or
+	// handled at once, over all connections: the memory peers can make a
+	// node hold in requests.
+	DefaultMaxInflight = 64 << 20
+
 	// writeTimeout bounds writing one batch of frames: a peer that reads
 	// nothing for this long has its connection closed.
 	writeTimeout = 10 * time.Second
 	// maxHandlersPerConn bounds the requests of one connection being
 	// handled at once; past it the connection is not read until one ends.
 	maxHandlersPerConn = 64
-	// maxHandshakes bounds connections accepted but not yet authenticated;
-	// past it new connections are closed at once.
-	maxHandshakes = 256
 	// outQueue is how many frames may wait for a connection's writer.
 	outQueue = 128
 	// maxBatch is how many bytes of frames the writer gathers into one
@@ -97,64 +85,101 @@ var ErrFrameTooLarge = errors.New("transport: request exceeds the frame size lim
 var (
 	errTransportClosed = errors.New("transport closed")
 	errSessionClosed   = errors.New("connection closed")
-	errFrameAuth       = errors.New("frame failed authentication")
-	errNoSharedKey     = errors.New("handshake: no key shared with the node")
-	errUnknownKey      = errors.New("handshake: client proved a key this node does not have")
-	errLabelMismatch   = errors.New("handshake: cluster label mismatch")
 )
 
+// Members tells the transport which nodes belong to the cluster now; node
+// implements it from the gossip membership. Its methods are called on
+// every accepted connection and every dial, concurrently, and must not
+// block.
+type Members interface {
+	// HostIsMember reports whether ip is an address a current member is
+	// known at. Connections from other addresses are closed before any
+	// handshake.
+	HostIsMember(ip netip.Addr) bool
+	// NameAt returns the member whose data channel is at addr.
+	NameAt(addr string) (name string, ok bool)
+	// IsAt reports whether name is a current member known at ip.
+	IsAt(name string, ip netip.Addr) bool
+}
+
 // TCPOptions configure a TCP transport. Zero values take the defaults
-// noted. Every node of a cluster should use the same Keys (up to rotation),
-// Label and MaxFrame.
+// noted. Every node of a cluster should use the same mode, Label and
+// MaxFrame.
 type TCPOptions struct {
 	// Bind is the host:port Serve listens on; port 0 picks a free port.
 	Bind string
 	// Advertise is the host:port other nodes call this node at, when it
 	// differs from the listener's address (NAT, containers).
 	Advertise string
-	// Keys are the cluster's secret keys, 16, 24 or 32 bytes each, at most
-	// 16. A connection uses the first key of the caller's list that the
-	// callee also has; any key in the list is accepted. To rotate, add the
-	// new key second on every node, then move it first everywhere, then
-	// remove the old one. With no keys the channel uses a fixed all-zero
-	// key: still authenticated framing, but anyone who can reach the port
-	// can join — for development clusters only.
+	// Certs selects certificate mode: every node presents a certificate
+	// for its name from the cluster CA, and checks the other side's. The
+	// files are read again when they change, and on Reload.
+	Certs *CertFiles
+	// Keys are the cluster's secret keys (any length from 16 bytes, at
+	// most 16 keys). Without Certs they select shared-key mode: both
+	// sides prove a key over the TLS session. A connection uses the first
+	// key of the caller's list that the callee also has; any key in the
+	// list is accepted. To rotate, add the new key second on every node,
+	// then move it first everywhere, then remove the old one. With Certs
+	// they are not used here.
 	Keys [][]byte
+	// Insecure allows neither Certs nor Keys: connections are still TLS
+	// and still only from member addresses, but any host there can call.
+	Insecure bool
+	// Members says who may connect and whom an address belongs to;
+	// required.
+	Members Members
 	// Label must match between nodes; it keeps clusters sharing a network
 	// apart. At most 255 bytes.
 	Label string
 	// Log receives rate-limited warnings about rejected connections; nil
 	// means no logging.
 	Log *zap.Logger
+	// Registerer receives the transport's metrics; nil means none.
+	Registerer prometheus.Registerer
 	// DialTimeout bounds connecting to a node, handshake excluded
 	// (default 5s).
 	DialTimeout time.Duration
+	// HandshakeTimeout bounds the TLS handshake and key proof on both
+	// sides (default DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
 	// IdleTimeout is how long a connection with no calls in flight stays
 	// open (default 2m). Servers wait twice as long, so the calling side,
 	// which knows whether it is about to send, closes first.
 	IdleTimeout time.Duration
 	// MaxFrame bounds the payload of one frame, a request or a reply
-	// (default 16 MiB, at least 4 KiB).
+	// (default DefaultMaxFrame, at least 4 KiB).
 	MaxFrame int
 	// ConnsPerPeer is how many connections are kept to each node and
 	// shared by all calls to it (default 2).
 	ConnsPerPeer int
+	// MaxPending, MaxPendingPerSource and MaxSessionsPerPeer bound
+	// connections (defaults DefaultMaxPending, DefaultMaxPendingPerSource,
+	// DefaultMaxSessionsPerPeer).
+	MaxPending, MaxPendingPerSource, MaxSessionsPerPeer int
+	// MaxInflight bounds the bytes of requests being decoded or handled
+	// at once (default DefaultMaxInflight, at least MaxFrame).
+	MaxInflight int
 }
 
-// TCP is the Transport between nodes in production: persistent, mutually
-// authenticated and encrypted TCP connections, each carrying many calls at
-// once. It is safe for concurrent use.
+// TCP is the Transport between nodes in production: persistent TLS 1.3
+// connections, mutually authenticated by certificates or by a shared key,
+// each carrying many calls at once. It is safe for concurrent use.
 type TCP struct {
 	opts      TCPOptions // defaults filled in
-	keys      [][]byte   // never empty
+	keys      []sharedKey
+	certs     *certStore      // nil outside certificate mode
+	ephemeral tls.Certificate // shared-key and insecure modes
 	log       *zap.Logger
 	rejectLog *ratelog.Limiter
 	frameLog  *ratelog.Limiter
 	acceptLog *ratelog.Limiter
+	reloadLog *ratelog.Limiter
+	metrics   *tcpMetrics
+	inflight  *semaphore.Weighted // MaxInflight bytes of requests
 
-	ctx        context.Context // done at Close
-	cancel     context.CancelFunc
-	handshakes chan struct{} // semaphore of maxHandshakes
+	ctx    context.Context // done at Close
+	cancel context.CancelFunc
 
 	// goMu guards stopping and orders wg.Add before Close's wg.Wait. It is
 	// taken last: nothing is locked while holding it.
@@ -162,79 +187,133 @@ type TCP struct {
 	stopping bool
 	wg       sync.WaitGroup
 
+	pendMu    sync.Mutex
+	pending   int                // connections in handshake
+	perSource map[netip.Addr]int // of pending, by source address
+
 	mu       sync.Mutex
 	closed   bool
 	ln       net.Listener
 	pools    map[string]*tcpPool
 	sessions map[*tcpSession]struct{}
+	perPeer  map[string]int // accepted sessions by peerInfo.key
 }
 
 // NewTCP returns a TCP transport. It opens nothing: Serve listens, Call
-// connects on first use.
+// connects on first use. In certificate mode it reads the files now.
 func NewTCP(opts TCPOptions) (*TCP, error) {
 	for _, f := range []struct {
 		name string
 		val  int64
 	}{
 		{"dial timeout", int64(opts.DialTimeout)},
+		{"handshake timeout", int64(opts.HandshakeTimeout)},
 		{"idle timeout", int64(opts.IdleTimeout)},
 		{"max frame", int64(opts.MaxFrame)},
 		{"conns per peer", int64(opts.ConnsPerPeer)},
+		{"max pending", int64(opts.MaxPending)},
+		{"max pending per source", int64(opts.MaxPendingPerSource)},
+		{"max sessions per peer", int64(opts.MaxSessionsPerPeer)},
+		{"max inflight", int64(opts.MaxInflight)},
 	} {
 		if f.val < 0 {
 			return nil, fmt.Errorf("transport: tcp: %s is negative", f.name)
 		}
 	}
-	if opts.DialTimeout == 0 {
-		opts.DialTimeout = defaultDialTimeout
+	setDefault(&opts.DialTimeout, defaultDialTimeout)
+	setDefault(&opts.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDefault(&opts.IdleTimeout, defaultIdleTimeout)
+	setDefault(&opts.MaxFrame, DefaultMaxFrame)
+	setDefault(&opts.ConnsPerPeer, defaultConnsPerPeer)
+	setDefault(&opts.MaxPending, DefaultMaxPending)
+	setDefault(&opts.MaxPendingPerSource, DefaultMaxPendingPerSource)
+	setDefault(&opts.MaxSessionsPerPeer, DefaultMaxSessionsPerPeer)
+	setDefault(&opts.MaxInflight, DefaultMaxInflight)
+	if opts.MaxFrame < minMaxFrame || opts.MaxFrame > opts.MaxInflight {
+		return nil, fmt.Errorf("transport: tcp: max frame %d is out of range; want %d to max inflight (%d)", opts.MaxFrame, minMaxFrame, opts.MaxInflight)
 	}
-	if opts.IdleTimeout == 0 {
-		opts.IdleTimeout = defaultIdleTimeout
-	}
-	if opts.MaxFrame == 0 {
-		opts.MaxFrame = defaultMaxFrame
-	}
-	if opts.MaxFrame < minMaxFrame || opts.MaxFrame > math.MaxUint32-gcmTagSize {
-		return nil, fmt.Errorf("transport: tcp: max frame %d is out of range; want %d to %d", opts.MaxFrame, minMaxFrame, math.MaxUint32-gcmTagSize)
-	}
-	if opts.ConnsPerPeer == 0 {
-		opts.ConnsPerPeer = defaultConnsPerPeer
-	}
-	if len(opts.Label) > 255 {
-		return nil, fmt.Errorf("transport: tcp: label is %d bytes; want at most 255", len(opts.Label))
+	if len(opts.Label) > maxLabel {
+		return nil, fmt.Errorf("transport: tcp: label is %d bytes; want at most %d", len(opts.Label), maxLabel)
 	}
 	if len(opts.Keys) > maxKeys {
 		return nil, fmt.Errorf("transport: tcp: %d keys; want at most %d", len(opts.Keys), maxKeys)
 	}
-	keys := make([][]byte, 0, max(1, len(opts.Keys)))
-	for i, k := range opts.Keys {
-		switch len(k) {
-		case 16, 24, 32:
-		default:
-			return nil, fmt.Errorf("transport: tcp: keys[%d] is %d bytes; want 16, 24 or 32", i, len(k))
-		}
-		keys = append(keys, append([]byte(nil), k...))
-	}
-	if len(keys) == 0 {
-		keys = append(keys, make([]byte, 32))
-	}
-	opts.Keys = nil // t.keys holds the copy
-	if opts.Log == nil {
-		opts.Log = zap.NewNop()
+	if opts.Members == nil {
+		return nil, errors.New("transport: tcp: no Members: the transport must know who may connect")
 	}
 	t := &TCP{
-		opts:       opts,
-		keys:       keys,
-		log:        opts.Log,
-		rejectLog:  ratelog.New(10 * time.Second),
-		frameLog:   ratelog.New(10 * time.Second),
-		acceptLog:  ratelog.New(10 * time.Second),
-		handshakes: make(chan struct{}, maxHandshakes),
-		pools:      map[string]*tcpPool{},
-		sessions:   map[*tcpSession]struct{}{},
+		log:       opts.Log,
+		rejectLog: ratelog.New(10 * time.Second),
+		frameLog:  ratelog.New(10 * time.Second),
+		acceptLog: ratelog.New(10 * time.Second),
+		reloadLog: ratelog.New(10 * time.Second),
+		metrics:   newTCPMetrics(opts.Registerer),
+		inflight:  semaphore.NewWeighted(int64(opts.MaxInflight)),
+		perSource: map[netip.Addr]int{},
+		pools:     map[string]*tcpPool{},
+		sessions:  map[*tcpSession]struct{}{},
+		perPeer:   map[string]int{},
 	}
+	if t.log == nil {
+		t.log = zap.NewNop()
+	}
+	var err error
+	switch {
+	case opts.Certs != nil:
+		if t.certs, err = newCertStore(*opts.Certs); err != nil {
+			return nil, err
+		}
+	case len(opts.Keys) > 0:
+		for i, k := range opts.Keys {
+			if len(k) < 16 {
+				return nil, fmt.Errorf("transport: tcp: keys[%d] is %d bytes; want at least 16", i, len(k))
+			}
+			sk, err := newSharedKey(k)
+			if err != nil {
+				return nil, fmt.Errorf("transport: tcp: keys[%d]: %w", i, err)
+			}
+			t.keys = append(t.keys, sk)
+		}
+	case !opts.Insecure:
+		return nil, errors.New("transport: tcp: neither certificates nor keys; set Insecure to run unauthenticated on purpose")
+	}
+	if t.certs == nil {
+		if t.ephemeral, err = newEphemeral(); err != nil {
+			return nil, fmt.Errorf("transport: tcp: ephemeral certificate: %w", err)
+		}
+	}
+	opts.Keys = nil // t.keys holds what is needed
+	t.opts = opts
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// Reload reads the certificate files again now, rather than at the next
+// handshake after they change; without certificate mode it does nothing.
+// Sessions already established are kept. On error the previous files
+// stay in use.
+func (t *TCP) Reload() error {
+	if t.certs == nil {
+		return nil
+	}
+	return t.certs.Reload()
+}
+
+// noteReload logs a failed automatic reload, at a sane rate.
+func (t *TCP) noteReload(err error) {
+	if err == nil {
+		return
+	}
+	if n, ok := t.reloadLog.Allow(); ok {
+		t.log.Warn("data channel: certificate files changed but do not load; still using the previous ones", zap.Error(err), zap.Uint64("events", n))
+	}
 }
 
 // Addr returns Advertise if set, else the listener's address once Serve
@@ -331,19 +410,40 @@ func (t *TCP) goTracked(f func()) bool {
 	return true
 }
 
-// track registers an authenticated session for Close to close.
-func (t *TCP) track(s *tcpSession) bool {
+// errSessionLimit refuses a peer's session past MaxSessionsPerPeer.
+var errSessionLimit = errors.New("too many sessions from the peer")
+
+// track registers an authenticated session for Close to close. An
+// accepted one counts against its peer's key (peer is empty for sessions
+// this node dialed).
+func (t *TCP) track(s *tcpSession, peer string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return false
+		return errTransportClosed
 	}
+	if peer != "" {
+		if t.perPeer[peer] >= t.opts.MaxSessionsPerPeer {
+			return errSessionLimit
+		}
+		t.perPeer[peer]++
+	}
+	s.peer = peer
 	t.sessions[s] = struct{}{}
-	return true
+	t.metrics.sessions.Inc()
+	return nil
 }
 
 func (t *TCP) untrack(s *tcpSession) {
 	t.mu.Lock()
-	delete(t.sessions, s)
+	if _, ok := t.sessions[s]; ok {
+		delete(t.sessions, s)
+		t.metrics.sessions.Dec()
+		if s.peer != "" {
+			if t.perPeer[s.peer]--; t.perPeer[s.peer] <= 0 {
+				delete(t.perPeer, s.peer)
+			}
+		}
+	}
 	t.mu.Unlock()
 }

@@ -1,0 +1,48 @@
+package transport
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Reasons a connection or frame was refused, the values of the reason
+// label of karuta_cluster_data_rejected_total.
+const (
+	reasonNotMember     = "not_member"      // from an address no member is at
+	reasonPendingLimit  = "pending_limit"   // too many handshakes in total
+	reasonSourceLimit   = "source_limit"    // too many handshakes from its address
+	reasonHandshake     = "handshake"       // TLS, label, key or certificate refused
+	reasonTimeout       = "timeout"         // the handshake did not finish in time
+	reasonSessionLimit  = "session_limit"   // the peer has too many sessions
+	reasonFrameTooLarge = "frame_too_large" // a frame over MaxFrame
+	reasonBadFrame      = "bad_frame"       // a frame that does not parse
+)
+
+// tcpMetrics count what the data channel refuses, so every drop shows.
+type tcpMetrics struct {
+	rejected *prometheus.CounterVec
+	pending  prometheus.Gauge
+	sessions prometheus.Gauge
+}
+
+func newTCPMetrics(reg prometheus.Registerer) *tcpMetrics {
+	const ns, sub = "karuta", "cluster"
+	m := &tcpMetrics{
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "data_rejected_total",
+			Help: "Data channel connections and frames refused, by reason: not_member, pending_limit, source_limit, handshake, timeout, session_limit, frame_too_large, bad_frame.",
+		}, []string{"reason"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "data_handshakes_pending",
+			Help: "Data channel connections accepted and not yet authenticated.",
+		}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "data_sessions",
+			Help: "Authenticated data channel connections, both directions.",
+		}),
+	}
+	for _, r := range []string{reasonNotMember, reasonPendingLimit, reasonSourceLimit, reasonHandshake, reasonTimeout, reasonSessionLimit, reasonFrameTooLarge, reasonBadFrame} {
+		m.rejected.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.rejected, m.pending, m.sessions)
+	}
+	return m
+}
