@@ -102,6 +102,10 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "fetch negative", req: &FetchRequest{InfoHash: testInfoHash(9), MaxPeers: -1}},
 		{name: "fetch max", req: &FetchRequest{MaxPeers: math.MaxInt}},
 		{name: "fetch min", req: &FetchRequest{MaxPeers: math.MinInt}},
+		{name: "fetch many nil", req: &FetchManyRequest{MaxPeers: 200}},
+		{name: "fetch many empty", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{}}, want: &FetchManyRequest{}},
+		{name: "fetch many", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(2), bittorrent.InfoHash(allOnes)}, MaxPeers: -1}},
+		{name: "fetch many most", req: &FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, MaxFetchMany), MaxPeers: math.MaxInt}},
 		{name: "merge nil", req: &MergeRequest{}},
 		{name: "merge empty", req: &MergeRequest{Swarms: []Swarm{}}, want: &MergeRequest{}},
 		{name: "merge swarm without peers", req: &MergeRequest{Swarms: []Swarm{{InfoHash: testInfoHash(5), Snatches: 3}}}},
@@ -162,6 +166,16 @@ func TestReplyRoundTrip(t *testing.T) {
 			},
 		}},
 		{name: "fetch reply 10000 peers", rep: &FetchReply{Peers: manySwarmPeers(10000)}},
+		{name: "fetch many reply nil", rep: &FetchManyReply{}},
+		{name: "fetch many reply empty", rep: &FetchManyReply{Swarms: []FetchReply{}}, want: &FetchManyReply{}},
+		{name: "fetch many reply", rep: &FetchManyReply{Swarms: []FetchReply{
+			{},
+			{Counts: bittorrent.Counts{Seeders: 1, Leechers: 1, Snatches: math.MaxUint32}, Peers: []SwarmPeer{
+				{Peer: testPeer("203.0.113.5:6881", 1), Seeder: true},
+				{Peer: testPeer("[2001:db8:ffff::5]:443", 2)},
+			}},
+			{Peers: manySwarmPeers(300)},
+		}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := appendReply(nil, tc.rep)
@@ -224,12 +238,16 @@ func TestEncodeRejects(t *testing.T) {
 		{name: "typed nil apply", req: (*ApplyRequest)(nil)},
 		{name: "typed nil fetch", req: (*FetchRequest)(nil)},
 		{name: "typed nil merge", req: (*MergeRequest)(nil)},
+		{name: "typed nil fetch many", req: (*FetchManyRequest)(nil)},
+		{name: "too many in one fetch", req: &FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, MaxFetchMany+1)}},
 		{name: "unknown op", req: &ApplyRequest{Changes: []bittorrent.Change{{Op: 0}}}},
 		{name: "zoned address", req: &ApplyRequest{Changes: []bittorrent.Change{{Op: bittorrent.OpPut, Peer: zoned}}}},
 		{name: "zoned swarm peer", req: &MergeRequest{Swarms: []Swarm{{Peers: []SwarmPeer{{Peer: zoned}}}}}},
 		{name: "nil reply", reply: true},
 		{name: "typed nil ack", reply: true, rep: (*Ack)(nil)},
 		{name: "typed nil fetch reply", reply: true, rep: (*FetchReply)(nil)},
+		{name: "typed nil fetch many reply", reply: true, rep: (*FetchManyReply)(nil)},
+		{name: "zoned peer in many", reply: true, rep: &FetchManyReply{Swarms: []FetchReply{{}, {Peers: []SwarmPeer{{Peer: zoned}}}}}},
 		{name: "zoned reply peer", reply: true, rep: &FetchReply{Peers: []SwarmPeer{{Peer: zoned}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -276,6 +294,15 @@ func goldenCases() []struct {
 			}})
 		}},
 		{"error", func() ([]byte, error) { return appendErrorReply(nil, "boom"), nil }},
+		{"fetch many", func() ([]byte, error) {
+			return appendRequest(nil, &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(0xc0)}, MaxPeers: 200})
+		}},
+		{"fetch many reply", func() ([]byte, error) {
+			return appendReply(nil, &FetchManyReply{Swarms: []FetchReply{
+				{Counts: bittorrent.Counts{Seeders: 1, Leechers: 2, Snatches: 3}, Peers: []SwarmPeer{{Peer: testPeer("198.51.100.2:1", 0x30), Seeder: true}}},
+				{},
+			}})
+		}},
 	}
 }
 
@@ -373,7 +400,7 @@ func TestDecodeGarbage(t *testing.T) {
 		b    []byte
 	}{
 		{"empty", nil},
-		{"unknown kind", []byte{0x04}},
+		{"unknown kind", []byte{0x05}},
 		{"reply kind as request", []byte{kindAck}},
 		{"trailing byte", append(bytes.Clone(apply), 0)},
 		{"op zero", with(apply, opAt, 0)},
@@ -386,6 +413,9 @@ func TestDecodeGarbage(t *testing.T) {
 		{"varint overflow", []byte{kindFetch, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
 			0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
 		{"snatches over 32 bits", binary.AppendUvarint(append([]byte{kindMerge, 1}, make([]byte, 20)...), 1<<32)},
+		{"too many in one fetch", append(binary.AppendUvarint([]byte{kindFetchMany, 0}, MaxFetchMany+1), make([]byte, 20*(MaxFetchMany+1))...)},
+		{"fetch many truncated", append([]byte{kindFetchMany, 0, 2}, make([]byte, 39)...)},
+		{"fetch many trailing byte", append([]byte{kindFetchMany, 0, 1}, make([]byte, 21)...)},
 	}
 	for i := range len(apply) {
 		requests = append(requests, struct {
@@ -409,6 +439,8 @@ func TestDecodeGarbage(t *testing.T) {
 		{"request kind as reply", []byte{kindApply, 0}},
 		{"ack with trailing byte", []byte{kindAck, 0}},
 		{"counts over 32 bits", binary.AppendUvarint([]byte{kindFetchReply}, 1<<32)},
+		{"many reply count beyond bytes", []byte{kindManyReply, 2, 0, 0, 0, 0}},
+		{"many reply truncated", []byte{kindManyReply, 1, 0, 0, 0}},
 		{"error too long", append(binary.AppendUvarint([]byte{kindError}, maxErrorLen+1), make([]byte, maxErrorLen+1)...)},
 		{"error truncated", []byte{kindError, 5, 'b', 'o'}},
 	}
