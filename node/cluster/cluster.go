@@ -217,6 +217,11 @@ func (c *Cluster) Close() error {
 // maxFetchPeers caps the peers per family one FetchReply carries.
 const maxFetchPeers = 10000
 
+// maxFetchManyPeers caps the peers per family of a whole FetchManyReply:
+// with 45 bytes a peer, both families stay under 4 MB, a quarter of the
+// transport's default frame limit.
+const maxFetchManyPeers = 40000
+
 // Handle answers other nodes. A node applies what it is sent even for
 // swarms it does not own by its own view (views can briefly disagree);
 // the handoff pass moves such swarms on to their owners.
@@ -236,10 +241,14 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 	case *transport.FetchRequest:
 		// A sample is always bounded, whatever the caller asked, so the
 		// reply stays far below the transport's frame limit.
-		snap, counts, _ := c.store.Swarm(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers), nil)
-		reply := &transport.FetchReply{Counts: counts, Peers: make([]transport.SwarmPeer, len(snap))}
-		for i, ch := range snap {
-			reply.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
+		return c.localReply(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers)), nil
+	case *transport.FetchManyRequest:
+		// The whole reply shares one budget of peers, so asking for many
+		// swarms cannot make it larger than asking for one.
+		n := min(max(r.MaxPeers, 1), maxFetchPeers, max(maxFetchManyPeers/max(len(r.InfoHashes), 1), 1))
+		reply := &transport.FetchManyReply{Swarms: make([]transport.FetchReply, len(r.InfoHashes))}
+		for i, ih := range r.InfoHashes {
+			reply.Swarms[i] = *c.localReply(ih, n)
 		}
 		return reply, nil
 	case *transport.MergeRequest:

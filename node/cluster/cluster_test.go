@@ -56,6 +56,8 @@ type testCluster struct {
 	nodes    map[string]*testNode
 	epoch    uint64
 	boots    int
+	// wrap, if set, stands between a node and its transport.
+	wrap func(name string, tr transport.Transport) transport.Transport
 }
 
 func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testCluster {
@@ -82,7 +84,11 @@ func (tc *testCluster) start(name string) *testNode {
 	tc.boots++
 	n := &testNode{name: name, boot: tc.boots, store: st, views: &scriptedViews{changed: make(chan struct{}, 1)}, reg: prometheus.NewRegistry()}
 	n.views.v.Store(tc.view(name, []string{name}, n))
-	n.c, err = New(tc.cfg, Options{Store: st, Transport: tc.net.Transport(name), Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
+	tr := tc.net.Transport(name)
+	if tc.wrap != nil {
+		tr = tc.wrap(name, tr)
+	}
+	n.c, err = New(tc.cfg, Options{Store: st, Transport: tr, Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -91,11 +92,15 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 
 // Prefetch implements hooks.Prefetcher: it starts fetching the swarms of
 // ihs that this node does not own and holds no fresh copy of, without
-// waiting, so the reads that follow find them fetched or on their way and
-// a batch of requests waits about one round trip instead of one each.
+// waiting, so the reads that follow find them fetched or on their way.
+// All of them go out together, one request per owner however many swarms
+// it is asked for, so a batch of requests (a scrape, a batch of datagrams)
+// waits about one round trip, and its reads share one deadline: the fetch
+// started here plus read_timeout.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
 	now := time.Now()
+	var jobs []fetchJob
 	for _, ih := range ihs {
 		var buf, others [8]int
 		owners := v.OwnersOf(ih, buf[:0])
@@ -107,15 +112,20 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 			continue
 		}
 		if e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL); fetch {
-			c.m.prefetches.Inc()
-			go c.fetch(v, ih, slices.Clone(targets), e)
+			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(targets), e: e})
 		}
+	}
+	if len(jobs) > 0 {
+		c.m.prefetches.Add(float64(len(jobs)))
+		go c.fetch(v, jobs)
 	}
 }
 
 // remote returns a fresh enough copy of the swarm from its other owners,
 // fetching it if needed, or nil if none answered and no copy exists; then
-// the caller falls back to the local store. It waits at most read_timeout.
+// the caller falls back to the local store. It waits at most until the
+// fetch it waits for is read_timeout old, so the reads of a prefetched
+// batch together wait at most read_timeout.
 func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *snapshot {
 	var others [8]int
 	targets := otherOwners(v, owners, others[:0])
@@ -132,13 +142,15 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		go c.fetch(v, ih, slices.Clone(targets), e)
+		go c.fetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), e: e}})
 	}
-	t := time.NewTimer(c.cfg.ReadTimeout)
-	defer t.Stop()
-	select {
-	case <-e.done:
-	case <-t.C:
+	if wait := e.started.Add(c.cfg.ReadTimeout).Sub(now); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-e.done:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	snap := c.cache.current(ih)
 	switch {
@@ -153,94 +165,183 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	return nil
 }
 
-// fetch asks the owners in this node's datacenter for the swarm, and the
-// others only if none of those answers.
-func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
+// fetchJob is one swarm of a fetch: the owners to ask and the cache
+// ticket to finish.
+type fetchJob struct {
+	ih      bittorrent.InfoHash
+	targets []int
+	e       *cacheEntry
+}
+
+// fetch asks the owners for the swarms of jobs, one request per owner (per
+// MaxFetchMany swarms), all in parallel under one deadline: first the
+// owners in this node's datacenter, then, for swarms none of those
+// answered, the others. Owners can lag one another by a forward (the node
+// that took an announce applies it at once and sends it to the other
+// owners a moment later), and an owner that has just gained a swarm may
+// not hold it yet, so a swarm's answers are merged. Once one owner has
+// answered for a swarm, the others get a short grace instead of the whole
+// deadline, so one slow owner does not hold every read up.
+func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 	start := time.Now()
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
 	// Fetches outlive the caller's wait, but not by much: a late answer is
 	// still worth caching, a very late one is not.
 	ctx, cancel := context.WithTimeout(context.Background(), 4*c.cfg.ReadTimeout)
 	defer cancel()
-	near, far := owners, []int(nil)
+	f := &fetchRound{c: c, v: v, jobs: jobs, merged: make([]*transport.FetchReply, len(jobs)), done: make([]bool, len(jobs))}
+	dc := ""
 	if v.Self >= 0 {
-		dc := v.Members()[v.Self].Datacenter
-		near = nil
-		for _, o := range owners {
-			if v.Members()[o].Datacenter == dc {
-				near = append(near, o)
-			} else {
-				far = append(far, o)
+		dc = v.Members()[v.Self].Datacenter
+	}
+	near := func(o int) bool { return v.Self < 0 || v.Members()[o].Datacenter == dc }
+	f.run(ctx, near)
+	f.run(ctx, func(o int) bool { return !near(o) })
+	for i := range jobs {
+		f.finish(i)
+	}
+}
+
+// fetchRound is the state of one fetch: each job's merged answer, and
+// whether its cache ticket is finished. It is owned by fetch's goroutine.
+type fetchRound struct {
+	c      *Cluster
+	v      *ring.View
+	jobs   []fetchJob
+	merged []*transport.FetchReply
+	done   []bool
+}
+
+// ownerAnswer is one owner's answer to a request for jobs idx: one reply
+// per job, or nil if the owner did not answer.
+type ownerAnswer struct {
+	idx  []int
+	reps []transport.FetchReply
+}
+
+// run asks the owners that pick selects for the jobs not finished yet,
+// one request per owner and MaxFetchMany jobs, and merges the answers as
+// they come, until all are in, the grace after the first ends, or ctx.
+func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
+	groups := map[int][]int{}
+	for i, j := range f.jobs {
+		if f.done[i] || f.merged[i] != nil {
+			continue // answered by a nearer owner
+		}
+		for _, o := range j.targets {
+			if pick(o) {
+				groups[o] = append(groups[o], i)
 			}
 		}
 	}
-	best := c.ask(ctx, v, ih, near)
-	if best == nil && len(far) > 0 {
-		best = c.ask(ctx, v, ih, far)
+	if len(groups) == 0 {
+		return
 	}
+	type call struct {
+		addr string
+		idx  []int
+	}
+	var calls []call
+	pending := make([]int, len(f.jobs)) // requests still out per job
+	for o, idx := range groups {
+		for chunk := range slices.Chunk(idx, transport.MaxFetchMany) {
+			for _, i := range chunk {
+				pending[i]++
+			}
+			calls = append(calls, call{f.v.DataAddrs[o], chunk})
+		}
+	}
+	// Buffered for every answer, so callers left behind at the deadline
+	// never block.
+	answers := make(chan ownerAnswer, len(calls))
+	for _, cl := range calls {
+		go func() { answers <- ownerAnswer{cl.idx, f.askMany(ctx, cl.addr, cl.idx)} }()
+	}
+	var grace <-chan time.Time
+	for range calls {
+		select {
+		case a := <-answers:
+			for k, i := range a.idx {
+				pending[i]--
+				if a.reps != nil {
+					f.merged[i] = mergeReplies(f.merged[i], &a.reps[k], f.c.cfg.ReadMaxPeers)
+				}
+				if pending[i] == 0 && f.merged[i] != nil {
+					f.finish(i)
+				} else if grace == nil && f.merged[i] != nil && size(f.merged[i].Counts) > 0 {
+					grace = time.After(min(f.c.cfg.ReadTimeout/5, 5*time.Millisecond))
+				}
+			}
+		case <-grace:
+			for i := range f.jobs {
+				if f.merged[i] != nil {
+					f.finish(i)
+				}
+			}
+			grace = nil
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// askMany fetches the swarms of jobs idx from the owner at addr, one reply
+// per job in order, or nil if it did not answer. An owner that does not
+// know FetchManyRequest (an older version, during a rolling upgrade) is
+// asked one swarm at a time.
+func (f *fetchRound) askMany(ctx context.Context, addr string, idx []int) []transport.FetchReply {
+	req := &transport.FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, len(idx)), MaxPeers: f.c.cfg.ReadMaxPeers}
+	for k, i := range idx {
+		req.InfoHashes[k] = f.jobs[i].ih
+	}
+	reply, err := f.c.tr.Call(ctx, addr, req)
+	if fr, ok := reply.(*transport.FetchManyReply); ok && err == nil && len(fr.Swarms) == len(idx) {
+		return fr.Swarms
+	}
+	if !errors.As(err, new(transport.RemoteError)) {
+		return nil
+	}
+	out := make([]transport.FetchReply, len(idx))
+	for k, ih := range req.InfoHashes {
+		reply, err := f.c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: f.c.cfg.ReadMaxPeers})
+		fr, ok := reply.(*transport.FetchReply)
+		if !ok || err != nil {
+			return nil
+		}
+		out[k] = *fr
+	}
+	return out
+}
+
+// finish records job i's answer in the cache, once, and wakes its readers.
+func (f *fetchRound) finish(i int) {
+	if f.done[i] {
+		return
+	}
+	f.done[i] = true
 	var snap *snapshot
-	if best != nil {
+	if best := f.merged[i]; best != nil {
 		at := time.Now()
 		if size(best.Counts) == 0 {
 			// An empty swarm is most often one whose first announce is
 			// still on its way to the owners; keep the answer briefly so
 			// the peer shows up soon after it lands.
-			at = at.Add(-c.cfg.ReadCacheTTL + min(c.cfg.ReadCacheTTL, emptyTTL))
+			at = at.Add(-f.c.cfg.ReadCacheTTL + min(f.c.cfg.ReadCacheTTL, emptyTTL))
 		}
 		snap = newSnapshot(best, at)
 	}
-	c.cache.finish(ih, e, snap)
+	f.c.cache.finish(f.jobs[i].ih, f.jobs[i].e, snap)
 }
 
-// ask queries owners in parallel and merges their answers. Owners can lag
-// one another by a forward (the node that took an announce applies it at
-// once and sends it to the other owners a few milliseconds later), and an
-// owner that has just gained a swarm may not hold it yet, so the union is
-// the freshest view. Once one owner has answered with peers, the others get
-// a short grace instead of the whole deadline, so one slow owner does not
-// hold every read up.
-func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *transport.FetchReply {
-	switch len(owners) {
-	case 0:
-		return nil
-	case 1: // nothing to wait for in parallel
-		return c.askOne(ctx, v.DataAddrs[owners[0]], ih)
+// localReply is this node's copy of ih as it answers a fetch: the counts
+// and up to maxPeers peers per family.
+func (c *Cluster) localReply(ih bittorrent.InfoHash, maxPeers int) *transport.FetchReply {
+	snap, counts, _ := c.store.Swarm(ih, maxPeers, nil)
+	reply := &transport.FetchReply{Counts: counts, Peers: make([]transport.SwarmPeer, len(snap))}
+	for i, ch := range snap {
+		reply.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
 	}
-	replies := make(chan *transport.FetchReply, len(owners))
-	for _, o := range owners {
-		go func(addr string) { replies <- c.askOne(ctx, addr, ih) }(v.DataAddrs[o])
-	}
-	var (
-		merged *transport.FetchReply
-		grace  <-chan time.Time
-	)
-	for range owners {
-		select {
-		case fr := <-replies:
-			if fr == nil {
-				continue
-			}
-			merged = mergeReplies(merged, fr, c.cfg.ReadMaxPeers)
-			if grace == nil && size(merged.Counts) > 0 {
-				grace = time.After(min(c.cfg.ReadTimeout/5, 5*time.Millisecond))
-			}
-		case <-grace:
-			return merged
-		case <-ctx.Done():
-			return merged
-		}
-	}
-	return merged
-}
-
-// askOne fetches the swarm from the owner at addr, or returns nil if it
-// did not answer.
-func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHash) *transport.FetchReply {
-	reply, err := c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
-	if fr, ok := reply.(*transport.FetchReply); ok && err == nil {
-		return fr
-	}
-	return nil
+	return reply
 }
 
 // mergeReplies is the union of two owners' answers: each count at its
@@ -358,9 +459,10 @@ type cacheShard struct {
 }
 
 type cacheEntry struct {
-	snap *snapshot     // last answer; guarded by the shard's mutex
-	done chan struct{} // closed when the fetch in flight ends
-	busy bool          // a fetch is in flight
+	snap    *snapshot     // last answer; guarded by the shard's mutex
+	done    chan struct{} // closed when the fetch in flight ends
+	started time.Time     // when the fetch in flight started
+	busy    bool          // a fetch is in flight
 }
 
 func (rc *readCache) init() {
@@ -389,10 +491,10 @@ func (rc *readCache) lookup(ih bittorrent.InfoHash, now time.Time, ttl time.Dura
 		return &cacheEntry{snap: e.snap}, false
 	}
 	if e.busy {
-		return &cacheEntry{done: e.done}, false
+		return &cacheEntry{done: e.done, started: e.started}, false
 	}
-	e.busy, e.done = true, make(chan struct{})
-	return &cacheEntry{done: e.done}, true
+	e.busy, e.done, e.started = true, make(chan struct{}), now
+	return &cacheEntry{done: e.done, started: now}, true
 }
 
 // current returns the latest snapshot of ih, fresh or not.
