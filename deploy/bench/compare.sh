@@ -14,7 +14,8 @@
 #
 # Environment: ROUNDS (3), DURATION (10s), WARMUP (3s), SWARMS (100000),
 # PEERS (1000000), ZIPF (1.1; 0 is uniform), RATE (20000; 0 skips the
-# open-loop runs), PROFILE (unset; 1 saves a 6 s CPU profile of every
+# open-loop runs), FULL (the clusters' full_replication; unset keeps the
+# default, 0 makes nodes fetch swarms they do not own), PROFILE (unset; 1 saves a 6 s CPU profile of every
 # karuta process during the last closed-loop UDP round, as NAME.pprof),
 # OUT (a new temporary directory; keeps every run's JSON).
 # Needs Linux, taskset, curl (PROFILE only), python3 and two or more cores;
@@ -39,6 +40,7 @@ PEERS=${PEERS:-1000000}
 ZIPF=${ZIPF:-1.1}
 RATE=${RATE:-20000}
 PROFILE=${PROFILE:-}
+FULL=${FULL:-}
 OUT=${OUT:-$(mktemp -d /tmp/karuta-compare.XXXXXX)}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
@@ -88,10 +90,11 @@ EOF
 # 127.0.0.1:BASE+1..3 and gossiping on 127.0.0.i:BASE-23 (their data
 # channels one port above). Sets $ports, $all (pids) and $members.
 cluster() {
-	local prefix=$1 base=$2 replicas=$3 i gossip=$(($2 - 23))
+	local prefix=$1 base=$2 replicas=$3 i gossip=$(($2 - 23)) full=
 	ports=() all=() members=()
+	if [ -n "$FULL" ]; then full=", full_replication: $FULL"; fi
 	for i in 1 2 3; do
-		node "$prefix$i" $((base + i)) "cluster: {bind: \"127.0.0.$i:$gossip\", join: [\"127.0.0.1:$gossip\"], replicas: $replicas, profile: local, secret_keys: [\"$key\"]}"
+		node "$prefix$i" $((base + i)) "cluster: {bind: \"127.0.0.$i:$gossip\", join: [\"127.0.0.1:$gossip\"], replicas: $replicas$full, profile: local, secret_keys: [\"$key\"]}"
 		ports+=("127.0.0.1:$((base + i))") all+=("$started") members+=("$prefix$i")
 	done
 }

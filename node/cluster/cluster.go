@@ -289,6 +289,9 @@ const strayDelay = time.Second
 // rather than at the next repair.
 func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 	v := c.view.Load()
+	if ownsAll(v) {
+		return
+	}
 	var buf [8]int
 	for i := range n {
 		if !isOwner(v.OwnersOf(ih(i), buf[:0]), v.Self) {
@@ -301,6 +304,13 @@ func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 			return
 		}
 	}
+}
+
+// ownsAll reports whether every member of v owns every swarm (replicas at
+// least the member count, or full_replication), so this node, a member,
+// owns whatever it is sent, and a change goes to every member.
+func ownsAll(v *ring.View) bool {
+	return v.Self >= 0 && v.OwnerCount(v.Replicas) == len(v.Members())
 }
 
 // MemberStatus is one member's share of the ring, for /cluster.

@@ -25,6 +25,18 @@ func (c *Cluster) Apply(changes []bittorrent.Change) {
 }
 
 func (c *Cluster) route(v *ring.View, changes []bittorrent.Change) {
+	if ownsAll(v) {
+		// Every member owns every swarm: no lookups, the whole batch goes
+		// to each.
+		c.store.Apply(changes)
+		for o := range v.Members() {
+			if o != v.Self && !c.destFor(v, o).enqueue(changes) {
+				// Retired while we routed by an older view, as below.
+				c.route(c.view.Load(), changes)
+			}
+		}
+		return
+	}
 	var (
 		local  []bittorrent.Change
 		groups map[int][]bittorrent.Change
