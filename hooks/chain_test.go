@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // recordingPre records what it saw and optionally fails.
@@ -168,7 +169,7 @@ func TestChainFullQueueDropsAndCounts(t *testing.T) {
 	// fill the queue; the rest must drop without blocking.
 	req := bittorrent.AnnounceRequest{}
 	c.AfterAnnounce(&req)
-	waitFor(t, func() bool { return len(c.queue) == 0 })
+	eventually.True(t, 5*time.Second, "the worker takes the first announce", func() bool { return len(c.queue) == 0 })
 	done := make(chan struct{})
 	go func() {
 		for range 10 {
@@ -246,16 +247,5 @@ func TestConfigValidateNamesKey(t *testing.T) {
 				t.Errorf("Validate() = %v, want an error starting with %q", err, tt.key+":")
 			}
 		})
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

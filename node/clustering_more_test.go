@@ -16,6 +16,7 @@ import (
 	"github.com/anacrolix/torrent/types/infohash"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 )
 
@@ -33,25 +34,10 @@ const (
 	moreSwarms = 30
 )
 
-// within retries cond until it returns nil, failing the test with cond's
-// last error once d has passed.
-func within(t *testing.T, d time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // throughout checks cond repeatedly for d and fails the test at the first
-// error: for things that must never happen.
+// error: for things that must never happen. The period watched is what is
+// being tested, so it waits out d on the real clock (gossip over real
+// sockets cannot run on synctest's).
 func throughout(t *testing.T, d time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -109,7 +95,7 @@ func startConverged(t *testing.T, names ...string) []*Node {
 		}
 		nodes = append(nodes, startClusterNode(t, name, join, nil))
 	}
-	within(t, convergeWithin, "cluster of "+strings.Join(names, ", ")+" converges", func() error { return converged(nodes) })
+	eventually.NoError(t, convergeWithin, "cluster of "+strings.Join(names, ", ")+" converges", func() error { return converged(nodes) })
 	return nodes
 }
 
@@ -245,16 +231,17 @@ func crash(n *Node) error {
 // survivors must still answer with every peer once failure detection has
 // dropped it, and with two nodes left both must hold every swarm.
 func TestClusterNodeCrashLosesNoPeer(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "c1", "c2", "c3")
 	want := announceSwarms(t, nodes, 0xc7)
-	within(t, visibleWithin, "every peer visible from every node", func() error { return visibleEverywhere(nodes, want) })
+	eventually.NoError(t, visibleWithin, "every peer visible from every node", func() error { return visibleEverywhere(nodes, want) })
 
 	dead, survivors := nodes[0], nodes[1:]
 	if err := crash(dead); err != nil {
 		t.Fatalf("crash %s: %v", nodeName(dead), err)
 	}
 	start := time.Now()
-	within(t, convergeWithin, "survivors drop the crashed node and settle", func() error { return converged(survivors) })
+	eventually.NoError(t, convergeWithin, "survivors drop the crashed node and settle", func() error { return converged(survivors) })
 	t.Logf("survivors converged %s after the crash", time.Since(start).Round(time.Millisecond))
 	for _, n := range survivors {
 		st, _ := n.ClusterStatus()
@@ -265,10 +252,10 @@ func TestClusterNodeCrashLosesNoPeer(t *testing.T) {
 		}
 	}
 
-	within(t, visibleWithin, "every peer still visible from both survivors", func() error { return visibleEverywhere(survivors, want) })
+	eventually.NoError(t, visibleWithin, "every peer still visible from both survivors", func() error { return visibleEverywhere(survivors, want) })
 	// Both survivors own every swarm now; each must hold a copy, so that
 	// losing either one later loses nothing either.
-	within(t, visibleWithin, "every swarm stored on both survivors", func() error {
+	eventually.NoError(t, visibleWithin, "every swarm stored on both survivors", func() error {
 		for _, n := range survivors {
 			for _, ih := range want.sorted() {
 				if _, _, ok := n.store.Swarm(ih, 1, nil); !ok {
@@ -288,9 +275,10 @@ func TestClusterNodeCrashLosesNoPeer(t *testing.T) {
 // refuses the new one ("Conflicting address") until it has declared the
 // old one dead.
 func TestClusterRollingRestart(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "r1", "r2", "r3")
 	want := announceSwarms(t, nodes, 0x4e)
-	within(t, visibleWithin, "every peer visible from every node", func() error { return visibleEverywhere(nodes, want) })
+	eventually.NoError(t, visibleWithin, "every peer visible from every node", func() error { return visibleEverywhere(nodes, want) })
 
 	for i := range nodes {
 		name := nodeName(nodes[i])
@@ -308,31 +296,32 @@ func TestClusterRollingRestart(t *testing.T) {
 			t.Fatalf("step %d: Shutdown %s: %v", i, name, err)
 		}
 		t.Logf("step %d: %s shut down in %s", i, name, time.Since(start).Round(time.Millisecond))
-		within(t, convergeWithin, fmt.Sprintf("step %d: survivors settle without %s", i, name), func() error { return converged(survivors) })
-		within(t, visibleWithin, fmt.Sprintf("step %d: every peer visible with %s down", i, name), func() error { return visibleEverywhere(survivors, want) })
+		eventually.NoError(t, convergeWithin, fmt.Sprintf("step %d: survivors settle without %s", i, name), func() error { return converged(survivors) })
+		eventually.NoError(t, visibleWithin, fmt.Sprintf("step %d: every peer visible with %s down", i, name), func() error { return visibleEverywhere(survivors, want) })
 
 		start = time.Now()
 		nodes[i] = startClusterNode(t, name, []string{survivors[0].Addrs().Gossip}, nil)
-		within(t, convergeWithin, fmt.Sprintf("step %d: restarted %s rejoins and all settle", i, name), func() error { return converged(nodes) })
+		eventually.NoError(t, convergeWithin, fmt.Sprintf("step %d: restarted %s rejoins and all settle", i, name), func() error { return converged(nodes) })
 		t.Logf("step %d: %s back and settled in %s", i, name, time.Since(start).Round(time.Millisecond))
-		within(t, visibleWithin, fmt.Sprintf("step %d: every peer visible after %s restarted", i, name), func() error { return visibleEverywhere(nodes, want) })
-		within(t, visibleWithin, fmt.Sprintf("step %d: restarted %s refilled", i, name), func() error { return placedOnOwners(nodes, want) })
+		eventually.NoError(t, visibleWithin, fmt.Sprintf("step %d: every peer visible after %s restarted", i, name), func() error { return visibleEverywhere(nodes, want) })
+		eventually.NoError(t, visibleWithin, fmt.Sprintf("step %d: restarted %s refilled", i, name), func() error { return placedOnOwners(nodes, want) })
 	}
 }
 
 // TestClusterJoinsKeepSwarmsVisible grows a cluster from three nodes to
 // five; every join moves swarms, and none may blank out.
 func TestClusterJoinsKeepSwarmsVisible(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "j1", "j2", "j3")
 	want := announceSwarms(t, nodes, 0x10)
-	within(t, visibleWithin, "every peer visible from every node", func() error { return visibleEverywhere(nodes, want) })
+	eventually.NoError(t, visibleWithin, "every peer visible from every node", func() error { return visibleEverywhere(nodes, want) })
 
 	for _, name := range []string{"j4", "j5"} {
 		seed := nodes[len(nodes)-1].Addrs().Gossip
 		nodes = append(nodes, startClusterNode(t, name, []string{seed}, nil))
-		within(t, convergeWithin, name+" joins and all settle", func() error { return converged(nodes) })
-		within(t, visibleWithin, "every peer visible after "+name+" joined", func() error { return visibleEverywhere(nodes, want) })
-		within(t, visibleWithin, "swarms on their owners after "+name+" joined", func() error { return placedOnOwners(nodes, want) })
+		eventually.NoError(t, convergeWithin, name+" joins and all settle", func() error { return converged(nodes) })
+		eventually.NoError(t, visibleWithin, "every peer visible after "+name+" joined", func() error { return visibleEverywhere(nodes, want) })
+		eventually.NoError(t, visibleWithin, "swarms on their owners after "+name+" joined", func() error { return placedOnOwners(nodes, want) })
 	}
 }
 
@@ -341,6 +330,7 @@ func TestClusterJoinsKeepSwarmsVisible(t *testing.T) {
 // neither side may see the other, nor any of its peers, nor accept its
 // data-channel requests.
 func TestClusterWrongKeyCannotJoin(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "k1", "k2")
 	otherKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x5a}, 32))
 	outsiders := []*Node{
@@ -383,7 +373,7 @@ func TestClusterWrongKeyCannotJoin(t *testing.T) {
 		port := 30000 + i
 		newClient(t, "udp://"+x.Addrs().UDP).announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('x'), Port: uint16(port), NumWant: -1})
 		want := swarmPorts{bittorrent.InfoHash(ih): {port}}
-		within(t, visibleWithin, nodeName(x)+" has its own peer", func() error { return visibleAt(x, want) })
+		eventually.NoError(t, visibleWithin, nodeName(x)+" has its own peer", func() error { return visibleAt(x, want) })
 		throughout(t, time.Second, "peer announced to "+nodeName(x)+" stays out of k1 and k2", func() error {
 			for _, n := range nodes {
 				if peers, counts, _ := n.cl.data.AnnouncePeers(bittorrent.InfoHash(ih), probeAddr, false, 200, nil); len(peers) > 0 || counts != (bittorrent.Counts{}) {

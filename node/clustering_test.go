@@ -12,6 +12,7 @@ import (
 
 	"github.com/anacrolix/torrent/tracker"
 	"github.com/anacrolix/torrent/types/infohash"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 var testClusterKey = base64.StdEncoding.EncodeToString([]byte("karuta-test-cluster-key-32-bytes"))
@@ -28,7 +29,10 @@ func startClusterNode(t *testing.T, name string, join []string, mutate func(*Con
 		c.Cluster.Profile = "local"
 		c.Cluster.JoinRetry = 200 * time.Millisecond
 		c.Cluster.SecretKeys = []string{testClusterKey}
-		c.Cluster.Label = "karuta-test"
+		// Each test its own label: cluster tests run in parallel, and a
+		// node retrying a crashed member's address must not join another
+		// test's node that reuses the port.
+		c.Cluster.Label = "karuta-test-" + t.Name()
 		c.Cluster.Data.ReadTimeout = 500 * time.Millisecond // -race on two cores
 		// These tests place swarms on some nodes and read them from the
 		// others, as in a cluster too large to hold everything everywhere.
@@ -42,6 +46,7 @@ func startClusterNode(t *testing.T, name string, join []string, mutate func(*Con
 // TestClusterSwarmAcrossNodes announces a seeder over HTTP to one node and
 // a leecher over UDP to another: each sees the other.
 func TestClusterSwarmAcrossNodes(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "n1", "n2", "n3")
 	httpc := newClient(t, "http://"+nodes[0].Addrs().HTTP+"/announce")
 	udpc := newClient(t, "udp://"+nodes[2].Addrs().UDP)
@@ -50,18 +55,18 @@ func TestClusterSwarmAcrossNodes(t *testing.T) {
 		seeder := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('s'), Port: 5001, NumWant: -1, Event: tracker.Started}
 		httpc.announce(seeder)
 		leecher := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('l'), Left: 10, Port: 5002, NumWant: -1, Event: tracker.Started}
-		eventually(t, fmt.Sprintf("swarm %d: leecher at n3 gets the seeder announced at n1", i), func() bool {
+		eventually.True(t, 5*time.Second, fmt.Sprintf("swarm %d: leecher at n3 gets the seeder announced at n1", i), func() bool {
 			r := udpc.announce(leecher)
 			return hasPeer(r, 5001) && r.Seeders == 1 && r.Leechers == 1
 		})
-		eventually(t, fmt.Sprintf("swarm %d: seeder at n1 gets the leecher announced at n3", i), func() bool {
+		eventually.True(t, 5*time.Second, fmt.Sprintf("swarm %d: seeder at n1 gets the leecher announced at n3", i), func() bool {
 			return hasPeer(httpc.announce(seeder), 5002)
 		})
 	}
 	// Every node scrapes the same counts.
 	for _, n := range nodes {
 		c := newClient(t, "udp://"+n.Addrs().UDP)
-		eventually(t, n.Config().Node.Name+" scrapes 1 seeder and 1 leecher", func() bool {
+		eventually.True(t, 5*time.Second, n.Config().Node.Name+" scrapes 1 seeder and 1 leecher", func() bool {
 			s := c.scrape(infohash.T{3, 0xc1})
 			return len(s) == 1 && s[0].Seeders == 1 && s[0].Leechers == 1
 		})
@@ -127,6 +132,7 @@ func scrapeMetrics(t *testing.T, addr string) string {
 // does and checks that the survivors still have every peer, with replicas
 // 1 so the leaving node holds the only copy of its swarms.
 func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	var nodes []*Node
 	for i, name := range []string{"g1", "g2", "g3"} {
 		var join []string
@@ -136,7 +142,7 @@ func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
 		nodes = append(nodes, startClusterNode(t, name, join, func(c *Config) { c.Cluster.Replicas = 1 }))
 	}
 	for _, n := range nodes {
-		eventually(t, "three members", func() bool {
+		eventually.True(t, 5*time.Second, "three members", func() bool {
 			st, _ := n.ClusterStatus()
 			return len(st.Ring.Members) == 3 && st.Ring.Settled
 		})
@@ -146,7 +152,7 @@ func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
 	for i := range swarms {
 		c.announce(tracker.AnnounceRequest{InfoHash: infohash.T{byte(i), 0x9}, PeerId: peerID('p'), Port: uint16(4000 + i), NumWant: -1})
 	}
-	eventually(t, "g3's swarms spread over the owners", func() bool {
+	eventually.True(t, 5*time.Second, "g3's swarms spread over the owners", func() bool {
 		return nodes[0].store.Stats().Swarms+nodes[1].store.Stats().Swarms+nodes[2].store.Stats().Swarms == swarms
 	})
 	held := nodes[2].store.Stats().Swarms
@@ -161,7 +167,7 @@ func TestClusterGracefulShutdownKeepsSwarms(t *testing.T) {
 	c1 := newClient(t, "udp://"+nodes[0].Addrs().UDP)
 	for i := range swarms {
 		probe := tracker.AnnounceRequest{InfoHash: infohash.T{byte(i), 0x9}, PeerId: peerID('q'), Port: 9999, Left: 1, NumWant: -1}
-		eventually(t, fmt.Sprintf("swarm %d still has its peer after g3 left", i), func() bool {
+		eventually.True(t, 5*time.Second, fmt.Sprintf("swarm %d still has its peer after g3 left", i), func() bool {
 			return hasPeer(c1.announce(probe), 4000+i)
 		})
 	}

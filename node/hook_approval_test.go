@@ -14,9 +14,11 @@ import (
 	"github.com/anacrolix/torrent/tracker"
 	trhttp "github.com/anacrolix/torrent/tracker/http"
 	"github.com/anacrolix/torrent/types/infohash"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // approvalHooks parses a config document and returns its hooks, so the
@@ -159,11 +161,14 @@ func TestApprovalHotReload(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "banned.txt")
 			writeList(t, path, first.HexString()+"\n")
-			n, httpc, udpc := startApprovalNode(t, `
+			n, logs := startNodeLogged(t, "127.0.0.1", func(c *Config) {
+				c.Hooks = approvalHooks(t, `
 hooks:
   - name: torrent_approval
     options: {mode: deny, file: `+path+`, check_interval: `+tt.interval+`}
 `)
+			})
+			httpc, udpc := newClient(t, "http://"+n.Addrs().HTTP+"/announce"), newClient(t, "udp://"+n.Addrs().UDP)
 			refused := func(c *client, ih infohash.T) bool {
 				err := c.tryAnnounce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('h'), Port: 7, NumWant: -1})
 				if err != nil && !strings.Contains(err.Error(), "torrent "+ih.HexString()+" is not approved") {
@@ -190,12 +195,17 @@ hooks:
 			writeList(t, path, second.HexString()+"\n")
 			apply("")
 			for _, c := range []*client{httpc, udpc} {
-				eventually(t, c.url+" sees the new list", func() bool { return !refused(c, first) && refused(c, second) })
+				eventually.True(t, 5*time.Second, c.url+" sees the new list", func() bool { return !refused(c, first) && refused(c, second) })
 			}
 
 			writeList(t, path, second.HexString()+"\nnot-a-hash\n")
 			apply("torrent_approval: file " + path + `: line 2: "not-a-hash" is not a 40- or 64-character hex infohash`)
-			time.Sleep(100 * time.Millisecond) // let the watcher see the broken file
+			if tt.name == "watcher" {
+				eventually.True(t, 5*time.Second, "the watcher refuses the broken file", func() bool {
+					return logs.FilterMessage("approval list not reloaded; keeping the previous one").
+						FilterField(zap.String("trigger", "change")).Len() > 0
+				})
+			}
 			for _, c := range []*client{httpc, udpc} {
 				if refused(c, first) || !refused(c, second) {
 					t.Errorf("%s: a broken file replaced the list", c.url)

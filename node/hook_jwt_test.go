@@ -24,6 +24,7 @@ import (
 	gojwt "github.com/golang-jwt/jwt/v5"
 
 	"github.com/karuta-tracker/karuta/frontends/http/bencode"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // jwtIssuer signs announce tokens with an Ed25519 key it publishes as a JWKS.
@@ -213,7 +214,7 @@ func TestJWTFrontends(t *testing.T) {
 
 	t.Run("udp", func(t *testing.T) {
 		var resp tracker.AnnounceResponse
-		eventually(t, "UDP leecher sees the HTTP seeder", func() bool {
+		eventually.True(t, 5*time.Second, "UDP leecher sees the HTTP seeder", func() bool {
 			var msg string
 			resp, msg = udpAnnounce(t, a.UDP, ih, 'u', 7001, tok)
 			if msg != "" {
@@ -253,7 +254,7 @@ func TestJWTFrontends(t *testing.T) {
 		}
 	})
 
-	eventually(t, "metrics count rejections by reason", func() bool {
+	eventually.True(t, 5*time.Second, "metrics count rejections by reason", func() bool {
 		resp, err := http.Get("http://" + a.Metrics + "/metrics")
 		if err != nil {
 			return false
@@ -292,7 +293,7 @@ func TestJWTKeysArriveLate(t *testing.T) {
 	}
 
 	up.Store(true)
-	eventually(t, "keys arrive", func() bool {
+	eventually.True(t, 5*time.Second, "keys arrive", func() bool {
 		return failure(rawHTTP(t, a.HTTP, "/announce", announceQuery(ih, 'h', 6001, tok))) == ""
 	})
 	if _, msg := udpAnnounce(t, a.UDP, ih, 'u', 7001, tok); msg != "" {

@@ -15,6 +15,7 @@ import (
 	"github.com/anacrolix/torrent/tracker"
 	trhttp "github.com/anacrolix/torrent/tracker/http"
 	"github.com/anacrolix/torrent/types/infohash"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -159,7 +160,7 @@ func TestPasskeyHotReload(t *testing.T) {
 			t.Fatalf("beta before the change: %q", got)
 		}
 		writePasskeys(t, file, "beta")
-		eventually(t, "beta accepted over HTTP", func() bool { return passkeyHTTP(t, a.HTTP, "/announce/beta") == "" })
+		eventually.True(t, 5*time.Second, "beta accepted over HTTP", func() bool { return passkeyHTTP(t, a.HTTP, "/announce/beta") == "" })
 		if got := passkeyUDP(t, "udp://"+a.UDP+"/announce/beta"); got != "" {
 			t.Errorf("beta over UDP after the change: %q", got)
 		}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anacrolix/torrent/tracker"
 	trhttp "github.com/anacrolix/torrent/tracker/http"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // The peer-preference tests give every client its own loopback address
@@ -170,7 +172,7 @@ func TestPeerPrefSingleNode(t *testing.T) {
 	announcePeerPrefSwarm(t, []*Node{n}, ih)
 	for _, url := range []string{"http://" + n.Addrs().HTTP + "/announce", "udp://" + n.Addrs().UDP} {
 		c := boundClient(t, url, peerPrefProbe)
-		eventually(t, url+" answers the whole swarm", func() bool {
+		eventually.True(t, 5*time.Second, url+" answers the whole swarm", func() bool {
 			return len(c.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('p'), Left: 10, Port: 7000, NumWant: 50}).Peers) == 30
 		})
 		if err := probePeerPref(t, url, ih); err != nil {
@@ -184,6 +186,7 @@ func TestPeerPrefSingleNode(t *testing.T) {
 // own it: their answers come from a copy fetched from the owner, and still
 // rank by subnet and datacenter.
 func TestPeerPrefClusterNonOwner(t *testing.T) {
+	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	mutate := withPeerPref(t)
 	var nodes []*Node
 	for i, name := range []string{"n1", "n2", "n3"} {
@@ -196,7 +199,7 @@ func TestPeerPrefClusterNonOwner(t *testing.T) {
 			c.Cluster.Replicas = 1
 		}))
 	}
-	within(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
+	eventually.NoError(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
 
 	ih := infohash.T{0x9e, 2}
 	announcePeerPrefSwarm(t, nodes, ih)
@@ -212,7 +215,7 @@ func TestPeerPrefClusterNonOwner(t *testing.T) {
 	for _, n := range others {
 		for _, url := range []string{"http://" + n.Addrs().HTTP + "/announce", "udp://" + n.Addrs().UDP} {
 			c := boundClient(t, url, peerPrefProbe)
-			within(t, visibleWithin, url+" at "+nodeName(n)+" answers the whole swarm", func() error {
+			eventually.NoError(t, visibleWithin, url+" at "+nodeName(n)+" answers the whole swarm", func() error {
 				if got := len(c.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('p'), Left: 10, Port: 7000, NumWant: 50}).Peers); got != 30 {
 					return fmt.Errorf("got %d peers, want 30", got)
 				}

@@ -26,55 +26,40 @@ import (
 // fixed, so it is wired here explicitly rather than through init-time
 // registration.
 var hookBuilders = map[string]func(opts *yaml.Node) (hookConstructor, error){
-	varinterval.Name: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := varinterval.DefaultConfig()
+	varinterval.Name: hookBuilder(varinterval.DefaultConfig, func(cfg varinterval.Config, _ hookEnv) (any, error) {
+		return varinterval.New(cfg)
+	}),
+	approval.ClientName: hookBuilder(approval.DefaultClientConfig, func(cfg approval.ClientConfig, env hookEnv) (any, error) {
+		return approval.NewClient(cfg, env.Log.Named(approval.ClientName))
+	}),
+	approval.TorrentName: hookBuilder(approval.DefaultTorrentConfig, func(cfg approval.TorrentConfig, env hookEnv) (any, error) {
+		return approval.NewTorrent(cfg, env.Log.Named(approval.TorrentName))
+	}),
+	passkey.Name: hookBuilder(passkey.DefaultConfig, func(cfg passkey.Config, env hookEnv) (any, error) {
+		return passkey.New(cfg, env.Log.Named(passkey.Name))
+	}),
+	ratelimit.Name: hookBuilder(ratelimit.DefaultConfig, func(cfg ratelimit.Config, env hookEnv) (any, error) {
+		return ratelimit.New(cfg, env.Registerer)
+	}),
+	jwt.Name: hookBuilder(jwt.DefaultConfig, func(cfg jwt.Config, env hookEnv) (any, error) {
+		return jwt.New(cfg, env.Log.Named("jwt"), env.Registerer)
+	}),
+	peerpref.Name: hookBuilder(peerpref.DefaultConfig, func(cfg peerpref.Config, _ hookEnv) (any, error) {
+		return peerpref.New(cfg)
+	}),
+}
+
+// hookBuilder is the one builder every hook uses: it decodes the options
+// over defaults(), rejecting unknown keys, validates them, and returns a
+// constructor that calls newHook with them.
+func hookBuilder[C interface{ Validate() error }](defaults func() C, newHook func(C, hookEnv) (any, error)) func(*yaml.Node) (hookConstructor, error) {
+	return func(opts *yaml.Node) (hookConstructor, error) {
+		cfg := defaults()
 		if err := decodeOptions(opts, &cfg); err != nil {
 			return nil, err
 		}
-		return func(hookEnv) (any, error) { return varinterval.New(cfg) }, nil
-	},
-	approval.ClientName: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := approval.DefaultClientConfig()
-		if err := decodeOptions(opts, &cfg); err != nil {
-			return nil, err
-		}
-		return func(env hookEnv) (any, error) { return approval.NewClient(cfg, env.Log.Named(approval.ClientName)) }, nil
-	},
-	approval.TorrentName: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := approval.DefaultTorrentConfig()
-		if err := decodeOptions(opts, &cfg); err != nil {
-			return nil, err
-		}
-		return func(env hookEnv) (any, error) { return approval.NewTorrent(cfg, env.Log.Named(approval.TorrentName)) }, nil
-	},
-	passkey.Name: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := passkey.DefaultConfig()
-		if err := decodeOptions(opts, &cfg); err != nil {
-			return nil, err
-		}
-		return func(env hookEnv) (any, error) { return passkey.New(cfg, env.Log.Named(passkey.Name)) }, nil
-	},
-	ratelimit.Name: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := ratelimit.DefaultConfig()
-		if err := decodeOptions(opts, &cfg); err != nil {
-			return nil, err
-		}
-		return func(env hookEnv) (any, error) { return ratelimit.New(cfg, env.Registerer) }, nil
-	},
-	jwt.Name: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := jwt.DefaultConfig()
-		if err := decodeOptions(opts, &cfg); err != nil {
-			return nil, err
-		}
-		return func(env hookEnv) (any, error) { return jwt.New(cfg, env.Log.Named("jwt"), env.Registerer) }, nil
-	},
-	peerpref.Name: func(opts *yaml.Node) (hookConstructor, error) {
-		cfg := peerpref.DefaultConfig()
-		if err := decodeOptions(opts, &cfg); err != nil {
-			return nil, err
-		}
-		return func(hookEnv) (any, error) { return peerpref.New(cfg) }, nil
-	},
+		return func(env hookEnv) (any, error) { return newHook(cfg, env) }, nil
+	}
 }
 
 // hookEnv is what a hook may need from the node besides its options.
@@ -145,6 +130,7 @@ func buildHooks(specs []hooks.Spec, env hookEnv) (built builtHooks, err error) {
 	defer func() {
 		if err != nil {
 			_ = built.close()
+			built = builtHooks{} // closed: nothing left for the caller
 		}
 	}()
 	for i, spec := range specs {

@@ -59,7 +59,7 @@ type Node struct {
 }
 
 // New builds a node from a validated config without opening any socket.
-func New(cfg Config, opts Options) (*Node, error) {
+func New(cfg Config, opts Options) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -94,12 +94,17 @@ func New(cfg Config, opts Options) (*Node, error) {
 		}),
 	)
 
-	var err error
 	if n.store, err = store.NewMemory(cfg.Store, n.reg, n.log.Named("store")); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	// From here on a failure undoes what was built the way Shutdown does,
+	// through closeCore, which skips the parts not built yet.
+	defer func() {
+		if err != nil {
+			_ = n.closeCore(context.Background())
+		}
+	}()
 	if n.hooks, err = buildHooks(cfg.Hooks, hookEnv{Log: n.log.Named("hooks"), Registerer: n.reg}); err != nil {
-		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	pre, post := n.hooks.pre, n.hooks.post
@@ -109,7 +114,6 @@ func New(cfg Config, opts Options) (*Node, error) {
 	)
 	if cfg.Cluster.Bind != "" {
 		if n.cl, err = newClustered(cfg, n); err != nil {
-			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		source, sink = n.cl.data, n.cl.data
@@ -117,18 +121,15 @@ func New(cfg Config, opts Options) (*Node, error) {
 	pre = append(pre, hooks.NewResponder(source, n.hooks.rankers...))
 	post = append(post, hooks.NewSwarmWriter(sink))
 	if n.chain, err = hooks.New(cfg.Tracker, pre, post, n.reg, n.log.Named("hooks")); err != nil {
-		n.closeCore(context.Background())
 		return nil, fmt.Errorf("node: %w", err)
 	}
 
 	metrics, err := frontends.NewMetrics(n.reg)
 	if err != nil {
-		n.closeCore(context.Background())
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Frontends.HTTP.Addr != "" {
 		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.For("http"), n.log.Named("http")); err != nil {
-			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
@@ -137,7 +138,6 @@ func New(cfg Config, opts Options) (*Node, error) {
 	}
 	if cfg.Frontends.UDP.Addr != "" {
 		if n.udp, err = udp.New(cfg.Frontends.UDP, n.chain, metrics.For("udp"), n.log.Named("udp")); err != nil {
-			n.closeCore(context.Background())
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}

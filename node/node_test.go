@@ -14,12 +14,25 @@ import (
 	trhttp "github.com/anacrolix/torrent/tracker/http"
 	"github.com/anacrolix/torrent/tracker/udp"
 	"github.com/anacrolix/torrent/types/infohash"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // startNode runs a node on loopback ports chosen by the kernel.
 func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
 	t.Helper()
+	n, _ := startNodeLogged(t, host, mutate)
+	return n
+}
+
+// startNodeLogged is startNode that also records the node's warnings, for
+// tests that wait for the node to have noticed something.
+func startNodeLogged(t *testing.T, host string, mutate func(*Config)) (*Node, *observer.ObservedLogs) {
+	t.Helper()
+	warns, logs := observer.New(zap.WarnLevel)
 	cfg := Default()
 	cfg.Node.Name = "test"
 	cfg.Frontends.HTTP.Addr = netipJoin(host, 0)
@@ -28,7 +41,7 @@ func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	n, err := New(cfg, Options{Log: zaptest.NewLogger(t), Version: "test"})
+	n, err := New(cfg, Options{Log: zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), warns)), Version: "test"})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -42,7 +55,7 @@ func startNode(t *testing.T, host string, mutate func(*Config)) *Node {
 			t.Errorf("Shutdown: %v", err)
 		}
 	})
-	return n
+	return n, logs
 }
 
 func netipJoin(host string, port int) string {
@@ -108,19 +121,6 @@ func hasPeer(resp tracker.AnnounceResponse, port int) bool {
 	return false
 }
 
-// eventually retries f until it reports true, for writes that are applied
-// after the answer.
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestSwarmAcrossFrontends is the basic promise: a seeder announcing over
 // HTTP and a leecher over UDP see each other, with counts that include the
 // announcer, and scrapes over both protocols agree.
@@ -144,7 +144,7 @@ func TestSwarmAcrossFrontends(t *testing.T) {
 
 			leecher := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('l'), Left: 1000, Port: 5002, NumWant: 50, Event: tracker.Started}
 			var lresp tracker.AnnounceResponse
-			eventually(t, "leecher sees the seeder", func() bool {
+			eventually.True(t, 5*time.Second, "leecher sees the seeder", func() bool {
 				lresp = udpc.announce(leecher)
 				return hasPeer(lresp, 5001)
 			})
@@ -157,7 +157,7 @@ func TestSwarmAcrossFrontends(t *testing.T) {
 					t.Errorf("peer %v is not of the announcer's family/address %s", p, host)
 				}
 			}
-			eventually(t, "seeder sees the leecher", func() bool {
+			eventually.True(t, 5*time.Second, "seeder sees the leecher", func() bool {
 				return hasPeer(httpc.announce(seeder), 5002)
 			})
 
@@ -165,7 +165,7 @@ func TestSwarmAcrossFrontends(t *testing.T) {
 			leecher.Left = 0
 			udpc.announce(leecher)
 			for _, c := range []*client{httpc, udpc} {
-				eventually(t, c.url+" scrape shows the snatch", func() bool {
+				eventually.True(t, 5*time.Second, c.url+" scrape shows the snatch", func() bool {
 					s := c.scrape(ih, infohash.T{9})
 					return len(s) == 2 && s[0].Seeders == 2 && s[0].Leechers == 0 && s[0].Completed == 1 &&
 						s[1].Seeders == 0 && s[1].Completed == 0
@@ -174,7 +174,7 @@ func TestSwarmAcrossFrontends(t *testing.T) {
 
 			seeder.Event = tracker.Stopped
 			httpc.announce(seeder)
-			eventually(t, "stopped seeder leaves the swarm", func() bool {
+			eventually.True(t, 5*time.Second, "stopped seeder leaves the swarm", func() bool {
 				s := udpc.scrape(ih)
 				return len(s) == 1 && s[0].Seeders == 1
 			})
@@ -193,7 +193,7 @@ func TestNumWantIsCapped(t *testing.T) {
 		udpc.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID(byte('a' + i)), Left: 0, Port: uint16(6000 + i), NumWant: -1})
 	}
 	probe := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('z'), Left: 10, Port: 7000, NumWant: -1}
-	eventually(t, "default numwant applies", func() bool { return len(udpc.announce(probe).Peers) == 3 })
+	eventually.True(t, 5*time.Second, "default numwant applies", func() bool { return len(udpc.announce(probe).Peers) == 3 })
 	probe.NumWant = 1000
 	if got := len(udpc.announce(probe).Peers); got != 5 {
 		t.Errorf("numwant 1000 returned %d peers, want the cap of 5", got)
@@ -219,7 +219,7 @@ func TestOpsEndpoints(t *testing.T) {
 			t.Errorf("GET %s = %d, want 200", path, code)
 		}
 	}
-	eventually(t, "metrics show the announce and the stored peer", func() bool {
+	eventually.True(t, 5*time.Second, "metrics show the announce and the stored peer", func() bool {
 		_, body := get("/metrics")
 		return strings.Contains(body, `karuta_frontend_requests_total{action="announce",frontend="udp",result="ok"} 1`) &&
 			strings.Contains(body, `karuta_store_swarms 1`) &&

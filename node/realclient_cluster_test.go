@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 const (
@@ -50,10 +52,10 @@ func TestRealClientCluster(t *testing.T) {
 	// members and replicas 2, n1 always has an owner other than itself to
 	// forward the seeder's announces to, and n3 either owns the swarm (and
 	// received them) or read it from an owner.
-	eventually(t, "n1 forwards the seeder's announces to the swarm's other owners", func() bool {
+	eventually.True(t, 5*time.Second, "n1 forwards the seeder's announces to the swarm's other owners", func() bool {
 		return n1.scrape(t).value("karuta_cluster_forwarded_changes_total", "result", "ok") > 0
 	})
-	eventually(t, "n3 gets the swarm from the other nodes, as an owner or by reading", func() bool {
+	eventually.True(t, 5*time.Second, "n3 gets the swarm from the other nodes, as an owner or by reading", func() bool {
 		m := n3.scrape(t)
 		return m.value("karuta_cluster_received_changes_total") > 0 ||
 			m.value("karuta_cluster_reads_total", "result", "fetched")+m.value("karuta_cluster_reads_total", "result", "cached") > 0
@@ -273,9 +275,8 @@ func formed(st ClusterStatus, want int) bool {
 func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
 	t.Helper()
 	start := time.Now()
-	deadline := start.Add(procClusterFormTimeout)
 	last := make([]string, len(nodes))
-	for {
+	eventually.NoError(t, procClusterFormTimeout, fmt.Sprintf("the %d nodes all see each other, settled", len(nodes)), func() error {
 		done := true
 		for i, n := range nodes {
 			select {
@@ -294,25 +295,22 @@ func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
 				done = false
 			}
 		}
-		if done {
-			t.Logf("cluster of %d processes formed in %s", len(nodes), time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Now().After(deadline) {
+		if !done {
 			var b strings.Builder
 			for i, n := range nodes {
 				fmt.Fprintf(&b, "\n%s: %s", n.name, last[i])
 			}
-			t.Fatalf("the %d nodes did not all see each other, settled, within %s; last views:%s", len(nodes), procClusterFormTimeout, b.String())
+			return fmt.Errorf("last views:%s", b.String())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
+	t.Logf("cluster of %d processes formed in %s", len(nodes), time.Since(start).Round(time.Millisecond))
 }
 
 func describeClusterStatus(st ClusterStatus) string {
 	var members, ring []string
 	for _, m := range st.Members {
-		members = append(members, m.Name+"="+m.State)
+		members = append(members, m.Name+"="+string(m.State))
 	}
 	for _, m := range st.Ring.Members {
 		ring = append(ring, fmt.Sprintf("%s(%.2f)", m.Name, m.Share))

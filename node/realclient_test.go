@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // realClientTimeout bounds the python driver; it is told a little less so
@@ -41,7 +43,7 @@ func TestRealClientDownload(t *testing.T) {
 	announces := func(m promSamples, frontend, result string) float64 {
 		return m.value("karuta_frontend_requests_total", "frontend", frontend, "action", "announce", "result", result)
 	}
-	eventually(t, "metrics count ok announces on both frontends", func() bool {
+	eventually.True(t, 5*time.Second, "metrics count ok announces on both frontends", func() bool {
 		m := fetchPromSamples(t, metricsURL)
 		return announces(m, "http", "ok") > 0 && announces(m, "udp", "ok") > 0
 	})

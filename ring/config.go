@@ -39,7 +39,7 @@ type Config struct {
 	Label string `yaml:"label"`
 	// Profile tunes failure detection: lan, wan (multi-datacenter links) or
 	// local (tests on one machine).
-	Profile string `yaml:"profile"`
+	Profile Profile `yaml:"profile"`
 	// DataBind is the host:port of the node-to-node data channel; empty
 	// means Bind's host with Bind's port plus one.
 	DataBind string `yaml:"data_bind"`
@@ -47,10 +47,25 @@ type Config struct {
 	JoinRetry time.Duration `yaml:"join_retry"`
 }
 
+// Profile is a set of memberlist timings for a kind of network.
+type Profile string
+
+// The profiles Config.Profile allows.
+const (
+	// ProfileLAN suits one datacenter: memberlist's LAN timings.
+	ProfileLAN Profile = "lan"
+	// ProfileWAN suits links between datacenters: slower probes, more
+	// patience before declaring a member dead.
+	ProfileWAN Profile = "wan"
+	// ProfileLocal suits nodes on one machine, as in tests: fast
+	// detection and exchange.
+	ProfileLocal Profile = "local"
+)
+
 // DefaultConfig returns a single-node setup with two owners per swarm once
 // clustered, and every swarm on every node while there are at most three.
 func DefaultConfig() Config {
-	return Config{Replicas: 2, FullReplication: 3, Profile: "lan", JoinRetry: 30 * time.Second}
+	return Config{Replicas: 2, FullReplication: 3, Profile: ProfileLAN, JoinRetry: 30 * time.Second}
 }
 
 // Validate reports the first bad value, naming its key.
@@ -81,7 +96,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("label: %d bytes is too long; want at most 255", len(c.Label))
 	}
 	switch c.Profile {
-	case "lan", "wan", "local":
+	case ProfileLAN, ProfileWAN, ProfileLocal:
 	default:
 		return fmt.Errorf("profile: %q is not allowed; want lan, wan or local", c.Profile)
 	}

@@ -54,14 +54,14 @@ func (m *Membership) note(n *memberlist.Node, gone bool) {
 	}
 	m.mu.Lock()
 	prev := m.known[n.Name]
-	state := "alive"
+	state := StateAlive
 	switch {
-	case gone && prev != nil && (prev.State == "leaving" || prev.State == "left"):
-		state = "left"
+	case gone && prev != nil && (prev.State == StateLeaving || prev.State == StateLeft):
+		state = StateLeft
 	case gone:
-		state = "dead"
+		state = StateDead
 	case leaving:
-		state = "leaving"
+		state = StateLeaving
 	}
 	since := time.Now()
 	if prev != nil && prev.State == state {

@@ -25,8 +25,9 @@ type MembershipOptions struct {
 	Self NodeInfo
 	// VNodes is passed to placement; zero means DefaultVNodes.
 	VNodes int
-	// Transport replaces memberlist's UDP/TCP transport, for tests that
-	// cut links. Nil means the network, on Config.Bind.
+	// Transport replaces memberlist's UDP/TCP transport, so tests can run
+	// many members in one process on a fake clock and cut links (ring's
+	// gossipNet). Nil, as in production, means the network on Config.Bind.
 	Transport memberlist.Transport
 	// Registerer receives the membership metrics; nil means none.
 	Registerer prometheus.Registerer
@@ -39,11 +40,30 @@ type MemberStatus struct {
 	NodeInfo
 	// Gossip is the node's memberlist address.
 	Gossip string `json:"gossip"`
-	// State is alive, leaving (handing its swarms over), dead or left.
-	State string `json:"state"`
+	// State is what gossip last said of the node.
+	State State `json:"state"`
 	// Since is when the state last changed, as this node saw it.
 	Since time.Time `json:"since"`
 }
+
+// State is a member's gossip state, as operators see it.
+type State string
+
+// The states a member goes through. A node that leaves gracefully goes
+// alive → leaving → left; one that stops answering goes to dead.
+const (
+	// StateAlive members are in the ring (once their data address is
+	// known).
+	StateAlive State = "alive"
+	// StateLeaving members are handing their swarms over and out of the
+	// ring.
+	StateLeaving State = "leaving"
+	// StateDead members stopped answering without saying goodbye; they
+	// are asked to rejoin for a while.
+	StateDead State = "dead"
+	// StateLeft members left after announcing it.
+	StateLeft State = "left"
+)
 
 // Membership keeps this node in the cluster through hashicorp/memberlist
 // and publishes a new View whenever the set of live members changes.
@@ -113,7 +133,7 @@ func NewMembership(cfg Config, opts MembershipOptions) (*Membership, error) {
 	}
 	self := opts.Self
 	m.self.Store(&self)
-	m.known[gossipName(opts.Self)] = &MemberStatus{NodeInfo: opts.Self, State: "alive", Since: time.Now()}
+	m.known[gossipName(opts.Self)] = &MemberStatus{NodeInfo: opts.Self, State: StateAlive, Since: time.Now()}
 	if err := m.publish(); err != nil {
 		return nil, err
 	}
@@ -131,9 +151,9 @@ func NewMembership(cfg Config, opts MembershipOptions) (*Membership, error) {
 func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	var mc *memberlist.Config
 	switch m.cfg.Profile {
-	case "wan":
+	case ProfileWAN:
 		mc = memberlist.DefaultWANConfig()
-	case "local":
+	case ProfileLocal:
 		mc = memberlist.DefaultLocalConfig()
 	default:
 		mc = memberlist.DefaultLANConfig()
@@ -146,9 +166,9 @@ func (m *Membership) memberlistConfig() (*memberlist.Config, error) {
 	// for a little more gossip traffic.
 	mc.RetransmitMult = max(mc.RetransmitMult, 4)
 	switch m.cfg.Profile {
-	case "local":
+	case ProfileLocal:
 		mc.PushPullInterval = 2 * time.Second
-	case "lan":
+	case ProfileLAN:
 		mc.PushPullInterval = 15 * time.Second
 	}
 	host, port, err := splitHostPort(m.cfg.Bind)
@@ -382,9 +402,9 @@ const seedEvery = 6
 
 func (m *Membership) reconnectInterval() time.Duration {
 	switch m.cfg.Profile {
-	case "local":
+	case ProfileLocal:
 		return time.Second
-	case "wan":
+	case ProfileWAN:
 		return 30 * time.Second
 	}
 	return 10 * time.Second
@@ -397,7 +417,7 @@ func (m *Membership) failedAddrs() []string {
 	defer m.mu.Unlock()
 	var out []string
 	for _, s := range m.known {
-		if s.State == "dead" && time.Since(s.Since) < reconnectFor && s.Gossip != "" {
+		if s.State == StateDead && time.Since(s.Since) < reconnectFor && s.Gossip != "" {
 			out = append(out, s.Gossip)
 		}
 	}
@@ -438,7 +458,7 @@ func (m *Membership) publish() error {
 			if !m.leaving.Load() {
 				live = append(live, *m.self.Load()) // data address resolved
 			}
-		case s.State == "alive" && s.DataAddr != "":
+		case s.State == StateAlive && s.DataAddr != "":
 			live = append(live, s.NodeInfo)
 		}
 	}
@@ -477,7 +497,7 @@ func (m *Membership) prune(live []NodeInfo) {
 		boots[n.Name] = n.Boot
 	}
 	for key, s := range m.known {
-		if s.State != "dead" && s.State != "left" {
+		if s.State != StateDead && s.State != StateLeft {
 			continue
 		}
 		if b, ok := boots[s.Name]; (ok && b > s.Boot) || time.Since(s.Since) > reconnectFor {
@@ -530,12 +550,12 @@ func sameNodes(v *View, live []NodeInfo) bool {
 }
 
 func (m *Membership) updateGauge() {
-	counts := map[string]int{"alive": 0, "leaving": 0, "dead": 0, "left": 0}
+	counts := map[State]int{StateAlive: 0, StateLeaving: 0, StateDead: 0, StateLeft: 0}
 	for _, s := range m.known {
 		counts[s.State]++
 	}
 	for state, n := range counts {
-		m.members.WithLabelValues(state).Set(float64(n))
+		m.members.WithLabelValues(string(state)).Set(float64(n))
 	}
 }
 

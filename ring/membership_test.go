@@ -6,11 +6,17 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 func key(b byte) string {
@@ -26,6 +32,11 @@ func withKeys(keys ...string) memberOpt {
 func withLabel(l string) memberOpt { return func(c *Config, _ *MembershipOptions) { c.Label = l } }
 
 func withBind(addr string) memberOpt { return func(c *Config, _ *MembershipOptions) { c.Bind = addr } }
+
+// onNet gossips over the in-memory network n instead of loopback sockets.
+func onNet(n *gossipNet) memberOpt {
+	return func(_ *Config, o *MembershipOptions) { o.Transport = n.newTransport() }
+}
 
 func withDC(dc, zone string) memberOpt {
 	return func(_ *Config, o *MembershipOptions) { o.Self.Datacenter, o.Self.Zone = dc, zone }
@@ -55,17 +66,6 @@ func startMember(t *testing.T, name string, join []string, opts ...memberOpt) *M
 	return m
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func memberNames(v *View) string {
 	var names []string
 	for _, m := range v.Members() {
@@ -82,7 +82,7 @@ func TestMembershipFormsCluster(t *testing.T) {
 	b := startMember(t, "node-b", []string{a.Addr()}, withDC("dc1", "z2"))
 	c := startMember(t, "node-c", []string{b.Addr()}, withDC("dc2", "z1"))
 	for _, m := range []*Membership{a, b, c} {
-		waitFor(t, 10*time.Second, m.opts.Self.Name+" sees all three", func() bool {
+		eventually.True(t, 10*time.Second, m.opts.Self.Name+" sees all three", func() bool {
 			return memberNames(m.View()) == "node-a,node-b,node-c"
 		})
 		v := m.View()
@@ -117,11 +117,19 @@ func TestMembershipFormsCluster(t *testing.T) {
 	}
 }
 
+// The members gossip over an in-memory network on synctest's fake clock,
+// so waiting out failure detection (up to 18 s of suspicion with two
+// members left) costs no wall time.
 func TestMembershipLeaveAndFailure(t *testing.T) {
-	a := startMember(t, "node-a", nil)
-	b := startMember(t, "node-b", []string{a.Addr()})
-	c := startMember(t, "node-c", []string{a.Addr()})
-	waitFor(t, 10*time.Second, "three members", func() bool { return memberNames(a.View()) == "node-a,node-b,node-c" })
+	synctest.Test(t, testMembershipLeaveAndFailure)
+}
+
+func testMembershipLeaveAndFailure(t *testing.T) {
+	gn := newGossipNet(t)
+	a := startMember(t, "node-a", nil, onNet(gn))
+	b := startMember(t, "node-b", []string{a.Addr()}, onNet(gn))
+	c := startMember(t, "node-c", []string{a.Addr()}, onNet(gn))
+	eventually.True(t, 10*time.Second, "three members", func() bool { return memberNames(a.View()) == "node-a,node-b,node-c" })
 	epoch := a.View().Epoch
 
 	select {
@@ -133,7 +141,7 @@ func TestMembershipLeaveAndFailure(t *testing.T) {
 	states := func() map[string]string {
 		out := map[string]string{}
 		for _, s := range a.Members() {
-			out[s.Name] = s.State
+			out[s.Name] = string(s.State)
 		}
 		return out
 	}
@@ -143,8 +151,8 @@ func TestMembershipLeaveAndFailure(t *testing.T) {
 	if err := c.StartLeaving(2 * time.Second); err != nil {
 		t.Fatalf("StartLeaving: %v", err)
 	}
-	waitFor(t, 5*time.Second, "node-c out of a's view once leaving", func() bool { return memberNames(a.View()) == "node-a,node-b" })
-	waitFor(t, 5*time.Second, "node-c out of its own view", func() bool { return c.View().Self == -1 && memberNames(c.View()) == "node-a,node-b" })
+	eventually.True(t, 5*time.Second, "node-c out of a's view once leaving", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+	eventually.True(t, 5*time.Second, "node-c out of its own view", func() bool { return c.View().Self == -1 && memberNames(c.View()) == "node-a,node-b" })
 	if a.View().Epoch <= epoch {
 		t.Errorf("epoch did not advance: %d then %d", epoch, a.View().Epoch)
 	}
@@ -155,10 +163,10 @@ func TestMembershipLeaveAndFailure(t *testing.T) {
 		t.Fatalf("Leave: %v", err)
 	}
 	_ = c.Close()
-	waitFor(t, 5*time.Second, "node-c marked left", func() bool { return states()["node-c"] == "left" })
+	eventually.True(t, 5*time.Second, "node-c marked left", func() bool { return states()["node-c"] == "left" })
 
 	_ = b.Close() // a crash: no leave message
-	waitFor(t, 20*time.Second, "node-b dropped after failing", func() bool { return memberNames(a.View()) == "node-a" })
+	eventually.True(t, 20*time.Second, "node-b dropped after failing", func() bool { return memberNames(a.View()) == "node-a" })
 	for _, s := range a.Members() {
 		if s.Name == "node-b" && s.State != "dead" {
 			t.Errorf("node-b state = %q, want dead", s.State)
@@ -166,16 +174,52 @@ func TestMembershipLeaveAndFailure(t *testing.T) {
 	}
 }
 
-func TestMembershipKeysAndLabel(t *testing.T) {
-	a := startMember(t, "node-a", nil, withKeys(key(1), key(2)), withLabel("prod"))
-	// Rotation: b sends with key 2, which a accepts as its second key.
-	b := startMember(t, "node-b", []string{a.Addr()}, withKeys(key(2), key(1)), withLabel("prod"))
-	waitFor(t, 10*time.Second, "rotated keys still join", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+// A member cut off by a partition is declared dead, and once the link
+// heals the reconnect loop brings it back without a restart.
+func TestMembershipPartitionHeals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gn := newGossipNet(t)
+		a := startMember(t, "node-a", nil, onNet(gn))
+		b := startMember(t, "node-b", []string{a.Addr()}, onNet(gn))
+		c := startMember(t, "node-c", []string{a.Addr()}, onNet(gn))
+		for _, m := range []*Membership{a, b, c} {
+			eventually.True(t, 10*time.Second, m.opts.Self.Name+" sees all three", func() bool {
+				return memberNames(m.View()) == "node-a,node-b,node-c"
+			})
+		}
+		gn.cut(c.Addr())
+		for _, m := range []*Membership{a, b} {
+			eventually.True(t, 30*time.Second, m.opts.Self.Name+" drops the cut-off node-c", func() bool {
+				return memberNames(m.View()) == "node-a,node-b"
+			})
+		}
+		eventually.True(t, 30*time.Second, "node-c alone on its side", func() bool { return memberNames(c.View()) == "node-c" })
+		gn.heal(c.Addr())
+		for _, m := range []*Membership{a, b, c} {
+			eventually.True(t, 30*time.Second, m.opts.Self.Name+" sees all three after the heal", func() bool {
+				return memberNames(m.View()) == "node-a,node-b,node-c"
+			})
+		}
+	})
+}
 
-	wrongKey := startMember(t, "node-x", []string{a.Addr()}, withKeys(key(3)), withLabel("prod"))
-	noKey := startMember(t, "node-y", []string{a.Addr()}, withLabel("prod"))
-	wrongLabel := startMember(t, "node-z", []string{a.Addr()}, withKeys(key(1)), withLabel("staging"))
-	time.Sleep(2 * time.Second)
+// On synctest's fake clock, so the outsiders get two seconds of retries
+// to (fail to) join without the test spending them.
+func TestMembershipKeysAndLabel(t *testing.T) {
+	synctest.Test(t, testMembershipKeysAndLabel)
+}
+
+func testMembershipKeysAndLabel(t *testing.T) {
+	gn := newGossipNet(t)
+	a := startMember(t, "node-a", nil, onNet(gn), withKeys(key(1), key(2)), withLabel("prod"))
+	// Rotation: b sends with key 2, which a accepts as its second key.
+	b := startMember(t, "node-b", []string{a.Addr()}, onNet(gn), withKeys(key(2), key(1)), withLabel("prod"))
+	eventually.True(t, 10*time.Second, "rotated keys still join", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+
+	wrongKey := startMember(t, "node-x", []string{a.Addr()}, onNet(gn), withKeys(key(3)), withLabel("prod"))
+	noKey := startMember(t, "node-y", []string{a.Addr()}, onNet(gn), withLabel("prod"))
+	wrongLabel := startMember(t, "node-z", []string{a.Addr()}, onNet(gn), withKeys(key(1)), withLabel("staging"))
+	time.Sleep(2 * time.Second) // fake time: the outsiders' join retries run meanwhile
 	for _, m := range []*Membership{a, b} {
 		if got := memberNames(m.View()); got != "node-a,node-b" {
 			t.Errorf("%s sees %s; outsiders must not join", m.opts.Self.Name, got)
@@ -188,31 +232,48 @@ func TestMembershipKeysAndLabel(t *testing.T) {
 	}
 }
 
-func freeUDP(t *testing.T) string {
+// freeGossipAddr finds a loopback port free for both TCP and UDP, as
+// memberlist binds both; a port free only for UDP can be another test's
+// TCP listener on a busy machine.
+func freeGossipAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		tl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := tl.Addr().String()
+		ul, err := net.ListenPacket("udp", addr)
+		_ = tl.Close()
+		if err == nil {
+			_ = ul.Close()
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.LocalAddr().String()
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return ""
 }
 
 func TestMembershipRetriesSeeds(t *testing.T) {
 	// b starts first, with seeds that are itself (as when every node lists
 	// every node) and a that is not up yet: reaching itself must not count
 	// as having joined.
-	addrA, addrB := freeUDP(t), freeUDP(t)
+	addrA, addrB := freeGossipAddr(t), freeGossipAddr(t)
 	// A name that resolves to several addresses (localhost: 127.0.0.1 and
 	// often ::1) counts as several seeds; one answering is enough.
 	_, portA, _ := net.SplitHostPort(addrA)
-	b := startMember(t, "node-b", []string{addrB, "localhost:" + portA}, withBind(addrB))
-	time.Sleep(500 * time.Millisecond)
+	logs, seen := observer.New(zap.WarnLevel)
+	b := startMember(t, "node-b", []string{addrB, "localhost:" + portA}, withBind(addrB), func(_ *Config, o *MembershipOptions) {
+		o.Log = zap.New(zapcore.NewTee(o.Log.Core(), logs))
+	})
+	eventually.True(t, 10*time.Second, "b retries the seeds twice", func() bool {
+		return seen.FilterMessage("no other seed answered; retrying").Len() >= 2
+	})
 	if got := memberNames(b.View()); got != "node-b" {
 		t.Fatalf("before the seed exists b sees %s", got)
 	}
 	a := startMember(t, "node-a", nil, withBind(addrA))
-	waitFor(t, 10*time.Second, "b joins once the seed is up", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+	eventually.True(t, 10*time.Second, "b joins once the seed is up", func() bool { return memberNames(a.View()) == "node-a,node-b" })
 }
 
 // The data address is gossiped with a wildcard host resolved to the
@@ -220,8 +281,8 @@ func TestMembershipRetriesSeeds(t *testing.T) {
 func TestMembershipResolvesWildcardDataAddr(t *testing.T) {
 	a := startMember(t, "node-a", nil, func(_ *Config, o *MembershipOptions) { o.Self.DataAddr = "0.0.0.0:7777" })
 	b := startMember(t, "node-b", []string{a.Addr()})
-	waitFor(t, 10*time.Second, "b sees a", func() bool { return memberNames(b.View()) == "node-a,node-b" })
-	waitFor(t, 5*time.Second, "a's data address resolved at b", func() bool { return b.View().DataAddrs[0] == "127.0.0.1:7777" })
+	eventually.True(t, 10*time.Second, "b sees a", func() bool { return memberNames(b.View()) == "node-a,node-b" })
+	eventually.True(t, 5*time.Second, "a's data address resolved at b", func() bool { return b.View().DataAddrs[0] == "127.0.0.1:7777" })
 	if got := a.Self().DataAddr; got != "127.0.0.1:7777" {
 		t.Errorf("a.Self().DataAddr = %s", got)
 	}
@@ -244,11 +305,11 @@ func TestNewMembershipRejectsBadConfig(t *testing.T) {
 func TestMembershipRestartUnderSameName(t *testing.T) {
 	a := startMember(t, "node-a", nil)
 	b := startMember(t, "node-b", []string{a.Addr()})
-	waitFor(t, 10*time.Second, "two members", func() bool { return memberNames(a.View()) == "node-a,node-b" })
+	eventually.True(t, 10*time.Second, "two members", func() bool { return memberNames(a.View()) == "node-a,node-b" })
 	_ = b.Close() // a crash: no leave
 	restarted := func(_ *Config, o *MembershipOptions) { o.Self.Boot, o.Self.DataAddr = "boot-node-b-2", "127.0.0.1:2b" }
 	startMember(t, "node-b", []string{a.Addr()}, restarted)
-	waitFor(t, 3*time.Second, "a routes to the restarted node-b", func() bool {
+	eventually.True(t, 3*time.Second, "a routes to the restarted node-b", func() bool {
 		v := a.View()
 		i := v.Index("node-b")
 		return memberNames(v) == "node-a,node-b" && v.Boots[i] == "boot-node-b-2" && v.DataAddrs[i] == "127.0.0.1:2b"

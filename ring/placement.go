@@ -57,8 +57,8 @@ type Options struct {
 }
 
 // Ring is an immutable placement snapshot: the members and their vnodes.
-// It is safe for concurrent use. Build a new Ring when membership changes
-// and compare the two with Gained and Lost to plan handoff.
+// It is safe for concurrent use. Build a new Ring when membership changes;
+// the cluster's handoff planner compares the owners in the two.
 type Ring struct {
 	members []Member // sorted by Name, so indices do not depend on input order
 	zone    []int32  // zone id of each member
@@ -347,47 +347,4 @@ func (r *Ring) dcCovered(owners []int, m int) bool {
 		}
 	}
 	return false
-}
-
-// maxStackOwners bounds the owner list Gained keeps on the stack; longer
-// lists (more than this many datacenters or replicas) allocate.
-const maxStackOwners = 16
-
-// Gained appends to dst the indices into next.Members() of the owners of ih
-// under next that did not own it under prev, and returns the extended
-// slice: the members that must receive the swarm before prev's owners let
-// go. Members are matched by name; a change of order among owners (a new
-// primary) is not a gain. It does not allocate when dst has room and
-// neither ring has more than 16 owners per swarm.
-func Gained(prev, next *Ring, ih bittorrent.InfoHash, replicas int, dst []int) []int {
-	var nbuf, pbuf [maxStackOwners]int
-	now := next.Owners(ih, replicas, nbuf[:0])
-	was := prev.Owners(ih, replicas, pbuf[:0])
-	return appendGained(prev, next, was, now, dst)
-}
-
-// appendGained appends the members of now (indices into next) that are not
-// in was (indices into prev), matching by name.
-func appendGained(prev, next *Ring, was, now, dst []int) []int {
-	for _, n := range now {
-		name := next.members[n].Name
-		found := false
-		for _, p := range was {
-			if prev.members[p].Name == name {
-				found = true
-				break
-			}
-		}
-		if !found {
-			dst = append(dst, n)
-		}
-	}
-	return dst
-}
-
-// Lost appends to dst the indices into prev.Members() of the owners of ih
-// under prev that do not own it under next, and returns the extended slice:
-// the members that may drop the swarm once the gainers hold it.
-func Lost(prev, next *Ring, ih bittorrent.InfoHash, replicas int, dst []int) []int {
-	return Gained(next, prev, ih, replicas, dst)
 }

@@ -55,24 +55,6 @@ func BenchmarkNew(b *testing.B) {
 	}
 }
 
-// BenchmarkGained is handoff planning for one swarm after a join.
-func BenchmarkGained(b *testing.B) {
-	keys := randomInfoHashes(2, 1<<16)
-	for _, n := range []int{3, 10, 100} {
-		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			prev := mustNew(b, cluster(n, 1, 3), Options{})
-			next := mustNew(b, cluster(n+1, 1, 3), Options{})
-			dst := make([]int, 0, 3)
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				dst = Gained(prev, next, keys[i&(len(keys)-1)], 3, dst[:0])
-				i++
-			}
-		})
-	}
-}
-
 var sinkOwners []int
 
 // BenchmarkOwnersSequential repeats one key: the cache-hot cost of the

@@ -280,27 +280,21 @@ func (m *Memory) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort,
 			return dst, counts, bittorrent.Absent
 		}
 	}
-	self, state := -1, bittorrent.Absent
+	self := -1
 	if k.port() != 0 {
-		if self = set.find(f, k.bytes()); self >= 0 {
-			state = bittorrent.Leeching
-			if self < set.seeders() {
-				state = bittorrent.Seeding
-			}
+		self = set.find(f, k.bytes())
+	}
+	w, state := Choose(set.seeders(), int(set.n), self, seeder, n)
+	var buf [32]int
+	for {
+		pos := w.Fill(buf[:])
+		for _, i := range pos {
+			dst = append(dst, bittorrent.Peer{})
+			f.decode(&dst[len(dst)-1], set.rec(f, i))
 		}
-	}
-	if n <= 0 {
-		return dst, counts, state
-	}
-	// Seeders occupy [0, nseed) and leechers [nseed, n).
-	ns, nt := set.seeders(), int(set.n)
-	before := len(dst)
-	if seeder {
-		dst = set.appendPeers(f, dst, ns, nt, self, n)
-		dst = set.appendPeers(f, dst, 0, ns, self, n-(len(dst)-before))
-	} else {
-		dst = set.appendPeers(f, dst, 0, ns, self, n)
-		dst = set.appendPeers(f, dst, ns, nt, self, n-(len(dst)-before))
+		if len(pos) < len(buf) {
+			break
+		}
 	}
 	return dst, counts, state
 }

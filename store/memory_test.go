@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/store"
 	"github.com/karuta-tracker/karuta/store/storetest"
 )
@@ -355,22 +356,8 @@ func TestBackgroundGC(t *testing.T) {
 	})
 	m.Apply([]bittorrent.Change{{InfoHash: ih1, Peer: peer("10.0.0.1:1"), Op: bittorrent.OpPut}})
 	clk.set(t0.Add(time.Hour))
-	eventually(t, 5*time.Second, func() bool { return m.Stats() == store.Stats{} })
+	eventually.True(t, 5*time.Second, "the collector empties the store", func() bool { return m.Stats() == store.Stats{} })
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// eventually polls cond until it holds or the wait is over.
-func eventually(t *testing.T, wait time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", wait)
-		}
-		<-tick.C
 	}
 }

@@ -3,7 +3,6 @@ package store
 import (
 	"encoding/binary"
 	"hash/maphash"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 
@@ -299,47 +298,6 @@ func (s *peerSet) buildIndex(f *family) {
 		x.insert(i, f.hash(s.addrAt(f, i)))
 	}
 	s.idx = x
-}
-
-// appendPeers appends to dst up to want peers from positions [lo, hi),
-// skipping position self. It starts at a random position and steps by a
-// random stride coprime to the group's size, which visits every position
-// once in an order that differs between calls without a shuffle buffer.
-func (s *peerSet) appendPeers(f *family, dst []bittorrent.Peer, lo, hi, self, want int) []bittorrent.Peer {
-	size := hi - lo
-	if want <= 0 || size <= 0 {
-		return dst
-	}
-	start, step := 0, 1
-	if size > 2 {
-		start = rand.IntN(size)
-		step = 1 + rand.IntN(size-1)
-		for gcd(step, size) != 1 {
-			step++ // terminates: size-1 is coprime to size
-		}
-	} else if size == 2 {
-		start = rand.IntN(2)
-	}
-	for i, k := start, 0; k < size; k++ {
-		if lo+i != self {
-			dst = append(dst, bittorrent.Peer{})
-			f.decode(&dst[len(dst)-1], s.rec(f, lo+i))
-			if want--; want == 0 {
-				break
-			}
-		}
-		if i += step; i >= size {
-			i -= size
-		}
-	}
-	return dst
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
 }
 
 // index maps addresses to record positions for big sets: open addressing

@@ -1,8 +1,6 @@
 package store
 
 import (
-	"math/rand/v2"
-
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
 
@@ -28,8 +26,8 @@ func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorren
 
 // appendSnapshot appends up to max of the set's peers (all with max <= 0)
 // as OpPut changes. A sample is taken with the same random start and
-// coprime stride as appendPeers, so it is uniform over seeders and leechers
-// alike and keeps their proportion.
+// coprime stride as ChoosePeers, so it is uniform over seeders and
+// leechers alike and keeps their proportion.
 func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorrent.InfoHash, max int) []bittorrent.Change {
 	size := int(s.n)
 	want := size
@@ -41,13 +39,7 @@ func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorre
 	}
 	start, step := 0, 1
 	if want < size {
-		start = rand.IntN(size)
-		if size > 2 {
-			step = 1 + rand.IntN(size-1)
-			for gcd(step, size) != 1 {
-				step++ // terminates: size-1 is coprime to size
-			}
-		}
+		start, step = randomWalk(size)
 	}
 	for i, k := start, 0; k < want; k++ {
 		dst = append(dst, bittorrent.Change{InfoHash: ih, Op: bittorrent.OpPut, Seeder: i < s.seeders()})

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node"
 )
 
@@ -42,17 +44,12 @@ func TestClusterStatus(t *testing.T) {
 	}
 	a := startNode(t, clustered("alpha", nil))
 	startNode(t, clustered("beta", []string{a.Addrs().Gossip}))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, _ := a.ClusterStatus()
-		if len(st.Ring.Members) == 2 && st.Ring.Settled {
-			break
+	eventually.NoError(t, 10*time.Second, "two-node cluster settles", func() error {
+		if st, _ := a.ClusterStatus(); len(st.Ring.Members) != 2 || !st.Ring.Settled {
+			return fmt.Errorf("status %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("two-node cluster did not settle: %+v", st)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 
 	code, out, errOut := runCLI(t, "cluster", "status", "--addr", a.Addrs().Metrics)
 	if code != exitOK {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node"
 )
 
@@ -83,13 +84,12 @@ func TestServeLifecycle(t *testing.T) {
 	done := make(chan int, 1)
 	go func() { done <- run([]string{"serve", "--config", path}, &bytes.Buffer{}, &stderr, sigs) }()
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually.True(t, 10*time.Second, "node becomes ready", func() bool {
 		resp, err := http.Get("http://" + metrics + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				break
+				return true
 			}
 		}
 		select {
@@ -97,11 +97,8 @@ func TestServeLifecycle(t *testing.T) {
 			t.Fatalf("serve exited early with %d: %s", code, stderr.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("node never became ready")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 	writeFile(t, path, cfg+"tracker: {announce_interval: 40m}\n")
 	sigs <- syscall.SIGHUP
 	sigs <- syscall.SIGTERM

@@ -16,6 +16,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // startServer starts a server on addr (port 0) with cfg's other settings
@@ -56,18 +57,6 @@ func requireIPv6(t *testing.T) {
 		t.Skipf("no IPv6 loopback: %v", err)
 	}
 	c.Close()
-}
-
-// eventually retries check until it returns nil, for up to 5 seconds.
-func eventually(t *testing.T, check func() error) {
-	t.Helper()
-	var err error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if err = check(); err == nil {
-			return
-		}
-	}
-	t.Error(err)
 }
 
 // client is a test's UDP tracker client.
@@ -464,7 +453,7 @@ karuta_frontend_requests_total{action="unknown",frontend="udp",result="error"} 0
 karuta_frontend_requests_total{action="unknown",frontend="udp",result="ok"} 0
 `
 	// Outcomes are recorded just after the replies go out.
-	eventually(t, func() error {
+	eventually.NoError(t, 5*time.Second, "request metrics", func() error {
 		return testutil.GatherAndCompare(reg, strings.NewReader(want),
 			"karuta_frontend_requests_total", "karuta_frontend_dropped_total")
 	})

@@ -18,8 +18,8 @@ const ClientName = "client_approval"
 // starts (allow mode) with none of, or (deny mode) with one of, the listed
 // prefixes. Safe for concurrent use.
 type Client struct {
-	mode Mode
-	src  *source[prefixSet]
+	mode                Mode
+	listHook[prefixSet] // Reload and Close
 }
 
 // NewClient loads the list and, if it has a file and a check interval,
@@ -28,11 +28,11 @@ func NewClient(cfg ClientConfig, log *zap.Logger) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	src, err := newSource(Config(cfg), func() builder[prefixSet] { return &prefixBuilder{m: map[string]struct{}{}} }, log)
+	l, err := newListHook(ClientName, Config(cfg), func() builder[prefixSet] { return &prefixBuilder{m: map[string]struct{}{}} }, log)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{mode: cfg.Mode, src: src}, nil
+	return &Client{mode: cfg.Mode, listHook: l}, nil
 }
 
 // HandleAnnounce refuses the announce if its peer_id is not allowed.
@@ -45,23 +45,6 @@ func (c *Client) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceReque
 
 // HandleScrape does nothing: a scrape carries no peer_id.
 func (c *Client) HandleScrape(context.Context, *bittorrent.ScrapeRequest, *bittorrent.ScrapeResponse) error {
-	return nil
-}
-
-// Reload re-reads the file. On error the list in force stays.
-func (c *Client) Reload() error {
-	if c.src.cfg.File == "" {
-		return nil
-	}
-	if err := c.src.load("reload"); err != nil {
-		return fmt.Errorf("%s: %w", ClientName, err)
-	}
-	return nil
-}
-
-// Close stops the file watcher and waits for it.
-func (c *Client) Close() error {
-	c.src.close()
 	return nil
 }
 

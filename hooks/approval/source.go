@@ -143,3 +143,37 @@ func unwrapPath(err error) error {
 
 // close stops the watcher and waits for it. It is idempotent.
 func (s *source[S]) close() { s.watch.Close() }
+
+// listHook is what both approval hooks share: the named hook's list source,
+// reloaded on SIGHUP and closed with the hook. Each hook embeds it.
+type listHook[S any] struct {
+	name string
+	src  *source[S]
+}
+
+// newListHook loads the list for the hook called name; see newSource.
+func newListHook[S any](name string, cfg Config, newBuilder func() builder[S], log *zap.Logger) (listHook[S], error) {
+	src, err := newSource(cfg, newBuilder, log)
+	if err != nil {
+		return listHook[S]{}, err
+	}
+	return listHook[S]{name: name, src: src}, nil
+}
+
+// Reload re-reads the file. On error the list in force stays.
+func (l *listHook[S]) Reload() error {
+	if l.src.cfg.File == "" {
+		return nil
+	}
+	if err := l.src.load("reload"); err != nil {
+		return fmt.Errorf("%s: %w", l.name, err)
+	}
+	return nil
+}
+
+// Close stops the file watcher and waits for it. It is safe to call more
+// than once.
+func (l *listHook[S]) Close() error {
+	l.src.close()
+	return nil
+}

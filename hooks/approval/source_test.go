@@ -7,11 +7,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // writeFile replaces path's contents by renaming a new file over it, as
@@ -24,17 +26,6 @@ func writeFile(t *testing.T, path, data string) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -156,55 +147,59 @@ func TestApprovalReloadWithoutFile(t *testing.T) {
 	}
 }
 
+// On synctest's fake clock, so the ticks during which nothing may change
+// pass in no wall time and cannot be missed on a loaded machine.
 func TestApprovalWatcherPicksUpChanges(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "torrents")
-	writeFile(t, path, hashA+"\n")
-	h, err := NewTorrent(TorrentConfig{Mode: Allow, File: path, CheckInterval: 10 * time.Millisecond}, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	a, b := mustHash(hashA), mustHash(hashB)
-	if !announceOK(h, a) || announceOK(h, b) {
-		t.Fatal("initial list not in force")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "torrents")
+		writeFile(t, path, hashA+"\n")
+		h, err := NewTorrent(TorrentConfig{Mode: Allow, File: path, CheckInterval: 10 * time.Millisecond}, zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		a, b := mustHash(hashA), mustHash(hashB)
+		if !announceOK(h, a) || announceOK(h, b) {
+			t.Fatal("initial list not in force")
+		}
 
-	writeFile(t, path, hashB+"\n") // renamed over: same size, new file
-	eventually(t, "renamed-over file picked up", func() bool { return announceOK(h, b) && !announceOK(h, a) })
+		writeFile(t, path, hashB+"\n") // renamed over: same size, new file
+		eventually.True(t, 5*time.Second, "renamed-over file picked up", func() bool { return announceOK(h, b) && !announceOK(h, a) })
 
-	writeFile(t, path, "garbage\n")
-	time.Sleep(50 * time.Millisecond) // several ticks: the bad file must not replace the list
-	if !announceOK(h, b) || announceOK(h, a) {
-		t.Fatal("a bad file replaced the list")
-	}
+		writeFile(t, path, "garbage\n")
+		time.Sleep(50 * time.Millisecond) // fake: several ticks; the bad file must not replace the list
+		if !announceOK(h, b) || announceOK(h, a) {
+			t.Fatal("a bad file replaced the list")
+		}
 
-	// Written in place rather than renamed: size and mtime change.
-	if err := os.WriteFile(path, []byte(hashA+"\n"+hashB+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "file written in place picked up", func() bool { return announceOK(h, a) && announceOK(h, b) })
+		// Written in place rather than renamed: size and mtime change.
+		if err := os.WriteFile(path, []byte(hashA+"\n"+hashB+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		eventually.True(t, 5*time.Second, "file written in place picked up", func() bool { return announceOK(h, a) && announceOK(h, b) })
 
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if !announceOK(h, a) {
-		t.Fatal("a missing file replaced the list")
-	}
-	writeFile(t, path, hashB+"\n")
-	eventually(t, "file recreated", func() bool { return !announceOK(h, a) && announceOK(h, b) })
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // fake: several ticks
+		if !announceOK(h, a) {
+			t.Fatal("a missing file replaced the list")
+		}
+		writeFile(t, path, hashB+"\n")
+		eventually.True(t, 5*time.Second, "file recreated", func() bool { return !announceOK(h, a) && announceOK(h, b) })
 
-	if err := h.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Close(); err != nil {
-		t.Fatal("second Close:", err)
-	}
-	writeFile(t, path, hashA+"\n")
-	time.Sleep(50 * time.Millisecond)
-	if announceOK(h, a) {
-		t.Error("the watcher still reloads after Close")
-	}
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Close(); err != nil {
+			t.Fatal("second Close:", err)
+		}
+		writeFile(t, path, hashA+"\n")
+		time.Sleep(50 * time.Millisecond) // fake: several ticks
+		if announceOK(h, a) {
+			t.Error("the watcher still reloads after Close")
+		}
+	})
 }
 
 // TestConcurrentLookupsAndReloads is for -race: lookups run while the

@@ -21,8 +21,8 @@ const TorrentName = "torrent_approval"
 // for infohashes that are (allow mode) not listed or (deny mode) listed.
 // Safe for concurrent use.
 type Torrent struct {
-	mode Mode
-	src  *source[hashSet]
+	mode              Mode
+	listHook[hashSet] // Reload and Close
 }
 
 // NewTorrent loads the list and, if it has a file and a check interval,
@@ -31,11 +31,11 @@ func NewTorrent(cfg TorrentConfig, log *zap.Logger) (*Torrent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	src, err := newSource(Config(cfg), func() builder[hashSet] { return &hashBuilder{} }, log)
+	l, err := newListHook(TorrentName, Config(cfg), func() builder[hashSet] { return &hashBuilder{} }, log)
 	if err != nil {
 		return nil, err
 	}
-	return &Torrent{mode: cfg.Mode, src: src}, nil
+	return &Torrent{mode: cfg.Mode, listHook: l}, nil
 }
 
 // HandleAnnounce refuses the announce if its torrent is not approved.
@@ -61,23 +61,6 @@ func (t *Torrent) check(set *hashSet, ih bittorrent.InfoHash) error {
 		return nil
 	}
 	return bittorrent.ClientError(fmt.Sprintf("torrent %s is not approved", ih))
-}
-
-// Reload re-reads the file. On error the list in force stays.
-func (t *Torrent) Reload() error {
-	if t.src.cfg.File == "" {
-		return nil
-	}
-	if err := t.src.load("reload"); err != nil {
-		return fmt.Errorf("%s: %w", TorrentName, err)
-	}
-	return nil
-}
-
-// Close stops the file watcher and waits for it.
-func (t *Torrent) Close() error {
-	t.src.close()
-	return nil
 }
 
 // hashSet is an immutable set of infohashes: a sorted array, 20 bytes per

@@ -5,8 +5,10 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -66,39 +68,37 @@ func TestChanged(t *testing.T) {
 	}
 }
 
+// On synctest's fake clock, so the ticks that must not call back pass in
+// no wall time and the test cannot miss them on a loaded machine.
 func TestStartCallsBackAndCloseStops(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "keys")
-	w := New(path, zaptest.NewLogger(t))
-	w.Seen(write(t, path, "k1\n"))
-	var calls atomic.Int32
-	w.Start(10*time.Millisecond, func() {
-		calls.Add(1)
-		info, _ := os.Stat(path)
-		w.Seen(info) // as a loader does
-	})
-	time.Sleep(50 * time.Millisecond)
-	if n := calls.Load(); n != 0 {
-		t.Fatalf("%d callbacks for an unchanged file", n)
-	}
-	write(t, path, "k1\nk2\n")
-	deadline := time.Now().Add(5 * time.Second)
-	for calls.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no callback after the file changed")
+	synctest.Test(t, func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "keys")
+		w := New(path, zaptest.NewLogger(t))
+		w.Seen(write(t, path, "k1\n"))
+		var calls atomic.Int32
+		w.Start(10*time.Millisecond, func() {
+			calls.Add(1)
+			info, _ := os.Stat(path)
+			w.Seen(info) // as a loader does
+		})
+		time.Sleep(50 * time.Millisecond) // fake: five ticks
+		if n := calls.Load(); n != 0 {
+			t.Fatalf("%d callbacks for an unchanged file", n)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if n := calls.Load(); n != 1 {
-		t.Errorf("%d callbacks for one change, want 1", n)
-	}
-	w.Close()
-	w.Close()
-	write(t, path, "k1\nk2\nk3\n")
-	time.Sleep(50 * time.Millisecond)
-	if n := calls.Load(); n != 1 {
-		t.Errorf("callback after Close: %d calls", n)
-	}
+		write(t, path, "k1\nk2\n")
+		eventually.True(t, 5*time.Second, "a callback after the file changed", func() bool { return calls.Load() > 0 })
+		time.Sleep(50 * time.Millisecond) // fake: five more ticks
+		if n := calls.Load(); n != 1 {
+			t.Errorf("%d callbacks for one change, want 1", n)
+		}
+		w.Close()
+		w.Close()
+		write(t, path, "k1\nk2\nk3\n")
+		time.Sleep(50 * time.Millisecond) // fake: five ticks, had it not stopped
+		if n := calls.Load(); n != 1 {
+			t.Errorf("callback after Close: %d calls", n)
+		}
+	})
 }
 
 func TestStartWithoutIntervalDoesNothing(t *testing.T) {

@@ -130,6 +130,16 @@ type jwksServer struct {
 	fetches atomic.Int64
 }
 
+// inMemory serves HTTP requests with a handler in the caller's goroutine,
+// for tests on synctest's fake clock, which real sockets would stall.
+type inMemory struct{ h http.Handler }
+
+func (m inMemory) RoundTrip(req *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	m.h.ServeHTTP(rec, req)
+	return rec.Result(), nil
+}
+
 func newJWKSServer(t testing.TB, body []byte) *jwksServer {
 	s := &jwksServer{}
 	s.set(body)

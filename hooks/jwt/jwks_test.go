@@ -7,11 +7,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	gojwt "github.com/golang-jwt/jwt/v5"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 func TestParseJWKS(t *testing.T) {
@@ -135,8 +137,8 @@ func TestJWKSRotation(t *testing.T) {
 		})
 	}
 	srv.set(jwksOf(t, jwkOf(t, "new", k.ed2.Public())))
-	eventually(t, "new key in force", func() bool { return announce(h, testIH, query(newTok)) == "" })
-	eventually(t, "old key gone", func() bool { return announce(h, testIH, query(oldTok)) == string(errUnknownKID) })
+	eventually.True(t, 5*time.Second, "new key in force", func() bool { return announce(h, testIH, query(newTok)) == "" })
+	eventually.True(t, 5*time.Second, "old key gone", func() bool { return announce(h, testIH, query(oldTok)) == string(errUnknownKID) })
 	close(stop)
 	wg.Wait()
 }
@@ -166,7 +168,7 @@ func TestJWKSRetry(t *testing.T) {
 	}
 
 	up.Store(true)
-	eventually(t, "keys arrive after the JWKS comes up", func() bool { return announce(h, testIH, query(tok)) == "" })
+	eventually.True(t, 5*time.Second, "keys arrive after the JWKS comes up", func() bool { return announce(h, testIH, query(tok)) == "" })
 }
 
 // TestJWKSFailureKeepsKeys serves errors after a good fetch: the keys stay.
@@ -193,8 +195,9 @@ func TestJWKSFailureKeepsKeys(t *testing.T) {
 	}
 }
 
-// TestReloadFetchesAndCloseStops checks that Reload fetches at once, and that Close stops
-// the refresher.
+// TestReloadFetchesAndCloseStops checks that Reload fetches at once and
+// that Close may be called twice; TestCloseStopsRefresher checks that it
+// stops the refresher.
 func TestReloadFetchesAndCloseStops(t *testing.T) {
 	k := keysOnce()
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "ed", k.ed.Public())))
@@ -219,26 +222,28 @@ func TestReloadFetchesAndCloseStops(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 
-	// With a fast refresh, fetches stop growing after Close.
-	h2 := newTestHook(t, Config{JWKSURL: srv.URL})
-	before := srv.fetches.Load()
-	eventually(t, "refresher fetches again", func() bool { return srv.fetches.Load() > before+1 })
-	_ = h2.Close()
-	after := srv.fetches.Load()
-	time.Sleep(200 * time.Millisecond) // four refresh periods; nothing may fetch
-	if n := srv.fetches.Load(); n != after {
-		t.Errorf("%d fetches after Close", n-after)
-	}
 }
 
-// eventually retries f for up to five seconds.
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
+// With a fast refresh, fetches stop growing after Close. The JWKS is
+// served in memory on synctest's fake clock, so the refresh periods that
+// must pass without a fetch take no wall time.
+func TestCloseStopsRefresher(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		k := keysOnce()
+		srv := &jwksServer{}
+		srv.set(jwksOf(t, jwkOf(t, "ed", k.ed.Public())))
+		h, err := newHook(Config{Param: "jwt", JWKSURL: "http://jwks.test/keys", JWKSRefresh: time.Minute}, nil, nil,
+			knobs{now: func() time.Time { return testNow }, retryMin: 10 * time.Millisecond, refresh: 50 * time.Millisecond, transport: inMemory{srv}})
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		before := srv.fetches.Load()
+		eventually.True(t, 5*time.Second, "refresher fetches again", func() bool { return srv.fetches.Load() > before+1 })
+		_ = h.Close()
+		after := srv.fetches.Load()
+		time.Sleep(200 * time.Millisecond) // fake: four refresh periods; nothing may fetch
+		if n := srv.fetches.Load(); n != after {
+			t.Errorf("%d fetches after Close", n-after)
+		}
+	})
 }

@@ -104,12 +104,15 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Hook, error) 
 	return newHook(cfg, log, reg, knobs{now: time.Now, retryMin: retryMin, refresh: cfg.JWKSRefresh})
 }
 
-// knobs are the timings tests shorten: the clock, the first wait after a
-// failed fetch and the refresh interval.
+// knobs are what tests change: the clock, the first wait after a failed
+// fetch, the refresh interval and, for tests on synctest's fake clock
+// where real sockets cannot be used, the HTTP transport (nil: the
+// network).
 type knobs struct {
-	now      func() time.Time
-	retryMin time.Duration
-	refresh  time.Duration
+	now       func() time.Time
+	retryMin  time.Duration
+	refresh   time.Duration
+	transport http.RoundTripper
 }
 
 // newHook is New with the timings given.
@@ -124,7 +127,7 @@ func newHook(cfg Config, log *zap.Logger, reg prometheus.Registerer, k knobs) (*
 		cfg:      cfg,
 		log:      log,
 		now:      k.now,
-		client:   &http.Client{Timeout: fetchTimeout},
+		client:   &http.Client{Timeout: fetchTimeout, Transport: k.transport},
 		retryMin: k.retryMin,
 		every:    k.refresh,
 	}

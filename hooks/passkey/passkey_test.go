@@ -8,11 +8,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 func writeFile(t *testing.T, path, data string) {
@@ -168,29 +170,33 @@ func TestReloadKeepsOldKeys(t *testing.T) {
 	}
 }
 
+// On synctest's fake clock, so the checks that must ignore a bad file
+// pass in no wall time.
 func TestWatcherPicksUpChange(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "keys")
-	writeFile(t, file, "alpha\n")
-	cfg := DefaultConfig()
-	cfg.File = file
-	cfg.CheckInterval = 100 * time.Millisecond
-	h := newHook(t, cfg)
-	writeFile(t, file, "beta\n")
-	eventually(t, "beta accepted", func() bool { return announce(h, route("beta")) == nil })
-	if err := announce(h, route("alpha")); !errors.Is(err, ErrUnknown) {
-		t.Errorf("alpha after change: %v, want unknown", err)
-	}
-	// An in-place rewrite keeps the file's identity; size and time tell.
-	if err := os.WriteFile(file, []byte("gamma\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "gamma accepted", func() bool { return announce(h, route("gamma")) == nil })
-	// A bad file is logged and ignored.
-	writeFile(t, file, "bad key\n")
-	time.Sleep(3 * cfg.CheckInterval)
-	if err := announce(h, route("gamma")); err != nil {
-		t.Errorf("gamma after a bad file: %v", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "keys")
+		writeFile(t, file, "alpha\n")
+		cfg := DefaultConfig()
+		cfg.File = file
+		cfg.CheckInterval = 100 * time.Millisecond
+		h := newHook(t, cfg)
+		writeFile(t, file, "beta\n")
+		eventually.True(t, 5*time.Second, "beta accepted", func() bool { return announce(h, route("beta")) == nil })
+		if err := announce(h, route("alpha")); !errors.Is(err, ErrUnknown) {
+			t.Errorf("alpha after change: %v, want unknown", err)
+		}
+		// An in-place rewrite keeps the file's identity; size and time tell.
+		if err := os.WriteFile(file, []byte("gamma\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		eventually.True(t, 5*time.Second, "gamma accepted", func() bool { return announce(h, route("gamma")) == nil })
+		// A bad file is logged and ignored.
+		writeFile(t, file, "bad key\n")
+		time.Sleep(3 * cfg.CheckInterval) // fake: three checks
+		if err := announce(h, route("gamma")); err != nil {
+			t.Errorf("gamma after a bad file: %v", err)
+		}
+	})
 }
 
 // TestConcurrentReload races lookups against reloads, for -race.
@@ -270,17 +276,6 @@ func TestValidate(t *testing.T) {
 	ok.File = "/etc/karuta/passkeys"
 	if err := ok.Validate(); err != nil {
 		t.Errorf("file only: %v", err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -38,6 +38,9 @@ type Options struct {
 	Views      Views
 	Registerer prometheus.Registerer
 	Log        *zap.Logger
+	// Clock is the time source of the data plane's grace periods, delays
+	// and cache ages; nil means the real clock.
+	Clock Clock
 }
 
 // Cluster is one node's share of the cluster data plane. It is the node's
@@ -51,6 +54,7 @@ type Cluster struct {
 	log   *zap.Logger
 	m     *metrics
 	reg   prometheus.Registerer
+	clock Clock
 
 	view   atomic.Pointer[ring.View]
 	viewAt atomic.Int64 // when view was installed, in Unix nanoseconds
@@ -60,21 +64,26 @@ type Cluster struct {
 
 	cache readCache
 
-	rebalance    chan struct{} // ask for a handoff pass; cap 1
-	strayPending atomic.Bool   // a pass for stray swarms is scheduled
+	rebalance chan struct{} // ask for a handoff pass; cap 1
 	// settled is the view of the last handoff pass that moved everything it
 	// had to; Drain waits for it to reach the current view.
-	settled     atomic.Pointer[ring.View]
-	baseline    *ring.View                        // owned by the handoff loop
-	pendingDrop map[bittorrent.InfoHash]time.Time // handed over once; owned by the handoff loop
+	settled atomic.Pointer[ring.View]
+	handoff handoffState // owned by the handoff loop
 
 	dropLog    *ratelog.Limiter
 	unreachLog *ratelog.Limiter
 	handoffLog *ratelog.Limiter
 
+	// mu guards the timer of the pass scheduled for stray swarms, and
+	// closing, after which neither it nor goroutines start.
+	mu         sync.Mutex
+	strayTimer Timer
+	closing    bool
+
 	stop      chan struct{}
+	ctx       context.Context // cancelled at Close, for requests in flight
+	cancel    context.CancelFunc
 	wg        sync.WaitGroup
-	started   bool
 	closeOnce sync.Once
 }
 
@@ -89,9 +98,12 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
 	c := &Cluster{
 		cfg: cfg, store: opts.Store, tr: opts.Transport, views: opts.Views, log: opts.Log,
-		m: newMetrics(), reg: opts.Registerer,
+		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
 		dropLog:    ratelog.New(10 * time.Second),
@@ -99,9 +111,10 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		handoffLog: ratelog.New(10 * time.Second),
 		stop:       make(chan struct{}),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
 	c.view.Store(opts.Views.View())
-	c.viewAt.Store(time.Now().UnixNano())
+	c.viewAt.Store(c.clock.Now().UnixNano())
 	if c.reg != nil {
 		for _, col := range append(c.m.collectors(), queueCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
@@ -117,7 +130,6 @@ func (c *Cluster) Start() error {
 	if err := c.tr.Serve(c); err != nil {
 		return fmt.Errorf("cluster: serve data channel: %w", err)
 	}
-	c.started = true
 	c.wg.Add(3)
 	go c.watchLoop()
 	go c.handoffLoop()
@@ -140,7 +152,7 @@ func (c *Cluster) watchLoop() {
 		case <-c.views.Changed():
 		}
 		v := c.views.View()
-		c.viewAt.Store(time.Now().UnixNano())
+		c.viewAt.Store(c.clock.Now().UnixNano())
 		c.view.Store(v)
 		c.retireDests(v)
 		c.cache.clear() // owners may have changed; refetch rather than trust
@@ -153,6 +165,22 @@ func (c *Cluster) requestHandoff() {
 	case c.rebalance <- struct{}{}:
 	default:
 	}
+}
+
+// goOwned runs fn on a goroutine of the cluster's, which Close waits for.
+// Once Close has begun it runs nothing and reports false.
+func (c *Cluster) goOwned(fn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
 }
 
 // Drain waits until this node holds no swarm and has no forward queued:
@@ -189,7 +217,15 @@ func (c *Cluster) Drain(ctx context.Context) error {
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		if c.strayTimer != nil {
+			c.strayTimer.Stop()
+			c.strayTimer = nil
+		}
+		c.mu.Unlock()
 		close(c.stop)
+		c.cancel()
 		c.wg.Wait()
 		c.destMu.Lock()
 		ds := c.dests
@@ -259,7 +295,7 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 		v := c.view.Load()
 		var buf [8]int
 		for _, sw := range r.Swarms {
-			if !isOwner(v.OwnersOf(sw.InfoHash, buf[:0]), v.Self) {
+			if !v.Owns(sw.InfoHash, buf[:0]) {
 				return nil, fmt.Errorf("cluster: not an owner of %x by view %d; not taking swarms", sw.InfoHash[:4], v.Epoch)
 			}
 		}
@@ -294,13 +330,17 @@ func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 	}
 	var buf [8]int
 	for i := range n {
-		if !isOwner(v.OwnersOf(ih(i), buf[:0]), v.Self) {
-			if c.strayPending.CompareAndSwap(false, true) {
-				time.AfterFunc(strayDelay, func() {
-					c.strayPending.Store(false)
+		if !v.Owns(ih(i), buf[:0]) {
+			c.mu.Lock()
+			if c.strayTimer == nil && !c.closing {
+				c.strayTimer = c.clock.AfterFunc(strayDelay, func() {
+					c.mu.Lock()
+					c.strayTimer = nil
+					c.mu.Unlock()
 					c.requestHandoff()
 				})
 			}
+			c.mu.Unlock()
 			return
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
 	"github.com/karuta-tracker/karuta/store"
@@ -60,6 +62,11 @@ type testCluster struct {
 	wrap func(name string, tr transport.Transport) transport.Transport
 }
 
+// newTestCluster is called inside a synctest bubble (each test is
+// synctest.Test around its lower-case twin): the nodes talk over the
+// in-memory transport, so every timer (forward delay and retry, read
+// timeout and cache TTL, repair interval, handoff grace) runs on the fake
+// clock and a test waits out seconds of cluster time in milliseconds.
 func newTestCluster(t *testing.T, replicas int, mutate func(*Config)) *testCluster {
 	cfg := DefaultConfig()
 	cfg.ForwardDelay = time.Millisecond
@@ -134,7 +141,7 @@ func (tc *testCluster) see(observers, members []string) {
 	}
 	for _, o := range observers {
 		n := tc.nodes[o]
-		waitFor(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
+		eventually.True(tc.t, 5*time.Second, o+" adopts its new view", func() bool { return n.c.View() == n.views.View() })
 	}
 }
 
@@ -151,7 +158,7 @@ func (tc *testCluster) names() []string {
 // pass for its current view and has nothing queued.
 func (tc *testCluster) waitSettled(names ...string) {
 	tc.t.Helper()
-	waitFor(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
+	eventually.True(tc.t, 15*time.Second, fmt.Sprintf("%v settle", names), func() bool {
 		for _, name := range names {
 			c := tc.nodes[name].c
 			if c.settled.Load() != c.View() || c.queued() != 0 {
@@ -160,17 +167,6 @@ func (tc *testCluster) waitSettled(names ...string) {
 		}
 		return true
 	})
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var reader = netip.MustParseAddrPort("192.0.2.1:1")
@@ -241,17 +237,12 @@ func (tc *testCluster) waitPresent(want swarmSet, observers ...string) {
 
 func (tc *testCluster) waitFor(want swarmSet, exact bool, observers ...string) {
 	tc.t.Helper()
-	var last []string
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if last = tc.missing(want, exact, observers...); len(last) == 0 {
-			return
+	eventually.NoError(tc.t, 15*time.Second, "every peer where it belongs", func() error {
+		if last := tc.missing(want, exact, observers...); len(last) > 0 {
+			return fmt.Errorf("%d problems, e.g. %v", len(last), last[:min(5, len(last))])
 		}
-		if time.Now().After(deadline) {
-			tc.t.Fatalf("peers missing after 15s (%d problems), e.g. %v", len(last), last[:min(5, len(last))])
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // checkPlacement verifies every swarm is stored on exactly its owners.
@@ -288,6 +279,10 @@ func (tc *testCluster) populated(all []string, swarms, nPeers int) swarmSet {
 }
 
 func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
+	synctest.Test(t, testEveryPeerVisibleFromEveryNode)
+}
+
+func testEveryPeerVisibleFromEveryNode(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 40, 400)
@@ -303,7 +298,9 @@ func TestEveryPeerVisibleFromEveryNode(t *testing.T) {
 	}
 }
 
-func TestNodeFailureLosesNoPeer(t *testing.T) {
+func TestNodeFailureLosesNoPeer(t *testing.T) { synctest.Test(t, testNodeFailureLosesNoPeer) }
+
+func testNodeFailureLosesNoPeer(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	want := tc.populated(all, 40, 400)
@@ -324,6 +321,10 @@ func TestNodeFailureLosesNoPeer(t *testing.T) {
 }
 
 func TestGracefulLeaveAndRollingRestart(t *testing.T) {
+	synctest.Test(t, testGracefulLeaveAndRollingRestart)
+}
+
+func testGracefulLeaveAndRollingRestart(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
 	want := tc.populated(all, 60, 600)
@@ -359,7 +360,9 @@ func TestGracefulLeaveAndRollingRestart(t *testing.T) {
 	}
 }
 
-func TestJoinsKeepEverySwarmVisible(t *testing.T) {
+func TestJoinsKeepEverySwarmVisible(t *testing.T) { synctest.Test(t, testJoinsKeepEverySwarmVisible) }
+
+func testJoinsKeepEverySwarmVisible(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	members := []string{"a", "b", "c"}
 	for _, n := range members {
@@ -385,7 +388,9 @@ func TestJoinsKeepEverySwarmVisible(t *testing.T) {
 	}
 }
 
-func TestPartitionAndHeal(t *testing.T) {
+func TestPartitionAndHeal(t *testing.T) { synctest.Test(t, testPartitionAndHeal) }
+
+func testPartitionAndHeal(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c", "d"}
 	want := tc.populated(all, 30, 300)
@@ -435,7 +440,9 @@ func TestPartitionAndHeal(t *testing.T) {
 	tc.checkPlacement(want, all)
 }
 
-func TestForwardDropsAreCounted(t *testing.T) {
+func TestForwardDropsAreCounted(t *testing.T) { synctest.Test(t, testForwardDropsAreCounted) }
+
+func testForwardDropsAreCounted(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) {
 		c.ForwardQueue, c.ForwardBatch = 8, 4
 		c.ForwardRetry = 200 * time.Millisecond
@@ -457,7 +464,7 @@ func TestForwardDropsAreCounted(t *testing.T) {
 	if full != 42 {
 		t.Errorf("queue_full drops = %v, want 42 (50 changes, room for 8)", full)
 	}
-	waitFor(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
+	eventually.True(t, 5*time.Second, "queued changes given up as unreachable", func() bool {
 		return testutil.ToFloat64(a.c.m.forwarded.WithLabelValues("unreachable")) == 8
 	})
 	if d := a.c.QueueDepths()["b"]; d != 0 {
@@ -472,6 +479,10 @@ func TestForwardDropsAreCounted(t *testing.T) {
 }
 
 func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
+	synctest.Test(t, testReadFallsBackWhenOwnersAreDown)
+}
+
+func testReadFallsBackWhenOwnersAreDown(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) {
 		c.ReadCacheTTL = 20 * time.Millisecond
 		c.ReadTimeout = 50 * time.Millisecond
@@ -491,7 +502,7 @@ func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {
 		t.Fatalf("a sees %v %+v, want the seeder", got, counts)
 	}
 	tc.net.Cut("a", "b")
-	time.Sleep(30 * time.Millisecond) // past the TTL
+	time.Sleep(30 * time.Millisecond) // fake clock: past the TTL
 	start := time.Now()
 	got, counts := tc.visible("a", ih)
 	if !got[peer] || counts.Seeders != 1 {
@@ -597,7 +608,9 @@ func contains(s, sub string) bool {
 
 // Changes queued for a node that drops out of a view are re-routed, not
 // lost, even while post-hook workers keep applying.
-func TestApplyDuringViewChanges(t *testing.T) {
+func TestApplyDuringViewChanges(t *testing.T) { synctest.Test(t, testApplyDuringViewChanges) }
+
+func testApplyDuringViewChanges(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
@@ -616,7 +629,7 @@ func TestApplyDuringViewChanges(t *testing.T) {
 			// 4 workers × 800 peers over 20 swarms stays under
 			// read_max_peers, so a reader can see every peer.
 			for i := 0; i < 800; i++ {
-				time.Sleep(200 * time.Microsecond)
+				time.Sleep(200 * time.Microsecond) // fake clock: paced across the view flaps
 				select {
 				case <-stop:
 					return
@@ -632,7 +645,7 @@ func TestApplyDuringViewChanges(t *testing.T) {
 			}
 		}()
 	}
-	for range 5 {
+	for range 5 { // 20 ms apart on the fake clock, while the writers run
 		tc.see([]string{"a"}, []string{"a", "b"})
 		time.Sleep(20 * time.Millisecond)
 		tc.see([]string{"a"}, all)
@@ -659,7 +672,9 @@ func TestApplyDuringViewChanges(t *testing.T) {
 }
 
 // A swarm larger than one handoff request arrives whole, in parts.
-func TestHandoffMovesLargeSwarm(t *testing.T) {
+func TestHandoffMovesLargeSwarm(t *testing.T) { synctest.Test(t, testHandoffMovesLargeSwarm) }
+
+func testHandoffMovesLargeSwarm(t *testing.T) {
 	tc := newTestCluster(t, 1, nil)
 	a, b := tc.start("a"), tc.start("b")
 	tc.see([]string{"a", "b"}, []string{"a", "b"})
@@ -681,7 +696,7 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 	a.store.Apply(changes)
 	a.store.MergeSnatches(ih, 7)
 	a.c.requestHandoff()
-	waitFor(t, 10*time.Second, "the swarm moves to b", func() bool {
+	eventually.True(t, 10*time.Second, "the swarm moves to b", func() bool {
 		_, _, onA := a.store.Swarm(ih, 1, nil)
 		return !onA && b.store.Counts(ih) == bittorrent.Counts{Seeders: n / 2, Leechers: n / 2, Snatches: 7}
 	})
@@ -693,7 +708,9 @@ func TestHandoffMovesLargeSwarm(t *testing.T) {
 // A write that reaches a node that does not own the swarm (its sender
 // routed by another view) moves on to the owner at once, not at the next
 // repair.
-func TestStrayWriteMovesOnPromptly(t *testing.T) {
+func TestStrayWriteMovesOnPromptly(t *testing.T) { synctest.Test(t, testStrayWriteMovesOnPromptly) }
+
+func testStrayWriteMovesOnPromptly(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.RepairInterval = time.Hour })
 	a, b := tc.start("a"), tc.start("b")
 	tc.see([]string{"a", "b"}, []string{"a", "b"})
@@ -710,7 +727,7 @@ func TestStrayWriteMovesOnPromptly(t *testing.T) {
 	if _, err := a.c.tr.Call(context.Background(), "b", &transport.ApplyRequest{Changes: []bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: peer}}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
+	eventually.True(t, 5*time.Second, "the stray write reaches its owner a and leaves b", func() bool {
 		_, _, onB := b.store.Swarm(ih, 1, nil)
 		return !onB && a.store.Counts(ih).Leechers == 1
 	})
@@ -749,7 +766,9 @@ func TestMergeReplies(t *testing.T) {
 // waiting, exactly the swarms the node does not own and holds no copy of,
 // and that the reads that follow are answered from those copies, with
 // every peer.
-func TestPrefetchFillsTheReadCache(t *testing.T) {
+func TestPrefetchFillsTheReadCache(t *testing.T) { synctest.Test(t, testPrefetchFillsTheReadCache) }
+
+func testPrefetchFillsTheReadCache(t *testing.T) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.ReadCacheTTL = time.Minute })
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
@@ -769,7 +788,7 @@ func TestPrefetchFillsTheReadCache(t *testing.T) {
 			continue
 		}
 		remote = append(remote, ih)
-		waitFor(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
+		eventually.True(t, 5*time.Second, "owner "+owner+" holds its swarm", func() bool {
 			return int(size(tc.nodes[owner].store.Counts(ih))) == len(want[ih])
 		})
 	}
@@ -781,7 +800,7 @@ func TestPrefetchFillsTheReadCache(t *testing.T) {
 	if got := testutil.ToFloat64(a.c.m.prefetches); got != float64(len(remote)) {
 		t.Fatalf("%v prefetches, want one per remote swarm (%d)", got, len(remote))
 	}
-	waitFor(t, 5*time.Second, "prefetched copies", func() bool {
+	eventually.True(t, 5*time.Second, "prefetched copies", func() bool {
 		for _, ih := range remote {
 			if s := a.c.cache.current(ih); s == nil || int(size(s.counts)) != len(want[ih]) {
 				return false

@@ -29,10 +29,8 @@ const (
 )
 
 // handoffLoop moves swarms to where placement wants them, after every
-// membership change and every repair_interval. A pass compares the view it
-// last completed (the baseline) with the current one; until a pass
-// delivers everything, the baseline stays, so nothing is forgotten when
-// views change again mid-way.
+// membership change and every repair_interval, one pass at a time; see
+// handoffPlan for what a pass decides.
 func (c *Cluster) handoffLoop() {
 	defer c.wg.Done()
 	repair := time.NewTicker(c.cfg.RepairInterval)
@@ -49,7 +47,6 @@ func (c *Cluster) handoffLoop() {
 		retry = nil
 		v := c.view.Load()
 		if c.handoffPass(v) {
-			c.baseline = v
 			c.settled.Store(v)
 		} else {
 			retry = time.After(handoffRetry)
@@ -62,70 +59,20 @@ func (c *Cluster) handoffLoop() {
 	}
 }
 
-// owner identifies a member across views: a node that restarted under the
-// same name has a new boot and, having lost its store, counts as new.
-type owner struct{ name, boot string }
-
-func ownerAt(v *ring.View, i int) owner { return owner{v.Members()[i].Name, v.Boots[i]} }
-
-// handoffPass walks the local swarms once. For each swarm, with its owners
-// now and in the baseline:
-//   - owners that are new get it from one node: the first current owner
-//     that was an owner before, if this is that node;
-//   - a node that has stopped owning it and was an owner before also sends
-//     it to the new owners, then drops it, in case that first owner lags;
-//   - a node that holds it without ever having owned it (a stray write
-//     from a node with an older view) sends it to all owners and drops it.
-//
-// It reports whether every request succeeded.
+// handoffPass carries out one pass planned by handoffPlan: it walks the
+// local swarms, sends each where the plan says, then drops what the plan
+// lets go of. It reports whether the pass settled.
 func (c *Cluster) handoffPass(v *ring.View) bool {
-	prev := c.baseline
-	if prev == nil {
-		prev = v
-	}
-	start := time.Now()
-	pending := map[bittorrent.InfoHash]time.Time{}
+	start := c.clock.Now()
+	p := newHandoffPlan(c.handoff, v, start)
 	h := &handoff{c: c, v: v, batches: map[int]*mergeBatch{}, failed: map[bittorrent.InfoHash]bool{}}
-	var (
-		now, before []int
-		targets     []int
-		snap        []bittorrent.Change
-	)
+	var snap []bittorrent.Change
 	c.store.Range(func(ih bittorrent.InfoHash) bool {
-		now = v.OwnersOf(ih, now[:0])
-		if len(now) == 0 {
-			return true // no members at all: keep it for when there are
-		}
-		before = prev.OwnersOf(ih, before[:0])
-		wasOwner := v.Self >= 0 && containsOwner(prev, before, ownerAt(v, v.Self))
-		if v.Self < 0 {
-			// Leaving: this node is in no view of its own; compare by
-			// name against the baseline.
-			wasOwner = prev.Self >= 0 && containsOwner(prev, before, ownerAt(prev, prev.Self))
-		}
-		mine := isOwner(now, v.Self)
-		targets = targets[:0]
-		switch {
-		case mine:
-			pusher := -1
-			for _, o := range now {
-				if containsOwner(prev, before, ownerAt(v, o)) {
-					pusher = o
-					break
-				}
-			}
-			if pusher == v.Self {
-				targets = appendNew(targets, v, now, prev, before)
-			}
-		case wasOwner:
-			targets = appendNew(targets, v, now, prev, before)
-		default:
-			targets = append(targets, now...)
-		}
-		if len(targets) == 0 && mine {
+		m := p.swarm(ih)
+		if len(m.to) == 0 && !m.release {
 			return true
 		}
-		if len(targets) > 0 {
+		if len(m.to) > 0 {
 			var counts bittorrent.Counts
 			var ok bool
 			snap, counts, ok = c.store.Swarm(ih, 0, snap[:0])
@@ -136,25 +83,11 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 			for i, ch := range snap {
 				sw.Peers[i] = transport.SwarmPeer{Peer: ch.Peer, Seeder: ch.Seeder}
 			}
-			for _, t := range targets {
+			for _, t := range m.to {
 				h.add(t, sw)
 			}
 		}
-		if !mine {
-			// Two passes: the first sends, the second (dropGrace later)
-			// sends again and lets go. Writes routed by an older view can
-			// still land here for a moment after the view changed; the
-			// second copy carries them.
-			first, seen := c.pendingDrop[ih]
-			switch {
-			case seen && time.Since(first) >= dropGrace:
-				h.drop = append(h.drop, ih)
-			case seen:
-				pending[ih] = first
-			default:
-				pending[ih] = time.Now()
-			}
-		}
+		p.record(m)
 		select {
 		case <-c.stop:
 			return false
@@ -163,42 +96,19 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 		}
 	})
 	h.flushAll()
-	dropped := 0
-	for _, ih := range h.drop {
-		if h.failed[ih] {
-			pending[ih] = c.pendingDrop[ih]
-			continue
-		}
+	drop, next, settled := p.finish(h.failed)
+	for _, ih := range drop {
 		c.store.Drop(ih)
-		dropped++
 	}
-	c.pendingDrop = pending
-	c.m.handoff.WithLabelValues("dropped").Add(float64(dropped))
-	c.m.handoffTime.Observe(time.Since(start).Seconds())
-	if h.sent > 0 || dropped > 0 || len(h.failed) > 0 {
-		c.log.Info("handoff pass", zap.Uint64("epoch", v.Epoch), zap.Int("sent", h.sent), zap.Int("dropped", dropped),
-			zap.Int("to_drop", len(pending)), zap.Int("failed", len(h.failed)), zap.Duration("took", time.Since(start)))
+	c.handoff = next
+	took := c.clock.Now().Sub(start)
+	c.m.handoff.WithLabelValues("dropped").Add(float64(len(drop)))
+	c.m.handoffTime.Observe(took.Seconds())
+	if h.sent > 0 || len(drop) > 0 || len(h.failed) > 0 {
+		c.log.Info("handoff pass", zap.Uint64("epoch", v.Epoch), zap.Int("sent", h.sent), zap.Int("dropped", len(drop)),
+			zap.Int("to_drop", len(next.pending)), zap.Int("failed", len(h.failed)), zap.Duration("took", took))
 	}
-	return len(h.failed) == 0 && len(pending) == 0
-}
-
-// appendNew appends the owners in now that were not owners in before.
-func appendNew(dst []int, v *ring.View, now []int, prev *ring.View, before []int) []int {
-	for _, o := range now {
-		if o != v.Self && !containsOwner(prev, before, ownerAt(v, o)) {
-			dst = append(dst, o)
-		}
-	}
-	return dst
-}
-
-func containsOwner(v *ring.View, owners []int, id owner) bool {
-	for _, o := range owners {
-		if ownerAt(v, o) == id {
-			return true
-		}
-	}
-	return false
+	return settled
 }
 
 // handoff accumulates swarms per destination and sends them in requests of
@@ -251,15 +161,8 @@ func (h *handoff) flushAll() {
 }
 
 func (h *handoff) flush(to int, b *mergeBatch) {
-	ctx, cancel := context.WithTimeout(context.Background(), mergeTimeout)
+	ctx, cancel := context.WithTimeout(h.c.ctx, mergeTimeout)
 	defer cancel()
-	go func() {
-		select {
-		case <-h.c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	_, err := h.c.tr.Call(ctx, h.v.DataAddrs[to], &transport.MergeRequest{Swarms: b.swarms})
 	if err != nil {
 		h.c.m.handoffFails.Inc()

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
+	"github.com/karuta-tracker/karuta/store"
 )
 
 // emptyTTL is how long an empty answer from the owners is reused, at most.
@@ -27,7 +27,7 @@ const gainGrace = 10 * time.Second
 // trustLocal reports whether an owner answers from its own store even when
 // it holds nothing for the swarm; see gainGrace.
 func (c *Cluster) trustLocal(v *ring.View) bool {
-	return c.settled.Load() == v && time.Since(time.Unix(0, c.viewAt.Load())) > gainGrace
+	return c.settled.Load() == v && c.clock.Now().Sub(time.Unix(0, c.viewAt.Load())) > gainGrace
 }
 
 // AnnouncePeers implements hooks.PeerSource. An owner answers from its own
@@ -99,7 +99,7 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 // started here plus read_timeout.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
-	now := time.Now()
+	now := c.clock.Now()
 	var jobs []fetchJob
 	for _, ih := range ihs {
 		var buf, others [8]int
@@ -117,7 +117,7 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	}
 	if len(jobs) > 0 {
 		c.m.prefetches.Add(float64(len(jobs)))
-		go c.fetch(v, jobs)
+		c.goFetch(v, jobs)
 	}
 }
 
@@ -133,7 +133,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 		c.m.reads.WithLabelValues("failed").Inc()
 		return nil
 	}
-	now := time.Now()
+	now := c.clock.Now()
 	e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL)
 	if !fetch && e.snap != nil && now.Sub(e.snap.at) < c.cfg.ReadCacheTTL {
 		c.m.reads.WithLabelValues("cached").Inc()
@@ -142,7 +142,7 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		go c.fetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), e: e}})
+		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), e: e}})
 	}
 	if wait := e.started.Add(c.cfg.ReadTimeout).Sub(now); wait > 0 {
 		t := time.NewTimer(wait)
@@ -163,6 +163,16 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	}
 	c.m.reads.WithLabelValues("failed").Inc()
 	return nil
+}
+
+// goFetch runs fetch on a goroutine Close waits for; once Close has begun
+// it fetches nothing and wakes the jobs' waiters at once.
+func (c *Cluster) goFetch(v *ring.View, jobs []fetchJob) {
+	if !c.goOwned(func() { c.fetch(v, jobs) }) {
+		for _, j := range jobs {
+			c.cache.finish(j.ih, j.e, nil)
+		}
+	}
 }
 
 // fetchJob is one swarm of a fetch: the owners to ask and the cache
@@ -187,7 +197,7 @@ func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
 	// Fetches outlive the caller's wait, but not by much: a late answer is
 	// still worth caching, a very late one is not.
-	ctx, cancel := context.WithTimeout(context.Background(), 4*c.cfg.ReadTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, 4*c.cfg.ReadTimeout)
 	defer cancel()
 	f := &fetchRound{c: c, v: v, jobs: jobs, merged: make([]*transport.FetchReply, len(jobs)), done: make([]bool, len(jobs))}
 	dc := ""
@@ -255,7 +265,9 @@ func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 	// never block.
 	answers := make(chan ownerAnswer, len(calls))
 	for _, cl := range calls {
-		go func() { answers <- ownerAnswer{cl.idx, f.askMany(ctx, cl.addr, cl.idx)} }()
+		if !f.c.goOwned(func() { answers <- ownerAnswer{cl.idx, f.askMany(ctx, cl.addr, cl.idx)} }) {
+			answers <- ownerAnswer{idx: cl.idx}
+		}
 	}
 	var grace <-chan time.Time
 	for range calls {
@@ -321,7 +333,7 @@ func (f *fetchRound) finish(i int) {
 	f.done[i] = true
 	var snap *snapshot
 	if best := f.merged[i]; best != nil {
-		at := time.Now()
+		at := f.c.clock.Now()
 		if size(best.Counts) == 0 {
 			// An empty swarm is most often one whose first announce is
 			// still on its way to the owners; keep the answer briefly so
@@ -374,73 +386,68 @@ func mergeReplies(a, b *transport.FetchReply, maxPerFamily int) *transport.Fetch
 
 func size(c bittorrent.Counts) uint32 { return c.Seeders + c.Leechers + c.Snatches }
 
-// snapshot is a swarm as fetched from an owner, split by family and role
-// so choosing peers is a couple of slice walks.
+// snapshot is a swarm as fetched from an owner, each family's peers
+// seeders first, the layout store.Choose walks.
 type snapshot struct {
 	at     time.Time
 	counts bittorrent.Counts
-	// groups[family][role]: family 0 is IPv4, 1 IPv6; role 0 seeders,
-	// 1 leechers.
-	groups [2][2][]bittorrent.Peer
+	// fams[0] is IPv4, fams[1] IPv6.
+	fams [2]snapFamily
+}
+
+type snapFamily struct {
+	peers   []bittorrent.Peer
+	seeders int
 }
 
 func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 	s := &snapshot{at: at, counts: r.Counts}
+	var size [2]int
+	for _, p := range r.Peers {
+		fam := familyOf(p.Addr)
+		size[fam]++
+		if p.Seeder {
+			s.fams[fam].seeders++
+		}
+	}
+	var next [2][2]int // next[family]: where the next seeder and leecher go
+	for fam := range s.fams {
+		s.fams[fam].peers = make([]bittorrent.Peer, size[fam])
+		next[fam] = [2]int{0, s.fams[fam].seeders}
+	}
 	for _, p := range r.Peers {
 		fam, role := familyOf(p.Addr), 1
 		if p.Seeder {
 			role = 0
 		}
-		s.groups[fam][role] = append(s.groups[fam][role], p.Peer)
+		s.fams[fam].peers[next[fam][role]] = p.Peer
+		next[fam][role]++
 	}
 	return s
 }
 
+// familyOf is the index into snapshot.fams of a's family.
 func familyOf(a netip.AddrPort) int {
-	if a.Addr().Unmap().Is4() {
-		return 0
+	if store.Family(a) == 6 {
+		return 1
 	}
-	return 1
+	return 0
 }
 
-// choose appends up to n peers of the announcer's family, the other role
-// first, never the announcer, starting at a random offset so announcers
-// sharing a snapshot get different peers. It also finds the announcer's
-// state, which is exact when the snapshot holds the whole family.
+// choose hands out up to n peers by the store's rule (store.Walk), so a
+// swarm read from a copy answers as the owner's store would. The
+// announcer's state is exact when the snapshot holds its whole family.
 func (s *snapshot) choose(announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.PeerState) {
-	fam := familyOf(announcer)
-	self := netip.AddrPortFrom(announcer.Addr().Unmap(), announcer.Port())
-	state := bittorrent.Absent
-	for role, st := range [2]bittorrent.PeerState{bittorrent.Seeding, bittorrent.Leeching} {
-		for _, p := range s.groups[fam][role] {
-			if samePeer(p.Addr, self) {
-				state = st
-			}
-		}
+	if store.Family(announcer) == 0 {
+		return dst, bittorrent.Absent
 	}
-	first := 0 // leechers want seeders first
-	if seeder {
-		first = 1
+	f := &s.fams[familyOf(announcer)]
+	self := -1
+	if announcer.Port() != 0 {
+		me := netip.AddrPortFrom(announcer.Addr().Unmap(), announcer.Port())
+		self = slices.IndexFunc(f.peers, func(p bittorrent.Peer) bool { return samePeer(p.Addr, me) })
 	}
-	for _, role := range [2]int{first, 1 - first} {
-		g := s.groups[fam][role]
-		if len(g) == 0 {
-			continue
-		}
-		off := rand.IntN(len(g))
-		for i := range g {
-			if n <= 0 {
-				return dst, state
-			}
-			p := g[(off+i)%len(g)]
-			if samePeer(p.Addr, self) {
-				continue
-			}
-			dst = append(dst, p)
-			n--
-		}
-	}
-	return dst, state
+	return store.ChoosePeers(f.peers, f.seeders, self, seeder, n, dst)
 }
 
 func samePeer(a, self netip.AddrPort) bool {
@@ -561,8 +568,8 @@ func (c *Cluster) cacheLoop() {
 		select {
 		case <-c.stop:
 			return
-		case now := <-t.C:
-			c.cache.expire(now, max(100*c.cfg.ReadCacheTTL, 10*time.Second))
+		case <-t.C:
+			c.cache.expire(c.clock.Now(), max(100*c.cfg.ReadCacheTTL, 10*time.Second))
 		}
 	}
 }

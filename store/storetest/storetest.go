@@ -372,6 +372,17 @@ func testFamilies(t *testing.T, open func(*testing.T) store.Store) {
 			}
 		})
 	}
+	t.Run("invalid announcer", func(t *testing.T) {
+		// An announcer without a valid address belongs to no family and
+		// is given no peers of either.
+		peers, counts, st := s.AnnouncePeers(ihA, netip.AddrPort{}, false, 100, nil)
+		if len(peers) != 0 || st != bittorrent.Absent {
+			t.Errorf("got %d peers %v, state %d; want none, Absent", len(peers), peers, st)
+		}
+		if want := (bittorrent.Counts{Seeders: 5, Leechers: 5}); counts != want {
+			t.Errorf("counts = %+v, want %+v (both families)", counts, want)
+		}
+	})
 	if got, want := s.Stats(), (store.Stats{Swarms: 1, Seeders4: 3, Leechers4: 2, Seeders6: 2, Leechers6: 3}); got != want {
 		t.Errorf("Stats = %+v, want %+v", got, want)
 	}

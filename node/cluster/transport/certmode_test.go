@@ -10,53 +10,54 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // testPKI is a cluster CA with node certificates written to a directory,
 // each node with its own copy of the CA bundle so tests can change one.
 type testPKI struct {
-	t             *testing.T
 	dir           string
 	caCert, caKey []byte
 }
 
-func newTestPKI(t *testing.T) *testPKI {
+func newTestPKI(t testing.TB) *testPKI {
 	caCert, caKey := testCA(t, KeyECDSA)
-	return &testPKI{t: t, dir: t.TempDir(), caCert: caCert, caKey: caKey}
+	return &testPKI{dir: t.TempDir(), caCert: caCert, caKey: caKey}
 }
 
 // issue writes a certificate for name signed by this CA, and a bundle of
 // this CA, under prefix; it returns the files.
-func (p *testPKI) issue(prefix, name string) CertFiles {
-	p.t.Helper()
+func (p *testPKI) issue(t testing.TB, prefix, name string) CertFiles {
+	t.Helper()
 	certPEM, keyPEM, err := NewNodeCert(p.caCert, p.caKey, CertRequest{Name: name, Validity: time.Hour})
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
 	f := CertFiles{
 		CA:   filepath.Join(p.dir, prefix+"-ca.pem"),
 		Cert: filepath.Join(p.dir, prefix+".pem"),
 		Key:  filepath.Join(p.dir, prefix+"-key.pem"),
 	}
-	writeFile(p.t, f.CA, p.caCert)
-	writeFile(p.t, f.Cert, certPEM)
-	writeFile(p.t, f.Key, keyPEM)
+	writeFile(t, f.CA, p.caCert)
+	writeFile(t, f.Cert, certPEM)
+	writeFile(t, f.Key, keyPEM)
 	return f
 }
 
 // reissue replaces the node certificate and key in f with ones for name
 // from this CA.
-func (p *testPKI) reissue(f CertFiles, name string) {
-	p.t.Helper()
+func (p *testPKI) reissue(t testing.TB, f CertFiles, name string) {
+	t.Helper()
 	certPEM, keyPEM, err := NewNodeCert(p.caCert, p.caKey, CertRequest{Name: name, Validity: time.Hour})
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
-	writeFile(p.t, f.Key, keyPEM)
-	writeFile(p.t, f.Cert, certPEM)
+	writeFile(t, f.Key, keyPEM)
+	writeFile(t, f.Cert, certPEM)
 }
 
-func writeFile(t *testing.T, path string, data []byte) {
+func writeFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	// Write and rename, as an operator's tooling should, so a reader
 	// never sees half a file.
@@ -95,19 +96,19 @@ func TestTCPCertIdentity(t *testing.T) {
 		notMember              bool
 		want                   string // error substring; empty: the call succeeds
 	}{
-		{"both genuine", func() CertFiles { return pki.issue("s", "n2") }, func() CertFiles { return pki.issue("c", "n1") }, "n2", false, ""},
-		{"server poses as another member", func() CertFiles { return pki.issue("s", "n3") }, func() CertFiles { return pki.issue("c", "n1") }, "n2", false, `names "n3"; want "n2"`},
-		{"client is not a member", func() CertFiles { return pki.issue("s", "n2") }, func() CertFiles { return pki.issue("c", "n1") }, "n2", true, "handshake"},
-		{"client certificate from another CA", func() CertFiles { return pki.issue("s", "n2") }, func() CertFiles {
-			f := other.issue("c", "n1")
+		{"both genuine", func() CertFiles { return pki.issue(t, "s", "n2") }, func() CertFiles { return pki.issue(t, "c", "n1") }, "n2", false, ""},
+		{"server poses as another member", func() CertFiles { return pki.issue(t, "s", "n3") }, func() CertFiles { return pki.issue(t, "c", "n1") }, "n2", false, `names "n3"; want "n2"`},
+		{"client is not a member", func() CertFiles { return pki.issue(t, "s", "n2") }, func() CertFiles { return pki.issue(t, "c", "n1") }, "n2", true, "handshake"},
+		{"client certificate from another CA", func() CertFiles { return pki.issue(t, "s", "n2") }, func() CertFiles {
+			f := other.issue(t, "c", "n1")
 			writeFile(t, f.CA, append(bytes.Clone(pki.caCert), other.caCert...)) // it trusts the cluster CA, but its own certificate is foreign
 			return f
 		}, "n2", false, "handshake"},
 		{"server certificate from another CA", func() CertFiles {
-			f := other.issue("s", "n2")
+			f := other.issue(t, "s", "n2")
 			writeFile(t, f.CA, append(bytes.Clone(pki.caCert), other.caCert...))
 			return f
-		}, func() CertFiles { return pki.issue("c", "n1") }, "n2", false, "unknown authority"},
+		}, func() CertFiles { return pki.issue(t, "c", "n1") }, "n2", false, "unknown authority"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			trNoLeaks(t)
@@ -150,28 +151,28 @@ func TestTCPCertIdentity(t *testing.T) {
 		srvMembers := loopbackMembers()
 		srvMembers.add("n1", "unused:1")
 		srvMembers.at["n1"] = netip.MustParseAddr("192.0.2.1") // n1 gossips from elsewhere
-		srv := certNode(t, pki.issue("s", "n2"), srvMembers, nil)
+		srv := certNode(t, pki.issue(t, "s", "n2"), srvMembers, nil)
 		if err := srv.Serve(h); err != nil {
 			t.Fatal(err)
 		}
 		clMembers := loopbackMembers()
 		clMembers.add("n2", srv.Addr())
-		cl := certNode(t, pki.issue("c", "n1"), clMembers, nil)
+		cl := certNode(t, pki.issue(t, "c", "n1"), clMembers, nil)
 		if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
 			t.Fatalf("a stolen certificate used from another address: got %v; want ErrUnreachable", err)
 		}
 		if h.calls.Load() != 0 {
 			t.Fatal("the handler was called")
 		}
-		trEventually(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
+		eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
 	})
 
 	t.Run("no member known at the address", func(t *testing.T) {
-		srv := certNode(t, pki.issue("s", "n2"), loopbackMembers(), nil)
+		srv := certNode(t, pki.issue(t, "s", "n2"), loopbackMembers(), nil)
 		if err := srv.Serve(&trHandler{}); err != nil {
 			t.Fatal(err)
 		}
-		cl := certNode(t, pki.issue("c", "n1"), loopbackMembers(), nil)
+		cl := certNode(t, pki.issue(t, "c", "n1"), loopbackMembers(), nil)
 		if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); err == nil || !strings.Contains(err.Error(), "no member known") {
 			t.Fatalf("got %v; want a refusal to dial an unknown address", err)
 		}
@@ -185,7 +186,7 @@ func TestTCPCertIdentity(t *testing.T) {
 func TestTCPCertRotation(t *testing.T) {
 	trNoLeaks(t)
 	oldCA, newCA := newTestPKI(t), newTestPKI(t)
-	srvFiles, clFiles := oldCA.issue("s", "n2"), oldCA.issue("c", "n1")
+	srvFiles, clFiles := oldCA.issue(t, "s", "n2"), oldCA.issue(t, "c", "n1")
 	srvMembers, clMembers := loopbackMembers(), loopbackMembers()
 	srvMembers.add("n1", "unused:1")
 	h := &trHandler{}
@@ -226,8 +227,8 @@ func TestTCPCertRotation(t *testing.T) {
 			writeFile(t, srvFiles.CA, both)
 			writeFile(t, clFiles.CA, both)
 		}},
-		{"server gets a certificate from the new CA", func() { newCA.reissue(srvFiles, "n2") }},
-		{"client gets a certificate from the new CA", func() { newCA.reissue(clFiles, "n1") }},
+		{"server gets a certificate from the new CA", func() { newCA.reissue(t, srvFiles, "n2") }},
+		{"client gets a certificate from the new CA", func() { newCA.reissue(t, clFiles, "n1") }},
 		{"drop the old CA", func() {
 			writeFile(t, srvFiles.CA, newCA.caCert)
 			writeFile(t, clFiles.CA, newCA.caCert)
@@ -242,7 +243,7 @@ func TestTCPCertRotation(t *testing.T) {
 		}
 		// A fresh connection must pass with the files as they are now.
 		fresh := certNode(t, clFiles, clMembers, nil)
-		trEventually(t, 5*time.Second, st.name+": a new connection succeeds", func() bool {
+		eventually.True(t, 5*time.Second, st.name+": a new connection succeeds", func() bool {
 			_, err := fresh.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{})
 			return err == nil
 		})
@@ -258,7 +259,7 @@ func TestTCPCertRotation(t *testing.T) {
 
 	// A node still on a certificate from the dropped CA is refused, even
 	// though it trusts both.
-	staleFiles := oldCA.issue("stale", "n1")
+	staleFiles := oldCA.issue(t, "stale", "n1")
 	writeFile(t, staleFiles.CA, both)
 	stale := certNode(t, staleFiles, clMembers, nil)
 	if _, err := stale.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
@@ -269,7 +270,7 @@ func TestTCPCertRotation(t *testing.T) {
 // onlySession waits for srv to hold exactly one session and returns it.
 func onlySession(t *testing.T, srv *TCP) *tcpSession {
 	t.Helper()
-	trEventually(t, 5*time.Second, "one session", func() bool { return tcpSessions(srv) == 1 })
+	eventually.True(t, 5*time.Second, "one session", func() bool { return tcpSessions(srv) == 1 })
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	for s := range srv.sessions {
@@ -294,7 +295,7 @@ func onlySessionOf(t *testing.T, srv *TCP, want *tcpSession) *tcpSession {
 
 func TestCertStoreReload(t *testing.T) {
 	pki := newTestPKI(t)
-	files := pki.issue("n", "n1")
+	files := pki.issue(t, "n", "n1")
 	cs, err := newCertStore(files)
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +307,7 @@ func TestCertStoreReload(t *testing.T) {
 	}
 	// A changed file is picked up on the first look a second later, not
 	// before.
-	pki.reissue(files, "n1-renamed")
+	pki.reissue(t, files, "n1-renamed")
 	if got, _ := cs.latest(now.Add(time.Millisecond)); got != first {
 		t.Fatal("reloaded before checkEvery passed")
 	}
@@ -324,9 +325,9 @@ func TestCertStoreReload(t *testing.T) {
 		t.Fatal("Reload of a broken file succeeded")
 	}
 	// A key that does not match the certificate is refused.
-	other := newTestPKI(t).issue("o", "n1")
+	other := newTestPKI(t).issue(t, "o", "n1")
 	key, _ := os.ReadFile(other.Key)
-	pki.reissue(files, "n1")
+	pki.reissue(t, files, "n1")
 	writeFile(t, files.Key, key)
 	if err := cs.Reload(); err == nil {
 		t.Fatal("a certificate with another key's private key loaded")

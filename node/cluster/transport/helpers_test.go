@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // Helpers for the TCP tests, which reach into the transport's internals
@@ -54,29 +55,23 @@ func trAnswer(req Request) (Reply, error) {
 func trNoLeaks(t *testing.T) {
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("%d goroutines left, %d before the test:\n%s", runtime.NumGoroutine(), before, buf)
-				return
+		eventually.NoError(t, 3*time.Second, "goroutines end with the test", func() error {
+			if runtime.NumGoroutine() > before {
+				return leaked{before}
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return nil
+		})
 	})
 }
 
-// trEventually polls cond until it holds or within passes.
-func trEventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still false after %s", what, within)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+// leaked reports goroutines left over, with their stacks taken when the
+// failure is printed rather than on every poll.
+type leaked struct{ before int }
+
+func (l leaked) Error() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return fmt.Sprintf("%d goroutines left, %d before the test:\n%s", runtime.NumGoroutine(), l.before, buf)
 }
 
 func trCtx(t *testing.T, d time.Duration) context.Context {

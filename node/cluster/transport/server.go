@@ -98,7 +98,7 @@ func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
 	if err != nil {
 		nc.Close()
 		switch {
-		case errors.Is(err, io.EOF):
+		case err == io.EOF:
 			// Closed before saying anything: a port probe or health check.
 			t.log.Debug("data channel: connection closed before handshake", zap.String("remote", nc.RemoteAddr().String()))
 		case errors.Is(err, os.ErrDeadlineExceeded):

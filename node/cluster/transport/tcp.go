@@ -108,9 +108,6 @@ type Members interface {
 type TCPOptions struct {
 	// Bind is the host:port Serve listens on; port 0 picks a free port.
 	Bind string
-	// Advertise is the host:port other nodes call this node at, when it
-	// differs from the listener's address (NAT, containers).
-	Advertise string
 	// Certs selects certificate mode: every node presents a certificate
 	// for its name from the cluster CA, and checks the other side's. The
 	// files are read again when they change, and on Reload.
@@ -316,12 +313,10 @@ func (t *TCP) noteReload(err error) {
 	}
 }
 
-// Addr returns Advertise if set, else the listener's address once Serve
-// has run, else Bind.
+// Addr returns the listener's address once Serve has run, else Bind. A
+// wildcard host in it is replaced by the gossip address before other
+// nodes hear of it (ring's resolveDataAddr).
 func (t *TCP) Addr() string {
-	if t.opts.Advertise != "" {
-		return t.opts.Advertise
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ln != nil {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -125,6 +126,25 @@ func rejected(tr *TCP, reason string) int {
 	return int(testutil.ToFloat64(tr.metrics.rejected.WithLabelValues(reason)))
 }
 
+// tcpDialing counts tr's dials to addr in progress.
+func tcpDialing(tr *TCP, addr string) int {
+	tr.mu.Lock()
+	p := tr.pools[addr]
+	tr.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, sl := range p.slots {
+		if sl.dialing != nil {
+			n++
+		}
+	}
+	return n
+}
+
 func TestTCPKeys(t *testing.T) {
 	k16, k24, k20 := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 24), bytes.Repeat([]byte{3}, 20)
 	for _, tc := range []struct {
@@ -193,7 +213,7 @@ func TestTCPLabelMismatch(t *testing.T) {
 	if n := h.calls.Load(); n != 0 {
 		t.Fatalf("handler called %d times", n)
 	}
-	trEventually(t, 2*time.Second, "all rejections counted", func() bool { return rejected(srv, reasonHandshake) >= 15 })
+	eventually.True(t, 2*time.Second, "all rejections counted", func() bool { return rejected(srv, reasonHandshake) >= 15 })
 	entries := logs.FilterMessage("data channel: connection refused").All()
 	if len(entries) != 1 {
 		t.Fatalf("%d rejection lines for 15 rejections; want 1 per period", len(entries))
@@ -377,13 +397,13 @@ func TestTCPAuthenticatedGarbage(t *testing.T) {
 			h := &trHandler{}
 			srv := tcpServe(t, nil, h)
 			s := authSession(t, srv)
-			trEventually(t, 2*time.Second, "server authenticated the connection", func() bool { return tcpSessions(srv) == 1 })
+			eventually.True(t, 2*time.Second, "server authenticated the connection", func() bool { return tcpSessions(srv) == 1 })
 			s.nc.Write(tc.bytes)
 			expectClosed(t, s.nc)
 			if n := h.calls.Load(); n != 0 {
 				t.Fatalf("handler called %d times", n)
 			}
-			trEventually(t, 2*time.Second, "server dropped the connection", func() bool { return tcpSessions(srv) == 0 })
+			eventually.True(t, 2*time.Second, "server dropped the connection", func() bool { return tcpSessions(srv) == 0 })
 			if n := rejected(srv, tc.reason); n != 1 {
 				t.Fatalf("%s counted %d times; want 1", tc.reason, n)
 			}
@@ -433,10 +453,37 @@ type tamperProxy struct {
 	skip   int
 	tamper func(i int, record []byte, toServer, toClient io.Writer)
 
-	mu    sync.Mutex
-	sent  []byte
+	relayConns
+	mu   sync.Mutex
+	sent []byte
+}
+
+// relayConns are a test relay's connections and goroutines, closed and
+// waited for when the test ends.
+type relayConns struct {
+	cmu   sync.Mutex
 	conns []net.Conn
 	wg    sync.WaitGroup
+}
+
+func (r *relayConns) add(cs ...net.Conn) {
+	r.cmu.Lock()
+	r.conns = append(r.conns, cs...)
+	r.cmu.Unlock()
+}
+
+// stopOnCleanup closes ln and every connection when t ends, then waits
+// for the relay's goroutines.
+func (r *relayConns) stopOnCleanup(t *testing.T, ln net.Listener) {
+	t.Cleanup(func() {
+		ln.Close()
+		r.cmu.Lock()
+		for _, c := range r.conns {
+			c.Close()
+		}
+		r.cmu.Unlock()
+		r.wg.Wait()
+	})
 }
 
 func newTamperProxy(t *testing.T, target string, skip int, tamper func(i int, record []byte, toServer, toClient io.Writer)) *tamperProxy {
@@ -446,15 +493,7 @@ func newTamperProxy(t *testing.T, target string, skip int, tamper func(i int, re
 	}
 	p := &tamperProxy{ln: ln, target: target, skip: skip, tamper: tamper}
 	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
+	p.stopOnCleanup(t, ln)
 	return p
 }
 
@@ -469,9 +508,7 @@ func (p *tamperProxy) accept() {
 			cc.Close()
 			continue
 		}
-		p.mu.Lock()
-		p.conns = append(p.conns, cc, sc)
-		p.mu.Unlock()
+		p.add(cc, sc)
 		toClient := &lockedWriter{w: cc}
 		p.wg.Go(func() {
 			io.Copy(toClient, sc)
@@ -567,7 +604,7 @@ func TestTCPTamperedStream(t *testing.T) {
 				t.Errorf("got %v; want ErrUnreachable", err)
 			}
 			if !tc.ok {
-				trEventually(t, 3*time.Second, "server closed the tampered connection", func() bool { return tcpSessions(srv) == 0 })
+				eventually.True(t, 3*time.Second, "server closed the tampered connection", func() bool { return tcpSessions(srv) == 0 })
 			}
 			if n := h.calls.Load(); n != tc.handled {
 				t.Fatalf("handler called %d times; want %d", n, tc.handled)
@@ -613,7 +650,7 @@ func TestTCPServerRestart(t *testing.T) {
 	}
 	tcpServe(t, func(o *TCPOptions) { o.Bind = addr }, h)
 	attempts := 0
-	trEventually(t, 3*time.Second, "the client reconnects", func() bool {
+	eventually.True(t, 3*time.Second, "the client reconnects", func() bool {
 		attempts++
 		_, err := cl.Call(trCtx(t, time.Second), addr, &ApplyRequest{})
 		return err == nil
@@ -632,7 +669,7 @@ func TestTCPIdleConnectionsClose(t *testing.T) {
 		if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		trEventually(t, 2*time.Second, "idle connections close", func() bool {
+		eventually.True(t, 2*time.Second, "idle connections close", func() bool {
 			return tcpSessions(cl) == 0 && tcpSessions(srv) == 0
 		})
 	}
@@ -653,8 +690,13 @@ func TestTCPConnsPerPeer(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			trEventually(t, 2*time.Second, "pool fills", func() bool { return tcpSessions(cl) == n })
-			time.Sleep(20 * time.Millisecond) // would a stray dial show up?
+			eventually.True(t, 2*time.Second, "pool fills", func() bool { return tcpSessions(cl) == n })
+			// With no dial in flight none can follow without another
+			// call, so the server's count is final once it catches up.
+			if d := tcpDialing(cl, srv.Addr()); d != 0 {
+				t.Fatalf("%d dials still in flight with the pool full", d)
+			}
+			eventually.True(t, 2*time.Second, "server sees the pool's connections", func() bool { return tcpSessions(srv) >= n })
 			if got := tcpSessions(srv); got != n {
 				t.Fatalf("server has %d connections; want %d", got, n)
 			}
@@ -754,12 +796,9 @@ func TestTCPAddr(t *testing.T) {
 	if err := tr.Serve(&trHandler{}); err == nil {
 		t.Error("a second Serve succeeded")
 	}
-	adv := newTestTCP(t, func(o *TCPOptions) { o.Advertise = "tracker-1.example:7001" })
+	adv := newTestTCP(t, nil)
 	if err := adv.Serve(&trHandler{}); err != nil {
 		t.Fatal(err)
-	}
-	if got := adv.Addr(); got != "tracker-1.example:7001" {
-		t.Errorf("with Advertise: %q", got)
 	}
 	if err := adv.Close(); err != nil {
 		t.Fatal(err)

@@ -9,7 +9,7 @@ import (
 func TestScanReply(t *testing.T) {
 	// The HTTP frontend's golden bodies check that both sides agree.
 	golden := func(name string) string {
-		b, err := os.ReadFile("../../../frontends/http/testdata/" + name)
+		b, err := os.ReadFile("../../../../frontends/http/testdata/" + name)
 		if err != nil {
 			t.Fatal(err)
 		}

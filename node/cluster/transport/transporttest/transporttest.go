@@ -261,7 +261,10 @@ func Run(t *testing.T, env Env) {
 	t.Run("deadline while the handler blocks", func(t *testing.T) {
 		NoLeaks(t)
 		handlerDone, release := make(chan error, 1), make(chan struct{})
-		srv := Serve(t, env, &Handler{Fn: func(ctx context.Context, _ transport.Request) (transport.Reply, error) {
+		srv := Serve(t, env, &Handler{Fn: func(ctx context.Context, req transport.Request) (transport.Reply, error) {
+			if _, ok := req.(*transport.FetchRequest); ok {
+				return Answer(req) // the warm-up
+			}
 			<-ctx.Done() // the caller's deadline reaches the handler
 			handlerDone <- ctx.Err()
 			<-release // answer only once the caller has given up
@@ -269,6 +272,12 @@ func Run(t *testing.T, env Env) {
 		}})
 		defer close(release)
 		cl := env.Node(t)
+		// Connect first, so the short deadline below is spent on the
+		// call, not on a handshake (a TLS one under -race on a loaded
+		// machine can take longer than the deadline).
+		if _, err := cl.Call(Ctx(t, 10*time.Second), srv.Addr(), &transport.FetchRequest{}); err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
 		_, err := cl.Call(Ctx(t, 50*time.Millisecond), srv.Addr(), &transport.ApplyRequest{})
 		if !errors.Is(err, transport.ErrUnreachable) || !errors.Is(err, context.DeadlineExceeded) {
