@@ -15,7 +15,8 @@
 # Environment: ROUNDS (3), DURATION (10s), WARMUP (3s), SWARMS (100000),
 # PEERS (1000000), ZIPF (1.1; 0 is uniform), RATE (20000; 0 skips the
 # open-loop runs), FULL (the clusters' full_replication; unset keeps the
-# default, 0 makes nodes fetch swarms they do not own), PROFILE (unset; 1 saves a 6 s CPU profile of every
+# default, 0 makes nodes fetch swarms they do not own), FORWARD_DELAY (the
+# clusters' forward_delay; unset keeps the default), PROFILE (unset; 1 saves a 6 s CPU profile of every
 # karuta process during the last closed-loop UDP round, as NAME.pprof),
 # OUT (a new temporary directory; keeps every run's JSON).
 # Needs Linux, taskset, curl (PROFILE only), python3 and two or more cores;
@@ -41,6 +42,7 @@ ZIPF=${ZIPF:-1.1}
 RATE=${RATE:-20000}
 PROFILE=${PROFILE:-}
 FULL=${FULL:-}
+FORWARD_DELAY=${FORWARD_DELAY:-}
 OUT=${OUT:-$(mktemp -d /tmp/karuta-compare.XXXXXX)}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
@@ -93,6 +95,7 @@ cluster() {
 	local prefix=$1 base=$2 replicas=$3 i gossip=$(($2 - 23)) full=
 	ports=() all=() members=()
 	if [ -n "$FULL" ]; then full=", full_replication: $FULL"; fi
+	if [ -n "$FORWARD_DELAY" ]; then full="$full, forward_delay: $FORWARD_DELAY"; fi
 	for i in 1 2 3; do
 		node "$prefix$i" $((base + i)) "cluster: {bind: \"127.0.0.$i:$gossip\", join: [\"127.0.0.1:$gossip\"], replicas: $replicas$full, profile: local, secret_keys: [\"$key\"]}"
 		ports+=("127.0.0.1:$((base + i))") all+=("$started") members+=("$prefix$i")

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
@@ -201,7 +202,7 @@ func TestStrayTimerFiresAPass(t *testing.T) {
 	net := transport.NewMemNet()
 	a, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil)
 	b, bStore := newLoneCluster(t, net, "b", []string{"a", "b"}, clock)
-	waitFor(t, 5*time.Second, "both settle", func() bool {
+	eventually.True(t, 5*time.Second, "both settle", func() bool {
 		return a.settled.Load() == a.View() && b.settled.Load() == b.View()
 	})
 	ih := ownedBy(t, b.View(), "a")
@@ -213,7 +214,7 @@ func TestStrayTimerFiresAPass(t *testing.T) {
 		t.Fatalf("%d timers pending just before strayDelay, want the stray's", n)
 	}
 	<-clock.advance(time.Nanosecond)
-	waitFor(t, 5*time.Second, "the stray reaches its owner a", func() bool { return aStore.Counts(ih).Leechers == 1 })
+	eventually.True(t, 5*time.Second, "the stray reaches its owner a", func() bool { return aStore.Counts(ih).Leechers == 1 })
 	if _, _, onB := bStore.Swarm(ih, 1, nil); !onB {
 		t.Error("b dropped the stray at the first pass; it should wait dropGrace")
 	}

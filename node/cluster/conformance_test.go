@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/store"
@@ -46,7 +47,7 @@ func TestRemoteReadsConform(t *testing.T) {
 		// cache, which can drop a fetch's answer before the read that
 		// waited for it looks (a read racing a view change falls back to
 		// the local store).
-		waitFor(t, 5*time.Second, "the reader takes in its view", func() bool { return reader.settled.Load() == reader.View() })
+		eventually.True(t, 5*time.Second, "the reader takes in its view", func() bool { return reader.settled.Load() == reader.View() })
 		return readThrough{Store: owner, reader: reader}
 	})
 }

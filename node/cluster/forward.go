@@ -250,6 +250,7 @@ func (d *dest) run() {
 		buf       []bittorrent.Change
 		failSince time.Time // first failure of the current outage
 		backoff   time.Duration
+		lastSent  time.Time // when the last batch left
 	)
 	for {
 		if d.depth() == 0 {
@@ -260,12 +261,16 @@ func (d *dest) run() {
 			}
 			continue
 		}
-		if d.depth() < cfg.ForwardBatch && cfg.ForwardDelay > 0 && failSince.IsZero() {
-			d.gather(cfg.ForwardBatch, cfg.ForwardDelay)
+		// A link idle for forward_delay sends at once; a busy one sends at
+		// most one batch per forward_delay, so a stream of announces
+		// shares requests instead of paying a round trip each.
+		if wait := cfg.ForwardDelay - time.Since(lastSent); d.depth() < cfg.ForwardBatch && wait > 0 && failSince.IsZero() {
+			d.gather(cfg.ForwardBatch, wait)
 		}
 		buf = d.peek(buf, cfg.ForwardBatch)
 		ctx, cancel := context.WithTimeout(d.ctx, forwardCallTimeout)
 		start := time.Now()
+		lastSent = start
 		_, err := d.c.tr.Call(ctx, d.addr, &transport.ApplyRequest{Changes: buf})
 		cancel()
 		d.c.m.forwardTime.Observe(time.Since(start).Seconds())
