@@ -13,6 +13,9 @@ type metrics struct {
 	forwardTime  prometheus.Histogram
 	received     prometheus.Counter
 	reads        *prometheus.CounterVec
+	// readLocal … readFailed are reads' children, looked up once: a read
+	// is on every request's path.
+	readLocal, readCached, readFetched, readStale, readFailed prometheus.Counter
 	fetchTime    prometheus.Histogram
 	prefetches   prometheus.Counter
 	handoff      *prometheus.CounterVec
@@ -22,6 +25,14 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
+	m := newMetricVecs()
+	m.readLocal, m.readCached = m.reads.WithLabelValues("local"), m.reads.WithLabelValues("cached")
+	m.readFetched, m.readStale = m.reads.WithLabelValues("fetched"), m.reads.WithLabelValues("stale")
+	m.readFailed = m.reads.WithLabelValues("failed")
+	return m
+}
+
+func newMetricVecs() *metrics {
 	const ns, sub = "karuta", "cluster"
 	latency := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
 	return &metrics{

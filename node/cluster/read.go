@@ -37,12 +37,18 @@ func (c *Cluster) trustLocal(v *ring.View) bool {
 // the other owners the same way.
 func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
 	v := c.view.Load()
+	if ownsAll(v) && c.trustLocal(v) {
+		// Every member owns every swarm and this one's copy is whole: no
+		// owner lookup.
+		c.m.readLocal.Inc()
+		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
+	}
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
 	if isOwner(owners, v.Self) {
 		peers, counts, state := c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 		if counts != (bittorrent.Counts{}) || len(owners) == 1 || c.trustLocal(v) {
-			c.m.reads.WithLabelValues("local").Inc()
+			c.m.readLocal.Inc()
 			return peers, counts, state
 		}
 	}
@@ -57,11 +63,15 @@ func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort
 // Counts implements hooks.PeerSource, for scrapes.
 func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 	v := c.view.Load()
+	if ownsAll(v) && c.trustLocal(v) {
+		c.m.readLocal.Inc()
+		return c.store.Counts(ih)
+	}
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
 	if isOwner(owners, v.Self) {
 		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 || c.trustLocal(v) {
-			c.m.reads.WithLabelValues("local").Inc()
+			c.m.readLocal.Inc()
 			return counts
 		}
 	}
@@ -99,6 +109,9 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 // started here plus read_timeout.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
+	if ownsAll(v) {
+		return // every swarm is owned here
+	}
 	now := c.clock.Now()
 	var jobs []fetchJob
 	for _, ih := range ihs {
@@ -130,13 +143,13 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	var others [8]int
 	targets := otherOwners(v, owners, others[:0])
 	if len(targets) == 0 {
-		c.m.reads.WithLabelValues("failed").Inc()
+		c.m.readFailed.Inc()
 		return nil
 	}
 	now := c.clock.Now()
 	e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL)
 	if !fetch && e.snap != nil && now.Sub(e.snap.at) < c.cfg.ReadCacheTTL {
-		c.m.reads.WithLabelValues("cached").Inc()
+		c.m.readCached.Inc()
 		return e.snap
 	}
 	if fetch {
@@ -155,13 +168,13 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 	snap := c.cache.current(ih)
 	switch {
 	case snap != nil && snap.at.After(now.Add(-c.cfg.ReadCacheTTL)):
-		c.m.reads.WithLabelValues("fetched").Inc()
+		c.m.readFetched.Inc()
 		return snap
 	case snap != nil:
-		c.m.reads.WithLabelValues("stale").Inc()
+		c.m.readStale.Inc()
 		return snap
 	}
-	c.m.reads.WithLabelValues("failed").Inc()
+	c.m.readFailed.Inc()
 	return nil
 }
 
