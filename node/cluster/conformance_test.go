@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/store"
 	"github.com/karuta-tracker/karuta/store/storetest"

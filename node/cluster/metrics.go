@@ -9,19 +9,19 @@ import (
 // rejected (the owner answered with an error) and no_owner (no member to
 // send to, as during a node's own leave).
 type metrics struct {
-	forwarded    *prometheus.CounterVec
-	forwardTime  prometheus.Histogram
-	received     prometheus.Counter
-	reads        *prometheus.CounterVec
+	forwarded   *prometheus.CounterVec
+	forwardTime prometheus.Histogram
+	received    prometheus.Counter
+	reads       *prometheus.CounterVec
 	// readLocal … readFailed are reads' children, looked up once: a read
 	// is on every request's path.
 	readLocal, readCached, readFetched, readStale, readFailed prometheus.Counter
-	fetchTime    prometheus.Histogram
-	prefetches   prometheus.Counter
-	handoff      *prometheus.CounterVec
-	handoffTime  prometheus.Histogram
-	handoffFails prometheus.Counter
-	queueDepth   *prometheus.Desc
+	fetchTime                                                 prometheus.Histogram
+	prefetches                                                prometheus.Counter
+	handoff                                                   *prometheus.CounterVec
+	handoffTime                                               prometheus.Histogram
+	handoffFails                                              prometheus.Counter
+	queueDepth                                                *prometheus.Desc
 }
 
 func newMetrics() *metrics {
