@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient vet bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient vet lint bench fuzz tidy clean
 
 all: build
 
@@ -16,9 +16,9 @@ build:
 static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
-## test: everything CI checks — vet, unit and end-to-end tests with the race
-## detector, and the real BitTorrent clients test (installs what it needs)
-test: test-deps vet unit realclient
+## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
+## the race detector, and the real BitTorrent clients test (installs what it needs)
+test: test-deps vet lint tidy unit realclient
 
 test-deps:
 	@.ci/install-test-deps
@@ -26,6 +26,11 @@ test-deps:
 vet:
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+
+## lint: golangci-lint with the linters listed in .golangci.yml; the version is
+## pinned by the tool line in go.mod, so a clean clone builds it from the module proxy
+lint:
+	$(GO) tool golangci-lint run $(PKGS)
 
 unit:
 	$(GO) test -race -count=1 $(PKGS)

@@ -3,10 +3,27 @@
 package frontends
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// SourcePrefix6 is the IPv6 prefix the frontends' per-source limits count
+// as one source: a subscriber is given at least a /64, so an address of its
+// own per request or connection would otherwise escape the limit.
+const SourcePrefix6 = 64
+
+// Source is the source a client address counts as for per-source limits:
+// its IPv4 address (unmapped), or its IPv6 /64.
+func Source(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(SourcePrefix6) // cannot fail for an IPv6 address
+		return p.Addr()
+	}
+	return ip
+}
 
 // Actions and results used as metric labels.
 const (
@@ -33,9 +50,12 @@ const (
 	// answering it with an error could start an endless exchange between
 	// two trackers (or a tracker and itself) tricked by a spoofed source.
 	DropResponse = "response"
+	// DropConnectRate is a UDP connect from a source over its
+	// connect_rate.
+	DropConnectRate = "connect_rate"
 )
 
-var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse}
+var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse, DropConnectRate}
 
 // Metrics counts and times requests by frontend, action and result. Create
 // one per registry and share it between frontends. Safe for concurrent use.
@@ -43,7 +63,20 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	dropped  *prometheus.CounterVec
+	conns    *prometheus.GaugeVec
+	refused  *prometheus.CounterVec
 }
+
+// Reasons a connection-oriented frontend refuses a connection, used as
+// metric labels.
+const (
+	// RefusedMaxConnections is a connection over the frontend's cap.
+	RefusedMaxConnections = "max_connections"
+	// RefusedMaxConnectionsPerIP is a connection over its source's cap.
+	RefusedMaxConnectionsPerIP = "max_connections_per_ip"
+)
+
+var refusedReasons = [...]string{RefusedMaxConnections, RefusedMaxConnectionsPerIP}
 
 // NewMetrics registers the frontend metrics with reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -67,8 +100,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name:      "dropped_total",
 			Help:      "Requests dropped without an answer, by frontend and reason.",
 		}, []string{"frontend", "reason"}),
+		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "connections",
+			Help:      "Client connections open, by frontend.",
+		}, []string{"frontend"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "connections_refused_total",
+			Help:      "Client connections closed unanswered at a connection cap, by frontend and cap.",
+		}, []string{"frontend", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped, m.conns, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -81,6 +126,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 type Recorder struct {
 	byAction [4]actionRecorder                    // indexed like actions
 	dropped  [len(dropReasons)]prometheus.Counter // indexed like dropReasons
+	// conns and refused exist only for connection-oriented frontends
+	// (ForConnections).
+	conns   prometheus.Gauge
+	refused [len(refusedReasons)]prometheus.Counter // indexed like refusedReasons
 }
 
 type actionRecorder struct {
@@ -101,6 +150,17 @@ func (m *Metrics) For(frontend string) *Recorder {
 	}
 	for i, reason := range dropReasons {
 		r.dropped[i] = m.dropped.WithLabelValues(frontend, reason)
+	}
+	return r
+}
+
+// ForConnections returns the recorder for a frontend that serves
+// connections ("http"): For's metrics plus open and refused connections.
+func (m *Metrics) ForConnections(frontend string) *Recorder {
+	r := m.For(frontend)
+	r.conns = m.conns.WithLabelValues(frontend)
+	for i, reason := range refusedReasons {
+		r.refused[i] = m.refused.WithLabelValues(frontend, reason)
 	}
 	return r
 }
@@ -141,6 +201,35 @@ func (r *Recorder) Drop(reason string) {
 	for i, d := range dropReasons {
 		if d == reason {
 			r.dropped[i].Inc()
+			return
+		}
+	}
+}
+
+// ConnOpened counts a connection accepted. A nil Recorder, or one made by
+// For, records nothing.
+func (r *Recorder) ConnOpened() {
+	if r != nil && r.conns != nil {
+		r.conns.Inc()
+	}
+}
+
+// ConnClosed counts a connection ended after ConnOpened.
+func (r *Recorder) ConnClosed() {
+	if r != nil && r.conns != nil {
+		r.conns.Dec()
+	}
+}
+
+// RefuseConn counts a connection refused for reason, one of the Refused
+// constants; other reasons are not counted.
+func (r *Recorder) RefuseConn(reason string) {
+	if r == nil || r.conns == nil {
+		return
+	}
+	for i, x := range refusedReasons {
+		if x == reason {
+			r.refused[i].Inc()
 			return
 		}
 	}

@@ -159,14 +159,15 @@ func (c *Chain) Config() Config { return *c.cfg.Load() }
 // Announce normalises numwant, sets the intervals, then runs the PreHooks.
 func (c *Chain) Announce(ctx context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
 	cfg := c.cfg.Load()
+	//nolint:gosec // G115: Validate bounds default_numwant and max_numwant to 0..10000
 	if !req.NumWantSet {
 		req.NumWant = uint32(cfg.DefaultNumWant)
 	} else if req.NumWant > uint32(cfg.MaxNumWant) {
 		req.NumWant = uint32(cfg.MaxNumWant)
 	}
 	resp.Reset()
-	resp.Interval = uint32(cfg.AnnounceInterval / time.Second)
-	resp.MinInterval = uint32(cfg.MinAnnounceInterval / time.Second)
+	resp.Interval = uint32(cfg.AnnounceInterval / time.Second)       //nolint:gosec // G115: Validate bounds it to 1s..24h
+	resp.MinInterval = uint32(cfg.MinAnnounceInterval / time.Second) //nolint:gosec // G115: at most announce_interval
 	for _, h := range c.pre {
 		if err := h.HandleAnnounce(ctx, req, resp); err != nil {
 			return err

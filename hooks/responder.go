@@ -105,7 +105,11 @@ func CountsAfter(counts bittorrent.Counts, self bittorrent.PeerState, change bit
 	case bittorrent.OpRemove:
 	case bittorrent.OpComplete:
 		counts.Seeders++
-		counts.Snatches++
+		// A seeder's completion is a repeat, which the store does not
+		// count (store.Store.Apply).
+		if self != bittorrent.Seeding {
+			counts.Snatches++
+		}
 	default:
 		if change.Seeder {
 			counts.Seeders++

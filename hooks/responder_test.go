@@ -41,6 +41,7 @@ func TestCountsAfter(t *testing.T) {
 		{"leecher finishes without event", bittorrent.Leeching, put(true), bittorrent.Counts{Seeders: 6, Leechers: 6, Snatches: 3}},
 		{"leecher completes", bittorrent.Leeching, bittorrent.Change{Op: bittorrent.OpComplete}, bittorrent.Counts{Seeders: 6, Leechers: 6, Snatches: 4}},
 		{"unknown peer completes", bittorrent.Absent, bittorrent.Change{Op: bittorrent.OpComplete}, bittorrent.Counts{Seeders: 6, Leechers: 7, Snatches: 4}},
+		{"seeder completes again", bittorrent.Seeding, bittorrent.Change{Op: bittorrent.OpComplete}, base},
 		{"seeder stops", bittorrent.Seeding, bittorrent.Change{Op: bittorrent.OpRemove}, bittorrent.Counts{Seeders: 4, Leechers: 7, Snatches: 3}},
 		{"unknown peer stops", bittorrent.Absent, bittorrent.Change{Op: bittorrent.OpRemove}, base},
 	}

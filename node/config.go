@@ -35,6 +35,10 @@ type Config struct {
 // ClusterConfig is the `cluster` section: membership and placement keys
 // (ring) and data-plane keys (node/cluster) side by side.
 type ClusterConfig struct {
+	// Insecure allows a cluster without secret_keys, whose gossip is
+	// plain and whose data channel anyone who reaches it can write to.
+	// Without it such a config is refused (see insecureCluster).
+	Insecure    bool `yaml:"insecure"`
 	ring.Config `yaml:",inline"`
 	Data        cluster.Config `yaml:",inline"`
 	// TLS selects the data channel's certificate mode.
@@ -74,15 +78,20 @@ type FrontendsConfig struct {
 	UDP  udp.Config       `yaml:"udp"`
 }
 
-// MetricsConfig is the operations listener: /metrics, /healthz, /readyz
-// and /debug/pprof/.
+// MetricsConfig is the operations listener: /metrics, /healthz, /readyz,
+// /cluster and, if enabled, /debug/pprof/. None of it is authenticated, so
+// it listens on loopback unless told otherwise.
 type MetricsConfig struct {
-	// Addr is the listen address; empty disables the listener.
+	// Addr is the listen address; empty disables the listener. Anything
+	// but a loopback address is allowed, with a warning at start.
 	Addr string `yaml:"addr"`
+	// Pprof serves the Go profiler under /debug/pprof/. Off by default: a
+	// profile costs CPU, and its contents help an attacker.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Default returns the configuration used when no file is given: HTTP and
-// UDP on :6969 and metrics on :6880.
+// UDP on :6969 and metrics on loopback port 6880.
 func Default() Config {
 	return Config{
 		Log: LogConfig{Format: "json", Level: "info"},
@@ -92,7 +101,7 @@ func Default() Config {
 		},
 		Tracker: hooks.DefaultConfig(),
 		Store:   store.DefaultConfig(),
-		Metrics: MetricsConfig{Addr: ":6880"},
+		Metrics: MetricsConfig{Addr: "127.0.0.1:6880"},
 		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig(), TLS: transport.DefaultConfig()},
 	}
 }
@@ -129,11 +138,11 @@ func Parse(data []byte) (Config, error) {
 
 // Load reads and parses a config file.
 func Load(path string) (Config, error) {
-	f, err := os.Open(path)
+	f, err := os.Open(path) //nolint:gosec // G304: the operator names the config file
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // read-only: a failed close loses nothing
 	data, err := io.ReadAll(io.LimitReader(f, 16<<20))
 	if err != nil {
 		return Config{}, fmt.Errorf("config: read %s: %w", path, err)
@@ -169,6 +178,9 @@ func (c Config) Validate() error {
 	}
 	if c.Store.PeerLifetime <= c.Tracker.AnnounceInterval {
 		return fmt.Errorf("config: store.peer_lifetime: %s is not longer than tracker.announce_interval (%s); peers would expire between their announces", c.Store.PeerLifetime, c.Tracker.AnnounceInterval)
+	}
+	if err := c.Cluster.checkSecure(); err != nil {
+		return err
 	}
 	if c.Frontends.HTTP.Addr == "" && c.Frontends.UDP.Addr == "" {
 		return errors.New("config: frontends: both frontends.http.addr and frontends.udp.addr are empty; enable at least one")

@@ -82,7 +82,7 @@ frontends:
   http: {addr: "127.0.0.1:7000"}
   udp: {addr: ""}
 tracker: {announce_interval: 10m, min_announce_interval: 5m}
-cluster: {bind: "127.0.0.1:7946", join: ["a:7946", "b:7946"], replicas: 3}
+cluster: {bind: "127.0.0.1:7946", join: ["a:7946", "b:7946"], replicas: 3, insecure: true}
 metrics: {addr: ""}
 `))
 	if err != nil {
@@ -97,7 +97,7 @@ metrics: {addr: ""}
 	if cfg.Tracker.AnnounceInterval != 10*time.Minute || cfg.Tracker.MaxNumWant != Default().Tracker.MaxNumWant {
 		t.Errorf("tracker = %+v", cfg.Tracker)
 	}
-	if cfg.Cluster.Bind != "127.0.0.1:7946" || len(cfg.Cluster.Join) != 2 || cfg.Cluster.Replicas != 3 {
+	if cfg.Cluster.Bind != "127.0.0.1:7946" || len(cfg.Cluster.Join) != 2 || cfg.Cluster.Replicas != 3 || !cfg.Cluster.Insecure {
 		t.Errorf("cluster = %+v", cfg.Cluster)
 	}
 }

@@ -21,8 +21,15 @@ func TestDeployConfigsLoad(t *testing.T) {
 		t.Fatalf("found %d deploy configs (%v); are the globs right?", len(files), files)
 	}
 	for _, f := range files {
-		if _, err := Load(f); err != nil {
+		cfg, err := Load(f)
+		if err != nil {
 			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		// In a container, the loopback default would hide /readyz from
+		// the probes and /metrics from Prometheus.
+		if loopbackAddr(cfg.Metrics.Addr) {
+			t.Errorf("%s: metrics.addr %q is loopback; a container's probes and scraper cannot reach it", f, cfg.Metrics.Addr)
 		}
 	}
 }

@@ -129,7 +129,7 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Frontends.HTTP.Addr != "" {
-		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.For("http"), n.log.Named("http")); err != nil {
+		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
@@ -148,8 +148,9 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 // was opened is closed again.
 func (n *Node) Start() error {
 	cfg := n.cfg.Load()
+	warnInsecure(n.log, cfg)
 	if cfg.Metrics.Addr != "" {
-		if err := n.startOps(cfg.Metrics.Addr); err != nil {
+		if err := n.startOps(cfg.Metrics.Addr, cfg.Metrics.Pprof); err != nil {
 			return err
 		}
 	}
@@ -259,10 +260,26 @@ func (n *Node) closeCore(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (n *Node) startOps(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+// Timeouts of the operations listener, so that a client that connects and
+// stalls, or reads slowly, holds a connection for a bounded time. A
+// scrape of /metrics is written in milliseconds; profiles take their
+// ?seconds= first, up to opsPprofWriteTimeout less a little.
+const (
+	opsReadTimeout       = 5 * time.Second
+	opsWriteTimeout      = 30 * time.Second
+	opsPprofWriteTimeout = 2 * time.Minute
+	opsIdleTimeout       = time.Minute
+)
+
+func (n *Node) startOps(addr string, pprofOn bool) error {
+	tcpLn, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("node: listen metrics %s: %w", addr, err)
+	}
+	ln, err := newOpsListener(tcpLn, opsMaxConns, opsMaxConnsPerIP, n.reg, n.log)
+	if err != nil {
+		_ = tcpLn.Close()
+		return fmt.Errorf("node: metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}))
@@ -283,13 +300,25 @@ func (n *Node) startOps(addr string) error {
 		}
 		n.cl.serveStatus(w, r)
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	writeTimeout := opsWriteTimeout
+	if pprofOn {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// A CPU profile or trace writes after its ?seconds= (30 by
+		// default), which must stay below the write timeout.
+		writeTimeout = opsPprofWriteTimeout
+	}
 	n.opsLn = ln
-	n.ops = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	n.ops = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: opsReadTimeout,
+		ReadTimeout:       opsReadTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       opsIdleTimeout,
+	}
 	go func() {
 		if err := n.ops.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("metrics listener failed", zap.Error(err))

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -205,16 +204,8 @@ func TestOpsEndpoints(t *testing.T) {
 	udpc := newClient(t, "udp://"+n.Addrs().UDP)
 	udpc.announce(tracker.AnnounceRequest{InfoHash: infohash.T{5}, PeerId: peerID('m'), Port: 1234, NumWant: -1})
 	base := "http://" + n.Addrs().Metrics
-	get := func(path string) (int, string) {
-		resp, err := http.Get(base + path)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
-	}
-	for _, path := range []string{"/healthz", "/readyz", "/debug/pprof/"} {
+	get := func(path string) (int, string) { return httpGet(t, base+path) }
+	for _, path := range []string{"/healthz", "/readyz"} { // pprof: TestOpsListenerDefaults
 		if code, _ := get(path); code != http.StatusOK {
 			t.Errorf("GET %s = %d, want 200", path, code)
 		}

@@ -137,12 +137,12 @@ func New(members []Member, opts Options) (*Ring, error) {
 	for i, m := range r.members {
 		d, ok := dcIDs[m.Datacenter]
 		if !ok {
-			d = int32(len(dcIDs))
+			d = int32(len(dcIDs)) //nolint:gosec // G115: at most maxMembers, checked above
 			dcIDs[m.Datacenter] = d
 		}
 		z, ok := zoneIDs[zoneKey{m.Datacenter, m.Zone}]
 		if !ok {
-			z = int32(len(zoneIDs))
+			z = int32(len(zoneIDs)) //nolint:gosec // G115: at most maxMembers, checked above
 			zoneIDs[zoneKey{m.Datacenter, m.Zone}] = z
 			zoneSize = append(zoneSize, 0)
 		}
@@ -176,7 +176,7 @@ func New(members []Member, opts Options) (*Ring, error) {
 // test: changing it makes nodes of different versions disagree on owners.
 func vnodeToken(name string, v int) uint64 {
 	var buf [4 + 64]byte
-	b := binary.BigEndian.AppendUint32(buf[:0], uint32(v))
+	b := binary.BigEndian.AppendUint32(buf[:0], uint32(v)) //nolint:gosec // G115: New caps vnodes at 1<<16
 	b = append(b, name...)
 	return xxhash.Sum64(b)
 }
@@ -202,7 +202,7 @@ func (r *Ring) buildIndex() {
 		}
 		r.index[bkt] = uint32(i)
 	}
-	r.index[1<<b] = uint32(len(r.vnodes))
+	r.index[1<<b] = uint32(len(r.vnodes)) //nolint:gosec // G115: New keeps members × vnodes below 1<<32
 }
 
 // search returns the first vnode at or after token h, wrapping to 0.

@@ -84,6 +84,7 @@ type swarm struct {
 	snatches uint32
 }
 
+//nolint:gosec // G115: a set's counts are non-negative int32s
 func (sw *swarm) counts() bittorrent.Counts {
 	c := bittorrent.Counts{
 		Seeders:  uint32(sw.v4.seeders()),
@@ -110,10 +111,10 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	m := &Memory{
 		cfg:      cfg,
 		now:      cfg.Clock,
-		lifetime: uint32((cfg.PeerLifetime + time.Second - 1) / time.Second),
+		lifetime: uint32((cfg.PeerLifetime + time.Second - 1) / time.Second), //nolint:gosec // G115: Validate caps peer_lifetime at 168h
 		seed:     maphash.MakeSeed(),
 		shards:   make([]shard, cfg.Shards),
-		shardMsk: uint64(cfg.Shards - 1),
+		shardMsk: uint64(cfg.Shards - 1), //nolint:gosec // G115: Validate keeps shards at 1 or more
 		log:      log,
 		gcChunk:  gcChunk,
 		done:     make(chan struct{}),
@@ -164,8 +165,8 @@ func (m *Memory) seconds(t time.Time) uint32 {
 	switch {
 	case d < 0:
 		return 0
-	case d > math.MaxUint32:
-		return math.MaxUint32
+	case d > maxSeen:
+		return maxSeen
 	}
 	return uint32(d)
 }
@@ -242,7 +243,12 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 	seeder := c.Seeder
 	if c.Op == bittorrent.OpComplete {
 		seeder = true
-		if sw.snatches < math.MaxUint32 {
+		// A completion counts once per peer: a client repeating
+		// `completed`, and a forwarded batch applied again after its
+		// acknowledgement was lost, find the peer marked seeded already.
+		// A handed-over seeder arrives marked too (snapshots carry
+		// Seeder), so a swarm's new owner does not count it again.
+		if (i < 0 || !set.seeded(f, i)) && sw.snatches < math.MaxUint32 {
 			sw.snatches++
 		}
 	}
@@ -251,7 +257,7 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		sh.npeers[kindIndex(f.v6, seeder)].Add(1)
 		return
 	}
-	set.update(f, i, &c.Peer.ID, now)
+	set.update(f, i, &c.Peer.ID, now, seeder)
 	if was := i < set.seeders(); was != seeder {
 		set.setSeeder(f, i, seeder)
 		sh.npeers[kindIndex(f.v6, was)].Add(-1)

@@ -134,6 +134,7 @@ func checkSet(f *family, s *peerSet) error {
 // modelPeer is the reference model's view of a peer.
 type modelPeer struct {
 	seeder bool
+	seeded bool // has completed or seeded since it joined: completes no longer count
 	id     bittorrent.PeerID
 	seen   int64 // seconds since epoch
 }
@@ -201,10 +202,13 @@ func TestModel(t *testing.T) {
 								delete(sw.peers, canon)
 							}
 						case bittorrent.OpComplete:
-							sw.snatches++
-							sw.peers[canon] = modelPeer{seeder: true, id: c.Peer.ID, seen: int64(now.Sub(epoch) / time.Second)}
+							if !sw.peers[canon].seeded {
+								sw.snatches++
+							}
+							sw.peers[canon] = modelPeer{seeder: true, seeded: true, id: c.Peer.ID, seen: int64(now.Sub(epoch) / time.Second)}
 						default:
-							sw.peers[canon] = modelPeer{seeder: c.Seeder, id: c.Peer.ID, seen: int64(now.Sub(epoch) / time.Second)}
+							seeded := c.Seeder || sw.peers[canon].seeded
+							sw.peers[canon] = modelPeer{seeder: c.Seeder, seeded: seeded, id: c.Peer.ID, seen: int64(now.Sub(epoch) / time.Second)}
 						}
 					}
 					m.Apply(batch)

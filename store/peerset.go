@@ -17,10 +17,11 @@ import (
 //	IPv6 (42 bytes): ip[16] port[2] id[20] seen[4]
 //
 // ip and port are big-endian, so ip:port is the peer's identity as it appears
-// in compact peer lists and compares as plain bytes. seen is the last
-// announce in whole seconds since the store's epoch, little-endian. Whether
-// a peer seeds is not stored in the record but by its position: a set keeps
-// its seeders before its leechers.
+// in compact peer lists and compares as plain bytes. seen is little-endian:
+// its low 31 bits are the last announce in whole seconds since the store's
+// epoch (68 years), its top bit is set once the peer has seeded (seededBit).
+// Whether a peer seeds now is not stored in the record but by its position:
+// a set keeps its seeders before its leechers.
 const (
 	idLen     = len(bittorrent.PeerID{})
 	seenLen   = 4
@@ -29,6 +30,14 @@ const (
 	stride4   = addrLen4 + idLen + seenLen
 	stride6   = addrLen6 + idLen + seenLen
 	maxStride = stride6
+
+	// seededBit in seen marks a peer that has completed or seeded in this
+	// swarm since it joined, so its completion is counted once however
+	// often it is repeated or applied again. It is sticky: going back to
+	// leeching keeps it; only leaving the swarm forgets it.
+	seededBit = 1 << 31
+	// maxSeen is the largest timestamp the low bits of seen hold.
+	maxSeen = seededBit - 1
 )
 
 // Sets with more than smallMax records get a hash index. Below that a
@@ -128,8 +137,27 @@ func (s *peerSet) addrAt(f *family, i int) []byte {
 }
 
 func (s *peerSet) seenAt(f *family, i int) uint32 {
+	return s.seenWord(f, i) & maxSeen
+}
+
+// seeded reports whether the peer at i has completed or seeded since it
+// joined the swarm.
+func (s *peerSet) seeded(f *family, i int) bool {
+	return s.seenWord(f, i)&seededBit != 0
+}
+
+func (s *peerSet) seenWord(f *family, i int) uint32 {
 	o := (i+1)*f.stride - seenLen
 	return binary.LittleEndian.Uint32(s.recs[o : o+seenLen])
+}
+
+// seenFor packs a timestamp and the seeded bit into a seen word.
+func seenFor(seen uint32, seeded bool) uint32 {
+	seen &= maxSeen
+	if seeded {
+		seen |= seededBit
+	}
+	return seen
 }
 
 func (s *peerSet) seeders() int  { return int(s.nseed) }
@@ -171,7 +199,7 @@ func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32,
 	r := s.rec(f, i)
 	copy(r, key)
 	copy(r[f.addrLen:], id[:])
-	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seen)
+	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seenFor(seen, seeder))
 	s.n++
 	switch {
 	case s.idx != nil:
@@ -188,11 +216,13 @@ func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32,
 	}
 }
 
-// update refreshes the record at i.
-func (s *peerSet) update(f *family, i int, id *bittorrent.PeerID, seen uint32) {
+// update refreshes the record at i, marking it seeded if seeder; a peer
+// marked seeded stays marked.
+func (s *peerSet) update(f *family, i int, id *bittorrent.PeerID, seen uint32, seeder bool) {
+	seeded := seeder || s.seeded(f, i)
 	r := s.rec(f, i)
 	copy(r[f.addrLen:], id[:])
-	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seen)
+	binary.LittleEndian.PutUint32(r[f.stride-seenLen:], seenFor(seen, seeded))
 }
 
 // setSeeder moves the record at i into the seeders or the leechers.

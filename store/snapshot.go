@@ -24,15 +24,15 @@ func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorren
 	return dst, sw.counts(), true
 }
 
-// appendSnapshot appends up to max of the set's peers (all with max <= 0)
+// appendSnapshot appends up to limit of the set's peers (all with limit <= 0)
 // as OpPut changes. A sample is taken with the same random start and
 // coprime stride as ChoosePeers, so it is uniform over seeders and
 // leechers alike and keeps their proportion.
-func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorrent.InfoHash, max int) []bittorrent.Change {
+func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorrent.InfoHash, limit int) []bittorrent.Change {
 	size := int(s.n)
 	want := size
-	if max > 0 && max < size {
-		want = max
+	if limit > 0 && limit < size {
+		want = limit
 	}
 	if want == 0 {
 		return dst

@@ -18,8 +18,12 @@ type Store interface {
 	// except removes, which create nothing. A put for a peer already present
 	// (same address and port) refreshes it in place, taking the change's peer
 	// ID, and moves it between seeders and leechers if its state changed.
-	// Every OpComplete counts one snatch, even for a peer already seeding,
-	// and leaves the peer seeding. Changes without a valid address, with
+	// An OpComplete leaves the peer seeding and counts one snatch unless
+	// the peer has completed or seeded (by OpComplete or a put with Seeder
+	// set) since it joined the swarm, so a completion counts once per peer
+	// and swarm however often a client repeats it or a batch is applied
+	// again, even a batch that also moves the peer back to leeching. A peer
+	// that left (OpRemove, or expired) counts again when it completes. Changes without a valid address, with
 	// port 0 or with an unknown op are ignored. Apply does not keep the
 	// slice.
 	Apply(changes []bittorrent.Change)

@@ -40,6 +40,7 @@ func TestClusterStatus(t *testing.T) {
 			c.Node.Name, c.Node.Datacenter = name, "dc-"+name
 			c.Cluster.Bind, c.Cluster.DataBind = "127.0.0.1:0", "127.0.0.1:0"
 			c.Cluster.Profile, c.Cluster.Join = "local", join
+			c.Cluster.SecretKeys = []string{"a2FydXRhLWNsaS10ZXN0LWtleS0zMi1ieXRlcy1vayE="}
 		}
 	}
 	a := startNode(t, clustered("alpha", nil))

@@ -3,10 +3,12 @@ package http
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	nethttp "net/http"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -158,13 +160,19 @@ func BenchmarkNetHTTPLoopback(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &nethttp.Server{Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+	srv := &nethttp.Server{ReadHeaderTimeout: time.Minute, Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		_ = r.URL.Query() // parse the query, as any handler must
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write(body)
 	})}
-	go srv.Serve(ln)
-	defer srv.Close()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, nethttp.ErrServerClosed) {
+			b.Errorf("serve: %v", err)
+		}
+	}()
 	benchLoopback(b, ln.Addr().String())
 }
 
@@ -252,4 +260,54 @@ func contentLength(head []byte) int {
 
 func netipAddrPort(a, b, c, d byte, port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{a, b, c, d}), port)
+}
+
+// BenchmarkIdleConnMemory measures the Go memory (heap and goroutine
+// stacks) an idle keep-alive connection holds after one announce: what
+// max_connections multiplies. The client's side of each loopback
+// connection, a few hundred bytes, is included; kernel socket buffers are
+// not.
+func BenchmarkIdleConnMemory(b *testing.B) {
+	const conns = 2000
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.IdleTimeout = time.Hour
+	cfg.MaxConnectionsPerIP = conns // all from one loopback address
+	var perConn float64
+	for b.Loop() {
+		s, err := New(cfg, newBenchTracker(), nil, zap.NewNop())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			b.Fatal(err)
+		}
+		req := []byte("GET /announce?" + baseQuery + " HTTP/1.1\r\nHost: t\r\n\r\n")
+		buf := make([]byte, 64<<10)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		open := make([]net.Conn, 0, conns)
+		for range conns {
+			c, err := net.Dial("tcp", s.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			open = append(open, c)
+			if _, err := c.Write(req); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Read(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perConn = float64((after.HeapInuse+after.StackInuse)-(before.HeapInuse+before.StackInuse)) / conns
+		for _, c := range open {
+			c.Close()
+		}
+		_ = s.Shutdown(context.Background())
+	}
+	b.ReportMetric(perConn, "B/conn")
 }

@@ -32,8 +32,19 @@ type Config struct {
 	// WriteTimeout bounds the time to send buffered responses.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// IdleTimeout is how long a keep-alive connection may wait for its next
-	// request before it is closed.
+	// request before it is closed. Clients announce every half hour, so a
+	// connection kept longer than a burst of requests (a scrape after an
+	// announce, a proxy's reuse) only holds memory and a descriptor.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxConnections caps the connections open at once; more are closed
+	// as soon as they are accepted, and counted. It keeps idle or slow
+	// connections from exhausting memory and file descriptors (about 20 KiB
+	// and one descriptor each).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP caps the connections open at once from one
+	// address (an IPv6 /64), so one source cannot take the whole of
+	// MaxConnections. Trusted proxies are exempt: they carry many clients.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// MaxRequestBytes bounds a request's line and headers together. Longer
 	// requests are answered with a "request too large" failure and closed.
 	MaxRequestBytes int `yaml:"max_request_bytes"`
@@ -49,14 +60,16 @@ type Config struct {
 // nothing: plain HTTP on port 6969, no proxies.
 func DefaultConfig() Config {
 	return Config{
-		Addr:            ":6969",
-		RealIPHeader:    "X-Forwarded-For",
-		ReadTimeout:     5 * time.Second,
-		WriteTimeout:    5 * time.Second,
-		IdleTimeout:     60 * time.Second,
-		MaxRequestBytes: 8192,
-		AnnounceRoutes:  []string{"/announce"},
-		ScrapeRoutes:    []string{"/scrape"},
+		Addr:                ":6969",
+		RealIPHeader:        "X-Forwarded-For",
+		ReadTimeout:         5 * time.Second,
+		WriteTimeout:        5 * time.Second,
+		IdleTimeout:         15 * time.Second,
+		MaxRequestBytes:     8192,
+		MaxConnections:      10_000,
+		MaxConnectionsPerIP: 256,
+		AnnounceRoutes:      []string{"/announce"},
+		ScrapeRoutes:        []string{"/scrape"},
 	}
 }
 
@@ -68,6 +81,9 @@ const (
 	maxRequestBytes = 1 << 20
 	minTimeout      = time.Millisecond
 	maxTimeout      = time.Hour
+	// maxConnections is far above what one process can hold open (file
+	// descriptors), so it only catches typing errors.
+	maxConnections = 10_000_000
 )
 
 // Validate reports the first bad value, naming its key.
@@ -106,6 +122,12 @@ func (c Config) Validate() error {
 		if d.v < minTimeout || d.v > maxTimeout {
 			return fmt.Errorf("%s: %s is out of range; want %s to %s", d.key, d.v, minTimeout, maxTimeout)
 		}
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > maxConnections {
+		return fmt.Errorf("max_connections: %d is out of range; want 1 to %d", c.MaxConnections, maxConnections)
+	}
+	if c.MaxConnectionsPerIP < 1 || c.MaxConnectionsPerIP > c.MaxConnections {
+		return fmt.Errorf("max_connections_per_ip: %d is out of range; want 1 to max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
 	}
 	if c.MaxRequestBytes < minRequestBytes || c.MaxRequestBytes > maxRequestBytes {
 		return fmt.Errorf("max_request_bytes: %d is out of range; want %d to %d", c.MaxRequestBytes, minRequestBytes, maxRequestBytes)

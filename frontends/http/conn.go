@@ -40,6 +40,11 @@ type conn struct {
 	nc    net.Conn
 	peer  netip.Addr // the TCP peer's IP, unmapped
 	state atomic.Int32
+	// limitKey is the source counted against max_connections_per_ip (the
+	// address, or an IPv6 peer's /64); limited is false for trusted
+	// proxies, which carry many clients' connections.
+	limitKey netip.Addr
+	limited  bool
 
 	rbuf []byte // input in rbuf[r:w]
 	r, w int
@@ -58,17 +63,16 @@ type conn struct {
 	linger  bool                         // the server chose to close after answering
 }
 
+// newConn prepares a connection without its buffers, which serve
+// allocates: a refused connection costs no more than this struct.
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{
-		s:    s,
-		nc:   nc,
-		rbuf: make([]byte, min(initialBufSize, s.cfg.MaxRequestBytes)),
-		wbuf: make([]byte, 0, initialBufSize),
-		body: make([]byte, 0, initialBufSize),
-	}
+	c := &conn{s: s, nc: nc}
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		// On a dual-stack socket IPv4 clients appear as ::ffff:a.b.c.d.
 		c.peer = ta.AddrPort().Addr().Unmap().WithZone("")
+	}
+	if c.peer.IsValid() && !trusted(s.proxies, c.peer) {
+		c.limitKey, c.limited = frontends.Source(c.peer), true
 	}
 	return c
 }
@@ -79,6 +83,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 // no further input is buffered.
 func (c *conn) serve() {
 	defer c.close()
+	c.rbuf = make([]byte, min(initialBufSize, c.s.cfg.MaxRequestBytes))
+	c.wbuf = make([]byte, 0, initialBufSize)
+	c.body = make([]byte, 0, initialBufSize)
 	deadlineSet := false // whether the current request's read deadline is set
 	for {
 		if c.r == c.w {
@@ -114,7 +121,7 @@ func (c *conn) serve() {
 			deadlineSet = !c.served
 		}
 		n, err := parseRequest(c.rbuf[c.r:c.w], c.s.realIPHeader, &c.req)
-		if err == errNeedMore {
+		if errors.Is(err, errNeedMore) {
 			if c.w-c.r >= c.s.cfg.MaxRequestBytes {
 				c.tooLarge()
 				return

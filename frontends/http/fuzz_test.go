@@ -91,7 +91,7 @@ func FuzzReadRequest(f *testing.F) {
 		n, err := parseRequest(in, "x-forwarded-for", &req)
 		if err != nil {
 			var se *statusError
-			if err != errNeedMore && !errors.As(err, &se) {
+			if !errors.Is(err, errNeedMore) && !errors.As(err, &se) {
 				t.Fatalf("parseRequest(%q) = %v", in, err)
 			}
 			return
@@ -141,9 +141,9 @@ func (c *scriptConn) LocalAddr() net.Addr {
 func (c *scriptConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50000}
 }
-func (c *scriptConn) SetDeadline(t time.Time) error      { return nil }
-func (c *scriptConn) SetReadDeadline(t time.Time) error  { return nil }
-func (c *scriptConn) SetWriteDeadline(t time.Time) error { return nil }
+func (c *scriptConn) SetDeadline(time.Time) error      { return nil }
+func (c *scriptConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
 
 // FuzzConn feeds arbitrary bytes, in arbitrary pieces, through a whole
 // connection handler and checks that it never panics, that everything it
@@ -171,8 +171,8 @@ func FuzzConn(f *testing.F) {
 		}
 		sc := &scriptConn{in: in, chunk: int(chunk) + 1}
 		c := newConn(s, sc)
-		if !s.track(c) {
-			t.Fatal("track failed")
+		if ok, refused := s.track(c); !ok {
+			t.Fatalf("track failed (refused: %q)", refused)
 		}
 		c.serve()
 		out := sc.out.Bytes()

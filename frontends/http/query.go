@@ -261,7 +261,7 @@ func parseKey(v []byte) uint32 {
 				hex = false
 				break
 			}
-			k = k<<4 | uint32(d)
+			k = k<<4 | uint32(d&0xf)
 		}
 		if hex {
 			return k
@@ -290,7 +290,7 @@ func unescapeQuery(dst []byte, s []byte) (n int, ok bool) {
 			if hi < 0 || lo < 0 {
 				return n, false
 			}
-			c = byte(hi<<4 | lo)
+			c = byte((hi<<4 | lo) & 0xff)
 			i += 2
 		case '+':
 			c = ' '

@@ -37,7 +37,7 @@ func TestParseAnnounce(t *testing.T) {
 		wantPort uint16
 		want     func(r *bittorrent.AnnounceRequest)
 	}{
-		{"minimal", baseQuery, 6881, func(r *bittorrent.AnnounceRequest) {}},
+		{"minimal", baseQuery, 6881, func(*bittorrent.AnnounceRequest) {}},
 		{"all fields", baseQuery + "&uploaded=10&downloaded=20&event=started&numwant=30&compact=1&no_peer_id=1&key=DEADbeef&ip=1.2.3.4&extra=x",
 			6881, func(r *bittorrent.AnnounceRequest) {
 				r.Uploaded, r.Downloaded, r.Event = 10, 20, bittorrent.EventStarted
@@ -53,25 +53,25 @@ func TestParseAnnounce(t *testing.T) {
 			}},
 		{"plus is space", "info_hash=+++++++++++++++++++%20&peer_id=" + url.QueryEscape(string(testPeer[:])) + "&port=65535&left=0", 65535,
 			func(r *bittorrent.AnnounceRequest) { r.InfoHash = bittorrent.InfoHash([]byte(strings.Repeat(" ", 20))) }},
-		{"escaped key names", strings.Replace(baseQuery, "peer_id=", "peer%5Fid=", 1), 6881, func(r *bittorrent.AnnounceRequest) {}},
+		{"escaped key names", strings.Replace(baseQuery, "peer_id=", "peer%5Fid=", 1), 6881, func(*bittorrent.AnnounceRequest) {}},
 		{"compact=0", baseQuery + "&compact=0", 6881, func(r *bittorrent.AnnounceRequest) { r.Compact = false }},
-		{"compact without value", baseQuery + "&compact", 6881, func(r *bittorrent.AnnounceRequest) {}},
-		{"no_peer_id=0", baseQuery + "&no_peer_id=0", 6881, func(r *bittorrent.AnnounceRequest) {}},
+		{"compact without value", baseQuery + "&compact", 6881, func(*bittorrent.AnnounceRequest) {}},
+		{"no_peer_id=0", baseQuery + "&no_peer_id=0", 6881, func(*bittorrent.AnnounceRequest) {}},
 		{"no_peer_id bare", baseQuery + "&no_peer_id", 6881, func(r *bittorrent.AnnounceRequest) { r.NoPeerID = true }},
 		{"event completed", baseQuery + "&event=completed", 6881, func(r *bittorrent.AnnounceRequest) { r.Event = bittorrent.EventCompleted }},
 		{"event stopped", baseQuery + "&event=stopped", 6881, func(r *bittorrent.AnnounceRequest) { r.Event = bittorrent.EventStopped }},
-		{"event empty", baseQuery + "&event=", 6881, func(r *bittorrent.AnnounceRequest) {}},
-		{"event spelled empty", baseQuery + "&event=empty", 6881, func(r *bittorrent.AnnounceRequest) {}},
-		{"event paused (BEP 21)", baseQuery + "&event=paused", 6881, func(r *bittorrent.AnnounceRequest) {}},
+		{"event empty", baseQuery + "&event=", 6881, func(*bittorrent.AnnounceRequest) {}},
+		{"event spelled empty", baseQuery + "&event=empty", 6881, func(*bittorrent.AnnounceRequest) {}},
+		{"event paused (BEP 21)", baseQuery + "&event=paused", 6881, func(*bittorrent.AnnounceRequest) {}},
 		{"numwant zero", baseQuery + "&numwant=0", 6881, func(r *bittorrent.AnnounceRequest) { r.NumWantSet = true }},
 		{"numwant huge is clamped", baseQuery + "&numwant=99999999999", 6881, func(r *bittorrent.AnnounceRequest) {
 			r.NumWant, r.NumWantSet = math.MaxUint32, true
 		}},
-		{"leading zeros", strings.Replace(baseQuery, "port=6881", "port=006881", 1), 6881, func(r *bittorrent.AnnounceRequest) {}},
-		{"escaped digits", strings.Replace(baseQuery, "port=6881", "port=%36881", 1), 6881, func(r *bittorrent.AnnounceRequest) {}},
+		{"leading zeros", strings.Replace(baseQuery, "port=6881", "port=006881", 1), 6881, func(*bittorrent.AnnounceRequest) {}},
+		{"escaped digits", strings.Replace(baseQuery, "port=6881", "port=%36881", 1), 6881, func(*bittorrent.AnnounceRequest) {}},
 		{"key decimal", baseQuery + "&key=12345", 6881, func(r *bittorrent.AnnounceRequest) { r.Key = 0x12345 }},
 		{"key text is hashed", baseQuery + "&key=notahexkey", 6881, func(r *bittorrent.AnnounceRequest) { r.Key = parseKey([]byte("notahexkey")) }},
-		{"empty pairs", "&&" + baseQuery + "&&", 6881, func(r *bittorrent.AnnounceRequest) {}},
+		{"empty pairs", "&&" + baseQuery + "&&", 6881, func(*bittorrent.AnnounceRequest) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,7 +103,7 @@ func TestParseAnnounceErrors(t *testing.T) {
 		}
 		return strings.Join(kept, "&")
 	}
-	replace := func(old, new string) string { return strings.Replace(baseQuery, old, new, 1) }
+	replace := func(from, to string) string { return strings.Replace(baseQuery, from, to, 1) }
 	tests := []struct {
 		name  string
 		query string
@@ -204,7 +204,8 @@ func TestParseKey(t *testing.T) {
 		}
 	}
 	// Non-hex keys are hashed: stable, and different keys differ.
-	if parseKey([]byte("123456789")) != parseKey([]byte("123456789")) || parseKey([]byte("abcdefgh1")) == parseKey([]byte("abcdefgh2")) {
+	first, again := parseKey([]byte("123456789")), parseKey([]byte("123456789"))
+	if first != again || parseKey([]byte("abcdefgh1")) == parseKey([]byte("abcdefgh2")) {
 		t.Error("hashed keys are not stable or collide trivially")
 	}
 }

@@ -261,7 +261,7 @@ func parseRequestLine(line []byte, req *request) error {
 
 // connectionTokens reports whether a Connection header value lists close
 // and keep-alive.
-func connectionTokens(v []byte) (close, keepAlive bool) {
+func connectionTokens(v []byte) (hasClose, hasKeepAlive bool) {
 	for len(v) > 0 {
 		tok := v
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -270,10 +270,10 @@ func connectionTokens(v []byte) (close, keepAlive bool) {
 			v = nil
 		}
 		tok = trimOWS(tok)
-		close = close || equalFold(tok, "close")
-		keepAlive = keepAlive || equalFold(tok, "keep-alive")
+		hasClose = hasClose || equalFold(tok, "close")
+		hasKeepAlive = hasKeepAlive || equalFold(tok, "keep-alive")
 	}
-	return close, keepAlive
+	return hasClose, hasKeepAlive
 }
 
 // equalFold reports whether b equals the lower-case ASCII string lower,

@@ -143,7 +143,7 @@ func TestParseRequestIncomplete(t *testing.T) {
 	in := "\r\nGET /announce?info_hash=x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n"
 	for i := range len(in) {
 		var req request
-		if _, err := parseRequest([]byte(in[:i]), "x-forwarded-for", &req); err != errNeedMore {
+		if _, err := parseRequest([]byte(in[:i]), "x-forwarded-for", &req); !errors.Is(err, errNeedMore) {
 			t.Errorf("parseRequest(%q) = %v, want errNeedMore", in[:i], err)
 		}
 	}

@@ -2,6 +2,7 @@ package http
 
 import (
 	"bytes"
+	"encoding/binary"
 	"slices"
 	"strconv"
 	"time"
@@ -75,7 +76,7 @@ func appendAnnounce(dst []byte, resp *bittorrent.AnnounceResponse, v6, compact, 
 }
 
 func appendPort(dst []byte, port uint16) []byte {
-	return append(dst, byte(port>>8), byte(port))
+	return binary.BigEndian.AppendUint16(dst, port)
 }
 
 // appendPeerDict appends one peer in the original, non-compact format.
@@ -160,7 +161,7 @@ func appendHead(dst []byte, h head) []byte {
 	}
 	dst = append(dst, h.status...)
 	dst = append(dst, "\r\nContent-Type: text/plain\r\nContent-Length: "...)
-	dst = strconv.AppendUint(dst, uint64(h.contentLen), 10)
+	dst = strconv.AppendInt(dst, int64(h.contentLen), 10)
 	if len(h.date) > 0 {
 		dst = append(dst, "\r\nDate: "...)
 		dst = append(dst, h.date...)

@@ -61,7 +61,7 @@ func newRouter(announce, scrape []string) (*router, error) {
 			key := fmt.Sprintf("%s[%d]", list.key, i)
 			rt, shape, err := compileRoute(p, list.kind)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %q %s", key, p, err)
+				return nil, fmt.Errorf("%s: %q %w", key, p, err)
 			}
 			if prev, dup := seen[shape]; dup {
 				return nil, fmt.Errorf("%s: %q matches the same paths as %s", key, p, prev)
@@ -218,7 +218,7 @@ func validEscapes(s []byte) bool {
 func unescapePath(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if s[i] == '%' && i+2 < len(s) {
-			dst = append(dst, byte(unhex(s[i+1])<<4|unhex(s[i+2])))
+			dst = append(dst, byte((unhex(s[i+1])<<4|unhex(s[i+2]))&0xff))
 			i += 2
 			continue
 		}

@@ -49,12 +49,14 @@ type Server struct {
 	stopOnce  sync.Once
 	errLog    *ratelog.Limiter
 	acceptLog *ratelog.Limiter
+	limitLog  *ratelog.Limiter
 
 	mu      sync.Mutex
 	ln      net.Listener
 	started bool
 	conns   map[*conn]struct{}
-	wg      sync.WaitGroup // the accept loop and every connection
+	perIP   map[netip.Addr]int // open connections by limitKey, for those limited
+	wg      sync.WaitGroup     // the accept loop and every connection
 }
 
 // New checks cfg and prepares a server answering through t. rec may be nil.
@@ -78,7 +80,9 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 		router:    rt,
 		errLog:    ratelog.New(10 * time.Second),
 		acceptLog: ratelog.New(10 * time.Second),
+		limitLog:  ratelog.New(10 * time.Second),
 		conns:     map[*conn]struct{}{},
+		perIP:     map[netip.Addr]int{},
 		stopping:  make(chan struct{}),
 	}
 	for _, p := range cfg.TrustedProxies {
@@ -120,6 +124,10 @@ func (s *Server) Start() error {
 	}
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
+	}
+	if limit, ok := fileLimit(); ok && fileLimitTight(s.cfg.MaxConnections, limit) {
+		s.log.Warn("http: frontends.http.max_connections leaves too few file descriptors for the rest of the node; lower it or raise the limit (ulimit -n, LimitNOFILE)",
+			zap.Int("max_connections", s.cfg.MaxConnections), zap.Uint64("file_limit", limit), zap.Int("want_spare", fdHeadroom))
 	}
 	s.ln, s.started = ln, true
 	s.wg.Add(1)
@@ -210,30 +218,74 @@ func (s *Server) accept(ln net.Listener) {
 		}
 		pause = 0
 		c := newConn(s, nc)
-		if !s.track(c) {
+		switch ok, refused := s.track(c); {
+		case refused != "":
+			// Closed at once, unanswered: an answer would mean reading
+			// the request first (closing on unread input resets the
+			// connection and loses the answer), which is the cost the
+			// cap is there to avoid. Counted first, so that whoever sees
+			// the close also sees the count.
+			s.refuse(c, refused)
+			_ = nc.Close()
+		case !ok:
 			_ = nc.Close()
 			return
+		default:
+			go c.serve()
 		}
-		go c.serve()
 	}
 }
 
-// track registers c so Shutdown can find and wait for it; it reports false
-// once Shutdown has begun.
-func (s *Server) track(c *conn) bool {
+// track registers c so Shutdown can find and wait for it. It refuses c,
+// with the reason, when the server holds max_connections connections or
+// c's source holds max_connections_per_ip, and reports false once Shutdown
+// has begun.
+func (s *Server) track(c *conn) (ok bool, refused string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing.Load() {
-		return false
+		return false, ""
+	}
+	if len(s.conns) >= s.cfg.MaxConnections {
+		return false, frontends.RefusedMaxConnections
+	}
+	if c.limited {
+		if s.perIP[c.limitKey] >= s.cfg.MaxConnectionsPerIP {
+			return false, frontends.RefusedMaxConnectionsPerIP
+		}
+		s.perIP[c.limitKey]++
 	}
 	s.conns[c] = struct{}{}
+	s.rec.ConnOpened()
 	s.wg.Add(1)
-	return true
+	return true, ""
 }
 
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.limited {
+		if n := s.perIP[c.limitKey] - 1; n > 0 {
+			s.perIP[c.limitKey] = n
+		} else {
+			delete(s.perIP, c.limitKey)
+		}
+	}
 	s.mu.Unlock()
+	s.rec.ConnClosed()
 	s.wg.Done()
+}
+
+// refuse counts and, at most once per 10 seconds, logs a connection
+// refused for reason.
+func (s *Server) refuse(c *conn, reason string) {
+	s.rec.RefuseConn(reason)
+	if n, ok := s.limitLog.Allow(); ok {
+		key := "frontends.http.max_connections"
+		if reason == frontends.RefusedMaxConnectionsPerIP {
+			key = "frontends.http.max_connections_per_ip"
+		}
+		s.log.Warn("http: connections refused at their cap", zap.String("cap", key),
+			zap.Stringer("source", c.peer), zap.Uint64("refused_since_last_log", n))
+	}
 }

@@ -51,7 +51,7 @@ type fakeTracker struct {
 	after     []bittorrent.AnnounceRequest
 }
 
-func (f *fakeTracker) Announce(ctx context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
+func (f *fakeTracker) Announce(_ context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
 	if f.gate != nil {
 		f.entered <- struct{}{}
 		<-f.gate
@@ -71,7 +71,7 @@ func (f *fakeTracker) Announce(ctx context.Context, req *bittorrent.AnnounceRequ
 	return nil
 }
 
-func (f *fakeTracker) Scrape(ctx context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error {
+func (f *fakeTracker) Scrape(_ context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error {
 	f.mu.Lock()
 	cp := *req
 	cp.InfoHashes = append([]bittorrent.InfoHash(nil), req.InfoHashes...)
@@ -279,7 +279,7 @@ func TestServerScrape(t *testing.T) {
 }
 
 func TestServerFailureReasons(t *testing.T) {
-	replace := func(old, new string) string { return strings.Replace(baseQuery, old, new, 1) }
+	replace := func(from, to string) string { return strings.Replace(baseQuery, from, to, 1) }
 	tests := []struct {
 		name        string
 		path        string

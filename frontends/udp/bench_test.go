@@ -154,7 +154,10 @@ func BenchmarkServerLoopback(b *testing.B) {
 							}
 						}
 						for range window {
-							conns[i].SetReadDeadline(time.Now().Add(2 * time.Second))
+							if err := conns[i].SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+								b.Error(err)
+								return
+							}
 							if _, err := conns[i].Read(buf); err != nil {
 								b.Error(err) // a lost datagram; rare on loopback
 								return

@@ -17,6 +17,9 @@ const (
 	// maxBatchSize is the kernel's limit on messages per recvmmsg/sendmmsg
 	// call (UIO_MAXIOV).
 	maxBatchSize = 1024
+	// maxConnectSources bounds the connect limiter's table: under 100
+	// bytes a source, so 100 MB at most.
+	maxConnectSources = 1 << 20
 )
 
 // Config configures the UDP frontend, under the `frontends.udp` key.
@@ -39,14 +42,29 @@ type Config struct {
 	// BatchSize is the number of datagrams one system call reads or writes
 	// (recvmmsg/sendmmsg, on Linux only). 1 uses plain reads and writes.
 	BatchSize int `yaml:"batch_size"`
+	// ConnectRate is how many connects a second each source address (an
+	// IPv6 /64) may make, after a burst of ConnectBurst; more are dropped
+	// unanswered and counted. It keeps a flood of connects, the one request
+	// that needs no connection ID, from one source from crowding out other
+	// clients. 0 turns the limit off.
+	ConnectRate float64 `yaml:"connect_rate"`
+	// ConnectBurst is how many connects a source that has been quiet may
+	// make at once.
+	ConnectBurst int `yaml:"connect_burst"`
+	// ConnectSources bounds the sources whose connect rate is tracked;
+	// past it, the ones closest to a full bucket are forgotten.
+	ConnectSources int `yaml:"connect_sources"`
 }
 
 // DefaultConfig returns the configuration used when the config file says
 // nothing.
 func DefaultConfig() Config {
 	return Config{
-		Addr:      ":6969",
-		BatchSize: 32,
+		Addr:           ":6969",
+		BatchSize:      32,
+		ConnectRate:    20,
+		ConnectBurst:   200,
+		ConnectSources: 65536,
 	}
 }
 
@@ -70,6 +88,17 @@ func (c Config) Validate() error {
 	}
 	if c.BatchSize < 1 || c.BatchSize > maxBatchSize {
 		return fmt.Errorf("batch_size: %d is out of range; want 1 to %d", c.BatchSize, maxBatchSize)
+	}
+	if c.ConnectRate != 0 { // 0 is no limit, and the other two keys unused
+		if !(c.ConnectRate >= 0.01 && c.ConnectRate <= 1e6) {
+			return fmt.Errorf("connect_rate: %v is out of range; want 0 (no limit) or 0.01 to 1000000 connects a second", c.ConnectRate)
+		}
+		if c.ConnectBurst < 1 || c.ConnectBurst > 1e6 {
+			return fmt.Errorf("connect_burst: %d is out of range; want 1 to 1000000", c.ConnectBurst)
+		}
+		if c.ConnectSources < limiterShards || c.ConnectSources > maxConnectSources {
+			return fmt.Errorf("connect_sources: %d is out of range; want %d to %d", c.ConnectSources, limiterShards, maxConnectSources)
+		}
 	}
 	return nil
 }

@@ -30,6 +30,13 @@ func TestConfigValidate(t *testing.T) {
 		{"too many readers", with(func(c *Config) { c.Readers = 257 }), "readers: 257 is out of range"},
 		{"zero batch", with(func(c *Config) { c.BatchSize = 0 }), "batch_size: 0 is out of range; want 1 to 1024"},
 		{"huge batch", with(func(c *Config) { c.BatchSize = 1025 }), "batch_size: 1025 is out of range"},
+		{"no connect limit", with(func(c *Config) { c.ConnectRate, c.ConnectBurst, c.ConnectSources = 0, 0, 0 }), ""},
+		{"slow connects", with(func(c *Config) { c.ConnectRate, c.ConnectBurst = 0.5, 1 }), ""},
+		{"negative connect rate", with(func(c *Config) { c.ConnectRate = -1 }),
+			"connect_rate: -1 is out of range; want 0 (no limit) or 0.01 to 1000000 connects a second"},
+		{"zero connect burst", with(func(c *Config) { c.ConnectBurst = 0 }), "connect_burst: 0 is out of range; want 1 to 1000000"},
+		{"few connect sources", with(func(c *Config) { c.ConnectSources = 15 }), "connect_sources: 15 is out of range; want 16 to 1048576"},
+		{"many connect sources", with(func(c *Config) { c.ConnectSources = 1<<20 + 1 }), "connect_sources: 1048577 is out of range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

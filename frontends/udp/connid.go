@@ -97,7 +97,7 @@ func (m *idMAC) use(ring *keyring) {
 // mint returns a connection ID for ip at now, signed with the first key.
 func (m *idMAC) mint(ip netip.Addr, now time.Time) uint64 {
 	sec := now.Unix()
-	return uint64(uint16(sec))<<connIDTimeShift | m.tag(0, sec, ip)
+	return uint64(sec&0xffff)<<connIDTimeShift | m.tag(0, sec, ip)
 }
 
 // verify reports whether id was minted for ip, with any key, at most
@@ -106,7 +106,7 @@ func (m *idMAC) verify(id uint64, ip netip.Addr, now time.Time) bool {
 	sec := now.Unix()
 	// The difference of the low 16 bits, read as signed, is the age for any
 	// ID minted within 9 hours of now either way.
-	age := int64(int16(uint16(sec) - uint16(id>>connIDTimeShift)))
+	age := int64(int16(uint16(sec&0xffff) - uint16(id>>connIDTimeShift)))
 	if age > int64(connIDMaxAge/time.Second) || age < -int64(connIDMaxSkew/time.Second) {
 		return false
 	}
@@ -121,7 +121,7 @@ func (m *idMAC) verify(id uint64, ip netip.Addr, now time.Time) bool {
 
 // tag computes the 48-bit MAC of time sec and ip with key i.
 func (m *idMAC) tag(i int, sec int64, ip netip.Addr) uint64 {
-	binary.BigEndian.PutUint64(m.in[:8], uint64(sec))
+	binary.BigEndian.PutUint64(m.in[:8], uint64(sec)) //nolint:gosec // G115: the time's bits are the MAC input
 	a := ip.As16()
 	copy(m.in[8:], a[:])
 	h := m.macs[i]

@@ -59,6 +59,11 @@ type handler struct {
 	log     *zap.Logger
 	failLog *ratelog.Limiter
 
+	// limit, nil for none, bounds each source's connects; limitLog, shared
+	// by a server's readers, keeps the warning about it to one a period.
+	limit    *connectLimiter
+	limitLog *ratelog.Limiter
+
 	pf    hooks.Prefetcher      // nil unless something behind t prefetches
 	ihs   []bittorrent.InfoHash // prefetch scratch
 	mac   idMAC
@@ -155,6 +160,18 @@ func (h *handler) handle(s *slot, now time.Time) {
 	connID, action, txID := be.Uint64(pkt), be.Uint32(pkt[8:]), be.Uint32(pkt[12:])
 	switch action {
 	case actionConnect:
+		if !h.limit.allow(s.from.Addr(), now) {
+			// Dropped, not answered with an error: the source may be
+			// spoofed, and an answer would hand a victim a reply per
+			// forged packet; a real client retransmits after 15 s
+			// (BEP 15), by when its bucket has refilled.
+			s.drop = frontends.DropConnectRate
+			if n, ok := h.limitLog.Allow(); ok {
+				h.log.Warn("udp: connects over frontends.udp.connect_rate dropped",
+					zap.Stringer("source", s.from.Addr()), zap.Uint64("dropped_since_last_log", n))
+			}
+			return
+		}
 		s.action = frontends.ActionConnect
 		if connID != protocolID {
 			h.fail(s, txID, errBadProtocolID)
@@ -193,6 +210,7 @@ func (h *handler) announce(s *slot, pkt []byte, txID uint32) {
 	if v6 {
 		peerLen = peer6Len
 	}
+	//nolint:gosec // G115: s.out is maxReply bytes
 	if fit := uint32((len(s.out) - announceReplyLen) / peerLen); s.req.NumWantSet && s.req.NumWant > fit {
 		s.req.NumWant = fit
 	}

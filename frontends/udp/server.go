@@ -108,7 +108,8 @@ func (s *Server) Start() error {
 		return fmt.Errorf("udp: listen on %s: %w", s.cfg.Addr, err)
 	}
 	// One limit per kind of warning for all readers together.
-	failLog, ioLog := ratelog.New(10*time.Second), ratelog.New(10*time.Second)
+	failLog, ioLog, limitLog := ratelog.New(10*time.Second), ratelog.New(10*time.Second), ratelog.New(10*time.Second)
+	limit := newConnectLimiter(s.cfg.ConnectRate, s.cfg.ConnectBurst, s.cfg.ConnectSources)
 	rs := make([]*reader, readers)
 	for i := range rs {
 		pio, batch, err := newPacketIO(conns[i%len(conns)], s.cfg.BatchSize)
@@ -116,9 +117,11 @@ func (s *Server) Start() error {
 			closeAll(conns)
 			return fmt.Errorf("udp: %w", err)
 		}
+		h := newHandler(s.ctx, s.t, s.rec, &s.keys, s.log, failLog)
+		h.limit, h.limitLog = limit, limitLog
 		rs[i] = &reader{
 			io:    pio,
-			h:     newHandler(s.ctx, s.t, s.rec, &s.keys, s.log, failLog),
+			h:     h,
 			slots: make([]slot, batch),
 			log:   s.log,
 			ioLog: ioLog,

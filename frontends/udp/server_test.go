@@ -434,6 +434,7 @@ func TestServerMetrics(t *testing.T) {
 	want := `
 # HELP karuta_frontend_dropped_total Requests dropped without an answer, by frontend and reason.
 # TYPE karuta_frontend_dropped_total counter
+karuta_frontend_dropped_total{frontend="udp",reason="connect_rate"} 0
 karuta_frontend_dropped_total{frontend="udp",reason="response"} 0
 karuta_frontend_dropped_total{frontend="udp",reason="too_long"} 0
 karuta_frontend_dropped_total{frontend="udp",reason="too_short"} 1

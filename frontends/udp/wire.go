@@ -88,7 +88,7 @@ func parseAnnounce(b []byte, ip netip.Addr, req *bittorrent.AnnounceRequest, u *
 	}
 	// BEP 15 says -1 means "default"; any negative value is taken so, as
 	// it cannot be a count.
-	numWant := int32(be.Uint32(b[92:]))
+	numWant := int32(be.Uint32(b[92:])) //nolint:gosec // G115: BEP 15 sends num_want as a signed 32-bit integer
 	*req = bittorrent.AnnounceRequest{
 		InfoHash:   bittorrent.InfoHash(b[16:36]),
 		PeerID:     bittorrent.PeerID(b[36:56]),

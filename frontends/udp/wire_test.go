@@ -114,7 +114,7 @@ func TestURLDataReusesString(t *testing.T) {
 }
 
 // sameString reports whether a and b share their bytes in memory.
-func sameString(a, b string) bool { return unsafe.StringData(a) == unsafe.StringData(b) }
+func sameString(a, b string) bool { return unsafe.StringData(a) == unsafe.StringData(b) } //nolint:gosec // G103: comparing addresses is the test
 
 func TestParseScrape(t *testing.T) {
 	hashes := []bittorrent.InfoHash{hashN(1), hashN(2), hashN(3)}

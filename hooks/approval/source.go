@@ -102,7 +102,7 @@ func (s *source[S]) readFile(b builder[S]) error {
 	if err != nil {
 		return fmt.Errorf("file %s: %w", s.cfg.File, unwrapPath(err))
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // read-only: a failed close loses nothing
 	info, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("file %s: %w", s.cfg.File, unwrapPath(err))

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"math/bits"
 	"slices"
 
@@ -100,6 +101,9 @@ func (b *hashBuilder) add(entry []byte) error {
 	if err != nil {
 		return err
 	}
+	if len(b.hashes) == math.MaxUint32 {
+		return fmt.Errorf("more than %d entries", uint32(math.MaxUint32))
+	}
 	b.hashes = append(b.hashes, ih)
 	return nil
 }
@@ -138,7 +142,7 @@ func (b *hashBuilder) build() (*hashSet, int) {
 		slices.SortFunc(run, compareHash)
 		run = slices.Compact(run)
 		s.start[bk] = w
-		w += uint32(copy(out[w:], run))
+		w += uint32(copy(out[w:], run)) //nolint:gosec // G115: add caps the set at MaxUint32 hashes
 	}
 	s.start[len(s.start)-1] = w
 	s.hashes = out[:w]

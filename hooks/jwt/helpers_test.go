@@ -166,7 +166,7 @@ func newTestHook(t testing.TB, cfg Config) *Hook {
 	if cfg.JWKSRefresh == 0 {
 		cfg.JWKSRefresh = time.Minute
 	}
-	h, err := newHook(cfg, nil, nil, knobs{now: func() time.Time { return testNow }, retryMin: 10 * time.Millisecond, refresh: 50 * time.Millisecond})
+	h, err := newHook(cfg, nil, nil, knobs{now: func() time.Time { return testNow }, retryFirst: 10 * time.Millisecond, refresh: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("newHook: %v", err)
 	}

@@ -11,12 +11,12 @@ import (
 )
 
 // refresh fetches the JWKS at once, then every jwks_refresh. A failed fetch
-// keeps the keys in force and is retried sooner, backing off from retryMin
+// keeps the keys in force and is retried sooner, backing off from retryFirst
 // to retryMax. first is closed after the first attempt. It returns when ctx
 // ends.
 func (h *Hook) refresh(ctx context.Context, first chan<- struct{}) {
 	defer h.wg.Done()
-	backoff := h.retryMin
+	backoff := h.retryFirst
 	maxBackoff := min(retryMax, h.every)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -43,7 +43,7 @@ func (h *Hook) refresh(ctx context.Context, first chan<- struct{}) {
 			wait = backoff
 			backoff = min(2*backoff, maxBackoff)
 		} else {
-			backoff = h.retryMin
+			backoff = h.retryFirst
 		}
 		timer.Reset(wait)
 	}

@@ -26,7 +26,7 @@ func TestParseJWKS(t *testing.T) {
 		for k, v := range m {
 			out[k] = v
 		}
-		for i := 0; i < len(kv); i += 2 {
+		for i := 0; i+1 < len(kv); i += 2 {
 			if kv[i+1] == "" {
 				delete(out, kv[i])
 			} else {
@@ -202,7 +202,7 @@ func TestReloadFetchesAndCloseStops(t *testing.T) {
 	k := keysOnce()
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "ed", k.ed.Public())))
 	h, err := newHook(Config{Param: "jwt", JWKSURL: srv.URL, JWKSRefresh: time.Hour}, nil, nil,
-		knobs{now: func() time.Time { return testNow }, retryMin: time.Millisecond, refresh: time.Hour})
+		knobs{now: func() time.Time { return testNow }, retryFirst: time.Millisecond, refresh: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +233,7 @@ func TestCloseStopsRefresher(t *testing.T) {
 		srv := &jwksServer{}
 		srv.set(jwksOf(t, jwkOf(t, "ed", k.ed.Public())))
 		h, err := newHook(Config{Param: "jwt", JWKSURL: "http://jwks.test/keys", JWKSRefresh: time.Minute}, nil, nil,
-			knobs{now: func() time.Time { return testNow }, retryMin: 10 * time.Millisecond, refresh: 50 * time.Millisecond, transport: inMemory{srv}})
+			knobs{now: func() time.Time { return testNow }, retryFirst: 10 * time.Millisecond, refresh: 50 * time.Millisecond, transport: inMemory{srv}})
 		if err != nil {
 			t.Fatal(err)
 		}

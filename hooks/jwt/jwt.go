@@ -56,12 +56,12 @@ var reasons = []bittorrent.ClientError{
 	errBadInfoHash, errInfoHashMismatch, errScrapeOneHash, errInvalid,
 }
 
-// Timing of JWKS fetches. retryMin is the first wait after a failed fetch;
+// Timing of JWKS fetches. retryFirst is the first wait after a failed fetch;
 // it doubles up to retryMax (or jwks_refresh, if shorter).
 const (
 	fetchTimeout = 10 * time.Second
 	startWait    = 3 * time.Second
-	retryMin     = time.Second
+	retryFirst   = time.Second
 	retryMax     = time.Minute
 	maxJWKSBytes = 1 << 20
 )
@@ -88,11 +88,11 @@ type Hook struct {
 
 	rejected map[bittorrent.ClientError]prometheus.Counter
 
-	retryMin time.Duration
-	every    time.Duration // jwks_refresh
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closed   atomic.Bool
+	retryFirst time.Duration
+	every      time.Duration // jwks_refresh
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	closed     atomic.Bool
 }
 
 // New reads cfg's static keys and, when a JWKS URL is set, starts a
@@ -101,7 +101,7 @@ type Hook struct {
 // JWKS is in force before the first request, but an unreachable one is not
 // fatal: it is retried in the background. log and reg may be nil.
 func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Hook, error) {
-	return newHook(cfg, log, reg, knobs{now: time.Now, retryMin: retryMin, refresh: cfg.JWKSRefresh})
+	return newHook(cfg, log, reg, knobs{now: time.Now, retryFirst: retryFirst, refresh: cfg.JWKSRefresh})
 }
 
 // knobs are what tests change: the clock, the first wait after a failed
@@ -109,10 +109,10 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Hook, error) 
 // where real sockets cannot be used, the HTTP transport (nil: the
 // network).
 type knobs struct {
-	now       func() time.Time
-	retryMin  time.Duration
-	refresh   time.Duration
-	transport http.RoundTripper
+	now        func() time.Time
+	retryFirst time.Duration
+	refresh    time.Duration
+	transport  http.RoundTripper
 }
 
 // newHook is New with the timings given.
@@ -124,12 +124,12 @@ func newHook(cfg Config, log *zap.Logger, reg prometheus.Registerer, k knobs) (*
 		log = zap.NewNop()
 	}
 	h := &Hook{
-		cfg:      cfg,
-		log:      log,
-		now:      k.now,
-		client:   &http.Client{Timeout: fetchTimeout, Transport: k.transport},
-		retryMin: k.retryMin,
-		every:    k.refresh,
+		cfg:        cfg,
+		log:        log,
+		now:        k.now,
+		client:     &http.Client{Timeout: fetchTimeout, Transport: k.transport},
+		retryFirst: k.retryFirst,
+		every:      k.refresh,
 	}
 	opts := []gojwt.ParserOption{
 		gojwt.WithValidMethods(validAlgs),
@@ -207,7 +207,7 @@ func loadStatic(entries []string) ([]key, error) {
 		data := []byte(e)
 		if !isInlinePEM(e) {
 			var err error
-			if data, err = os.ReadFile(e); err != nil {
+			if data, err = os.ReadFile(e); err != nil { //nolint:gosec // G304: the key file is the operator's config
 				return nil, fmt.Errorf("keys[%d]: %w", i, err)
 			}
 		}

@@ -47,7 +47,12 @@ func BenchmarkAllow(b *testing.B) {
 	})
 	b.Run("one_ip_refused", func(b *testing.B) {
 		h := newBench(b, 1<<20, func() int64 { return 0 })
+		spent := 0
 		for h.allow(a) == nil {
+			spent++
+		}
+		if spent == 0 {
+			b.Fatal("the first request was refused; want a burst to spend")
 		}
 		b.ReportAllocs()
 		for b.Loop() {

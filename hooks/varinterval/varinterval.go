@@ -60,10 +60,10 @@ func New(cfg Config) (*Hook, error) {
 // contend on a lock.
 // It must run before any hook that reads the intervals.
 func (h *Hook) HandleAnnounce(_ context.Context, _ *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
-	if rand.Float64() >= h.cfg.Probability {
+	if rand.Float64() >= h.cfg.Probability { //nolint:gosec // G404: jitter spreads load; guessing it gains a client nothing
 		return nil
 	}
-	add := uint32(1 + rand.Int64N(int64(h.cfg.MaxIncrease/time.Second)))
+	add := uint32(1 + rand.Int64N(int64(h.cfg.MaxIncrease/time.Second))) //nolint:gosec // G404 as above; G115: Validate caps max_increase at 24h
 	resp.Interval += add
 	if h.cfg.MinIntervalToo {
 		resp.MinInterval += add

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,12 @@ type Cluster struct {
 
 	cache readCache
 
+	// stream numbers this node's forwards (see dedupe.go); nextSeq hands
+	// each dest its range; applied skips forwards received twice.
+	stream  uint64
+	nextSeq atomic.Uint64
+	applied appliedStreams
+
 	rebalance chan struct{} // ask for a handoff pass; cap 1
 	// settled is the view of the last handoff pass that moved everything it
 	// had to; Drain waits for it to reach the current view.
@@ -110,6 +117,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		unreachLog: ratelog.New(10 * time.Second),
 		handoffLog: ratelog.New(10 * time.Second),
 		stop:       make(chan struct{}),
+		stream:     rand.Uint64() | 1, //nolint:gosec // G404: an identifier, not a secret; never 0, which means unnumbered
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
@@ -264,15 +272,19 @@ const maxFetchManyPeers = 40000
 func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Reply, error) {
 	switch r := req.(type) {
 	case *transport.ApplyRequest:
-		c.m.received.Add(float64(len(r.Changes)))
+		changes := c.applied.fresh(r.Stream, r.Seq, r.Changes)
+		if dup := len(r.Changes) - len(changes); dup > 0 {
+			c.m.duplicates.Add(float64(dup))
+		}
+		c.m.received.Add(float64(len(changes)))
 		if v := c.view.Load(); v.Self < 0 && len(v.Members()) > 0 {
 			// Leaving: whatever is stored here now would have to be handed
 			// over again, perhaps after the last pass; pass it on instead.
-			c.route(v, r.Changes)
+			c.route(v, changes)
 			return &transport.Ack{}, nil
 		}
-		c.store.Apply(r.Changes)
-		c.checkOwned(len(r.Changes), func(i int) bittorrent.InfoHash { return r.Changes[i].InfoHash })
+		c.store.Apply(changes)
+		c.checkOwned(len(changes), func(i int) bittorrent.InfoHash { return changes[i].InfoHash })
 		return &transport.Ack{}, nil
 	case *transport.FetchRequest:
 		// A sample is always bounded, whatever the caller asked, so the

@@ -145,15 +145,6 @@ func (tc *testCluster) see(observers, members []string) {
 	}
 }
 
-func (tc *testCluster) names() []string {
-	var out []string
-	for name := range tc.nodes {
-		out = append(out, name)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // waitSettled waits until every listed node has run a complete handoff
 // pass for its current view and has nothing queued.
 func (tc *testCluster) waitSettled(names ...string) {

@@ -150,8 +150,9 @@ type dest struct {
 
 	mu     sync.Mutex
 	queue  []bittorrent.Change
-	head   int  // queue[head:] is waiting
-	closed bool // retired: take has emptied the queue for good
+	head   int    // queue[head:] is waiting
+	seq    uint64 // the sequence number of queue[head]
+	closed bool   // retired: take has emptied the queue for good
 
 	signal chan struct{} // cap 1: the queue grew
 	ctx    context.Context
@@ -161,7 +162,8 @@ type dest struct {
 
 func newDest(c *Cluster, name, addr string) *dest {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &dest{c: c, name: name, addr: addr, signal: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	return &dest{c: c, name: name, addr: addr, seq: c.nextSeq.Add(seqRange),
+		signal: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
 func (d *dest) depth() int {
@@ -207,12 +209,13 @@ func (d *dest) enqueue(chs []bittorrent.Change) bool {
 	return true
 }
 
-// peek copies up to max waiting changes into buf.
-func (d *dest) peek(buf []bittorrent.Change, max int) []bittorrent.Change {
+// peek copies up to limit waiting changes into buf and returns the
+// sequence number of the first.
+func (d *dest) peek(buf []bittorrent.Change, limit int) ([]bittorrent.Change, uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := min(max, len(d.queue)-d.head)
-	return append(buf[:0], d.queue[d.head:d.head+n]...)
+	n := min(limit, len(d.queue)-d.head)
+	return append(buf[:0], d.queue[d.head:d.head+n]...), d.seq
 }
 
 // pop removes n changes from the front.
@@ -221,6 +224,7 @@ func (d *dest) pop(n int) {
 	defer d.mu.Unlock()
 	clear(d.queue[d.head : d.head+n])
 	d.head += n
+	d.seq += uint64(n) //nolint:gosec // G115: n is a count of queued changes, never negative
 	if d.head == len(d.queue) {
 		d.queue, d.head = d.queue[:0], 0
 	}
@@ -267,11 +271,12 @@ func (d *dest) run() {
 		if wait := cfg.ForwardDelay - time.Since(lastSent); d.depth() < cfg.ForwardBatch && wait > 0 && failSince.IsZero() {
 			d.gather(cfg.ForwardBatch, wait)
 		}
-		buf = d.peek(buf, cfg.ForwardBatch)
+		var seq uint64
+		buf, seq = d.peek(buf, cfg.ForwardBatch)
 		ctx, cancel := context.WithTimeout(d.ctx, forwardCallTimeout)
 		start := time.Now()
 		lastSent = start
-		_, err := d.c.tr.Call(ctx, d.addr, &transport.ApplyRequest{Changes: buf})
+		_, err := d.c.tr.Call(ctx, d.addr, &transport.ApplyRequest{Stream: d.c.stream, Seq: seq, Changes: buf})
 		cancel()
 		d.c.m.forwardTime.Observe(time.Since(start).Seconds())
 		switch {

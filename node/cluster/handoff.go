@@ -118,7 +118,6 @@ type handoff struct {
 	v       *ring.View
 	batches map[int]*mergeBatch
 	failed  map[bittorrent.InfoHash]bool
-	drop    []bittorrent.InfoHash
 	sent    int
 }
 

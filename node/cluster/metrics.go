@@ -12,6 +12,7 @@ type metrics struct {
 	forwarded   *prometheus.CounterVec
 	forwardTime prometheus.Histogram
 	received    prometheus.Counter
+	duplicates  prometheus.Counter
 	reads       *prometheus.CounterVec
 	// readLocal … readFailed are reads' children, looked up once: a read
 	// is on every request's path.
@@ -48,6 +49,10 @@ func newMetricVecs() *metrics {
 			Namespace: ns, Subsystem: sub, Name: "received_changes_total",
 			Help: "Swarm changes applied on behalf of other nodes.",
 		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "duplicate_changes_total",
+			Help: "Forwarded swarm changes received again after a retry and skipped, having been applied already.",
+		}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "reads_total",
 			Help: "Swarm reads by source: local (this node owns it), cached, fetched (from an owner), stale (no owner answered; an older copy served) and failed (no owner answered; local data served).",
@@ -79,7 +84,7 @@ func newMetricVecs() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
+	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.duplicates, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
 }
 
 // queueCollector reports each destination's queue depth at scrape time,

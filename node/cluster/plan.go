@@ -20,9 +20,10 @@ type handoffState struct {
 	pending map[bittorrent.InfoHash]time.Time
 }
 
-// handoffPlan decides one handoff pass. It is pure: the state the last
-// pass left, the current view, the swarms held and now go in; what to
-// send where, what to drop and the next state come out. Its caller does
+// handoffPlan decides one handoff pass. It does no I/O and reads no clock:
+// the state the last pass left, the current view, the swarms held and now
+// go in; what to send where, what to drop and the next state come out, the
+// same every time for the same inputs. Its caller does
 // the I/O: it walks the store, calls swarm for each swarm held, sends
 // what the move says, records the move once its sends are queued, and
 // hands finish the swarms whose sends failed.
@@ -82,8 +83,8 @@ type owner struct{ name, boot string }
 
 func ownerAt(v *ring.View, i int) owner { return owner{v.Members()[i].Name, v.Boots[i]} }
 
-// swarm decides what to do with ih, held here. It does not change the
-// plan: record the move once it has been carried out.
+// swarm decides what to do with ih, held here. Only record, once the
+// move has been carried out, changes what the pass decides.
 func (p *handoffPlan) swarm(ih bittorrent.InfoHash) move {
 	v, prev := p.cur, p.prev
 	m := move{ih: ih}

@@ -176,6 +176,13 @@ func testSwarmRoundTrip(t *testing.T, open func(*testing.T) store.Store) {
 			t.Errorf("copy: %s is in state %d, original %d", c.Peer.Addr, st, state(from, ihA, c.Peer.Addr))
 		}
 	}
+	// A handoff and a complete that reaches both the old and the new owner
+	// (a forward routed by an older view) count the completion once.
+	to.Apply([]bittorrent.Change{complete(ihA, "10.5.0.2:6881"), complete(ihA, "10.5.0.1:6881")})
+	to.MergeSnatches(ihA, counts.Snatches)
+	if got := to.Counts(ihA).Snatches; got != counts.Snatches {
+		t.Errorf("completes repeated after the copy: snatches %d, want %d", got, counts.Snatches)
+	}
 }
 
 func testMergeSnatches(t *testing.T, open func(*testing.T) store.Store) {
@@ -187,7 +194,7 @@ func testMergeSnatches(t *testing.T, open func(*testing.T) store.Store) {
 	}{
 		{"creates the swarm", nil, []uint32{3}, bittorrent.Counts{Snatches: 3}},
 		{"raises", []bittorrent.Change{complete(ihA, "10.0.0.1:1")}, []uint32{5}, bittorrent.Counts{Seeders: 1, Snatches: 5}},
-		{"never lowers", []bittorrent.Change{complete(ihA, "10.0.0.1:1"), complete(ihA, "10.0.0.1:1")}, []uint32{1}, bittorrent.Counts{Seeders: 1, Snatches: 2}},
+		{"never lowers", []bittorrent.Change{complete(ihA, "10.0.0.1:1"), complete(ihA, "10.0.0.2:1")}, []uint32{1}, bittorrent.Counts{Seeders: 2, Snatches: 2}},
 		{"is idempotent", nil, []uint32{4, 4, 2, 4}, bittorrent.Counts{Snatches: 4}},
 		{"zero into nothing", nil, []uint32{0}, bittorrent.Counts{}},
 	}

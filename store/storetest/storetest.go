@@ -77,6 +77,25 @@ func complete(ih bittorrent.InfoHash, addr string) bittorrent.Change {
 	return bittorrent.Change{InfoHash: ih, Peer: bittorrent.Peer{ID: id(1), Addr: ap(addr)}, Op: bittorrent.OpComplete, Seeder: true}
 }
 
+// repeat returns n copies of c.
+func repeat(c bittorrent.Change, n int) []bittorrent.Change {
+	out := make([]bittorrent.Change, n)
+	for i := range out {
+		out[i] = c
+	}
+	return out
+}
+
+// completeBatch is a batch as a node forwards it: a put of a leecher and
+// its complete for each address, in swarm ihA.
+func completeBatch(addrs ...string) []bittorrent.Change {
+	var out []bittorrent.Change
+	for _, a := range addrs {
+		out = append(out, put(ihA, a, false), complete(ihA, a))
+	}
+	return out
+}
+
 func remove(ih bittorrent.InfoHash, addr string) bittorrent.Change {
 	return bittorrent.Change{InfoHash: ih, Peer: bittorrent.Peer{ID: id(1), Addr: ap(addr)}, Op: bittorrent.OpRemove}
 }
@@ -192,10 +211,43 @@ func testApply(t *testing.T, open func(*testing.T) store.Store) {
 			states: map[string]bittorrent.PeerState{a4: bittorrent.Seeding},
 		},
 		{
-			name:    "every complete counts a snatch",
-			changes: []bittorrent.Change{complete(ihA, a4), complete(ihA, a4), complete(ihA, b4)},
-			counts:  bittorrent.Counts{Seeders: 2, Snatches: 3},
+			name:    "a complete counts once per peer",
+			changes: append(repeat(complete(ihA, a4), 50), complete(ihA, b4), complete(ihA, m4)),
+			counts:  bittorrent.Counts{Seeders: 2, Snatches: 2},
 			stats:   store.Stats{Swarms: 1, Seeders4: 2},
+		},
+		{
+			// A forward retried after its acknowledgement was lost reaches
+			// the owner twice.
+			name:    "a batch applied twice counts its completes once",
+			changes: append(completeBatch(a4, a6), completeBatch(a4, a6)...),
+			counts:  bittorrent.Counts{Seeders: 2, Snatches: 2},
+			stats:   store.Stats{Swarms: 1, Seeders4: 1, Seeders6: 1},
+		},
+		{
+			name:    "a seeder's complete counts nothing",
+			changes: []bittorrent.Change{put(ihA, a4, true), complete(ihA, a4)},
+			counts:  bittorrent.Counts{Seeders: 1},
+			stats:   store.Stats{Swarms: 1, Seeders4: 1},
+			states:  map[string]bittorrent.PeerState{a4: bittorrent.Seeding},
+		},
+		{
+			name:    "a peer that leeches again does not complete again",
+			changes: []bittorrent.Change{complete(ihA, a4), put(ihA, a4, false), complete(ihA, a4)},
+			counts:  bittorrent.Counts{Seeders: 1, Snatches: 1},
+			stats:   store.Stats{Swarms: 1, Seeders4: 1},
+		},
+		{
+			name:    "a seeder that leeches again does not complete",
+			changes: []bittorrent.Change{put(ihA, a4, true), put(ihA, a4, false), complete(ihA, a4)},
+			counts:  bittorrent.Counts{Seeders: 1},
+			stats:   store.Stats{Swarms: 1, Seeders4: 1},
+		},
+		{
+			name:    "a peer that stopped counts its next complete",
+			changes: []bittorrent.Change{complete(ihA, a4), remove(ihA, a4), complete(ihA, a4)},
+			counts:  bittorrent.Counts{Seeders: 1, Snatches: 2},
+			stats:   store.Stats{Swarms: 1, Seeders4: 1},
 		},
 		{
 			name:    "remove leecher",

@@ -176,7 +176,7 @@ func (p *parser) integer() (int64, error) {
 	}
 	p.pos++ // 'e'
 	if neg {
-		return -int64(u-1) - 1, nil // avoids overflow at math.MinInt64
+		return -int64(u-1) - 1, nil //nolint:gosec // G115: u-1 <= MaxInt64, checked above; this form avoids overflow at MinInt64
 	}
 	return int64(u), nil
 }

@@ -33,7 +33,7 @@ func AppendBytes(dst, b []byte) []byte {
 // which the caller must then append itself. It lets compact peer lists be
 // written in place, without first collecting them in a second buffer.
 func AppendStringHeader(dst []byte, n int) []byte {
-	dst = strconv.AppendUint(dst, uint64(n), 10)
+	dst = strconv.AppendInt(dst, int64(n), 10)
 	return append(dst, ':')
 }
 

@@ -47,6 +47,14 @@ type Reply interface{ isReply() }
 // ApplyRequest carries swarm changes forwarded by the node that answered
 // the announces, for swarms the receiver owns.
 type ApplyRequest struct {
+	// Stream identifies the sender's sequence of forwards to the receiver,
+	// fresh each time the sender starts; zero means the changes carry no
+	// sequence numbers.
+	Stream uint64
+	// Seq is the sequence number of Changes[0] in Stream; the others
+	// follow it. A sender retrying after a lost reply sends the same
+	// numbers again, so the receiver can skip what it already applied.
+	Seq     uint64
 	Changes []bittorrent.Change
 }
 

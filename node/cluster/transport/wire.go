@@ -14,7 +14,7 @@ import (
 // The wire format of requests and replies, as carried inside a transport
 // frame. A message is a kind byte followed by its fields:
 //
-//	ApplyRequest      0x01 count:uvarint change*count
+//	ApplyRequest      0x01 stream:uvarint seq:uvarint count:uvarint change*count
 //	FetchRequest      0x02 infohash:20 maxpeers:varint
 //	MergeRequest      0x03 count:uvarint swarm*count
 //	FetchManyRequest  0x04 maxpeers:varint count:uvarint infohash:20*count (count ≤ MaxFetchMany)
@@ -86,6 +86,8 @@ func appendRequest(dst []byte, req Request) ([]byte, error) {
 			break
 		}
 		dst = append(dst, kindApply)
+		dst = binary.AppendUvarint(dst, r.Stream)
+		dst = binary.AppendUvarint(dst, r.Seq)
 		dst = binary.AppendUvarint(dst, uint64(len(r.Changes)))
 		for i := range r.Changes {
 			if dst, err = appendChange(dst, &r.Changes[i]); err != nil {
@@ -248,8 +250,8 @@ func decodeRequest(b []byte) (Request, error) {
 	var req Request
 	switch kind := d.u8(); kind {
 	case kindApply:
+		r := &ApplyRequest{Stream: d.uvarint(), Seq: d.uvarint()}
 		n := d.count(minChangeSize)
-		r := &ApplyRequest{}
 		if n > 0 {
 			r.Changes = make([]bittorrent.Change, n)
 			for i := range r.Changes {
@@ -437,11 +439,11 @@ func (d *decoder) uint32() uint32 {
 // make the decoder allocate more than the input justifies.
 func (d *decoder) count(minSize int) int {
 	v := d.uvarint()
-	if v > uint64(len(d.b)/minSize) {
+	if v > uint64(len(d.b)/minSize) { //nolint:gosec // G115: a length is never negative
 		d.fail("count exceeds the bytes present")
 		return 0
 	}
-	return int(v)
+	return int(v) //nolint:gosec // G115: at most len(d.b), checked above
 }
 
 func (d *decoder) fetched(r *FetchReply) {

@@ -97,6 +97,7 @@ func TestRequestRoundTrip(t *testing.T) {
 			{Op: bittorrent.OpPut},
 		}}},
 		{name: "apply 65536 changes", req: &ApplyRequest{Changes: manyChanges(65536)}},
+		{name: "apply with a sequence", req: &ApplyRequest{Stream: 0xfedcba9876543210, Seq: 1 << 40, Changes: manyChanges(3)}},
 		{name: "fetch", req: &FetchRequest{InfoHash: testInfoHash(9), MaxPeers: 200}},
 		{name: "fetch zero", req: &FetchRequest{}},
 		{name: "fetch negative", req: &FetchRequest{InfoHash: testInfoHash(9), MaxPeers: -1}},
@@ -278,7 +279,7 @@ func goldenCases() []struct {
 			return appendRequest(nil, &FetchRequest{InfoHash: testInfoHash(1), MaxPeers: 50})
 		}},
 		{"apply", func() ([]byte, error) {
-			return appendRequest(nil, &ApplyRequest{Changes: []bittorrent.Change{
+			return appendRequest(nil, &ApplyRequest{Stream: 0x0123456789abcdef, Seq: 300, Changes: []bittorrent.Change{
 				{InfoHash: testInfoHash(0xa0), Peer: testPeer("192.0.2.1:6881", 0x10), Op: bittorrent.OpComplete, Seeder: true},
 			}})
 		}},
@@ -393,8 +394,9 @@ func TestDecodeGarbage(t *testing.T) {
 		b[i] = v
 		return b
 	}
-	// Offsets into apply: kind, count, op, seeder, infohash (20), family.
-	const opAt, seederAt, familyAt = 2, 3, 24
+	// Offsets into apply: kind, stream, seq, count, op, seeder, infohash
+	// (20), family.
+	const countAt, opAt, seederAt, familyAt = 3, 4, 5, 26
 	requests := []struct {
 		name string
 		b    []byte
@@ -407,9 +409,10 @@ func TestDecodeGarbage(t *testing.T) {
 		{"op four", with(apply, opAt, 4)},
 		{"seeder flag two", with(apply, seederAt, 2)},
 		{"family five", with(apply, familyAt, 5)},
-		{"count beyond bytes", with(apply, 1, 2)},
-		{"huge count", binary.AppendUvarint([]byte{kindApply}, 1<<62)},
-		{"overlong count", []byte{kindApply, 0x80, 0x00}},
+		{"count beyond bytes", with(apply, countAt, 2)},
+		{"huge count", binary.AppendUvarint([]byte{kindApply, 0, 0}, 1<<62)},
+		{"overlong stream", []byte{kindApply, 0x80, 0x00, 0, 0}},
+		{"overlong count", []byte{kindApply, 0, 0, 0x80, 0x00}},
 		{"varint overflow", []byte{kindFetch, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
 			0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
 		{"snatches over 32 bits", binary.AppendUvarint(append([]byte{kindMerge, 1}, make([]byte, 20)...), 1<<32)},

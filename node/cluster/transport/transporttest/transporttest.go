@@ -29,6 +29,7 @@ type Handler struct {
 	Fn    func(ctx context.Context, req transport.Request) (transport.Reply, error)
 }
 
+// Handle counts req and answers it with Fn, or with Answer when Fn is nil.
 func (h *Handler) Handle(ctx context.Context, req transport.Request) (transport.Reply, error) {
 	h.Calls.Add(1)
 	if h.Fn != nil {
@@ -64,6 +65,7 @@ type Env struct {
 	DeadAddr func(t *testing.T) string
 }
 
+// Serve returns a new transport of env serving h; t fails if it cannot.
 func Serve(t *testing.T, env Env, h transport.Handler) transport.Transport {
 	t.Helper()
 	tr := env.Node(t)
@@ -103,6 +105,7 @@ func Eventually(t *testing.T, within time.Duration, what string, cond func() boo
 	}
 }
 
+// Ctx returns a context that ends after d or when t does.
 func Ctx(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	t.Cleanup(cancel)
