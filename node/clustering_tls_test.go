@@ -1,9 +1,13 @@
 package node
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,4 +94,72 @@ func TestClusterCertificateErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// metricValue returns the value of the sample of name whose labels
+// include label (`result="ok"`), from a /metrics text, or -1.
+func metricValue(text, name, label string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, label) {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+			return v
+		}
+	}
+	return -1
+}
+
+// TestClusterDataChannelFlood reproduces finding 1 of issue 11 against
+// real nodes: 300 silent connections to a node's data channel from a host
+// that is not a member, reconnecting as soon as they are closed, while
+// clients announce to the other node. Every forward still arrives, none
+// is counted unreachable, and the flood is counted where it landed.
+func TestClusterDataChannelFlood(t *testing.T) {
+	nodes := startConverged(t, "f1", "f2")
+	target := nodes[1].Addrs().Data
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var dials atomic.Int64
+	for range 300 {
+		wg.Go(func() {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
+			buf := make([]byte, 1)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				nc, err := d.Dial("tcp", target)
+				if err != nil {
+					continue
+				}
+				dials.Add(1)
+				_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, _ = nc.Read(buf) // silent until the node hangs up
+				nc.Close()
+			}
+		})
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	eventually.True(t, 10*time.Second, "the flood is under way", func() bool { return dials.Load() > 1000 })
+	want := announceSwarms(t, nodes, 0x7e)
+	eventually.NoError(t, visibleWithin, "swarms visible on both nodes during the flood", func() error { return visibleEverywhere(nodes, want) })
+
+	m1, m2 := scrapeMetrics(t, nodes[0].Addrs().Metrics), scrapeMetrics(t, nodes[1].Addrs().Metrics)
+	if v := metricValue(m1, "karuta_cluster_forwarded_changes_total", `result="unreachable"`); v > 0 {
+		t.Errorf("f1 counted %v forwarded changes unreachable during the flood; want 0", v)
+	}
+	if v := metricValue(m1, "karuta_cluster_forwarded_changes_total", `result="ok"`); v <= 0 {
+		t.Errorf("f1 forwarded %v changes; want some", v)
+	}
+	if v := metricValue(m2, "karuta_cluster_data_rejected_total", `reason="not_member"`); v < 1000 {
+		t.Errorf("f2 counted %v non-member connections; want the flood's (over 1000)", v)
+	}
+	t.Logf("flood: %d connections; f2 refused %v as not_member", dials.Load(), metricValue(m2, "karuta_cluster_data_rejected_total", `reason="not_member"`))
 }

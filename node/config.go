@@ -35,7 +35,7 @@ type Config struct {
 // ClusterConfig is the `cluster` section: membership and placement keys
 // (ring) and data-plane keys (node/cluster) side by side.
 type ClusterConfig struct {
-	// Insecure allows a cluster without secret_keys, whose gossip is
+	// Insecure allows a cluster without secret_keys or certificates, whose gossip is
 	// plain and whose data channel anyone who reaches it can write to.
 	// Without it such a config is refused (see insecureCluster).
 	Insecure    bool `yaml:"insecure"`

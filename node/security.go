@@ -9,20 +9,30 @@ import (
 )
 
 // insecureCluster reports whether cfg clusters the node with nothing
-// protecting gossip and the data channel: no cluster.secret_keys. Such a
-// cluster takes changes from anyone who can reach its ports (finding 2 of
-// issue 11), so it must be asked for with cluster.insecure. Every way of
-// securing a cluster is a condition here.
+// protecting the data channel: neither cluster.secret_keys nor
+// cluster.tls certificates. Such a cluster takes changes from anyone who
+// can reach its ports (finding 2 of issue 11), so it must be asked for
+// with cluster.insecure. Every way of securing a cluster is a condition
+// here.
 func insecureCluster(c ClusterConfig) bool {
-	clustered := c.Bind != "" || len(c.Join) > 0
-	return clustered && len(c.SecretKeys) == 0
+	return inCluster(c) && len(c.SecretKeys) == 0 && !c.TLS.Enabled()
 }
+
+// plainGossip reports whether a clustered node gossips unencrypted: with
+// certificates but no keys the data channel is safe, but anyone who
+// reaches the gossip port can join the membership and upset placement.
+func plainGossip(c ClusterConfig) bool {
+	return inCluster(c) && len(c.SecretKeys) == 0 && c.TLS.Enabled()
+}
+
+func inCluster(c ClusterConfig) bool { return c.Bind != "" || len(c.Join) > 0 }
 
 // errInsecureCluster is what a cluster without protection and without
 // cluster.insecure gets.
-var errInsecureCluster = errors.New("config: cluster.secret_keys: empty, and cluster.bind or cluster.join is set: " +
+var errInsecureCluster = errors.New("config: cluster.secret_keys: empty, no cluster.tls certificates, and cluster.bind or cluster.join is set: " +
 	"gossip would be plain and any host that reaches the ports could join and write swarms; " +
-	"want the same base64 key (16, 24 or 32 bytes, e.g. from `head -c32 /dev/urandom | base64`) in cluster.secret_keys on every node, " +
+	"want the same base64 key (16, 24 or 32 bytes, e.g. from `head -c32 /dev/urandom | base64`) in cluster.secret_keys on every node " +
+	"(and, better, certificates in cluster.tls: see `karuta cluster tls`), " +
 	"or cluster.insecure: true to run without on purpose (a private network only)")
 
 // checkSecure refuses an unprotected cluster unless Insecure says so.
@@ -39,6 +49,9 @@ func (c ClusterConfig) checkSecure() error {
 func warnInsecure(log *zap.Logger, cfg *Config) {
 	if insecureCluster(cfg.Cluster) {
 		log.Warn("cluster.insecure is true and cluster.secret_keys is empty: gossip is plain and the data channel takes changes from any host that reaches it; use only on a private network")
+	}
+	if plainGossip(cfg.Cluster) {
+		log.Warn("cluster.tls authenticates the data channel but cluster.secret_keys is empty: gossip is plain, and any host that reaches the gossip port can join the membership and disturb placement; set secret_keys too")
 	}
 	if cfg.Metrics.Addr == "" || loopbackAddr(cfg.Metrics.Addr) {
 		return

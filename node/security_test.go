@@ -35,6 +35,8 @@ func TestClusterNeedsKeysOrInsecure(t *testing.T) {
 		{"join without keys", `cluster: {join: ["a:7946"]}` + "\n", true},
 		{"bind with keys", `cluster: {bind: "127.0.0.1:7946", secret_keys: ["` + testClusterKey + `"]}` + "\n", false},
 		{"bind without keys, insecure on purpose", `cluster: {bind: "127.0.0.1:7946", insecure: true}` + "\n", false},
+		{"bind with certificates, no keys", `cluster: {bind: "127.0.0.1:7946", tls: {ca_file: ca.pem, cert_file: n1.pem, key_file: n1-key.pem}}` + "\n", false},
+		{"bind with half the certificate files", `cluster: {bind: "127.0.0.1:7946", tls: {ca_file: ca.pem}}` + "\n", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +49,12 @@ func TestClusterNeedsKeysOrInsecure(t *testing.T) {
 			}
 			if err == nil {
 				t.Fatal("Parse accepted a cluster without secret_keys or insecure")
+			}
+			if strings.Contains(tt.in, "tls:") {
+				if !strings.Contains(err.Error(), "cluster.tls.cert_file") {
+					t.Errorf("error %q does not name cluster.tls.cert_file", err)
+				}
+				return
 			}
 			for _, w := range []string{"cluster.secret_keys: empty", "cluster.insecure: true", "16, 24 or 32 bytes"} {
 				if !strings.Contains(err.Error(), w) {
@@ -73,6 +81,10 @@ func TestInsecureWarnsAtStart(t *testing.T) {
 			c.Cluster.Bind, c.Cluster.DataBind, c.Cluster.Profile, c.Cluster.Insecure = "127.0.0.1:0", "127.0.0.1:0", "local", true
 			c.Cluster.SecretKeys = []string{testClusterKey}
 		}, nil},
+		{"certificates without keys", func(c *Config) {
+			c.Cluster.Bind, c.Cluster.DataBind, c.Cluster.Profile = "127.0.0.1:0", "127.0.0.1:0", "local"
+			c.Cluster.TLS = clusterPKI(t, t.TempDir(), "warn")["warn"]
+		}, []string{"gossip is plain"}},
 		{"metrics on every interface", func(c *Config) { c.Metrics.Addr = ":0" }, []string{"metrics.addr is reachable from other hosts: /metrics"}},
 		{"pprof on every interface", func(c *Config) { c.Metrics.Addr, c.Metrics.Pprof = "0.0.0.0:0", true }, []string{"metrics.pprof is true"}},
 		{"pprof on loopback", func(c *Config) { c.Metrics.Addr, c.Metrics.Pprof = "[::1]:0", true }, nil},
@@ -102,7 +114,7 @@ func TestInsecureWarnsAtStart(t *testing.T) {
 				cancel()
 				var warned []string
 				for _, e := range logs.All() {
-					if strings.Contains(e.Message, "insecure") || strings.Contains(e.Message, "metrics.") {
+					if strings.Contains(e.Message, "insecure") || strings.Contains(e.Message, "metrics.") || strings.Contains(e.Message, "gossip is plain") {
 						warned = append(warned, e.Message)
 					}
 				}

@@ -16,7 +16,7 @@ func BenchmarkChannel(b *testing.B) {
 		name        string
 		server, cli func(*TCPOptions)
 	}{
-		{"sharedkey", func(o *TCPOptions) {}, func(o *TCPOptions) {}},
+		{"sharedkey", func(*TCPOptions) {}, func(*TCPOptions) {}},
 		{"cert", func(o *TCPOptions) {
 			f := pki.issue(b, "s", "n2")
 			o.Keys, o.Certs = nil, &f

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,7 +37,7 @@ func closedWithin(nc net.Conn, d time.Duration) bool {
 	var b [1]byte
 	_, err := nc.Read(b[:])
 	var ne net.Error
-	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	return err != nil && (!errors.As(err, &ne) || !ne.Timeout())
 }
 
 // TestTCPPreAuthFlood reproduces finding 1 of issue 11: hundreds of silent
@@ -234,7 +235,7 @@ func TestTCPInflightBounded(t *testing.T) {
 			frame := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(payload)), uint32(len(payload)))
 			frame = append(frame, payload...)
 			for range frames {
-				s.nc.SetWriteDeadline(time.Now().Add(3 * time.Second))
+				_ = s.nc.SetWriteDeadline(time.Now().Add(3 * time.Second))
 				if _, err := s.nc.Write(frame); err != nil {
 					return // the server stopped reading: the point
 				}
@@ -275,7 +276,7 @@ func TestTCPInflightBounded(t *testing.T) {
 		for range 20 {
 			s := authSession(t, srv)
 			if send != nil {
-				s.nc.Write(send)
+				_, _ = s.nc.Write(send)
 				expectClosed(t, s.nc)
 			} else {
 				s.close()
@@ -292,4 +293,23 @@ func TestTCPInflightBounded(t *testing.T) {
 	if n := rejected(srv, reasonFrameTooLarge); n != 20 {
 		t.Errorf("frame_too_large counted %d; want 20", n)
 	}
+}
+
+// TestTCPNotMemberRefused checks that a node the server does not count as
+// a member is refused before TLS, counted, and told something it can act
+// on.
+func TestTCPNotMemberRefused(t *testing.T) {
+	trNoLeaks(t)
+	h := &trHandler{}
+	others := &testMembers{hosts: map[netip.Addr]bool{netip.MustParseAddr("127.0.0.9"): true}}
+	srv := tcpServe(t, func(o *TCPOptions) { o.Members = others }, h)
+	cl := newTestTCP(t, nil)
+	_, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(1)})
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "does not count this node's address as a member's") {
+		t.Fatalf("got %v; want ErrUnreachable saying the node is not a member there", err)
+	}
+	if h.calls.Load() != 0 {
+		t.Fatal("the handler was called")
+	}
+	eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonNotMember) >= 1 })
 }

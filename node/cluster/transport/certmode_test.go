@@ -62,7 +62,7 @@ func writeFile(t testing.TB, path string, data []byte) {
 	// Write and rename, as an operator's tooling should, so a reader
 	// never sees half a file.
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	if err := os.WriteFile(tmp, data, 0o600); err != nil { //nolint:gosec // G703: a path under the test's TempDir
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 )
 
@@ -82,6 +83,9 @@ var (
 	errLabelMismatch = errors.New("handshake: cluster label mismatch")
 	errBadProof      = errors.New("handshake: key proof does not verify")
 	errNotMember     = errors.New("handshake: not a current member")
+	// errSilent is a connection closed before it sent a byte of the
+	// handshake: a port probe or a health check, not an attack to count.
+	errSilent = errors.New("handshake: closed before saying anything")
 )
 
 // sharedKey is one secret key as the handshake uses it.
@@ -111,9 +115,9 @@ type clientHello struct {
 
 func appendClientHello(b []byte, label string, keys []sharedKey) []byte {
 	b = append(b, helloMagic...)
-	b = append(b, protocolVersion, byte(len(label)))
+	b = append(b, protocolVersion, byte(len(label))) //nolint:gosec // G115: NewTCP caps the label at maxLabel (255)
 	b = append(b, label...)
-	b = append(b, byte(len(keys)))
+	b = append(b, byte(len(keys))) //nolint:gosec // G115: NewTCP caps the keys at maxKeys (16)
 	for _, k := range keys {
 		b = append(b, k.id[:]...)
 	}
@@ -127,7 +131,7 @@ func readClientHello(r io.Reader) (clientHello, []byte, error) {
 	raw := make([]byte, len(helloMagic)+2, len(helloMagic)+2+maxLabel+1+maxKeys*keyIDSize)
 	if n, err := io.ReadFull(r, raw); err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
-			return h, nil, io.EOF
+			return h, nil, errSilent
 		}
 		return h, nil, fmt.Errorf("handshake: client hello: %w", err)
 	}
@@ -196,42 +200,28 @@ func prove(cs tls.ConnectionState, k sharedKey, ctx []byte) ([]byte, error) {
 	return m.Sum(nil), nil
 }
 
-// peerInfo is what the handshake learned about the other side.
-type peerInfo struct {
-	// name is the node its certificate names; empty in shared-key mode.
-	name string
-	// key is whom sessions are counted against: the certificate's node,
-	// or the remote host in shared-key mode.
-	key string
-}
-
 // handshake runs TLS and the exchange on nc as the client (dialing the
 // member name at addr; name is empty outside certificate mode) or the
-// server, and returns the session. It gives up after the handshake
-// timeout or at Close.
-func (t *TCP) handshake(nc net.Conn, client bool, name string) (*tcpSession, peerInfo, error) {
+// server, and returns the session and, on the server, whom its sessions
+// are counted against: the node its certificate names, or in shared-key
+// mode the remote host. It gives up after the handshake timeout or at
+// Close.
+func (t *TCP) handshake(nc net.Conn, client bool, name string) (s *tcpSession, peer string, err error) {
 	stop := context.AfterFunc(t.ctx, func() { nc.Close() })
 	defer stop()
 	if err := nc.SetDeadline(time.Now().Add(t.opts.HandshakeTimeout)); err != nil {
-		return nil, peerInfo{}, err
+		return nil, "", err
 	}
-	var (
-		tc   *tls.Conn
-		peer peerInfo
-		err  error
-	)
+	var tc *tls.Conn
 	if client {
 		tc = tls.Client(nc, t.clientConfig(name))
 		err = t.clientExchange(tc)
-		peer = peerInfo{name: name, key: name}
 	} else {
 		remote := remoteHost(nc)
-		var cname string
-		tc = tls.Server(nc, t.serverConfig(remote, &cname))
+		tc = tls.Server(nc, t.serverConfig(remote, &peer))
 		err = t.serverExchange(tc)
-		peer = peerInfo{name: cname, key: cname}
-		if cname == "" {
-			peer.key = remote.String()
+		if peer == "" {
+			peer = remote.String()
 		}
 	}
 	if err != nil {
@@ -243,7 +233,7 @@ func (t *TCP) handshake(nc net.Conn, client bool, name string) (*tcpSession, pee
 	if err := nc.SetDeadline(time.Time{}); err != nil {
 		return nil, peer, err
 	}
-	s := &tcpSession{
+	s = &tcpSession{
 		t:    t,
 		nc:   tc,
 		r:    bufio.NewReaderSize(tc, 32<<10),
@@ -256,6 +246,11 @@ func (t *TCP) handshake(nc net.Conn, client bool, name string) (*tcpSession, pee
 
 func (t *TCP) clientExchange(tc *tls.Conn) error {
 	if err := tc.Handshake(); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("handshake: the node closed the connection before TLS completed "+
+				"(it does not count this node's address as a member's yet, or it has too many handshakes pending; "+
+				"its log and karuta_cluster_data_rejected_total say which): %w", err)
+		}
 		return fmt.Errorf("handshake: tls: %w", err)
 	}
 	hello := appendClientHello(nil, t.opts.Label, t.keys)
@@ -265,7 +260,7 @@ func (t *TCP) clientExchange(tc *tls.Conn) error {
 	var sh [serverHelloSize]byte
 	if _, err := io.ReadFull(tc, sh[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("handshake: closed by the node before answering (not a member there yet?): %w", err)
+			return fmt.Errorf("handshake: the node closed the connection before answering; its log says why: %w", err)
 		}
 		return fmt.Errorf("handshake: %w", err)
 	}
@@ -310,7 +305,7 @@ func (t *TCP) clientExchange(tc *tls.Conn) error {
 func (t *TCP) serverExchange(tc *tls.Conn) error {
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, io.EOF) {
-			return io.EOF
+			return errSilent
 		}
 		return fmt.Errorf("handshake: tls: %w", err)
 	}

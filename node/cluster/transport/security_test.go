@@ -97,7 +97,7 @@ func TestTCPForwardSecrecy(t *testing.T) {
 		return &Ack{}, nil
 	}}
 	srv := tcpServe(t, nil, h)
-	proxy := newTamperProxy(t, srv.Addr(), 0, func(_ int, rec []byte, srv, _ io.Writer) { srv.Write(rec) })
+	proxy := newTamperProxy(t, srv.Addr(), 0, func(_ int, rec []byte, srv, _ io.Writer) { _, _ = srv.Write(rec) })
 	req := &ApplyRequest{Changes: manyChanges(3)}
 	for i := range req.Changes {
 		req.Changes[i].Peer.ID = marker
@@ -194,7 +194,7 @@ func newKeyRewriter(t *testing.T, target string, rewrite bool) *keyRewriter {
 				continue
 			}
 			cc := tls.Server(nc, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
-			up := tls.Client(sc, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+			up := tls.Client(sc, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) //nolint:gosec // G402: the attacker checks nothing
 			r.add(cc, up)
 			r.wg.Go(func() { r.relay(cc, up) })
 		}
@@ -226,11 +226,11 @@ func (r *keyRewriter) relay(cc, up *tls.Conn) {
 	}
 	done := make(chan struct{})
 	go func() {
-		io.Copy(cc, up)
+		_, _ = io.Copy(cc, up)
 		cc.Close()
 		close(done)
 	}()
-	io.Copy(up, cc)
+	_, _ = io.Copy(up, cc)
 	up.Close()
 	<-done
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -98,7 +97,7 @@ func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
 	if err != nil {
 		nc.Close()
 		switch {
-		case err == io.EOF:
+		case errors.Is(err, errSilent):
 			// Closed before saying anything: a port probe or health check.
 			t.log.Debug("data channel: connection closed before handshake", zap.String("remote", nc.RemoteAddr().String()))
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -108,10 +107,10 @@ func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
 		}
 		return
 	}
-	if err := t.track(s, peer.key); err != nil {
+	if err := t.track(s, peer); err != nil {
 		s.close()
 		if errors.Is(err, errSessionLimit) {
-			t.reject(reasonSessionLimit, nc.RemoteAddr().String(), fmt.Errorf("%w %s (%d allowed)", err, peer.key, t.opts.MaxSessionsPerPeer))
+			t.reject(reasonSessionLimit, nc.RemoteAddr().String(), fmt.Errorf("%w %s (%d allowed)", err, peer, t.opts.MaxSessionsPerPeer))
 		}
 		return
 	}

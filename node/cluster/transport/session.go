@@ -70,7 +70,7 @@ func (s *tcpSession) writeLoop() {
 		}
 		batch = batch[:0]
 		for fb != nil {
-			binary.BigEndian.PutUint32(hdr[:], uint32(len(fb.b)))
+			binary.BigEndian.PutUint32(hdr[:], uint32(len(fb.b))) //nolint:gosec // G115: Call and answer send at most MaxFrame, which NewTCP caps at maxMaxFrame (1 GiB)
 			batch = append(batch, hdr[:]...)
 			batch = append(batch, fb.b...)
 			putFrameBuf(fb)

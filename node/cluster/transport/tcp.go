@@ -41,8 +41,10 @@ const (
 	// 256 changes about 20 KiB), small enough that a peer cannot make a
 	// node hold much memory per request.
 	DefaultMaxFrame = 2 << 20
-	// minMaxFrame leaves room for the largest error reply.
+	// minMaxFrame leaves room for the largest error reply; maxMaxFrame
+	// keeps a frame's length well inside its 4 bytes.
 	minMaxFrame = 4 << 10
+	maxMaxFrame = 1 << 30
 
 	// DefaultHandshakeTimeout bounds a handshake on both sides: TLS and
 	// the key exchange take a few round trips, so a second is generous on
@@ -193,7 +195,7 @@ type TCP struct {
 	ln       net.Listener
 	pools    map[string]*tcpPool
 	sessions map[*tcpSession]struct{}
-	perPeer  map[string]int // accepted sessions by peerInfo.key
+	perPeer  map[string]int // accepted sessions by the peer handshake names
 }
 
 // NewTCP returns a TCP transport. It opens nothing: Serve listens, Call
@@ -226,8 +228,8 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 	setDefault(&opts.MaxPendingPerSource, DefaultMaxPendingPerSource)
 	setDefault(&opts.MaxSessionsPerPeer, DefaultMaxSessionsPerPeer)
 	setDefault(&opts.MaxInflight, DefaultMaxInflight)
-	if opts.MaxFrame < minMaxFrame || opts.MaxFrame > opts.MaxInflight {
-		return nil, fmt.Errorf("transport: tcp: max frame %d is out of range; want %d to max inflight (%d)", opts.MaxFrame, minMaxFrame, opts.MaxInflight)
+	if opts.MaxFrame < minMaxFrame || opts.MaxFrame > min(opts.MaxInflight, maxMaxFrame) {
+		return nil, fmt.Errorf("transport: tcp: max frame %d is out of range; want %d to %d and at most max inflight (%d)", opts.MaxFrame, minMaxFrame, maxMaxFrame, opts.MaxInflight)
 	}
 	if len(opts.Label) > maxLabel {
 		return nil, fmt.Errorf("transport: tcp: label is %d bytes; want at most %d", len(opts.Label), maxLabel)
