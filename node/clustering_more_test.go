@@ -14,6 +14,7 @@ import (
 
 	"github.com/anacrolix/torrent/tracker"
 	"github.com/anacrolix/torrent/types/infohash"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
@@ -333,10 +334,9 @@ func TestClusterWrongKeyCannotJoin(t *testing.T) {
 	t.Parallel() // real gossip timers, mostly idle; see startClusterNode
 	nodes := startConverged(t, "k1", "k2")
 	otherKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x5a}, 32))
-	outsiders := []*Node{
-		startClusterNode(t, "x-key", []string{nodes[0].Addrs().Gossip}, func(c *Config) { c.Cluster.SecretKeys = []string{otherKey} }),
-		startClusterNode(t, "x-label", []string{nodes[0].Addrs().Gossip}, func(c *Config) { c.Cluster.Label = "another-cluster" }),
-	}
+	xKey, xKeyLogs := startClusterNodeLogged(t, "x-key", []string{nodes[0].Addrs().Gossip}, func(c *Config) { c.Cluster.SecretKeys = []string{otherKey} })
+	xLabel, xLabelLogs := startClusterNodeLogged(t, "x-label", []string{nodes[0].Addrs().Gossip}, func(c *Config) { c.Cluster.Label = "another-cluster" })
+	outsiders := []*Node{xKey, xLabel}
 
 	onlyMembers := func(n *Node, names ...string) error {
 		st, _ := n.ClusterStatus()
@@ -353,18 +353,24 @@ func TestClusterWrongKeyCannotJoin(t *testing.T) {
 		}
 		return nil
 	}
-	throughout(t, 3*time.Second, "outsiders stay out", func() error {
+	// Outsiders stay out while each tries, and fails, to join five times.
+	eventually.True(t, convergeWithin, "each outsider retries its join five times", func() bool {
 		for _, n := range nodes {
 			if err := onlyMembers(n, "k1", "k2"); err != nil {
-				return err
+				t.Fatalf("outsiders stay out: %v", err)
 			}
 		}
 		for _, x := range outsiders {
 			if err := onlyMembers(x, nodeName(x)); err != nil {
-				return err
+				t.Fatalf("outsiders stay out: %v", err)
 			}
 		}
-		return nil
+		for _, logs := range []*observer.ObservedLogs{xKeyLogs, xLabelLogs} {
+			if logs.FilterMessage("no other seed answered; retrying").Len() < 5 {
+				return false
+			}
+		}
+		return true
 	})
 
 	// A peer announced to an outsider stays there.

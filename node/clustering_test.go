@@ -13,6 +13,7 @@ import (
 	"github.com/anacrolix/torrent/tracker"
 	"github.com/anacrolix/torrent/types/infohash"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 var testClusterKey = base64.StdEncoding.EncodeToString([]byte("karuta-test-cluster-key-32-bytes"))
@@ -20,7 +21,15 @@ var testClusterKey = base64.StdEncoding.EncodeToString([]byte("karuta-test-clust
 // startClusterNode runs a clustered node on loopback, joining through join.
 func startClusterNode(t *testing.T, name string, join []string, mutate func(*Config)) *Node {
 	t.Helper()
-	return startNode(t, "127.0.0.1", func(c *Config) {
+	n, _ := startClusterNodeLogged(t, name, join, mutate)
+	return n
+}
+
+// startClusterNodeLogged is startClusterNode that also records the node's
+// warnings.
+func startClusterNodeLogged(t *testing.T, name string, join []string, mutate func(*Config)) (*Node, *observer.ObservedLogs) {
+	t.Helper()
+	return startNodeLogged(t, "127.0.0.1", func(c *Config) {
 		c.Node.Name = name
 		c.Node.Zone = name
 		c.Cluster.Bind = "127.0.0.1:0"

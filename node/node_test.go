@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -250,4 +253,36 @@ func TestShutdownAppliesQueuedAnnounces(t *testing.T) {
 	if got := n.store.Counts([20]byte{8}); got.Leechers != 50 {
 		t.Errorf("after shutdown the store holds %d leechers, want all 50 answered announces", got.Leechers)
 	}
+}
+
+// TestNewUndoesPartialBuild fails New late, at the HTTP frontend's missing
+// certificate, after the store, a watching hook and the hook chain have
+// started goroutines: its one cleanup path must stop them all.
+func TestNewUndoesPartialBuild(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "banned.txt")
+	if err := os.WriteFile(list, []byte(strings.Repeat("ab", 20)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Default()
+	cfg.Node.Name = "partial"
+	cfg.Hooks = approvalHooks(t, "hooks: [{name: torrent_approval, options: {mode: deny, file: "+list+", check_interval: 10ms}}]")
+	cfg.Frontends.HTTP.Addr, cfg.Frontends.UDP.Addr, cfg.Metrics.Addr = "127.0.0.1:0", "127.0.0.1:0", ""
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	cfg.Frontends.HTTP.TLSCert, cfg.Frontends.HTTP.TLSKey = missing, missing
+
+	before := runtime.NumGoroutine()
+	n, err := New(cfg, Options{Log: zaptest.NewLogger(t), Version: "test"})
+	if err == nil {
+		_ = n.Shutdown(context.Background())
+		t.Fatal("New succeeded with a missing certificate")
+	}
+	if !strings.Contains(err.Error(), "tls_cert") {
+		t.Errorf("New = %v, want an error naming tls_cert", err)
+	}
+	eventually.NoError(t, 5*time.Second, "New's goroutines end with it", func() error {
+		if now := runtime.NumGoroutine(); now > before {
+			return fmt.Errorf("%d goroutines, %d before New", now, before)
+		}
+		return nil
+	})
 }

@@ -151,6 +151,7 @@ type modelSwarm struct {
 func TestModel(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			t.Parallel() // CPU-bound and independent: use every core
 			rng := rand.New(rand.NewPCG(seed, 0x6b617275))
 			now := epoch
 			m := testMemory(t, 2, &now)
@@ -548,6 +549,7 @@ func TestMakeKey(t *testing.T) {
 func TestPeerSetChurn(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprint("v6=", v6), func(t *testing.T) {
+			t.Parallel() // CPU-bound and independent: use every core
 			rng := rand.New(rand.NewPCG(1, 2))
 			f := newFamily(v6, maphash.MakeSeed())
 			var s peerSet

@@ -302,6 +302,9 @@ func TestCloseWaitsForFetches(t *testing.T) {
 	net := transport.NewMemNet()
 	_, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil)
 	b, _ := newLoneCluster(t, net, "b", []string{"a", "b"}, nil)
+	// Let b take in its first view first: installing a view clears the
+	// read cache, which would otherwise race with the look below.
+	eventually.True(t, 5*time.Second, "b settles", func() bool { return b.settled.Load() == b.View() })
 	ih := ownedBy(t, b.View(), "a")
 	aStore.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort("10.4.4.1:1")}}})
 	net.SetDelay(time.Hour)

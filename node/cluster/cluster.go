@@ -117,7 +117,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		unreachLog: ratelog.New(10 * time.Second),
 		handoffLog: ratelog.New(10 * time.Second),
 		stop:       make(chan struct{}),
-		stream:     rand.Uint64() | 1, //nolint:gosec // G404: an identifier, not a secret; never 0, which means unnumbered
+		stream:     rand.Uint64() | 1, // never 0, which means unnumbered
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
