@@ -138,3 +138,40 @@ func TestBatchWaitsOneReadTimeout(t *testing.T) {
 func testPeerN(i int) bittorrent.Peer {
 	return bittorrent.Peer{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), 6881), ID: bittorrent.PeerID{byte(i), byte(i >> 8)}}
 }
+
+// TestHandleFetchManyShareOneBudget asks an owner for MaxFetchMany swarms
+// at once with a huge MaxPeers: the reply answers every swarm in order,
+// and the peers of the whole reply stay within one budget.
+func TestHandleFetchManyShareOneBudget(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	b := tc.start("b")
+	ihs := make([]bittorrent.InfoHash, transport.MaxFetchMany)
+	for i := range ihs {
+		ihs[i] = ihN(i)
+	}
+	const big = 1000
+	for k := range big {
+		b.store.Apply([]bittorrent.Change{{InfoHash: ihs[7], Op: bittorrent.OpPut, Peer: testPeerN(k)}})
+	}
+	rep, err := b.c.Handle(context.Background(), &transport.FetchManyRequest{InfoHashes: ihs, MaxPeers: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr, ok := rep.(*transport.FetchManyReply)
+	if !ok || len(fr.Swarms) != len(ihs) {
+		t.Fatalf("reply %T with %d swarms; want a FetchManyReply of %d", rep, len(fr.Swarms), len(ihs))
+	}
+	perSwarm := maxFetchManyPeers / len(ihs)
+	for i, sw := range fr.Swarms {
+		want := 0
+		if i == 7 {
+			want = perSwarm
+		}
+		if len(sw.Peers) != want {
+			t.Errorf("swarm %d: %d peers, want %d", i, len(sw.Peers), want)
+		}
+	}
+	if fr.Swarms[7].Counts.Leechers != big {
+		t.Errorf("swarm 7 counts %+v; want all %d leechers counted", fr.Swarms[7].Counts, big)
+	}
+}
