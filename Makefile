@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient vet lint bench fuzz tidy clean
+.PHONY: all build static test test-deps unit realclient netns deploy-test vet lint bench fuzz tidy clean
 
 all: build
 
@@ -17,14 +17,16 @@ static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o karuta ./cmd/karuta
 
 ## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
-## the race detector, and the real BitTorrent clients test (installs what it needs)
-test: test-deps vet lint tidy unit realclient
+## the race detector, the real BitTorrent clients test, the failover tests
+## on real networks and the deploy stage (installs what it needs)
+test: test-deps vet lint tidy unit realclient netns deploy-test
 
 test-deps:
 	@.ci/install-test-deps
 
 vet:
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags 'realclient netns' ./node/...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 
 ## lint: golangci-lint with the linters listed in .golangci.yml; the version is
@@ -37,6 +39,18 @@ unit:
 
 realclient:
 	$(GO) test -race -count=1 -tags realclient -run RealClient -v ./node/
+
+## netns: failover on real networks — karuta serve processes in network
+## namespaces, cut and healed by the network while a probe checks every
+## answer (needs root and iproute2; removes namespaces left by killed runs)
+netns:
+	@.ci/netns-clean
+	$(GO) test -count=1 -tags netns -v ./node/netns/
+
+## deploy-test: the image, the compose cluster, Prometheus, the alerts, the
+## dashboard and the Kubernetes manifests, run for real (deploy/test/run.sh)
+deploy-test:
+	deploy/test/run.sh
 
 ## bench: Go benchmarks of the hot paths (compare runs with benchstat)
 bench:

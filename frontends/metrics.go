@@ -57,6 +57,23 @@ const (
 
 var dropReasons = [...]string{DropTooShort, DropTooLong, DropResponse, DropConnectRate}
 
+// Outcomes of a full scrape (a scrape of every swarm), used as metric labels.
+const (
+	// FullScrapeOK is a full scrape answered.
+	FullScrapeOK = "ok"
+	// FullScrapeDisabled is one refused because full scrapes are off.
+	FullScrapeDisabled = "disabled"
+	// FullScrapeRateLimited is one refused because another was answered
+	// too recently or is still being sent.
+	FullScrapeRateLimited = "rate_limited"
+	// FullScrapeRefused is one a hook refused (passkey, jwt, rate_limit).
+	FullScrapeRefused = "refused"
+	// FullScrapeError is one that failed, or was cut short, while answering.
+	FullScrapeError = "error"
+)
+
+var fullScrapeResults = [...]string{FullScrapeOK, FullScrapeDisabled, FullScrapeRateLimited, FullScrapeRefused, FullScrapeError}
+
 // Metrics counts and times requests by frontend, action and result. Create
 // one per registry and share it between frontends. Safe for concurrent use.
 type Metrics struct {
@@ -65,6 +82,7 @@ type Metrics struct {
 	dropped  *prometheus.CounterVec
 	conns    *prometheus.GaugeVec
 	refused  *prometheus.CounterVec
+	full     *prometheus.CounterVec
 }
 
 // Reasons a connection-oriented frontend refuses a connection, used as
@@ -112,8 +130,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name:      "connections_refused_total",
 			Help:      "Client connections closed unanswered at a connection cap, by frontend and cap.",
 		}, []string{"frontend", "reason"}),
+		full: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "karuta",
+			Subsystem: "frontend",
+			Name:      "full_scrapes_total",
+			Help:      "Scrapes of every swarm, by frontend and result: ok, disabled, rate_limited, refused (by a hook), error.",
+		}, []string{"frontend", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped, m.conns, m.refused} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.dropped, m.conns, m.refused, m.full} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -124,8 +148,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // Recorder is the set of metric children of one frontend, resolved up front
 // so that recording a request allocates nothing.
 type Recorder struct {
-	byAction [4]actionRecorder                    // indexed like actions
-	dropped  [len(dropReasons)]prometheus.Counter // indexed like dropReasons
+	byAction [4]actionRecorder                          // indexed like actions
+	dropped  [len(dropReasons)]prometheus.Counter       // indexed like dropReasons
+	full     [len(fullScrapeResults)]prometheus.Counter // indexed like fullScrapeResults
 	// conns and refused exist only for connection-oriented frontends
 	// (ForConnections).
 	conns   prometheus.Gauge
@@ -155,12 +180,17 @@ func (m *Metrics) For(frontend string) *Recorder {
 }
 
 // ForConnections returns the recorder for a frontend that serves
-// connections ("http"): For's metrics plus open and refused connections.
+// connections ("http"): For's metrics plus open and refused connections
+// and full scrapes.
 func (m *Metrics) ForConnections(frontend string) *Recorder {
 	r := m.For(frontend)
 	r.conns = m.conns.WithLabelValues(frontend)
 	for i, reason := range refusedReasons {
 		r.refused[i] = m.refused.WithLabelValues(frontend, reason)
+	}
+	// Only a connection-oriented frontend (HTTP) answers full scrapes.
+	for i, res := range fullScrapeResults {
+		r.full[i] = m.full.WithLabelValues(frontend, res)
 	}
 	return r
 }
@@ -230,6 +260,20 @@ func (r *Recorder) RefuseConn(reason string) {
 	for i, x := range refusedReasons {
 		if x == reason {
 			r.refused[i].Inc()
+			return
+		}
+	}
+}
+
+// FullScrape counts one full scrape with result, one of the FullScrape
+// constants. A nil Recorder, or one made by For, records nothing.
+func (r *Recorder) FullScrape(result string) {
+	if r == nil || r.conns == nil {
+		return
+	}
+	for i, res := range fullScrapeResults {
+		if res == result {
+			r.full[i].Inc()
 			return
 		}
 	}

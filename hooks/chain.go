@@ -59,6 +59,9 @@ type Chain struct {
 	// prefetch holds what the PreHooks read through that prefetches,
 	// found once in New so batches skip the work when there is none.
 	prefetch []Prefetcher
+	// lister is the Responder's PeerSource when it can list swarms, for
+	// full scrapes; nil otherwise.
+	lister SwarmLister
 
 	queue   chan bittorrent.AnnounceRequest
 	dropped prometheus.Counter
@@ -92,6 +95,9 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 		if r, ok := h.(*Responder); ok {
 			if p, ok := r.src.(Prefetcher); ok {
 				c.prefetch = append(c.prefetch, p)
+			}
+			if l, ok := r.src.(SwarmLister); ok {
+				c.lister = l
 			}
 		} else if p, ok := h.(Prefetcher); ok {
 			c.prefetch = append(c.prefetch, p)

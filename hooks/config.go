@@ -20,7 +20,9 @@ type Config struct {
 	DefaultNumWant int `yaml:"default_numwant"`
 	// MaxNumWant caps the number of peers a client can ask for.
 	MaxNumWant int `yaml:"max_numwant"`
-	// MaxScrapeHashes caps the infohashes in one scrape.
+	// MaxScrapeHashes caps the infohashes in one scrape. The default, 100,
+	// answers BEP 15's full scrape packet (74 infohashes) and an HTTP
+	// scrape of as many as a default 8 KiB request line holds.
 	MaxScrapeHashes int `yaml:"max_scrape_hashes"`
 	// PostQueueSize bounds the queue of answered announces waiting for the
 	// PostHooks. When it is full, announces are dropped and counted.
@@ -37,7 +39,7 @@ func DefaultConfig() Config {
 		MinAnnounceInterval: 15 * time.Minute,
 		DefaultNumWant:      50,
 		MaxNumWant:          200,
-		MaxScrapeHashes:     64,
+		MaxScrapeHashes:     100,
 		PostQueueSize:       65536,
 		PostWorkers:         1,
 	}

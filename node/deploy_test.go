@@ -1,6 +1,7 @@
 package node
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 )
@@ -30,6 +31,32 @@ func TestDeployConfigsLoad(t *testing.T) {
 		// the probes and /metrics from Prometheus.
 		if loopbackAddr(cfg.Metrics.Addr) {
 			t.Errorf("%s: metrics.addr %q is loopback; a container's probes and scraper cannot reach it", f, cfg.Metrics.Addr)
+		}
+	}
+}
+
+// TestDeployTestConfigsParse keeps the configs the deploy stage builds
+// (deploy/test/run.sh: a compose node's file with deploy/test/hooks*.yaml
+// appended) valid, so the stage fails on behaviour, not on a stale key.
+func TestDeployTestConfigsParse(t *testing.T) {
+	for _, tc := range []struct{ node, hooks string }{
+		{"n1", "hooks.yaml"}, {"n2", "hooks.yaml"}, {"n3", "hooks-jwt.yaml"},
+	} {
+		base, err := os.ReadFile("../deploy/compose/" + tc.node + ".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hooks, err := os.ReadFile("../deploy/test/" + tc.hooks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Parse(append(base, hooks...))
+		if err != nil {
+			t.Errorf("%s.yaml + %s: %v", tc.node, tc.hooks, err)
+			continue
+		}
+		if len(cfg.Hooks) < 2 {
+			t.Errorf("%s.yaml + %s: %d hooks, want rate_limit and torrent_approval at least", tc.node, tc.hooks, len(cfg.Hooks))
 		}
 	}
 }

@@ -45,14 +45,16 @@ type Node struct {
 	log   *zap.Logger
 	reg   *prometheus.Registry
 	store *store.Memory
-	chain *hooks.Chain
-	http  *httpfront.Server
-	udp   *udp.Server
-	cl    *clustered // nil on a single node
-	hooks builtHooks
-	ops   *http.Server
-	opsLn net.Listener
-	ready atomic.Bool
+	// swarms keeps the store in store.snapshot_file; nil when unset.
+	swarms *swarmFile
+	chain  *hooks.Chain
+	http   *httpfront.Server
+	udp    *udp.Server
+	cl     *clustered // nil on a single node
+	hooks  builtHooks
+	ops    *http.Server
+	opsLn  net.Listener
+	ready  atomic.Bool
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -104,6 +106,12 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 			_ = n.closeCore(context.Background())
 		}
 	}()
+	if cfg.Store.SnapshotFile != "" {
+		if n.swarms, err = newSwarmFile(cfg.Store, n.store, n.reg, n.log.Named("store")); err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		n.swarms.load()
+	}
 	if n.hooks, err = buildHooks(cfg.Hooks, hookEnv{Log: n.log.Named("hooks"), Registerer: n.reg}); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -172,6 +180,9 @@ func (n *Node) Start() error {
 			return fmt.Errorf("node: start udp frontend: %w", err)
 		}
 	}
+	if n.swarms != nil {
+		n.swarms.start()
+	}
 	n.ready.Store(true)
 	n.log.Info("node started", zap.Any("addrs", n.Addrs()))
 	return nil
@@ -220,7 +231,7 @@ func (n *Node) Registry() *prometheus.Registry { return n.reg }
 
 // Shutdown stops the node gracefully: it reports not-ready, stops the
 // frontends, lets the post hooks apply what the clients were already told,
-// and closes the store and the operations listener last so the drain stays
+// writes store.snapshot_file if set, and closes the store and the operations listener last so the drain stays
 // observable. It returns the errors met but always completes. Calling it
 // again returns the first call's result.
 func (n *Node) Shutdown(ctx context.Context) error {
@@ -236,6 +247,12 @@ func (n *Node) shutdown(ctx context.Context) error {
 	}
 	if n.udp != nil {
 		errs = append(errs, n.udp.Shutdown(ctx))
+	}
+	// Write the swarm file once every answered announce is applied, and
+	// before a clustered node hands its swarms away, so it holds what this
+	// node had.
+	if n.swarms != nil {
+		errs = append(errs, n.chain.Close(ctx), n.swarms.close())
 	}
 	errs = append(errs, n.closeCore(ctx))
 	if n.ops != nil {

@@ -255,6 +255,60 @@ func TestShutdownAppliesQueuedAnnounces(t *testing.T) {
 	}
 }
 
+// TestScrapeOfAFullPacket scrapes 74 infohashes at once, the most that
+// BEP 15 fits in one standard UDP packet, and the default limit's 100 over
+// HTTP, and checks every entry is answered in order with its counts.
+func TestScrapeOfAFullPacket(t *testing.T) {
+	n := startNode(t, "127.0.0.1", nil)
+	a := n.Addrs()
+	for _, tc := range []struct {
+		url    string
+		hashes int
+	}{
+		{"udp://" + a.UDP, 74},
+		{"http://" + a.HTTP + "/announce", n.Config().Tracker.MaxScrapeHashes},
+	} {
+		t.Run(tc.url, func(t *testing.T) {
+			c := newClient(t, tc.url)
+			ihs := make([]infohash.T, tc.hashes)
+			for i := range ihs {
+				ihs[i] = infohash.T{0xfa, byte(tc.hashes), byte(i)}
+			}
+			// Every third swarm gets a seeder, so counts tell entries apart.
+			for i := 0; i < len(ihs); i += 3 {
+				c.announce(tracker.AnnounceRequest{InfoHash: ihs[i], PeerId: peerID('f'), Port: uint16(7000 + i), NumWant: -1})
+			}
+			eventually.True(t, 10*time.Second, "the scrape answers every infohash with its counts", func() bool {
+				s := c.scrape(ihs...)
+				if len(s) != len(ihs) {
+					t.Fatalf("scrape of %d infohashes answered %d entries", len(ihs), len(s))
+				}
+				for i, e := range s {
+					want := int32(0)
+					if i%3 == 0 {
+						want = 1
+					}
+					if e.Seeders != want {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
+}
+
+// TestFullScrapeSingleNode enables full scrapes and checks GET /scrape
+// lists every swarm once with its counts, plain and gzipped, and that the
+// rate limit refuses a second one at once.
+func TestFullScrapeSingleNode(t *testing.T) {
+	n := startNode(t, "127.0.0.1", func(c *Config) { c.Frontends.HTTP.FullScrape = true; c.Frontends.HTTP.FullScrapeInterval = time.Second })
+	udpc := newClient(t, "udp://"+n.Addrs().UDP)
+	want := announceForFullScrape(t, []*client{udpc}, 40)
+	eventually.True(t, 10*time.Second, "the announces are applied", func() bool { return n.store.Stats().Swarms == len(want) })
+	checkFullScrape(t, "http://"+n.Addrs().HTTP+"/scrape", want)
+}
+
 // TestNewUndoesPartialBuild fails New late, at the HTTP frontend's missing
 // certificate, after the store, a watching hook and the hook chain have
 // started goroutines: its one cleanup path must stop them all.

@@ -166,7 +166,9 @@ func testMembershipLeaveAndFailure(t *testing.T) {
 	eventually.True(t, 5*time.Second, "node-c marked left", func() bool { return states()["node-c"] == "left" })
 
 	_ = b.Close() // a crash: no leave message
-	eventually.True(t, 20*time.Second, "node-b dropped after failing", func() bool { return memberNames(a.View()) == "node-a" })
+	// 18 s of suspicion with nobody to confirm it, the probes before it
+	// and the dead member's grace in the ring: fake seconds, no wall time.
+	eventually.True(t, 30*time.Second, "node-b dropped after failing", func() bool { return memberNames(a.View()) == "node-a" })
 	for _, s := range a.Members() {
 		if s.Name == "node-b" && s.State != "dead" {
 			t.Errorf("node-b state = %q, want dead", s.State)
@@ -327,4 +329,50 @@ func TestNewestBoots(t *testing.T) {
 	if len(got) != 2 || got[0].Name != "x" || got[0].Boot != "0003" || got[1].Name != "y" {
 		t.Errorf("newestBoots = %+v; want x@0003 and y@0005", got)
 	}
+}
+
+// A member declared dead stays in the ring for deadGrace, so a verdict
+// that is refuted at once (a node back from a partition spreading its
+// stale ones) moves no swarm; a real failure leaves the ring after it.
+func TestDeadMemberGrace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := startMember(t, "node-a", nil, onNet(newGossipNet(t)))
+		b := NodeInfo{Member: Member{Name: "node-b"}, DataAddr: "127.0.0.1:1b", Boot: "boot-node-b"}
+		set := func(state State, since time.Time) {
+			m.mu.Lock()
+			m.known["node-b@boot-node-b"] = &MemberStatus{NodeInfo: b, State: state, Since: since}
+			m.mu.Unlock()
+			if err := m.publish(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if m.deadGrace != 500*time.Millisecond {
+			t.Fatalf("deadGrace with the local profile = %s, want 5 gossip rounds (500ms)", m.deadGrace)
+		}
+		set(StateAlive, time.Now())
+		if got := memberNames(m.View()); got != "node-a,node-b" {
+			t.Fatalf("view %q, want both", got)
+		}
+		set(StateDead, time.Now())
+		if got := memberNames(m.View()); got != "node-a,node-b" {
+			t.Errorf("just declared dead: view %q, want node-b kept for its grace", got)
+		}
+		if left := m.graceLeft(); left != m.deadGrace {
+			t.Errorf("grace left %s, want %s", left, m.deadGrace)
+		}
+		set(StateAlive, time.Now()) // refuted
+		if got := memberNames(m.View()); got != "node-a,node-b" {
+			t.Errorf("refuted: view %q, want both", got)
+		}
+		set(StateDead, time.Now())
+		m.markDirty() // as the event delegate does; the loop publishes again when the grace ends
+		time.Sleep(m.deadGrace)
+		eventually.True(t, time.Second, "node-b leaves the ring once its grace is over", func() bool {
+			return memberNames(m.View()) == "node-a"
+		})
+		set(StateDead, time.Now()) // not in the view: the grace does not bring it back
+		if got := memberNames(m.View()); got != "node-a" {
+			t.Errorf("dead and out of the ring: view %q, want node-a alone", got)
+		}
+	})
 }

@@ -2,6 +2,8 @@ package store
 
 import (
 	"fmt"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -18,6 +20,13 @@ type Config struct {
 	// spread over, a power of two. More shards mean less lock contention
 	// between announces for different swarms.
 	Shards int `yaml:"shards"`
+	// SnapshotFile, if set, is where the node keeps its swarms across
+	// restarts: written every SnapshotInterval and on shutdown, loaded at
+	// start (see SaveSwarmFile). Empty keeps swarms in memory only.
+	SnapshotFile string `yaml:"snapshot_file"`
+	// SnapshotInterval is how often SnapshotFile is rewritten, bounding
+	// what a crash loses.
+	SnapshotInterval time.Duration `yaml:"snapshot_interval"`
 
 	// Clock returns the current time; nil means time.Now. Tests set it to
 	// control peer ages.
@@ -31,6 +40,8 @@ func DefaultConfig() Config {
 		PeerLifetime: 31 * time.Minute,
 		GCInterval:   time.Minute,
 		Shards:       1024,
+
+		SnapshotInterval: 5 * time.Minute,
 	}
 }
 
@@ -50,6 +61,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gc_interval: %s is out of range; want 1s to peer_lifetime (%s)", c.GCInterval, c.PeerLifetime)
 	case c.Shards < 1 || c.Shards > maxShards || c.Shards&(c.Shards-1) != 0:
 		return fmt.Errorf("shards: %d is not a power of two from 1 to %d", c.Shards, maxShards)
+	case c.SnapshotInterval < 10*time.Second || c.SnapshotInterval > 24*time.Hour:
+		return fmt.Errorf("snapshot_interval: %s is out of range; want 10s to 24h", c.SnapshotInterval)
+	case c.SnapshotFile != "" && (strings.HasSuffix(c.SnapshotFile, "/") || filepath.Base(c.SnapshotFile) == "."):
+		return fmt.Errorf("snapshot_file: %q names a directory; want a file path such as /var/lib/karuta/swarms", c.SnapshotFile)
 	}
 	return nil
 }

@@ -122,7 +122,9 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	if m.now == nil {
 		m.now = time.Now
 	}
-	m.epoch = m.now()
+	// Records count seconds from one lifetime before the start, so peers
+	// loaded from a swarm file with their older last-seen times fit.
+	m.epoch = m.now().Add(-time.Duration(m.lifetime) * time.Second)
 	m.fam4 = newFamily(false, m.seed)
 	m.fam6 = newFamily(true, m.seed)
 	for i := range m.shards {

@@ -1,6 +1,8 @@
 package store_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -329,4 +331,71 @@ func measureGCPauses(b *testing.B) {
 	b.ReportMetric(total[1], "p99-pause-µs")
 	b.ReportMetric(total[2], "max-pause-µs")
 	b.ReportMetric(stopping[1], "p99-stopping-µs")
+}
+
+// BenchmarkSwarmFile writes and reads the swarm file of 100,000 swarms of
+// 10 IPv4 peers (a million peers), the cost of store.snapshot_file at
+// every snapshot_interval and at start.
+func BenchmarkSwarmFile(b *testing.B) {
+	const swarms, perSwarm = 100_000, 10
+	src, err := store.NewMemory(store.DefaultConfig(), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	fill(src, swarms, perSwarm, false)
+	var file bytes.Buffer
+	if _, err := src.WriteSwarms(&file); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Write", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(file.Len()))
+		var buf bytes.Buffer
+		for b.Loop() {
+			buf.Reset()
+			if _, err := src.WriteSwarms(&buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Read", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(file.Len()))
+		for b.Loop() {
+			b.StopTimer()
+			dst, err := store.NewMemory(store.DefaultConfig(), nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			st, err := dst.ReadSwarms(bytes.NewReader(file.Bytes()), time.Now())
+			if err != nil || st.Peers != swarms*perSwarm {
+				b.Fatalf("read %+v, %v", st, err)
+			}
+			b.StopTimer()
+			dst.Close()
+			b.StartTimer()
+		}
+	})
+}
+
+// BenchmarkScrapeAll lists 100,000 swarms, what a full scrape reads from
+// one node's store.
+func BenchmarkScrapeAll(b *testing.B) {
+	const swarms = 100_000
+	m, err := store.NewMemory(store.DefaultConfig(), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	fill(m, swarms, 2, false)
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		_ = m.ScrapeAll(context.Background(), func(files []bittorrent.Scrape) error { n += len(files); return nil })
+		if n != swarms {
+			b.Fatalf("listed %d swarms, want %d", n, swarms)
+		}
+	}
 }

@@ -52,7 +52,7 @@ var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // newMemory returns a store whose clock starts at t0 and that is closed
 // when the test ends.
-func newMemory(t *testing.T, edit func(*store.Config)) (*store.Memory, *clock, *prometheus.Registry) {
+func newMemory(t testing.TB, edit func(*store.Config)) (*store.Memory, *clock, *prometheus.Registry) {
 	t.Helper()
 	clk := &clock{t: t0}
 	cfg := store.DefaultConfig()
@@ -101,6 +101,13 @@ func TestConfigValidate(t *testing.T) {
 			"shards: 1000 is not a power of two from 1 to 65536"},
 		{"too many shards", func(c *store.Config) { c.Shards = 1 << 17 },
 			"shards: 131072 is not a power of two from 1 to 65536"},
+		{"snapshot file", func(c *store.Config) { c.SnapshotFile = "/var/lib/karuta/swarms" }, ""},
+		{"snapshot interval too short", func(c *store.Config) { c.SnapshotInterval = time.Second },
+			"snapshot_interval: 1s is out of range; want 10s to 24h"},
+		{"snapshot interval too long", func(c *store.Config) { c.SnapshotInterval = 25 * time.Hour },
+			"snapshot_interval: 25h0m0s is out of range; want 10s to 24h"},
+		{"snapshot file is a directory", func(c *store.Config) { c.SnapshotFile = "/var/lib/karuta/" },
+			`snapshot_file: "/var/lib/karuta/" names a directory; want a file path such as /var/lib/karuta/swarms`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

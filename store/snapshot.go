@@ -1,6 +1,8 @@
 package store
 
 import (
+	"context"
+
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
 
@@ -111,4 +113,50 @@ func (m *Memory) Drop(ih bittorrent.InfoHash) {
 	}
 	delete(sh.swarms, ih)
 	sh.nswarm.Add(-1)
+}
+
+// scrapeAllBatch is how many swarms ScrapeAll reads for each call of fn.
+const scrapeAllBatch = 1024
+
+// ScrapeAll implements Store by reading ScrapePage after ScrapePage.
+func (m *Memory) ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) error) error {
+	var (
+		batch  []bittorrent.Scrape
+		cursor uint64
+		done   bool
+	)
+	for !done {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch, cursor, done = m.ScrapePage(cursor, scrapeAllBatch, batch[:0])
+		if len(batch) == 0 {
+			continue
+		}
+		if err := fn(batch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ScrapePage implements Store. A page is a run of whole shards, each copied
+// under its read lock, and the cursor is the next shard's index; so a page
+// holds at most limit swarms plus one shard's worth.
+func (m *Memory) ScrapePage(cursor uint64, limit int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool) {
+	start := len(dst)
+	for ; cursor < uint64(len(m.shards)); cursor++ {
+		if len(dst)-start >= limit {
+			return dst, cursor, false
+		}
+		sh := &m.shards[cursor]
+		sh.mu.RLock()
+		for ih, sw := range sh.swarms {
+			if c := sw.counts(); c.Seeders+c.Leechers > 0 {
+				dst = append(dst, bittorrent.Scrape{InfoHash: ih, Counts: c})
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	return dst, cursor, true
 }

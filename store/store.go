@@ -3,6 +3,7 @@
 package store
 
 import (
+	"context"
 	"net/netip"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -65,6 +66,21 @@ type Store interface {
 	// method; swarms created or dropped meanwhile may or may not be
 	// visited, and no swarm is visited twice.
 	Range(fn func(ih bittorrent.InfoHash) bool)
+
+	// ScrapeAll calls fn with the counts of every swarm that has peers, in
+	// batches, each swarm once, until all are listed, fn returns an error
+	// or ctx ends, and returns that error. fn runs without the store's
+	// locks held and must not keep the slice. It answers full scrapes.
+	ScrapeAll(ctx context.Context, fn func([]bittorrent.Scrape) error) error
+
+	// ScrapePage appends to dst the counts of the next swarms with peers,
+	// starting at cursor (0 for the first page), reading at least limit
+	// swarms unless the store runs out; it returns the cursor of the next
+	// page and whether this was the last. Paging through the whole store
+	// lists every swarm once, though swarms created or dropped meanwhile
+	// may or may not be listed. A cursor means something only to the
+	// store that returned it. A cluster node pages this way for others.
+	ScrapePage(cursor uint64, limit int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool)
 
 	// Drop deletes a swarm with its peers and snatch count, as when it has
 	// been handed to the nodes that own it now. Dropping an unknown swarm

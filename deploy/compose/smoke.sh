@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Smoke test of the compose cluster: every node sees 3 alive members and a
 # settled ring, and a peer announced to n1 is returned by n2 and n3.
-# A manual/ops check, not part of CI. Exits non-zero on the first failure.
+# Run by hand and by the deploy stage of `make test` (deploy/test/run.sh).
+# Exits non-zero on the first failure.
 #
 #   deploy/compose/smoke.sh          # check a cluster that is already up
 #   deploy/compose/smoke.sh --up     # start it first, stop it at the end
 #
 # Needs curl and od. Host ports are those of docker-compose.yml; override
 # with HOST=, METRICS_PORTS= and TRACKER_PORTS= (space-separated, n1 first).
+# INFO_HASH= (40 hex digits) announces that swarm instead of a random one,
+# and ANNOUNCE_QUERY= is appended to every announce's query, e.g.
+# "&jwt=TOKEN" for nodes that run the jwt hook.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,14 +59,20 @@ done
 # 2. Announces. A fresh random infohash per run, so peers left from an
 # earlier run (they live 31 minutes) cannot make the check pass.
 urlenc() { od -An -v -tx1 | tr -d ' \n' | sed 's/../%&/g'; }
-info_hash=$(head -c 20 /dev/urandom | urlenc)
+if [[ -n ${INFO_HASH:-} ]]; then
+	[[ $INFO_HASH =~ ^[0-9a-fA-F]{40}$ ]] || fail "INFO_HASH=$INFO_HASH is not 40 hex digits"
+	info_hash=$(sed 's/../%&/g' <<<"$INFO_HASH")
+else
+	info_hash=$(head -c 20 /dev/urandom | urlenc)
+fi
+extra_query=${ANNOUNCE_QUERY:-}
 
 # announce PORT NODE_INDEX: announces a leecher listening on PORT to a node
 # and prints the compact peer list of the answer as hex, 12 digits a peer.
 announce() {
 	local port=$1 i=$2 peer_id hex rest len
 	peer_id=$(printf -- '-SM0001-%012d' "$port" | urlenc) # 20 bytes
-	hex=$(curl -fsS --max-time 5 "http://$host:${tracker[$i]}/announce?info_hash=$info_hash&peer_id=$peer_id&port=$port&uploaded=0&downloaded=0&left=1000&compact=1&numwant=50" |
+	hex=$(curl -fsS --max-time 5 "http://$host:${tracker[$i]}/announce?info_hash=$info_hash&peer_id=$peer_id&port=$port&uploaded=0&downloaded=0&left=1000&compact=1&numwant=50$extra_query" |
 		od -An -v -tx1 | tr -d ' \n') || fail "announce to n$((i + 1)) (port ${tracker[$i]}) failed"
 	if [[ $hex == *6661696c75726520726561736f6e* ]]; then # "failure reason"
 		fail "n$((i + 1)) refused the announce: $(xxd -r -p <<<"$hex" 2>/dev/null || echo "$hex")"

@@ -54,6 +54,15 @@ type Config struct {
 	// /announce/{passkey}.
 	AnnounceRoutes []string `yaml:"announce_routes"`
 	ScrapeRoutes   []string `yaml:"scrape_routes"`
+	// FullScrape answers a scrape without info_hash with every swarm (of
+	// the whole cluster), gzipped when the client accepts it. Off by
+	// default: the answer is as large as the tracker, and lists what it
+	// tracks to anyone who asks.
+	FullScrape bool `yaml:"full_scrape"`
+	// FullScrapeInterval is the least time between two full scrapes this
+	// node answers; one asked for sooner, or while another is being sent,
+	// is refused with a failure reason and counted.
+	FullScrapeInterval time.Duration `yaml:"full_scrape_interval"`
 }
 
 // DefaultConfig returns the configuration used when the config file says
@@ -70,6 +79,7 @@ func DefaultConfig() Config {
 		MaxConnectionsPerIP: 256,
 		AnnounceRoutes:      []string{"/announce"},
 		ScrapeRoutes:        []string{"/scrape"},
+		FullScrapeInterval:  10 * time.Second,
 	}
 }
 
@@ -131,6 +141,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRequestBytes < minRequestBytes || c.MaxRequestBytes > maxRequestBytes {
 		return fmt.Errorf("max_request_bytes: %d is out of range; want %d to %d", c.MaxRequestBytes, minRequestBytes, maxRequestBytes)
+	}
+	if c.FullScrapeInterval < time.Second || c.FullScrapeInterval > 24*time.Hour {
+		return fmt.Errorf("full_scrape_interval: %s is out of range; want 1s to 24h", c.FullScrapeInterval)
 	}
 	if len(c.AnnounceRoutes) == 0 {
 		return fmt.Errorf("announce_routes: empty; want at least one path such as /announce")

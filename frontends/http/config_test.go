@@ -44,6 +44,8 @@ func TestConfigValidate(t *testing.T) {
 		{"request bytes small", func(c *Config) { c.MaxRequestBytes = 100 }, "max_request_bytes:", "100"},
 		{"request bytes big", func(c *Config) { c.MaxRequestBytes = 1 << 30 }, "max_request_bytes:", "1073741824"},
 		{"no announce route", func(c *Config) { c.AnnounceRoutes = nil }, "announce_routes:", "at least one"},
+		{"full scrape interval short", func(c *Config) { c.FullScrapeInterval = 0 }, "full_scrape_interval:", "want 1s to 24h"},
+		{"full scrape interval long", func(c *Config) { c.FullScrapeInterval = 25 * time.Hour }, "full_scrape_interval:", "25h0m0s"},
 		{"route no slash", func(c *Config) { c.AnnounceRoutes = []string{"/announce", "announce"} }, "announce_routes[1]:", `"announce"`},
 		{"route bad char", func(c *Config) { c.ScrapeRoutes = []string{"/scr ape"} }, "scrape_routes[0]:", `"/scr ape"`},
 		{"route query", func(c *Config) { c.ScrapeRoutes = []string{"/scrape?x"} }, "scrape_routes[0]:", `"/scrape?x"`},

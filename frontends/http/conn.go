@@ -204,25 +204,16 @@ func (c *conn) handle() bool {
 		body, result, announced = c.announce(rt)
 	default:
 		action = frontends.ActionScrape
-		body, result = c.scrape(rt)
+		var full bool
+		if body, result, full = c.scrape(rt); full {
+			return c.fullScrape(h, isHead, req.keepAlive && !c.s.closing.Load(), start)
+		}
 	}
 	c.body = body[:0]
 	// Checked after answering, so a request in flight when Shutdown starts
 	// is told the connection is closing.
 	keep := req.keepAlive && !req.hasBody && !c.s.closing.Load()
-	switch {
-	case !keep:
-		h.conn = connClose
-	case req.minor == 0:
-		h.conn = connKeepAlive
-	}
-	h.contentLen = len(body)
-	c.wbuf = appendHead(c.wbuf, h)
-	// HEAD is answered like GET, announce included, minus the body
-	// (RFC 9110 section 9.3.2).
-	if !isHead {
-		c.wbuf = append(c.wbuf, body...)
-	}
+	c.answer(h, isHead, keep, body)
 	if announced {
 		c.pending = append(c.pending, c.areq)
 	}
@@ -252,9 +243,9 @@ func (c *conn) announce(rt *route) (body []byte, result string, ok bool) {
 	return appendAnnounce(c.body[:0], &c.aresp, ip.Is6(), req.Compact, req.NoPeerID), frontends.ResultOK, true
 }
 
-// scrape answers a scrape. Zero info_hash values are passed on: whether a
-// full scrape is allowed is the chain's decision.
-func (c *conn) scrape(rt *route) (body []byte, result string) {
+// scrape answers a scrape, or reports full for one that names no infohash,
+// which fullScrape answers.
+func (c *conn) scrape(rt *route) (body []byte, result string, full bool) {
 	req := &c.sreq
 	var err error
 	req.InfoHashes, err = parseScrape(c.req.query, req.InfoHashes[:0])
@@ -263,15 +254,19 @@ func (c *conn) scrape(rt *route) (body []byte, result string) {
 		ip, err = c.clientIP()
 	}
 	if err != nil {
-		return appendFailure(c.body[:0], bittorrent.FailureReason(err)), frontends.ResultClientError
+		return appendFailure(c.body[:0], bittorrent.FailureReason(err)), frontends.ResultClientError, false
 	}
 	req.Addr = netip.AddrPortFrom(ip, 0)
 	req.Params = c.params(rt)
+	if len(req.InfoHashes) == 0 {
+		return nil, "", true
+	}
 	c.sresp.Reset()
 	if err := c.s.t.Scrape(c.s.ctx, req, &c.sresp); err != nil {
-		return c.trackerFailure(err)
+		body, result = c.trackerFailure(err)
+		return body, result, false
 	}
-	return appendScrape(c.body[:0], &c.sresp), frontends.ResultOK
+	return appendScrape(c.body[:0], &c.sresp), frontends.ResultOK, false
 }
 
 // trackerFailure turns an error from the tracker into a failure response.

@@ -29,6 +29,9 @@ type request struct {
 	hasAuth bool
 	realIP  [maxRealIPLines][]byte
 	nRealIP int
+	// gzip is set when Accept-Encoding accepts gzip (only full scrapes,
+	// the one large answer, are compressed).
+	gzip bool
 }
 
 // errNeedMore means the buffer holds the start of a request but not yet the
@@ -148,6 +151,8 @@ func parseRequest(b []byte, realIPHeader string, req *request) (int, error) {
 			}
 		case equalFold(name, "transfer-encoding"):
 			req.hasBody = true
+		case equalFold(name, "accept-encoding"):
+			req.gzip = req.gzip || acceptsGzip(value)
 		case equalFold(name, "authorization"):
 			if req.hasAuth {
 				return 0, errDuplicate
@@ -263,17 +268,45 @@ func parseRequestLine(line []byte, req *request) error {
 // and keep-alive.
 func connectionTokens(v []byte) (hasClose, hasKeepAlive bool) {
 	for len(v) > 0 {
-		tok := v
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			tok, v = v[:i], v[i+1:]
-		} else {
-			v = nil
-		}
+		var tok []byte
+		tok, v = nextListItem(v)
 		tok = trimOWS(tok)
 		hasClose = hasClose || equalFold(tok, "close")
 		hasKeepAlive = hasKeepAlive || equalFold(tok, "keep-alive")
 	}
 	return hasClose, hasKeepAlive
+}
+
+// nextListItem splits the first item off a comma-separated header value.
+func nextListItem(v []byte) (item, rest []byte) {
+	if i := bytes.IndexByte(v, ','); i >= 0 {
+		return v[:i], v[i+1:]
+	}
+	return v, nil
+}
+
+// acceptsGzip reports whether an Accept-Encoding value lists gzip (or
+// x-gzip) without q=0 (RFC 9110 section 12.5.3). A bare "*" is not taken
+// as gzip: a client that wants it says so.
+func acceptsGzip(v []byte) bool {
+	for len(v) > 0 {
+		var tok []byte
+		tok, v = nextListItem(v)
+		coding, params, _ := bytes.Cut(tok, []byte(";"))
+		coding = trimOWS(coding)
+		if !equalFold(coding, "gzip") && !equalFold(coding, "x-gzip") {
+			continue
+		}
+		q := trimOWS(params)
+		if hasPrefixFold(q, "q=") {
+			w := bytes.TrimRight(q[2:], "0.")
+			if len(w) == 0 { // q=0, q=0.0, q=0.000
+				continue
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // equalFold reports whether b equals the lower-case ASCII string lower,

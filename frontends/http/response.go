@@ -108,15 +108,7 @@ func appendScrape(dst []byte, resp *bittorrent.ScrapeResponse) []byte {
 		if i > 0 && f.InfoHash == resp.Files[i-1].InfoHash {
 			continue
 		}
-		dst = append(dst, "20:"...)
-		dst = append(dst, f.InfoHash[:]...)
-		dst = append(dst, "d8:completei"...)
-		dst = strconv.AppendUint(dst, uint64(f.Seeders), 10)
-		dst = append(dst, "e10:downloadedi"...)
-		dst = strconv.AppendUint(dst, uint64(f.Snatches), 10)
-		dst = append(dst, "e10:incompletei"...)
-		dst = strconv.AppendUint(dst, uint64(f.Leechers), 10)
-		dst = append(dst, "ee"...)
+		dst = appendScrapeEntry(dst, f)
 	}
 	return append(dst, "ee"...)
 }
@@ -150,6 +142,11 @@ type head struct {
 	allow      bool // Allow: GET, HEAD (405 only)
 	contentLen int
 	date       []byte
+	// stream leaves out Content-Length: the body is sent as it is made and
+	// ends when the connection closes (conn must be connClose).
+	stream bool
+	// gzip says the body is gzipped (Content-Encoding: gzip).
+	gzip bool
 }
 
 // appendHead appends the status line and headers of a response.
@@ -160,8 +157,14 @@ func appendHead(dst []byte, h head) []byte {
 		dst = append(dst, "HTTP/1.1 "...)
 	}
 	dst = append(dst, h.status...)
-	dst = append(dst, "\r\nContent-Type: text/plain\r\nContent-Length: "...)
-	dst = strconv.AppendInt(dst, int64(h.contentLen), 10)
+	dst = append(dst, "\r\nContent-Type: text/plain"...)
+	if !h.stream {
+		dst = append(dst, "\r\nContent-Length: "...)
+		dst = strconv.AppendInt(dst, int64(h.contentLen), 10)
+	}
+	if h.gzip {
+		dst = append(dst, "\r\nContent-Encoding: gzip"...)
+	}
 	if len(h.date) > 0 {
 		dst = append(dst, "\r\nDate: "...)
 		dst = append(dst, h.date...)

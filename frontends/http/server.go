@@ -50,6 +50,8 @@ type Server struct {
 	errLog    *ratelog.Limiter
 	acceptLog *ratelog.Limiter
 	limitLog  *ratelog.Limiter
+	fullLog   *ratelog.Limiter
+	fullGate  fullScrapeGate
 
 	mu      sync.Mutex
 	ln      net.Listener
@@ -81,6 +83,8 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 		errLog:    ratelog.New(10 * time.Second),
 		acceptLog: ratelog.New(10 * time.Second),
 		limitLog:  ratelog.New(10 * time.Second),
+		fullLog:   ratelog.New(time.Minute),
+		fullGate:  fullScrapeGate{interval: cfg.FullScrapeInterval},
 		conns:     map[*conn]struct{}{},
 		perIP:     map[netip.Addr]int{},
 		stopping:  make(chan struct{}),

@@ -31,12 +31,16 @@ import (
 
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/frontends/http/bencode"
+	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
 // fakeTracker answers with fixed counts and peers of the announcer's
 // family, and records what it was asked.
+// scrapeOne is a scrape of testHash, the simplest request with a body.
+var scrapeOne = "/scrape?info_hash=" + escapeAll(testHash[:])
+
 type fakeTracker struct {
 	announceErr error
 	scrapeErr   error
@@ -116,7 +120,7 @@ func (f *fakeTracker) announceCount() int {
 
 // testServer starts a server on a loopback port with cfg adjusted by
 // mutate, and shuts it down when the test ends.
-func testServer(t *testing.T, f *fakeTracker, rec *frontends.Recorder, mutate func(*Config)) (*Server, string) {
+func testServer(t *testing.T, f hooks.Tracker, rec *frontends.Recorder, mutate func(*Config)) (*Server, string) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
@@ -263,14 +267,15 @@ func TestServerScrape(t *testing.T) {
 	if !reflect.DeepEqual(d, want) {
 		t.Errorf("scrape = %#v, want %#v", d, want)
 	}
-	// No info_hash at all reaches the tracker, which decides about full scrapes.
+	// No info_hash at all is a full scrape, off by default: refused without
+	// asking the tracker.
 	_, d = get(t, nil, "http://"+addr+"/scrape")
-	if !reflect.DeepEqual(d, map[string]any{"files": map[string]any{}}) {
-		t.Errorf("empty scrape = %#v", d)
+	if want := map[string]any{"failure reason": string(errFullScrapeOff)}; !reflect.DeepEqual(d, want) {
+		t.Errorf("full scrape when off = %#v, want %#v", d, want)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.scrapes) != 2 || len(f.scrapes[1].InfoHashes) != 0 || f.scrapes[0].Addr.Addr().String() != "127.0.0.1" || f.scrapes[0].Params.Path != "/scrape" {
+	if len(f.scrapes) != 1 || f.scrapes[0].Addr.Addr().String() != "127.0.0.1" || f.scrapes[0].Params.Path != "/scrape" {
 		t.Errorf("tracker saw scrapes %+v", f.scrapes)
 	}
 	if len(f.after) != 0 {
@@ -306,7 +311,7 @@ func TestServerFailureReasons(t *testing.T) {
 		{"tracker internal error", "/announce?" + baseQuery, errors.New("store: shard 3 on fire"), nil, "internal server error", true},
 		{"scrape bad hash", "/scrape?info_hash=abc", nil, nil, "info_hash must be 20 bytes", false},
 		{"scrape too many", "/scrape?info_hash=" + escapeAll(testHash[:]), nil, bittorrent.ErrTooManyHashes, "too many info_hash values in scrape", false},
-		{"scrape internal error", "/scrape", nil, errors.New("boom"), "internal server error", false},
+		{"scrape internal error", scrapeOne, nil, errors.New("boom"), "internal server error", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -323,7 +328,7 @@ func TestServerFailureReasons(t *testing.T) {
 				t.Errorf("tracker called = %v, want %v", got, tt.reachesHook)
 			}
 			// Give a wrongly queued AfterAnnounce the chance to show up.
-			get(t, nil, "http://"+addr+"/scrape")
+			get(t, nil, "http://"+addr+scrapeOne)
 			if n := f.afterCount(); n != 0 {
 				t.Errorf("AfterAnnounce called %d times for a failed announce", n)
 			}
@@ -426,7 +431,7 @@ func TestServerStatusCodes(t *testing.T) {
 				return
 			}
 			// The connection is still usable.
-			r.write("GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n")
+			r.write("GET " + scrapeOne + " HTTP/1.1\r\nHost: t\r\n\r\n")
 			if resp, _ := r.read("GET"); resp.StatusCode != 200 {
 				t.Errorf("next request: status %d", resp.StatusCode)
 			}
@@ -480,7 +485,7 @@ func TestServerPipelining(t *testing.T) {
 	r.write("GET /key1/announce?" + baseQuery + "&numwant=1 HTTP/1.1\r\nHost: t\r\n\r\n" +
 		"GET /missing HTTP/1.1\r\nHost: t\r\n\r\n" +
 		"HEAD /announce?" + baseQuery + "&numwant=2 HTTP/1.1\r\nHost: t\r\n\r\n" +
-		"GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n" + last[:40])
+		"GET " + scrapeOne + " HTTP/1.1\r\nHost: t\r\n\r\n" + last[:40])
 	for i, want := range []struct {
 		method string
 		status int
@@ -558,7 +563,7 @@ func TestServerTimeouts(t *testing.T) {
 	})
 	t.Run("idle", func(t *testing.T) {
 		r := dialRaw(t, addr)
-		r.write("GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n")
+		r.write("GET " + scrapeOne + " HTTP/1.1\r\nHost: t\r\n\r\n")
 		r.read("GET")
 		start := time.Now()
 		r.expectClosed()
@@ -571,7 +576,7 @@ func TestServerTimeouts(t *testing.T) {
 	})
 	t.Run("slow request", func(t *testing.T) {
 		r := dialRaw(t, addr)
-		r.write("GET /scrape HTTP/1.1\r\nHo")
+		r.write("GET " + scrapeOne + " HTTP/1.1\r\nHo")
 		r.expectClosed()
 	})
 }
@@ -596,8 +601,8 @@ func TestServerRequestTooLarge(t *testing.T) {
 	}
 	// A request of just under the limit is fine, also behind a pipelined one.
 	r := dialRaw(t, addr)
-	first := "GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n"
-	pad := "GET /scrape HTTP/1.1\r\nHost: t\r\nX-Pad: "
+	first := "GET " + scrapeOne + " HTTP/1.1\r\nHost: t\r\n\r\n"
+	pad := "GET " + scrapeOne + " HTTP/1.1\r\nHost: t\r\nX-Pad: "
 	second := pad + strings.Repeat("x", 1024-len(pad)-4) + "\r\n\r\n"
 	r.write(first + second)
 	for range 2 {
@@ -661,7 +666,7 @@ func TestServerRouteParams(t *testing.T) {
 	if !reflect.DeepEqual(got.Params.Route, want) || got.Params.Path != "/s3cr%2Ft/announce" || got.Params.Authorization != "Bearer tok" {
 		t.Errorf("Params = %+v", got.Params)
 	}
-	get(t, c, "http://"+addr+"/abc/scrape")
+	get(t, c, "http://"+addr+"/abc/scrape?"+baseQuery)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if p := f.scrapes[0].Params; !reflect.DeepEqual(p.Route, []bittorrent.Param{{Key: "passkey", Value: "abc"}}) {
@@ -740,7 +745,7 @@ func TestServerShutdown(t *testing.T) {
 	}
 	addr := s.Addr().String()
 	idle := dialRaw(t, addr)
-	idle.write("GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n")
+	idle.write("GET " + scrapeOne + " HTTP/1.1\r\nHost: t\r\n\r\n")
 	idle.read("GET")
 
 	busy := dialRaw(t, addr)
@@ -810,7 +815,7 @@ func TestServerMetrics(t *testing.T) {
 	_, addr := testServer(t, f, m.For("http"), nil)
 	get(t, nil, "http://"+addr+"/announce?"+baseQuery)
 	get(t, nil, "http://"+addr+"/announce?"+baseQuery+"&event=x")
-	get(t, nil, "http://"+addr+"/scrape")
+	get(t, nil, "http://"+addr+scrapeOne)
 	resp, err := nethttp.Get("http://" + addr + "/nope")
 	if err != nil {
 		t.Fatal(err)

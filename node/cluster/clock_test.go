@@ -142,6 +142,9 @@ func newLoneCluster(t *testing.T, net *transport.MemNet, self string, members []
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close(); _ = st.Close() })
+	// Installing the first view clears the read cache; wait for it, so it
+	// cannot race with what the test reads next.
+	eventually.True(t, 5*time.Second, self+" takes in its view", func() bool { return c.settled.Load() == c.View() })
 	return c, st
 }
 
@@ -302,9 +305,6 @@ func TestCloseWaitsForFetches(t *testing.T) {
 	net := transport.NewMemNet()
 	_, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil)
 	b, _ := newLoneCluster(t, net, "b", []string{"a", "b"}, nil)
-	// Let b take in its first view first: installing a view clears the
-	// read cache, which would otherwise race with the look below.
-	eventually.True(t, 5*time.Second, "b settles", func() bool { return b.settled.Load() == b.View() })
 	ih := ownedBy(t, b.View(), "a")
 	aStore.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort("10.4.4.1:1")}}})
 	net.SetDelay(time.Hour)
@@ -316,7 +316,7 @@ func TestCloseWaitsForFetches(t *testing.T) {
 	sh.mu.Lock()
 	e := sh.m[ih]
 	sh.mu.Unlock()
-	if e == nil || e.busy {
+	if e == nil || e.fl != nil {
 		t.Errorf("after Close the prefetch is still in flight (entry %+v)", e)
 	}
 	b.Prefetch([]bittorrent.InfoHash{ih}) // after Close: starts nothing, wakes any waiter

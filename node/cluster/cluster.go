@@ -57,8 +57,10 @@ type Cluster struct {
 	reg   prometheus.Registerer
 	clock Clock
 
-	view   atomic.Pointer[ring.View]
-	viewAt atomic.Int64 // when view was installed, in Unix nanoseconds
+	view  atomic.Pointer[ring.View]
+	trust trust // which local copies are whole; see localAlone
+	// viewCh is closed, and replaced, each time a new view is installed.
+	viewCh atomic.Pointer[chan struct{}]
 
 	destMu sync.Mutex
 	dests  map[string]*dest // by data address
@@ -76,6 +78,10 @@ type Cluster struct {
 	// had to; Drain waits for it to reach the current view.
 	settled atomic.Pointer[ring.View]
 	handoff handoffState // owned by the handoff loop
+
+	// scrapePage is how many swarms a full scrape reads per page: the
+	// scrapePage constant, smaller in tests.
+	scrapePage int
 
 	dropLog    *ratelog.Limiter
 	unreachLog *ratelog.Limiter
@@ -113,6 +119,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
+		scrapePage: scrapePage,
 		dropLog:    ratelog.New(10 * time.Second),
 		unreachLog: ratelog.New(10 * time.Second),
 		handoffLog: ratelog.New(10 * time.Second),
@@ -121,8 +128,10 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
+	c.trust.adopt(opts.Views.View(), c.clock.Now())
 	c.view.Store(opts.Views.View())
-	c.viewAt.Store(c.clock.Now().UnixNano())
+	viewCh := make(chan struct{})
+	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
 		for _, col := range append(c.m.collectors(), queueCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
@@ -149,6 +158,9 @@ func (c *Cluster) Start() error {
 // View returns the view the data plane currently routes by.
 func (c *Cluster) View() *ring.View { return c.view.Load() }
 
+// viewChanged returns a channel closed when the next view is installed.
+func (c *Cluster) viewChanged() <-chan struct{} { return *c.viewCh.Load() }
+
 // watchLoop installs each new view: it retires destinations that left,
 // re-routing what they had queued, and asks for a handoff pass.
 func (c *Cluster) watchLoop() {
@@ -160,8 +172,10 @@ func (c *Cluster) watchLoop() {
 		case <-c.views.Changed():
 		}
 		v := c.views.View()
-		c.viewAt.Store(c.clock.Now().UnixNano())
+		c.trust.adopt(v, c.clock.Now())
 		c.view.Store(v)
+		next := make(chan struct{})
+		close(*c.viewCh.Swap(&next))
 		c.retireDests(v)
 		c.cache.clear() // owners may have changed; refetch rather than trust
 		c.requestHandoff()
@@ -320,8 +334,11 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 			c.store.Apply(changes)
 			c.store.MergeSnatches(sw.InfoHash, sw.Snatches)
 		}
+		c.trust.received(func(i int) bittorrent.InfoHash { return r.Swarms[i].InfoHash }, len(r.Swarms))
 		c.m.handoff.WithLabelValues("received").Add(float64(len(r.Swarms)))
 		return &transport.Ack{}, nil
+	case *transport.ScrapeRequest:
+		return c.scrapePageFor(r), nil
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }
@@ -377,11 +394,15 @@ type MemberStatus struct {
 
 // Status is the data plane as this node sees it.
 type Status struct {
-	Epoch    uint64         `json:"epoch"`
-	Self     string         `json:"self,omitempty"`
-	Replicas int            `json:"replicas"`
-	Settled  bool           `json:"settled"`
-	Members  []MemberStatus `json:"members"`
+	Epoch    uint64 `json:"epoch"`
+	Self     string `json:"self,omitempty"`
+	Replicas int    `json:"replicas"`
+	Settled  bool   `json:"settled"`
+	// Whole says the node answers every swarm it owns from its own copy:
+	// no swarm it gained in a membership change is still waiting for its
+	// handoff (see localAlone).
+	Whole   bool           `json:"whole"`
+	Members []MemberStatus `json:"members"`
 }
 
 // shareSamples is how many infohashes Status places to estimate each
@@ -392,7 +413,7 @@ const shareSamples = 1 << 14
 // swarms (as one of their owners) and the forward queues.
 func (c *Cluster) Status() Status {
 	v := c.view.Load()
-	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v}
+	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v, Whole: c.Trusted()}
 	if v.Self >= 0 {
 		st.Self = v.Members()[v.Self].Name
 	}

@@ -47,6 +47,7 @@ type testNode struct {
 	views *scriptedViews
 	c     *Cluster
 	reg   *prometheus.Registry
+	gate  *gatedTransport // holds back this node's handoff requests on demand
 }
 
 // testCluster runs nodes over a MemNet with scripted membership.
@@ -58,6 +59,8 @@ type testCluster struct {
 	nodes    map[string]*testNode
 	epoch    uint64
 	boots    int
+	dc       map[string]string // node name → datacenter; "dc1" when absent
+	every    bool              // every_datacenter placement
 	// wrap, if set, stands between a node and its transport.
 	wrap func(name string, tr transport.Transport) transport.Transport
 }
@@ -95,7 +98,8 @@ func (tc *testCluster) start(name string) *testNode {
 	if tc.wrap != nil {
 		tr = tc.wrap(name, tr)
 	}
-	n.c, err = New(tc.cfg, Options{Store: st, Transport: tr, Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
+	n.gate = &gatedTransport{Transport: tr}
+	n.c, err = New(tc.cfg, Options{Store: st, Transport: n.gate, Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +126,14 @@ func (tc *testCluster) view(self string, members []string, newcomer *testNode) *
 		if newcomer != nil && newcomer.name == m {
 			n = newcomer
 		}
-		infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: m, Datacenter: "dc1", Zone: m}, DataAddr: m, Boot: fmt.Sprint(n.boot)})
+		dc := tc.dc[m]
+		if dc == "" {
+			dc = "dc1"
+		}
+		infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: m, Datacenter: dc, Zone: m}, DataAddr: m, Boot: fmt.Sprint(n.boot)})
 	}
 	tc.epoch++
-	v, err := ring.NewView(infos, self, tc.replicas, ring.Options{VNodes: 64}, tc.epoch)
+	v, err := ring.NewView(infos, self, tc.replicas, ring.Options{VNodes: 64, EveryDatacenter: tc.every}, tc.epoch)
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -387,13 +395,7 @@ func testPartitionAndHeal(t *testing.T) {
 	want := tc.populated(all, 30, 300)
 
 	left, right := []string{"a", "b"}, []string{"c", "d"}
-	for _, l := range left {
-		for _, r := range right {
-			tc.net.Cut(l, r)
-		}
-	}
-	tc.see(left, left)
-	tc.see(right, right)
+	tc.split(left, right)
 	wantLeft, wantRight := swarmSet{}, swarmSet{}
 	tc.announce(wantLeft, left, 30, 60, 2)
 	tc.announce(wantRight, right, 30, 60, 3)
@@ -467,6 +469,23 @@ func testForwardDropsAreCounted(t *testing.T) {
 	if got := testutil.CollectAndCount(a.reg, "karuta_cluster_forward_queue_depth"); got != 1 {
 		t.Errorf("forward_queue_depth series = %d, want 1", got)
 	}
+	// What could not be sent is kept on a, not lost, and reaches b once
+	// the link is back.
+	for _, ch := range changes[:8] {
+		if got := a.store.Counts(ch.InfoHash); got.Leechers != 1 {
+			t.Errorf("swarm %x: a keeps %+v of the change it could not forward, want the leecher", ch.InfoHash[:4], got)
+		}
+	}
+	tc.net.Heal()
+	eventually.True(t, 10*time.Second, "the kept changes reach b and leave a", func() bool {
+		for _, ch := range changes[:8] {
+			_, _, onA := a.store.Swarm(ch.InfoHash, 1, nil)
+			if onA || tc.nodes["b"].store.Counts(ch.InfoHash).Leechers != 1 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func TestReadFallsBackWhenOwnersAreDown(t *testing.T) {

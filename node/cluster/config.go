@@ -22,7 +22,8 @@ type Config struct {
 	// changes for that node are dropped and counted.
 	ForwardQueue int `yaml:"forward_queue"`
 	// ForwardRetry is how long a batch is retried while its node cannot be
-	// reached before it is dropped and counted.
+	// reached; then it is kept in this node's store, counted, and handed
+	// over by the repair pass once the node answers.
 	ForwardRetry time.Duration `yaml:"forward_retry"`
 	// ReadCacheTTL is how long a node reuses the peers it fetched for a
 	// swarm it does not own.
@@ -34,7 +35,8 @@ type Config struct {
 	// owner for one swarm.
 	ReadMaxPeers int `yaml:"read_max_peers"`
 	// RepairInterval is how often a node checks, without a membership
-	// change, that every swarm it holds is where placement wants it.
+	// change, that every swarm it holds is where placement wants it. It
+	// also bounds the trust window after a change (see trustWindow).
 	RepairInterval time.Duration `yaml:"repair_interval"`
 }
 

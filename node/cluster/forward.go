@@ -302,11 +302,13 @@ func (d *dest) run() {
 			}
 			if now.Sub(failSince) >= cfg.ForwardRetry {
 				// The outage has outlived the retry budget: give each batch
-				// one attempt from now on, so the queue keeps moving.
+				// one attempt from now on, so the queue keeps moving, and
+				// keep what could not be sent here rather than drop it.
 				d.pop(len(buf))
+				d.c.park(buf)
 				d.c.m.forwarded.WithLabelValues("unreachable").Add(float64(len(buf)))
 				if n, ok := d.c.unreachLog.Allow(); ok {
-					d.c.log.Warn("owner unreachable; changes dropped", zap.String("peer", d.name), zap.String("addr", d.addr),
+					d.c.log.Warn("owner unreachable; changes kept here until the owners can take them", zap.String("peer", d.name), zap.String("addr", d.addr),
 						zap.Duration("for", now.Sub(failSince)), zap.Uint64("events", n), zap.Error(err))
 				}
 				continue
@@ -319,6 +321,18 @@ func (d *dest) run() {
 			}
 		}
 	}
+}
+
+// park keeps changes that could not be forwarded in this node's own
+// store. A node cut off from the owners (isolated, or on the smaller side
+// of a partition before it has declared the others dead) keeps taking
+// announces; dropping them after forward_retry would lose what its
+// clients were told. Held here, a swarm this node does not own is a stray
+// that the handoff pass sends to its owners, and keeps retrying, until
+// they take it.
+func (c *Cluster) park(chs []bittorrent.Change) {
+	c.store.Apply(chs)
+	c.checkOwned(len(chs), func(i int) bittorrent.InfoHash { return chs[i].InfoHash })
 }
 
 // gather waits up to delay for the queue to reach a full batch.

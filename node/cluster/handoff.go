@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -48,6 +50,12 @@ func (c *Cluster) handoffLoop() {
 		v := c.view.Load()
 		if c.handoffPass(v) {
 			c.settled.Store(v)
+			switch wait := c.trust.settle(v, c.clock.Now(), c.trustWindow()); {
+			case wait == 0:
+				c.log.Info("local copies whole again", zap.Uint64("epoch", v.Epoch))
+			case wait > 0:
+				retry = time.After(wait) // look again when the window has passed
+			}
 		} else {
 			retry = time.After(handoffRetry)
 		}
@@ -65,7 +73,8 @@ func (c *Cluster) handoffLoop() {
 func (c *Cluster) handoffPass(v *ring.View) bool {
 	start := c.clock.Now()
 	p := newHandoffPlan(c.handoff, v, start)
-	h := &handoff{c: c, v: v, batches: map[int]*mergeBatch{}, failed: map[bittorrent.InfoHash]bool{}}
+	h := &handoff{c: c, v: v, batches: map[int]*mergeBatch{}, inflight: map[int]chan struct{}{},
+		failed: map[bittorrent.InfoHash]bool{}, down: map[int]bool{}}
 	var snap []bittorrent.Change
 	c.store.Range(func(ih bittorrent.InfoHash) bool {
 		m := p.swarm(ih)
@@ -112,13 +121,21 @@ func (c *Cluster) handoffPass(v *ring.View) bool {
 }
 
 // handoff accumulates swarms per destination and sends them in requests of
-// about mergePeers peers.
+// about mergePeers peers. Destinations are served side by side, one
+// request in flight each, so a node that does not answer (cut off, not yet
+// declared dead) delays only its own swarms: after its first failure in a
+// pass it gets no more requests that pass, and a request to it ends as
+// soon as a view without it arrives.
 type handoff struct {
-	c       *Cluster
-	v       *ring.View
-	batches map[int]*mergeBatch
-	failed  map[bittorrent.InfoHash]bool
-	sent    int
+	c        *Cluster
+	v        *ring.View
+	batches  map[int]*mergeBatch
+	inflight map[int]chan struct{} // closed when the request to a destination ends
+
+	mu     sync.Mutex // guards the fields below, written by the senders
+	failed map[bittorrent.InfoHash]bool
+	down   map[int]bool // destinations that failed this pass
+	sent   int
 }
 
 type mergeBatch struct {
@@ -151,30 +168,91 @@ func (h *handoff) addPart(to int, sw transport.Swarm) {
 	}
 }
 
+// flushAll sends what is left for every destination and waits for all.
 func (h *handoff) flushAll() {
 	for to, b := range h.batches {
 		if len(b.swarms) > 0 {
 			h.flush(to, b)
 		}
 	}
+	for _, done := range h.inflight {
+		<-done
+	}
 }
 
+// flush starts sending b to destination to once its previous request has
+// ended, and empties b.
 func (h *handoff) flush(to int, b *mergeBatch) {
+	swarms := b.swarms
+	b.swarms, b.peers = nil, 0
+	if prev := h.inflight[to]; prev != nil {
+		<-prev
+	}
+	h.mu.Lock()
+	down := h.down[to]
+	if down {
+		for _, sw := range swarms {
+			h.failed[sw.InfoHash] = true
+		}
+	}
+	h.mu.Unlock()
+	if down {
+		return
+	}
+	done := make(chan struct{})
+	h.inflight[to] = done
+	go func() {
+		defer close(done)
+		h.send(to, swarms)
+	}()
+}
+
+func (h *handoff) send(to int, swarms []transport.Swarm) {
+	addr := h.v.DataAddrs[to]
 	ctx, cancel := context.WithTimeout(h.c.ctx, mergeTimeout)
-	defer cancel()
-	_, err := h.c.tr.Call(ctx, h.v.DataAddrs[to], &transport.MergeRequest{Swarms: b.swarms})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		h.c.cancelWhenGone(ctx, cancel, addr)
+	}()
+	_, err := h.c.tr.Call(ctx, addr, &transport.MergeRequest{Swarms: swarms})
+	cancel()
+	<-watched
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if err != nil {
 		h.c.m.handoffFails.Inc()
-		for _, sw := range b.swarms {
+		h.down[to] = true
+		for _, sw := range swarms {
 			h.failed[sw.InfoHash] = true
 		}
 		if n, ok := h.c.handoffLog.Allow(); ok {
-			h.c.log.Warn("handoff failed; will retry", zap.String("peer", h.v.Members()[to].Name), zap.Int("swarms", len(b.swarms)),
+			h.c.log.Warn("handoff failed; will retry", zap.String("peer", h.v.Members()[to].Name), zap.Int("swarms", len(swarms)),
 				zap.Uint64("events", n), zap.Error(err))
 		}
-	} else {
-		h.sent += len(b.swarms)
-		h.c.m.handoff.WithLabelValues("sent").Add(float64(len(b.swarms)))
+		return
 	}
-	b.swarms, b.peers = nil, 0
+	h.sent += len(swarms)
+	h.c.m.handoff.WithLabelValues("sent").Add(float64(len(swarms)))
+}
+
+// cancelWhenGone calls cancel when the node stops or a view arrives
+// without the node at addr (declared dead, or gone), whichever comes
+// first, and returns when ctx is done.
+func (c *Cluster) cancelWhenGone(ctx context.Context, cancel context.CancelFunc, addr string) {
+	for {
+		changed := c.viewChanged()
+		if !slices.Contains(c.view.Load().DataAddrs, addr) {
+			cancel()
+			return
+		}
+		select {
+		case <-c.stop:
+			cancel()
+			return
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
 }

@@ -17,40 +17,25 @@ import (
 // emptyTTL is how long an empty answer from the owners is reused, at most.
 const emptyTTL = 5 * time.Millisecond
 
-// gainGrace is how long after a view change an owner that holds nothing
-// for a swarm still asks the other owners: it may have just gained the
-// swarm, with the handoff on its way. Past it, and once this node's own
-// handoff has settled, an owner's store is the truth and an empty swarm is
-// answered locally, so a new swarm's first announces cost no round trip.
-const gainGrace = 10 * time.Second
-
-// trustLocal reports whether an owner answers from its own store even when
-// it holds nothing for the swarm; see gainGrace.
-func (c *Cluster) trustLocal(v *ring.View) bool {
-	return c.settled.Load() == v && c.clock.Now().Sub(time.Unix(0, c.viewAt.Load())) > gainGrace
-}
-
-// AnnouncePeers implements hooks.PeerSource. An owner answers from its own
-// store; any other node answers from a copy of the swarm fetched from the
-// nearest owner and kept for read_cache_ttl. An owner that does not have
-// the swarm yet (it has just gained it and the handoff is on its way) asks
-// the other owners the same way.
+// AnnouncePeers implements hooks.PeerSource. An owner whose copy is whole
+// (localAlone) answers from its own store, an empty swarm included; any
+// other node answers from a copy of the swarm fetched from the nearest
+// owners and kept for read_cache_ttl. An owner that has just gained the
+// swarm, whose handoff may still be on its way, asks the other and the
+// previous owners the same way and adds its own copy to their answers.
 func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
 	v := c.view.Load()
-	if ownsAll(v) && c.trustLocal(v) {
-		// Every member owns every swarm and this one's copy is whole: no
-		// owner lookup.
+	if ownsAll(v) && c.wholeIn(v) {
+		// Every member owns every swarm and this one's copies are whole:
+		// no owner lookup.
 		c.m.readLocal.Inc()
 		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 	}
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
-	if isOwner(owners, v.Self) {
-		peers, counts, state := c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
-		if counts != (bittorrent.Counts{}) || len(owners) == 1 || c.trustLocal(v) {
-			c.m.readLocal.Inc()
-			return peers, counts, state
-		}
+	if c.localAlone(v, ih, owners) {
+		c.m.readLocal.Inc()
+		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 	}
 	snap := c.remote(v, ih, owners)
 	if snap == nil {
@@ -63,17 +48,15 @@ func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort
 // Counts implements hooks.PeerSource, for scrapes.
 func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 	v := c.view.Load()
-	if ownsAll(v) && c.trustLocal(v) {
+	if ownsAll(v) && c.wholeIn(v) {
 		c.m.readLocal.Inc()
 		return c.store.Counts(ih)
 	}
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
-	if isOwner(owners, v.Self) {
-		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 || c.trustLocal(v) {
-			c.m.readLocal.Inc()
-			return counts
-		}
+	if c.localAlone(v, ih, owners) {
+		c.m.readLocal.Inc()
+		return c.store.Counts(ih)
 	}
 	if snap := c.remote(v, ih, owners); snap != nil {
 		return snap.counts
@@ -101,31 +84,33 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 }
 
 // Prefetch implements hooks.Prefetcher: it starts fetching the swarms of
-// ihs that this node does not own and holds no fresh copy of, without
-// waiting, so the reads that follow find them fetched or on their way.
-// All of them go out together, one request per owner however many swarms
-// it is asked for, so a batch of requests (a scrape, a batch of datagrams)
-// waits about one round trip, and its reads share one deadline: the fetch
-// started here plus read_timeout.
+// ihs whose local copy does not answer alone (see localAlone) and that
+// have no fresh copy fetched, without waiting, so the reads that follow
+// find them fetched or on their way. All of them go out together, one
+// request per member asked however many swarms it is asked for, so a
+// batch of requests (a scrape, a batch of datagrams) waits about one round
+// trip, and its reads share one deadline: the fetch started here plus
+// read_timeout.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
-	if ownsAll(v) {
-		return // every swarm is owned here
+	if ownsAll(v) && c.wholeIn(v) {
+		return // every swarm is owned here, whole
 	}
 	now := c.clock.Now()
 	var jobs []fetchJob
 	for _, ih := range ihs {
-		var buf, others [8]int
+		var buf [8]int
+		var others [16]int
 		owners := v.OwnersOf(ih, buf[:0])
-		if isOwner(owners, v.Self) {
+		if c.localAlone(v, ih, owners) {
 			continue
 		}
-		targets := otherOwners(v, owners, others[:0])
+		targets := c.readTargets(v, ih, owners, others[:0])
 		if len(targets) == 0 {
 			continue
 		}
 		if e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL); fetch {
-			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(targets), e: e})
+			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(targets), own: isOwner(owners, v.Self), e: e})
 		}
 	}
 	if len(jobs) > 0 {
@@ -134,14 +119,14 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	}
 }
 
-// remote returns a fresh enough copy of the swarm from its other owners,
-// fetching it if needed, or nil if none answered and no copy exists; then
-// the caller falls back to the local store. It waits at most until the
-// fetch it waits for is read_timeout old, so the reads of a prefetched
-// batch together wait at most read_timeout.
+// remote returns a fresh enough copy of the swarm from the members that
+// hold it (readTargets), fetching it if needed, or nil if none answered
+// and no copy exists; then the caller falls back to the local store. It
+// waits at most until the fetch it waits for is read_timeout old, so the
+// reads of a prefetched batch together wait at most read_timeout.
 func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *snapshot {
-	var others [8]int
-	targets := otherOwners(v, owners, others[:0])
+	var others [16]int
+	targets := c.readTargets(v, ih, owners, others[:0])
 	if len(targets) == 0 {
 		c.m.readFailed.Inc()
 		return nil
@@ -152,26 +137,45 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *sn
 		c.m.readCached.Inc()
 		return e.snap
 	}
+	own := isOwner(owners, v.Self)
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), e: e}})
+		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), own: own, e: e}})
 	}
-	if wait := e.started.Add(c.cfg.ReadTimeout).Sub(now); wait > 0 {
+	return c.await(ih, e, now, own)
+}
+
+// await waits for the fetch of ih that ticket e is for, at most until it
+// is read_timeout old, and returns what it delivered, or else the latest
+// copy of ih, or nil. A read that started at now takes what its own fetch
+// delivered from the ticket rather than from the cache, which a new view
+// may have cleared since. own says this node owns ih, so its own copy
+// belongs in a stale answer.
+func (c *Cluster) await(ih bittorrent.InfoHash, e *cacheEntry, now time.Time, own bool) *snapshot {
+	var snap *snapshot
+	if wait := e.fl.started.Add(c.cfg.ReadTimeout).Sub(now); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
-		case <-e.done:
+		case <-e.fl.done:
+			snap = e.fl.snap
 		case <-t.C:
 		}
 		t.Stop()
 	}
-	snap := c.cache.current(ih)
+	if snap == nil {
+		snap = c.cache.current(ih)
+	}
 	switch {
 	case snap != nil && snap.at.After(now.Add(-c.cfg.ReadCacheTTL)):
 		c.m.readFetched.Inc()
 		return snap
 	case snap != nil:
 		c.m.readStale.Inc()
+		if own {
+			// The old copy misses what was written here since.
+			return snap.with(c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
+		}
 		return snap
 	}
 	c.m.readFailed.Inc()
@@ -188,23 +192,28 @@ func (c *Cluster) goFetch(v *ring.View, jobs []fetchJob) {
 	}
 }
 
-// fetchJob is one swarm of a fetch: the owners to ask and the cache
-// ticket to finish.
+// fetchJob is one swarm of a fetch: the members to ask, whether this node
+// owns the swarm, and the cache ticket to finish.
 type fetchJob struct {
 	ih      bittorrent.InfoHash
 	targets []int
-	e       *cacheEntry
+	// own: this node owns ih but its copy may lack part of the swarm (it
+	// has just gained it), so its copy joins the answers.
+	own bool
+	e   *cacheEntry
 }
 
-// fetch asks the owners for the swarms of jobs, one request per owner (per
-// MaxFetchMany swarms), all in parallel under one deadline: first the
-// owners in this node's datacenter, then, for swarms none of those
-// answered, the others. Owners can lag one another by a forward (the node
-// that took an announce applies it at once and sends it to the other
-// owners a moment later), and an owner that has just gained a swarm may
-// not hold it yet, so a swarm's answers are merged. Once one owner has
-// answered for a swarm, the others get a short grace instead of the whole
-// deadline, so one slow owner does not hold every read up.
+// fetch asks the members in targets for the swarms of jobs, one request
+// per member (per MaxFetchMany swarms), all in parallel under one
+// deadline: first the members in this node's datacenter, then, for swarms
+// none of those answered, the others. Owners can lag one another by a
+// forward (the node that took an announce applies it at once and sends it
+// to the other owners a moment later), and an owner that has just gained a
+// swarm may not hold it yet, so a swarm's answers are merged. Once a
+// member that held the swarm before the last membership change has
+// answered for it with peers, the others get a short grace instead of the
+// whole deadline, so one slow owner does not hold every read up; after an
+// answer from any other member, they get half the read timeout.
 func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 	start := time.Now()
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
@@ -212,7 +221,12 @@ func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 	// still worth caching, a very late one is not.
 	ctx, cancel := context.WithTimeout(c.ctx, 4*c.cfg.ReadTimeout)
 	defer cancel()
-	f := &fetchRound{c: c, v: v, jobs: jobs, merged: make([]*transport.FetchReply, len(jobs)), done: make([]bool, len(jobs))}
+	f := &fetchRound{
+		c: c, v: v, jobs: jobs,
+		merged: make([]*transport.FetchReply, len(jobs)),
+		held:   make([]bool, len(jobs)),
+		done:   make([]bool, len(jobs)),
+	}
 	dc := ""
 	if v.Self >= 0 {
 		dc = v.Members()[v.Self].Datacenter
@@ -225,31 +239,37 @@ func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 	}
 }
 
-// fetchRound is the state of one fetch: each job's merged answer, and
-// whether its cache ticket is finished. It is owned by fetch's goroutine.
+// fetchRound is the state of one fetch: each job's merged answer, whether
+// a member that held the swarm before the last membership change
+// answered it, and whether its cache ticket is finished. It is owned by
+// fetch's goroutine.
 type fetchRound struct {
 	c      *Cluster
 	v      *ring.View
 	jobs   []fetchJob
 	merged []*transport.FetchReply
+	held   []bool
 	done   []bool
 }
 
-// ownerAnswer is one owner's answer to a request for jobs idx: one reply
-// per job, or nil if the owner did not answer.
-type ownerAnswer struct {
+// memberAnswer is member o's answer to a request for jobs idx: one reply
+// per job, or nil if it did not answer.
+type memberAnswer struct {
+	o    int
 	idx  []int
 	reps []transport.FetchReply
 }
 
-// run asks the owners that pick selects for the jobs not finished yet,
-// one request per owner and MaxFetchMany jobs, and merges the answers as
-// they come, until all are in, the grace after the first ends, or ctx.
+// run asks the members that pick selects for the jobs not finished yet,
+// one request per member and MaxFetchMany jobs, and merges the answers as
+// they come, until all are in, or ctx ends. A job whose members have all
+// answered finishes at once; the others finish when a grace ends (see
+// fetch).
 func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 	groups := map[int][]int{}
 	for i, j := range f.jobs {
 		if f.done[i] || f.merged[i] != nil {
-			continue // answered by a nearer owner
+			continue // answered by a nearer member
 		}
 		for _, o := range j.targets {
 			if pick(o) {
@@ -261,8 +281,8 @@ func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 		return
 	}
 	type call struct {
-		addr string
-		idx  []int
+		o   int
+		idx []int
 	}
 	var calls []call
 	pending := make([]int, len(f.jobs)) // requests still out per job
@@ -271,18 +291,21 @@ func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 			for _, i := range chunk {
 				pending[i]++
 			}
-			calls = append(calls, call{f.v.DataAddrs[o], chunk})
+			calls = append(calls, call{o, chunk})
 		}
 	}
 	// Buffered for every answer, so callers left behind at the deadline
 	// never block.
-	answers := make(chan ownerAnswer, len(calls))
+	answers := make(chan memberAnswer, len(calls))
 	for _, cl := range calls {
-		if !f.c.goOwned(func() { answers <- ownerAnswer{cl.idx, f.askMany(ctx, cl.addr, cl.idx)} }) {
-			answers <- ownerAnswer{idx: cl.idx}
+		if !f.c.goOwned(func() { answers <- memberAnswer{cl.o, cl.idx, f.askMany(ctx, f.v.DataAddrs[cl.o], cl.idx)} }) {
+			answers <- memberAnswer{o: cl.o, idx: cl.idx}
 		}
 	}
-	var grace <-chan time.Time
+	// short follows an answer from a member that held the swarm before;
+	// long any other, so one member that cannot be reached does not leave
+	// the readers with nothing.
+	var short, long <-chan time.Time
 	for range calls {
 		select {
 		case a := <-answers:
@@ -290,30 +313,49 @@ func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 				pending[i]--
 				if a.reps != nil {
 					f.merged[i] = mergeReplies(f.merged[i], &a.reps[k], f.c.cfg.ReadMaxPeers)
+					if f.c.heldBefore(f.v, f.jobs[i].ih, a.o) {
+						f.held[i] = true
+					}
 				}
-				if pending[i] == 0 && f.merged[i] != nil {
+				switch {
+				case f.merged[i] == nil:
+				case pending[i] == 0:
 					f.finish(i)
-				} else if grace == nil && f.merged[i] != nil && size(f.merged[i].Counts) > 0 {
-					grace = time.After(min(f.c.cfg.ReadTimeout/5, 5*time.Millisecond))
+				case size(f.merged[i].Counts) == 0:
+					// An owner that has just gained the swarm may answer
+					// first, with a part of it; wait for the others.
+				case f.held[i]:
+					if short == nil {
+						short = time.After(min(f.c.cfg.ReadTimeout/5, 5*time.Millisecond))
+					}
+				case long == nil:
+					long = time.After(f.c.cfg.ReadTimeout / 2)
 				}
 			}
-		case <-grace:
+		case <-short:
+			for i := range f.jobs {
+				if f.merged[i] != nil && f.held[i] {
+					f.finish(i)
+				}
+			}
+			short = nil
+		case <-long:
 			for i := range f.jobs {
 				if f.merged[i] != nil {
 					f.finish(i)
 				}
 			}
-			grace = nil
+			long = nil
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// askMany fetches the swarms of jobs idx from the owner at addr, one reply
-// per job in order, or nil if it did not answer. An owner that does not
-// know FetchManyRequest (an older version, during a rolling upgrade) is
-// asked one swarm at a time.
+// askMany fetches the swarms of jobs idx from the member at addr, one
+// reply per job in order, or nil if it did not answer. A member that does
+// not know FetchManyRequest (an older version, during a rolling upgrade)
+// is asked one swarm at a time.
 func (f *fetchRound) askMany(ctx context.Context, addr string, idx []int) []transport.FetchReply {
 	req := &transport.FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, len(idx)), MaxPeers: f.c.cfg.ReadMaxPeers}
 	for k, i := range idx {
@@ -344,8 +386,16 @@ func (f *fetchRound) finish(i int) {
 		return
 	}
 	f.done[i] = true
+	j := &f.jobs[i]
+	best := f.merged[i]
+	if best != nil && j.own {
+		// An owner asks others only while its own copy may lack part of
+		// the swarm; what it holds (the writes forwarded to it since it
+		// gained the swarm) belongs in the answer too.
+		best = mergeReplies(best, f.c.localReply(j.ih, f.c.cfg.ReadMaxPeers), f.c.cfg.ReadMaxPeers)
+	}
 	var snap *snapshot
-	if best := f.merged[i]; best != nil {
+	if best != nil {
 		at := f.c.clock.Now()
 		if size(best.Counts) == 0 {
 			// An empty swarm is most often one whose first announce is
@@ -355,7 +405,7 @@ func (f *fetchRound) finish(i int) {
 		}
 		snap = newSnapshot(best, at)
 	}
-	f.c.cache.finish(f.jobs[i].ih, f.jobs[i].e, snap)
+	f.c.cache.finish(j.ih, j.e, snap)
 }
 
 // localReply is this node's copy of ih as it answers a fetch: the counts
@@ -439,6 +489,17 @@ func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 	return s
 }
 
+// with returns a snapshot of the union of s and r, taken when s was.
+func (s *snapshot) with(r *transport.FetchReply, maxPerFamily int) *snapshot {
+	own := &transport.FetchReply{Counts: s.counts}
+	for _, f := range s.fams {
+		for i, p := range f.peers {
+			own.Peers = append(own.Peers, transport.SwarmPeer{Peer: p, Seeder: i < f.seeders})
+		}
+	}
+	return newSnapshot(mergeReplies(own, r, maxPerFamily), s.at)
+}
+
 // familyOf is the index into snapshot.fams of a's family.
 func familyOf(a netip.AddrPort) int {
 	if store.Family(a) == 6 {
@@ -479,10 +540,17 @@ type cacheShard struct {
 }
 
 type cacheEntry struct {
-	snap    *snapshot     // last answer; guarded by the shard's mutex
-	done    chan struct{} // closed when the fetch in flight ends
-	started time.Time     // when the fetch in flight started
-	busy    bool          // a fetch is in flight
+	snap *snapshot // last answer; guarded by the shard's mutex
+	fl   *flight   // the fetch in flight, or nil
+}
+
+// flight is one fetch of a swarm, shared by every reader waiting on it.
+type flight struct {
+	done    chan struct{} // closed when the fetch ends
+	started time.Time
+	// snap is what the fetch delivered (nil: nothing); written once,
+	// before done is closed, and read only after.
+	snap *snapshot
 }
 
 func (rc *readCache) init() {
@@ -495,9 +563,9 @@ func (rc *readCache) shard(ih bittorrent.InfoHash) *cacheShard {
 	return &rc.shards[ih[0]%byte(len(rc.shards))]
 }
 
-// lookup returns the entry for ih and whether the caller must start a
-// fetch. A fresh snapshot means no fetch; so does a fetch in flight, whose
-// done channel the caller may wait on.
+// lookup returns a ticket for ih and whether the caller must start a
+// fetch. A fresh snapshot means no fetch (the ticket holds it); so does a
+// fetch in flight, which the ticket's flight lets the caller wait on.
 func (rc *readCache) lookup(ih bittorrent.InfoHash, now time.Time, ttl time.Duration) (*cacheEntry, bool) {
 	sh := rc.shard(ih)
 	sh.mu.Lock()
@@ -510,11 +578,11 @@ func (rc *readCache) lookup(ih bittorrent.InfoHash, now time.Time, ttl time.Dura
 	if e.snap != nil && now.Sub(e.snap.at) < ttl {
 		return &cacheEntry{snap: e.snap}, false
 	}
-	if e.busy {
-		return &cacheEntry{done: e.done, started: e.started}, false
+	if e.fl != nil {
+		return &cacheEntry{fl: e.fl}, false
 	}
-	e.busy, e.done, e.started = true, make(chan struct{}), now
-	return &cacheEntry{done: e.done, started: now}, true
+	e.fl = &flight{done: make(chan struct{}), started: now}
+	return &cacheEntry{fl: e.fl}, true
 }
 
 // current returns the latest snapshot of ih, fresh or not.
@@ -529,18 +597,21 @@ func (rc *readCache) current(ih bittorrent.InfoHash) *snapshot {
 }
 
 // finish records a fetch's result (nil keeps the older snapshot) and wakes
-// its waiters.
+// its waiters, who find the result on their tickets even if the cache has
+// been cleared since.
 func (rc *readCache) finish(ih bittorrent.InfoHash, ticket *cacheEntry, snap *snapshot) {
+	fl := ticket.fl
+	fl.snap = snap
 	sh := rc.shard(ih)
 	sh.mu.Lock()
-	if e := sh.m[ih]; e != nil && e.done == ticket.done {
+	if e := sh.m[ih]; e != nil && e.fl == fl {
 		if snap != nil {
 			e.snap = snap
 		}
-		e.busy = false
+		e.fl = nil
 	}
 	sh.mu.Unlock()
-	close(ticket.done)
+	close(fl.done)
 }
 
 // clear forgets every snapshot; fetches in flight still wake their waiters.
@@ -549,7 +620,7 @@ func (rc *readCache) clear() {
 		sh := &rc.shards[i]
 		sh.mu.Lock()
 		for ih, e := range sh.m {
-			if !e.busy {
+			if e.fl == nil {
 				delete(sh.m, ih)
 			}
 		}
@@ -563,7 +634,7 @@ func (rc *readCache) expire(now time.Time, maxAge time.Duration) {
 		sh := &rc.shards[i]
 		sh.mu.Lock()
 		for ih, e := range sh.m {
-			if !e.busy && (e.snap == nil || now.Sub(e.snap.at) > maxAge) {
+			if e.fl == nil && (e.snap == nil || now.Sub(e.snap.at) > maxAge) {
 				delete(sh.m, ih)
 			}
 		}

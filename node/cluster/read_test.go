@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
@@ -173,5 +175,40 @@ func TestHandleFetchManyShareOneBudget(t *testing.T) {
 	}
 	if fr.Swarms[7].Counts.Leechers != big {
 		t.Errorf("swarm 7 counts %+v; want all %d leechers counted", fr.Swarms[7].Counts, big)
+	}
+}
+
+// TestReadKeepsItsFetchAcrossAClear is the race between a fetch and a new
+// view: the fetch a read waits on (here a prefetch's) finishes, then the
+// new view clears the read cache, and only then does the read look for
+// the answer. It must answer what the fetch delivered, not report a failed
+// read and answer empty.
+func TestReadKeepsItsFetchAcrossAClear(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	a := tc.start("a").c
+	ih := ihN(1)
+	now := a.clock.Now()
+	prefetch, fetch := a.cache.lookup(ih, now, a.cfg.ReadCacheTTL)
+	if !fetch {
+		t.Fatal("an empty cache did not ask for a fetch")
+	}
+	read, fetch := a.cache.lookup(ih, now, a.cfg.ReadCacheTTL)
+	if fetch {
+		t.Fatal("a read started a second fetch while one is in flight")
+	}
+	want := newSnapshot(&transport.FetchReply{
+		Counts: bittorrent.Counts{Seeders: 1},
+		Peers:  []transport.SwarmPeer{{Peer: testPeerN(1), Seeder: true}},
+	}, now)
+	a.cache.finish(ih, prefetch, want)
+	a.cache.clear() // the new view lands before the read looks
+	if got := a.await(ih, read, now, false); got != want {
+		t.Errorf("the read got %+v; want the snapshot its fetch delivered, %+v", got, want)
+	}
+	if got := testutil.ToFloat64(a.m.readFailed); got != 0 {
+		t.Errorf("%v failed reads; want 0", got)
+	}
+	if got := testutil.ToFloat64(a.m.readFetched); got != 1 {
+		t.Errorf("%v fetched reads; want 1", got)
 	}
 }

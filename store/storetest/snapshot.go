@@ -1,7 +1,10 @@
 package storetest
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"testing"
 
@@ -293,5 +296,99 @@ func testDrop(t *testing.T, open func(*testing.T) store.Store) {
 	s.Apply([]bittorrent.Change{put(ihA, "10.0.0.9:1", false)})
 	if got := s.Counts(ihA); got != (bittorrent.Counts{Leechers: 1}) {
 		t.Errorf("recreated swarm counts %+v, want one leecher and no snatches", got)
+	}
+}
+
+func testScrapeAll(t *testing.T, open func(*testing.T) store.Store) {
+	s := open(t)
+	const swarms = 3000 // more than one batch
+	var changes []bittorrent.Change
+	want := map[bittorrent.InfoHash]bittorrent.Counts{}
+	for i := range swarms {
+		ih := bittorrent.InfoHash{0x5c, byte(i >> 8), byte(i)}
+		changes = append(changes, put(ih, fmt.Sprintf("10.1.%d.%d:1", i>>8, i&0xff), i%2 == 0))
+		c := bittorrent.Counts{Leechers: 1}
+		if i%2 == 0 {
+			c = bittorrent.Counts{Seeders: 1}
+		}
+		if i%3 == 0 {
+			changes = append(changes, complete(ih, "[2001:db8::1]:2"))
+			c.Seeders++
+			c.Snatches = 1
+		}
+		want[ih] = c
+	}
+	// A swarm whose only peer left has no peers and is not listed.
+	gone := bittorrent.InfoHash{0x5d}
+	changes = append(changes, put(gone, "10.9.9.9:1", false), remove(gone, "10.9.9.9:1"))
+	s.Apply(changes)
+
+	got := map[bittorrent.InfoHash]bittorrent.Counts{}
+	batches := 0
+	err := s.ScrapeAll(context.Background(), func(files []bittorrent.Scrape) error {
+		batches++
+		for _, f := range files {
+			if _, dup := got[f.InfoHash]; dup {
+				t.Errorf("swarm %x listed twice", f.InfoHash)
+			}
+			got[f.InfoHash] = f.Counts
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("ScrapeAll: %v", err)
+	}
+	if len(got) != len(want) {
+		t.Errorf("ScrapeAll listed %d swarms, want %d", len(got), len(want))
+	}
+	for ih, c := range want {
+		if got[ih] != c {
+			t.Errorf("swarm %x: %+v, want %+v", ih, got[ih], c)
+		}
+	}
+	if _, ok := got[gone]; ok {
+		t.Error("a swarm without peers was listed")
+	}
+	if batches < 2 {
+		t.Errorf("%d swarms came in %d batch; want them spread over several", swarms, batches)
+	}
+
+	// Paging lists the same swarms once each, however small the pages.
+	paged := map[bittorrent.InfoHash]bittorrent.Counts{}
+	var (
+		page   []bittorrent.Scrape
+		cursor uint64
+		done   bool
+		pages  int
+	)
+	for !done {
+		if pages++; pages > 10*swarms {
+			t.Fatal("ScrapePage never reports done")
+		}
+		page, cursor, done = s.ScrapePage(cursor, 100, page[:0])
+		for _, f := range page {
+			if _, dup := paged[f.InfoHash]; dup {
+				t.Errorf("ScrapePage listed %x twice", f.InfoHash)
+			}
+			paged[f.InfoHash] = f.Counts
+		}
+	}
+	if !maps.Equal(paged, want) {
+		t.Errorf("ScrapePage listed %d swarms, want the %d of ScrapeAll", len(paged), len(want))
+	}
+	if pages < 2 {
+		t.Errorf("%d swarms in pages of 100 came in %d page", swarms, pages)
+	}
+
+	// An error from fn stops the listing and is returned.
+	stop := errors.New("client went away")
+	calls := 0
+	if err := s.ScrapeAll(context.Background(), func([]bittorrent.Scrape) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+		t.Errorf("ScrapeAll with a failing fn = %v after %d calls; want the error after 1", err, calls)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.ScrapeAll(ctx, func([]bittorrent.Scrape) error { return nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("ScrapeAll with a cancelled context = %v, want context.Canceled", err)
 	}
 }

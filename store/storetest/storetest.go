@@ -43,6 +43,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("MergeSnatches", func(t *testing.T) { testMergeSnatches(t, open) })
 	t.Run("Range", func(t *testing.T) { testRange(t, open) })
 	t.Run("Drop", func(t *testing.T) { testDrop(t, open) })
+	t.Run("ScrapeAll", func(t *testing.T) { testScrapeAll(t, open) })
 }
 
 var (

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -229,7 +230,17 @@ type tcpClientConn struct {
 	closed  bool
 	nextID  uint64
 	pending map[uint64]chan tcpResult
+	// unanswered is when the oldest request sent since the last reply
+	// frame arrived was sent, in unix nanoseconds; 0 when none waits.
+	unanswered atomic.Int64
 }
+
+// silentConnAfter is how long a connection may deliver nothing at all
+// while requests wait on it before it counts as dead. After a
+// network cut an established connection neither fails nor answers (TCP
+// retransmits for minutes); every call through it would time out, even
+// after the network has healed, while a fresh connection would work.
+const silentConnAfter = 2 * time.Second
 
 type tcpResult struct {
 	rep Reply
@@ -264,11 +275,18 @@ func (c *tcpClientConn) call(ctx context.Context, fb *frameBuf) (rep Reply, sent
 		c.forget(id)
 		return nil, false, err
 	}
+	c.unanswered.CompareAndSwap(0, time.Now().UnixNano())
 	select {
 	case r := <-ch:
 		return r.rep, true, r.err
 	case <-ctx.Done():
 		c.forget(id)
+		// Calls with short deadlines (reads) give up long before a
+		// connection counts as silent, so the test is on the connection:
+		// nothing read since a request sent at least silentConnAfter ago.
+		if since := c.unanswered.Load(); since != 0 && time.Since(time.Unix(0, since)) >= silentConnAfter {
+			c.shutdown(fmt.Errorf("no reply for %s: %w", time.Since(time.Unix(0, since)).Round(time.Millisecond), ctx.Err()))
+		}
 		return nil, true, ctx.Err()
 	}
 }
@@ -291,6 +309,7 @@ func (c *tcpClientConn) readReplies() error {
 		if err != nil {
 			return err
 		}
+		c.unanswered.Store(0)
 		if len(p) < replyHeaderSize {
 			return fmt.Errorf("%w: short reply frame", errMalformed)
 		}

@@ -832,3 +832,63 @@ func BenchmarkTCPCallApply(b *testing.B) {
 		})
 	})
 }
+
+// TestTCPSilentConnectionIsReplaced: after a network cut an established
+// connection neither fails nor delivers. A call that waited on it for
+// silentConnAfter without receiving anything closes it, so once the
+// network is back the next call dials afresh instead of timing out on the
+// dead connection too.
+func TestTCPSilentConnectionIsReplaced(t *testing.T) {
+	trNoLeaks(t)
+	srv := tcpServe(t, nil, &trHandler{})
+	var (
+		mu      sync.Mutex
+		cut     bool
+		zombies = map[io.Writer]bool{} // connections that were cut
+	)
+	proxy := newTamperProxy(t, srv.Addr(), 3, func(_ int, frame []byte, toServer, _ io.Writer) { // past the Finished, hello and proof
+		mu.Lock()
+		if cut {
+			zombies[toServer] = true
+		}
+		drop := zombies[toServer]
+		mu.Unlock()
+		if !drop {
+			_, _ = toServer.Write(frame)
+		}
+	})
+	addr := proxy.ln.Addr().String()
+	cl := newTestTCP(t, func(o *TCPOptions) { o.ConnsPerPeer = 1 })
+	if _, err := cl.Call(trCtx(t, 5*time.Second), addr, &ApplyRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	cut = true
+	mu.Unlock()
+	// Short calls, as reads make, each give up long before the connection
+	// counts as silent; together they find it so, and it is closed.
+	cl.mu.Lock()
+	pool := cl.pools[addr]
+	cl.mu.Unlock()
+	pool.mu.Lock()
+	first := pool.slots[0].conn
+	pool.mu.Unlock()
+	start := time.Now()
+	for first.usable() {
+		if time.Since(start) > 3*silentConnAfter {
+			t.Fatalf("the silent connection is still open after %s", time.Since(start))
+		}
+		if _, err := cl.Call(trCtx(t, 300*time.Millisecond), addr, &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+			t.Fatalf("over a cut connection: got %v; want ErrUnreachable", err)
+		}
+	}
+	if took := time.Since(start); took < silentConnAfter {
+		t.Errorf("connection closed after %s of silence, before %s", took, silentConnAfter)
+	}
+	mu.Lock()
+	cut = false // the network is back; the old connection stays dead
+	mu.Unlock()
+	if _, err := cl.Call(trCtx(t, 3*time.Second), addr, &ApplyRequest{}); err != nil {
+		t.Fatalf("after the network came back: %v", err)
+	}
+}

@@ -37,11 +37,11 @@ type Handler interface {
 // opposed to the node answering with an error.
 var ErrUnreachable = errors.New("transport: node unreachable")
 
-// Request is one of *ApplyRequest, *FetchRequest, *FetchManyRequest or
-// *MergeRequest.
+// Request is one of *ApplyRequest, *FetchRequest, *FetchManyRequest,
+// *MergeRequest or *ScrapeRequest.
 type Request interface{ isRequest() }
 
-// Reply is one of *Ack, *FetchReply or *FetchManyReply.
+// Reply is one of *Ack, *FetchReply, *FetchManyReply or *ScrapeReply.
 type Reply interface{ isReply() }
 
 // ApplyRequest carries swarm changes forwarded by the node that answered
@@ -100,6 +100,24 @@ type MergeRequest struct {
 	Swarms []Swarm
 }
 
+// ScrapeRequest asks a node for one page of the swarms it reports in a
+// full scrape: those it holds whose first owner it is. Cursor is 0 for the
+// first page and then the previous reply's Next; Max bounds the swarms the
+// receiver reads for the page (a page may carry a few more, and fewer
+// after leaving out swarms it is not first owner of).
+type ScrapeRequest struct {
+	Cursor uint64
+	Max    int
+}
+
+// ScrapeReply answers a ScrapeRequest with one page of swarm counts. Done
+// says there are no more pages; otherwise ask again with Next.
+type ScrapeReply struct {
+	Files []bittorrent.Scrape
+	Next  uint64
+	Done  bool
+}
+
 // Ack acknowledges an ApplyRequest or MergeRequest.
 type Ack struct{}
 
@@ -120,6 +138,8 @@ func (*ApplyRequest) isRequest()     {}
 func (*FetchRequest) isRequest()     {}
 func (*FetchManyRequest) isRequest() {}
 func (*MergeRequest) isRequest()     {}
+func (*ScrapeRequest) isRequest()    {}
 func (*Ack) isReply()                {}
 func (*FetchReply) isReply()         {}
 func (*FetchManyReply) isReply()     {}
+func (*ScrapeReply) isReply()        {}

@@ -17,16 +17,19 @@ import (
 //	ApplyRequest      0x01 stream:uvarint seq:uvarint count:uvarint change*count
 //	FetchRequest      0x02 infohash:20 maxpeers:varint
 //	MergeRequest      0x03 count:uvarint swarm*count
-//	FetchManyRequest  0x04 maxpeers:varint count:uvarint infohash:20*count (count ≤ MaxFetchMany)
+//	ScrapeRequest     0x04 cursor:uvarint max:varint
+//	FetchManyRequest  0x05 maxpeers:varint count:uvarint infohash:20*count (count ≤ MaxFetchMany)
 //	Ack               0x81
 //	FetchReply        0x82 fetched
 //	error reply       0x83 len:uvarint message:len
-//	FetchManyReply    0x84 count:uvarint fetched*count
+//	ScrapeReply       0x84 done:1 next:uvarint count:uvarint file*count
+//	FetchManyReply    0x85 count:uvarint fetched*count
 //
 //	fetched   seeders:uvarint leechers:uvarint snatches:uvarint count:uvarint swarmpeer*count
 //	change    op:1 seeder:1 infohash:20 peer
 //	swarm     infohash:20 snatches:uvarint count:uvarint swarmpeer*count
 //	swarmpeer seeder:1 peer
+//	file      infohash:20 seeders:uvarint leechers:uvarint snatches:uvarint
 //	peer      family:1 (0: no address, 4: 4 bytes, 6: 16 bytes) addr port:2 (big endian) id:20
 //
 // Varints are encoding/binary's. Every value has exactly one encoding:
@@ -34,14 +37,16 @@ import (
 // kinds, operations and families, and trailing bytes, so decode followed
 // by encode gives back the input. Decoded values never alias the input.
 const (
-	kindApply      byte = 0x01
-	kindFetch      byte = 0x02
-	kindMerge      byte = 0x03
-	kindFetchMany  byte = 0x04
-	kindAck        byte = 0x81
-	kindFetchReply byte = 0x82
-	kindError      byte = 0x83
-	kindManyReply  byte = 0x84
+	kindApply       byte = 0x01
+	kindFetch       byte = 0x02
+	kindMerge       byte = 0x03
+	kindScrape      byte = 0x04
+	kindFetchMany   byte = 0x05
+	kindAck         byte = 0x81
+	kindFetchReply  byte = 0x82
+	kindError       byte = 0x83
+	kindScrapeReply byte = 0x84
+	kindManyReply   byte = 0x85
 )
 
 // Address families of an encoded peer.
@@ -60,6 +65,7 @@ const (
 	minChangeSize    = 1 + 1 + 20 + minPeerSize
 	minSwarmSize     = 20 + 1 + 1
 	minFetchedSize   = 1 + 1 + 1 + 1
+	minFileSize      = 20 + 1 + 1 + 1
 )
 
 // maxErrorLen bounds the message of an error reply; longer messages are
@@ -131,6 +137,13 @@ func appendRequest(dst []byte, req Request) ([]byte, error) {
 			}
 		}
 		return dst, nil
+	case *ScrapeRequest:
+		if r == nil {
+			break
+		}
+		dst = append(dst, kindScrape)
+		dst = binary.AppendUvarint(dst, r.Cursor)
+		return binary.AppendVarint(dst, int64(r.Max)), nil
 	}
 	return dst, fmt.Errorf("encode request: unsupported value %T", req)
 }
@@ -164,6 +177,21 @@ func appendReply(dst []byte, rep Reply) ([]byte, error) {
 			if dst, err = appendFetched(dst, &r.Swarms[i]); err != nil {
 				return dst, fmt.Errorf("encode fetch reply %d: %w", i, err)
 			}
+		}
+		return dst, nil
+	case *ScrapeReply:
+		if r == nil {
+			break
+		}
+		dst = append(dst, kindScrapeReply, boolByte(r.Done))
+		dst = binary.AppendUvarint(dst, r.Next)
+		dst = binary.AppendUvarint(dst, uint64(len(r.Files)))
+		for i := range r.Files {
+			f := &r.Files[i]
+			dst = append(dst, f.InfoHash[:]...)
+			dst = binary.AppendUvarint(dst, uint64(f.Seeders))
+			dst = binary.AppendUvarint(dst, uint64(f.Leechers))
+			dst = binary.AppendUvarint(dst, uint64(f.Snatches))
 		}
 		return dst, nil
 	}
@@ -299,6 +327,14 @@ func decodeRequest(b []byte) (Request, error) {
 			}
 		}
 		req = r
+	case kindScrape:
+		r := &ScrapeRequest{Cursor: d.uvarint()}
+		v := d.varint()
+		if v < math.MinInt || v > math.MaxInt {
+			d.fail("max out of range")
+		}
+		r.Max = int(v)
+		req = r
 	default:
 		d.fail(fmt.Sprintf("unknown request kind 0x%02x", kind))
 	}
@@ -328,6 +364,17 @@ func decodeReply(b []byte) (Reply, error) {
 			r.Swarms = make([]FetchReply, n)
 			for i := range r.Swarms {
 				d.fetched(&r.Swarms[i])
+			}
+		}
+		rep = r
+	case kindScrapeReply:
+		r := &ScrapeReply{Done: d.flag(), Next: d.uvarint()}
+		if n := d.count(minFileSize); n > 0 {
+			r.Files = make([]bittorrent.Scrape, n)
+			for i := range r.Files {
+				f := &r.Files[i]
+				d.read(f.InfoHash[:])
+				f.Seeders, f.Leechers, f.Snatches = d.uint32(), d.uint32(), d.uint32()
 			}
 		}
 		rep = r

@@ -107,6 +107,8 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "fetch many empty", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{}}, want: &FetchManyRequest{}},
 		{name: "fetch many", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(2), bittorrent.InfoHash(allOnes)}, MaxPeers: -1}},
 		{name: "fetch many most", req: &FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, MaxFetchMany), MaxPeers: math.MaxInt}},
+		{name: "scrape first page", req: &ScrapeRequest{Max: 8192}},
+		{name: "scrape extremes", req: &ScrapeRequest{Cursor: math.MaxUint64, Max: math.MinInt}},
 		{name: "merge nil", req: &MergeRequest{}},
 		{name: "merge empty", req: &MergeRequest{Swarms: []Swarm{}}, want: &MergeRequest{}},
 		{name: "merge swarm without peers", req: &MergeRequest{Swarms: []Swarm{{InfoHash: testInfoHash(5), Snatches: 3}}}},
@@ -176,6 +178,12 @@ func TestReplyRoundTrip(t *testing.T) {
 				{Peer: testPeer("[2001:db8:ffff::5]:443", 2)},
 			}},
 			{Peers: manySwarmPeers(300)},
+		}}},
+		{name: "scrape reply done", rep: &ScrapeReply{Done: true}},
+		{name: "scrape reply empty files", rep: &ScrapeReply{Next: 5, Files: []bittorrent.Scrape{}}, want: &ScrapeReply{Next: 5}},
+		{name: "scrape reply files", rep: &ScrapeReply{Next: math.MaxUint64, Files: []bittorrent.Scrape{
+			{InfoHash: testInfoHash(1), Counts: bittorrent.Counts{Seeders: 1, Leechers: 2, Snatches: 3}},
+			{InfoHash: bittorrent.InfoHash(allOnes), Counts: bittorrent.Counts{Seeders: math.MaxUint32, Leechers: math.MaxUint32, Snatches: math.MaxUint32}},
 		}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -295,6 +303,12 @@ func goldenCases() []struct {
 			}})
 		}},
 		{"error", func() ([]byte, error) { return appendErrorReply(nil, "boom"), nil }},
+		{"scrape", func() ([]byte, error) { return appendRequest(nil, &ScrapeRequest{Cursor: 300, Max: 8192}) }},
+		{"scrape reply", func() ([]byte, error) {
+			return appendReply(nil, &ScrapeReply{Next: 7, Files: []bittorrent.Scrape{
+				{InfoHash: testInfoHash(0xc0), Counts: bittorrent.Counts{Seeders: 300, Leechers: 2, Snatches: 1}},
+			}})
+		}},
 		{"fetch many", func() ([]byte, error) {
 			return appendRequest(nil, &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(0xc0)}, MaxPeers: 200})
 		}},
@@ -402,7 +416,7 @@ func TestDecodeGarbage(t *testing.T) {
 		b    []byte
 	}{
 		{"empty", nil},
-		{"unknown kind", []byte{0x05}},
+		{"unknown kind", []byte{kindFetchMany + 1}},
 		{"reply kind as request", []byte{kindAck}},
 		{"trailing byte", append(bytes.Clone(apply), 0)},
 		{"op zero", with(apply, opAt, 0)},
@@ -444,6 +458,7 @@ func TestDecodeGarbage(t *testing.T) {
 		{"counts over 32 bits", binary.AppendUvarint([]byte{kindFetchReply}, 1<<32)},
 		{"many reply count beyond bytes", []byte{kindManyReply, 2, 0, 0, 0, 0}},
 		{"many reply truncated", []byte{kindManyReply, 1, 0, 0, 0}},
+		{"unknown kind", []byte{kindManyReply + 1}},
 		{"error too long", append(binary.AppendUvarint([]byte{kindError}, maxErrorLen+1), make([]byte, maxErrorLen+1)...)},
 		{"error truncated", []byte{kindError, 5, 'b', 'o'}},
 	}

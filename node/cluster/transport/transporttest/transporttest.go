@@ -40,7 +40,8 @@ func (h *Handler) Handle(ctx context.Context, req transport.Request) (transport.
 
 // Answer is a handler whose replies depend on the request, so a reply
 // delivered to the wrong call is caught: a fetch is answered with
-// MaxPeers seeders, or an error when MaxPeers is negative.
+// MaxPeers seeders, or an error when MaxPeers is negative; a scrape page
+// with Cursor+1 as the next cursor and one file naming the cursor.
 func Answer(req transport.Request) (transport.Reply, error) {
 	switch r := req.(type) {
 	case *transport.FetchRequest:
@@ -53,6 +54,10 @@ func Answer(req transport.Request) (transport.Reply, error) {
 		}, nil
 	case *transport.ApplyRequest, *transport.MergeRequest:
 		return &transport.Ack{}, nil
+	case *transport.ScrapeRequest:
+		return &transport.ScrapeReply{Next: r.Cursor + 1, Done: r.Max == 0, Files: []bittorrent.Scrape{
+			{InfoHash: bittorrent.InfoHash{byte(r.Cursor)}, Counts: bittorrent.Counts{Seeders: uint32(r.Max)}},
+		}}, nil
 	}
 	return nil, fmt.Errorf("unexpected request %T", req)
 }
@@ -141,6 +146,9 @@ func Run(t *testing.T, env Env) {
 				Peers:  []transport.SwarmPeer{{Peer: bittorrent.Peer{ID: bittorrent.PeerID(infoHash(3)), Addr: netip.MustParseAddrPort("[2001:db8::1]:6881")}, Seeder: true}},
 			}},
 			{"merge", &transport.MergeRequest{Swarms: []transport.Swarm{{InfoHash: infoHash(4), Snatches: 9, Peers: swarmPeers(3)}, {InfoHash: infoHash(5)}}}, &transport.Ack{}},
+			{"scrape", &transport.ScrapeRequest{Cursor: 7, Max: 100}, &transport.ScrapeReply{Next: 8, Files: []bittorrent.Scrape{
+				{InfoHash: bittorrent.InfoHash{7}, Counts: bittorrent.Counts{Seeders: 100}},
+			}}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				rep, err := cl.Call(Ctx(t, 5*time.Second), srv.Addr(), tc.req)
