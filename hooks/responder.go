@@ -79,7 +79,13 @@ func (r *Responder) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRe
 }
 
 // HandleScrape fills one entry per requested infohash, in request order.
+// A source that prefetches is handed all of them first, so a scrape of
+// swarms owned elsewhere costs one round trip per owner and one deadline,
+// not one of each per infohash.
 func (r *Responder) HandleScrape(_ context.Context, req *bittorrent.ScrapeRequest, resp *bittorrent.ScrapeResponse) error {
+	if p, ok := r.src.(Prefetcher); ok && len(req.InfoHashes) > 1 {
+		p.Prefetch(req.InfoHashes)
+	}
 	for _, ih := range req.InfoHashes {
 		resp.Files = append(resp.Files, bittorrent.Scrape{InfoHash: ih, Counts: r.src.Counts(ih)})
 	}

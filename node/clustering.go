@@ -111,7 +111,7 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 		return nil, fmt.Errorf("cluster: data channel: %w", err)
 	}
 	self := ring.NodeInfo{Member: ring.Member{Name: cfg.Node.Name, Datacenter: cfg.Node.Datacenter, Zone: cfg.Node.Zone}, DataAddr: dataBind, Boot: c.boot}
-	alone, err := ring.NewView([]ring.NodeInfo{self}, self.Name, cc.Replicas, ring.Options{EveryDatacenter: cc.EveryDatacenter}, 0)
+	alone, err := ring.NewView([]ring.NodeInfo{self}, self.Name, cc.Replicas, cc.Placement(), 0)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}

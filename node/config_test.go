@@ -120,6 +120,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"bad metrics addr", "metrics: {addr: nowhere}\n", []string{"metrics.addr", `"nowhere"`}},
 		{"bad join", "cluster: {join: [a:1, b]}\n", []string{"cluster.join[1]", `"b"`}},
 		{"bad replicas", "cluster: {replicas: 0}\n", []string{"cluster.replicas", "1 to 7"}},
+		{"bad full replication", "cluster: {full_replication: -1}\n", []string{"cluster.full_replication", "0 (off) to 16"}},
 		{"list where mapping", "node: [a]\n", []string{"node: line 1: want a mapping"}},
 		{"mapping where list", "cluster: {join: {a: b}}\n", []string{"cluster.join: line 1: want a list"}},
 		{"lifetime below interval", "tracker: {announce_interval: 1h, min_announce_interval: 1m}\n", []string{"store.peer_lifetime", "31m0s", "tracker.announce_interval (1h0m0s)"}},

@@ -28,8 +28,18 @@ const visibilityWait = 2 * time.Second
 // seeder is in its peer list. Every iteration uses a new swarm and the next
 // ordered pair of the three nodes. The data plane runs with its production
 // defaults; the log breaks the figures down by the path the peer took.
+// "full" is the default for three nodes, every node an owner of every
+// swarm; "placed" turns full_replication off, so swarms have two owners
+// of three as in a larger cluster.
 func BenchmarkCrossNodeVisibility(b *testing.B) {
-	nodes := startBenchCluster(b, "v1", "v2", "v3")
+	b.Run("full", func(b *testing.B) { benchVisibility(b, -1) })
+	b.Run("placed", func(b *testing.B) { benchVisibility(b, 0) })
+}
+
+// benchVisibility runs the benchmark with full_replication full, or the
+// default if negative.
+func benchVisibility(b *testing.B, full int) {
+	nodes := startBenchCluster(b, full, "v1", "v2", "v3")
 	clients := make([]tracker.Client, len(nodes))
 	for i, n := range nodes {
 		cl, err := tracker.NewClient("udp://"+n.Addrs().UDP, tracker.NewClientOpts{})
@@ -100,9 +110,10 @@ func BenchmarkCrossNodeVisibility(b *testing.B) {
 }
 
 // startBenchCluster is startConverged for benchmarks, whose helpers take
-// *testing.T. It keeps the data plane's defaults: the tests' longer read
+// *testing.T, with full_replication full (the default if negative). It
+// keeps the data plane's defaults: the tests' longer read
 // timeout, meant for -race, would change what is measured here.
-func startBenchCluster(b *testing.B, names ...string) []*Node {
+func startBenchCluster(b *testing.B, full int, names ...string) []*Node {
 	b.Helper()
 	var nodes []*Node
 	for i, name := range names {
@@ -123,6 +134,9 @@ func startBenchCluster(b *testing.B, names ...string) []*Node {
 		cfg.Cluster.SecretKeys = []string{testClusterKey}
 		cfg.Cluster.Label = "karuta-test"
 		cfg.Cluster.Data = cluster.DefaultConfig()
+		if full >= 0 {
+			cfg.Cluster.FullReplication = full
+		}
 		n, err := New(cfg, Options{Log: zaptest.NewLogger(b, zaptest.Level(zapcore.WarnLevel)), Version: "test"})
 		if err != nil {
 			b.Fatalf("New %s: %v", name, err)

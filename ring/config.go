@@ -26,6 +26,10 @@ type Config struct {
 	// EveryDatacenter places at least one owner of every swarm in each
 	// datacenter, so reads stay local to a datacenter.
 	EveryDatacenter bool `yaml:"every_datacenter"`
+	// FullReplication makes every member own every swarm while the cluster
+	// has at most this many members, whatever Replicas says: reads are then
+	// always local. 0 turns it off.
+	FullReplication int `yaml:"full_replication"`
 	// SecretKeys are base64 AES keys (16, 24 or 32 bytes) that encrypt and
 	// authenticate gossip and the node-to-node channel. The first is used
 	// to send; all are accepted, so keys can be rotated.
@@ -59,9 +63,9 @@ const (
 )
 
 // DefaultConfig returns a single-node setup with two owners per swarm once
-// clustered.
+// clustered, and every swarm on every node while there are at most three.
 func DefaultConfig() Config {
-	return Config{Replicas: 2, Profile: ProfileLAN, JoinRetry: 30 * time.Second}
+	return Config{Replicas: 2, FullReplication: 3, Profile: ProfileLAN, JoinRetry: 30 * time.Second}
 }
 
 // Validate reports the first bad value, naming its key.
@@ -82,6 +86,9 @@ func (c Config) Validate() error {
 	if c.Replicas < 1 || c.Replicas > 7 {
 		return fmt.Errorf("replicas: %d is out of range; want 1 to 7", c.Replicas)
 	}
+	if c.FullReplication < 0 || c.FullReplication > 16 {
+		return fmt.Errorf("full_replication: %d is out of range; want 0 (off) to 16 members", c.FullReplication)
+	}
 	if _, err := c.Keys(); err != nil {
 		return err
 	}
@@ -98,6 +105,14 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// placement is the Options every node derives from the same Config.
+func (c Config) placement(vnodes int) Options {
+	return Options{VNodes: vnodes, EveryDatacenter: c.EveryDatacenter, FullReplication: c.FullReplication}
+}
+
+// Placement is the placement Options of c, with the default vnodes.
+func (c Config) Placement() Options { return c.placement(0) }
 
 // Keys decodes SecretKeys. Errors name the key by index, never by value.
 func (c Config) Keys() ([][]byte, error) {

@@ -507,7 +507,7 @@ func (m *Membership) publish() error {
 		m.updateGauge()
 		return nil
 	}
-	v, err := NewView(live, m.opts.Self.Name, m.cfg.Replicas, Options{VNodes: m.opts.VNodes, EveryDatacenter: m.cfg.EveryDatacenter}, m.epoch+1)
+	v, err := NewView(live, m.opts.Self.Name, m.cfg.Replicas, m.cfg.placement(m.opts.VNodes), m.epoch+1)
 	if err != nil {
 		return err
 	}

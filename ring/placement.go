@@ -48,6 +48,12 @@ type Options struct {
 	// the owner list grows to one per datacenter: replicas is then a floor,
 	// not a cap (see OwnerCount).
 	EveryDatacenter bool
+	// FullReplication makes every member an owner of every swarm while the
+	// ring has at most this many members; 0 turns it off. In a small
+	// cluster a local read is far cheaper than a fetch from another node,
+	// and writes to the extra owners are batched, so holding everything
+	// everywhere costs memory, not CPU.
+	FullReplication int
 }
 
 // Ring is an immutable placement snapshot: the members and their vnodes.
@@ -63,6 +69,7 @@ type Ring struct {
 	// looking for a zone that has no members left to give.
 	zoneCap []int
 	every   bool
+	full    int // Options.FullReplication
 
 	// vnodes are the ring positions, sorted. Each packs a position (the
 	// top 48 bits) with the member index (the low 16 bits), so the ring is
@@ -90,6 +97,9 @@ func New(members []Member, opts Options) (*Ring, error) {
 	if vn == 0 {
 		vn = DefaultVNodes
 	}
+	if opts.FullReplication < 0 {
+		return nil, fmt.Errorf("ring: full replication %d is negative", opts.FullReplication)
+	}
 	if vn < 1 || vn > 1<<16 {
 		return nil, fmt.Errorf("ring: vnodes %d is out of range; want 1 to 65536", opts.VNodes)
 	}
@@ -109,6 +119,7 @@ func New(members []Member, opts Options) (*Ring, error) {
 		zone:    make([]int32, len(members)),
 		dc:      make([]int32, len(members)),
 		every:   opts.EveryDatacenter,
+		full:    opts.FullReplication,
 	}
 	slices.SortFunc(r.members, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
 	for i, m := range r.members {
@@ -222,11 +233,15 @@ func (r *Ring) Index(name string) int {
 
 // OwnerCount is how many owners Owners returns for replicas: replicas
 // (at least 1), raised to the number of datacenters with EveryDatacenter,
-// and at most the number of members.
+// and at most the number of members; every member while there are at most
+// Options.FullReplication of them.
 func (r *Ring) OwnerCount(replicas int) int {
 	n := max(replicas, 1)
 	if r.every {
 		n = max(n, r.dcs)
+	}
+	if len(r.members) <= r.full {
+		n = len(r.members)
 	}
 	return min(n, len(r.members))
 }

@@ -80,6 +80,7 @@ func TestNewRejects(t *testing.T) {
 		{"duplicate name", []Member{{Name: "a", Zone: "x"}, {Name: "b"}, {Name: "a", Zone: "y"}}, Options{}, `"a" appears twice`},
 		{"negative vnodes", []Member{{Name: "a"}}, Options{VNodes: -1}, "vnodes -1"},
 		{"too many vnodes", []Member{{Name: "a"}}, Options{VNodes: 1<<16 + 1}, "vnodes 65537"},
+		{"negative full replication", []Member{{Name: "a"}}, Options{FullReplication: -1}, "full replication -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.members, tc.opts)
@@ -348,6 +349,60 @@ func TestGainedLost(t *testing.T) {
 				t.Errorf("no swarm moved; the change should move some")
 			}
 		})
+	}
+}
+
+// TestFullReplication checks that a ring of at most FullReplication
+// members makes every member an owner of every swarm, keeping the primary
+// placement picks without it, and that a larger ring falls back to replicas.
+func TestFullReplication(t *testing.T) {
+	for _, tc := range []struct {
+		members, full, replicas, want int
+	}{
+		{3, 3, 1, 3},
+		{3, 3, 2, 3},
+		{2, 3, 1, 2},
+		{4, 3, 2, 2},
+		{3, 0, 2, 2},
+		{5, 5, 7, 5},
+	} {
+		t.Run(fmt.Sprintf("%d members, full %d, replicas %d", tc.members, tc.full, tc.replicas), func(t *testing.T) {
+			plain := mustNew(t, cluster(tc.members, 1, 1), Options{VNodes: 64})
+			r := mustNew(t, cluster(tc.members, 1, 1), Options{VNodes: 64, FullReplication: tc.full})
+			if got := r.OwnerCount(tc.replicas); got != tc.want {
+				t.Fatalf("OwnerCount(%d) = %d, want %d", tc.replicas, got, tc.want)
+			}
+			for _, ih := range randomInfoHashes(3, 500) {
+				owners := r.Owners(ih, tc.replicas, nil)
+				if len(owners) != tc.want || len(slices.Compact(slices.Sorted(slices.Values(owners)))) != tc.want {
+					t.Fatalf("%v: owners %v; want %d distinct", ih, owners, tc.want)
+				}
+				if p := plain.Owners(ih, 1, nil)[0]; owners[0] != p {
+					t.Fatalf("%v: primary %d, want %d as without full replication", ih, owners[0], p)
+				}
+			}
+		})
+	}
+	// Growing past the limit: each swarm loses exactly the owners the
+	// smaller count no longer has room for; nobody gains but the newcomer.
+	prev := mustNew(t, cluster(3, 1, 1), Options{VNodes: 64, FullReplication: 3})
+	next := mustNew(t, cluster(4, 1, 1), Options{VNodes: 64, FullReplication: 3})
+	for _, ih := range randomInfoHashes(5, 500) {
+		was, now := names(prev, prev.Owners(ih, 2, nil)), names(next, next.Owners(ih, 2, nil))
+		var gained, lost []string
+		for _, n := range now {
+			if !slices.Contains(was, n) {
+				gained = append(gained, n)
+			}
+		}
+		for _, w := range was {
+			if !slices.Contains(now, w) {
+				lost = append(lost, w)
+			}
+		}
+		if len(lost) != 3-2+len(gained) || (len(gained) > 0 && !slices.Equal(gained, []string{"node-003"})) {
+			t.Fatalf("%v: gained %v, lost %v; want one loss per gain plus one, gains only by node-003", ih, gained, lost)
+		}
 	}
 }
 

@@ -19,7 +19,7 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	cfg := loadgen.Default()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.URL, "url", "", "tracker announce `URL`: udp://host:port/announce or http://host:port/announce")
+	fs.Var((*urlList)(&cfg.URLs), "url", "tracker announce `URL`: udp://host:port/announce or http://host:port/announce; repeat it to spread the clients evenly over a cluster's nodes")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "how long to measure")
 	fs.DurationVar(&cfg.Warmup, "warmup", cfg.Warmup, "load sent, not measured, before the measurement")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "simulated clients (closed loop), or most requests in flight (open loop)")
@@ -85,7 +85,7 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	}
 	if err != nil || res.Responses == 0 {
 		if err == nil {
-			fmt.Fprintf(stderr, "karuta: bench: no answer from %s\n", cfg.URL)
+			fmt.Fprintf(stderr, "karuta: bench: no answer from %s\n", strings.Join(cfg.URLs, " "))
 		}
 		return exitFailure
 	}
@@ -115,6 +115,21 @@ func (p *pidList) Set(v string) error {
 		}
 		*p = append(*p, pid)
 	}
+	return nil
+}
+
+// urlList is the --url flag: announce URLs, one per use of the flag.
+type urlList []string
+
+func (u *urlList) String() string {
+	if u == nil {
+		return ""
+	}
+	return strings.Join(*u, " ")
+}
+
+func (u *urlList) Set(v string) error {
+	*u = append(*u, v)
 	return nil
 }
 

@@ -87,6 +87,8 @@ func TestBenchUsage(t *testing.T) {
 		want string
 	}{
 		{"no url", nil, "--url is required"},
+		{"mixed protocols", []string{"--url", "udp://127.0.0.1:6969", "--url", "http://127.0.0.1:6969/announce"}, "all URLs must use one protocol"},
+		{"fewer clients than urls", []string{"--url", "udp://127.0.0.1:6969", "--url", "udp://127.0.0.1:6970", "--concurrency", "1"}, "at least one client per URL"},
 		{"bad scheme", []string{"--url", "ftp://127.0.0.1:6969/announce"}, "scheme must be udp, http or https"},
 		{"udp without port", []string{"--url", "udp://127.0.0.1/announce"}, "needs a port"},
 		{"no host", []string{"--url", "http:///announce"}, "has no host"},
@@ -148,15 +150,19 @@ func TestBenchListInfoHashes(t *testing.T) {
 	}
 }
 
-// TestBenchSumsProcesses gives --pid twice, as for the nodes of a cluster
-// on one host: the report names both and sums them.
+// TestBenchSumsProcesses loads two nodes with --url and --pid given twice,
+// as for the nodes of a cluster on one host: the report names both URLs
+// and both pids and sums them.
 func TestBenchSumsProcesses(t *testing.T) {
-	n := startNode(t, nil)
+	a, b := startNode(t, nil), startNode(t, nil)
 	self := strconv.Itoa(os.Getpid())
-	res := runBench(t, "--url", "udp://"+n.Addrs().UDP+"/announce", "--duration", "500ms",
-		"--concurrency", "4", "--swarms", "1000", "--peers", "10000", "--pid", self, "--pid", self)
+	res := runBench(t, "--url", "udp://"+a.Addrs().UDP+"/announce", "--url", "udp://"+b.Addrs().UDP+"/announce",
+		"--duration", "500ms", "--concurrency", "4", "--swarms", "1000", "--peers", "10000", "--pid", self, "--pid", self)
 	if s := res.Server; s == nil || len(s.PIDs) != 2 || s.CPUPerRequestUS <= 0 {
 		t.Fatalf("server use = %+v; want two pids and CPU per request", s)
+	}
+	if len(res.URLs) != 2 || res.Errors+res.Timeouts != 0 {
+		t.Errorf("URLs %v, errors %d, timeouts %d; want both URLs answered without errors", res.URLs, res.Errors, res.Timeouts)
 	}
 }
 

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Side-by-side load runs on one machine, the trackers pinned to core 0 and
 # `karuta bench` to core 1, alternating round by round so machine noise
-# falls on both sides alike. Prints a markdown table of medians.
+# falls on both sides alike. Prints markdown tables of medians.
 #
 #   deploy/bench/compare.sh opentracker   # karuta vs Debian's opentracker, UDP and HTTP
-#   deploy/bench/compare.sh cluster       # one node vs three nodes (replicas 1), UDP and HTTP
+#   deploy/bench/compare.sh cluster       # one node vs two 3-node clusters, UDP and HTTP
+#
+# The cluster mode measures two shapes against the single node: three nodes
+# with replicas 2 and the load spread evenly over them (`--url` thrice), and
+# three nodes with replicas 1 and all the load sent to one of them. Server
+# CPU is summed over each cluster's processes. Then every target runs in
+# open loop over UDP at RATE requests/s, for latency at the same load.
 #
 # Environment: ROUNDS (3), DURATION (10s), WARMUP (3s), SWARMS (100000),
-# PEERS (1000000), OUT (a new temporary directory; keeps every run's JSON).
-# Needs Linux, taskset, python3 and two or more cores; the opentracker mode
-# installs Debian's opentracker when it is missing (root, apt).
+# PEERS (1000000), ZIPF (1.1; 0 is uniform), RATE (20000; 0 skips the
+# open-loop runs), FULL (the clusters' full_replication; unset keeps the
+# default, 0 makes nodes fetch swarms they do not own), FORWARD_DELAY (the
+# clusters' forward_delay; unset keeps the default), PROFILE (unset; 1 saves a 6 s CPU profile of every
+# karuta process during the last closed-loop UDP round, as NAME.pprof),
+# OUT (a new temporary directory; keeps every run's JSON).
+# Needs Linux, taskset, curl (PROFILE only), python3 and two or more cores;
+# the opentracker mode installs Debian's opentracker when it is missing
+# (root, apt).
 set -euo pipefail
 
 mode=${1:-}
@@ -26,6 +38,11 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 SWARMS=${SWARMS:-100000}
 PEERS=${PEERS:-1000000}
+ZIPF=${ZIPF:-1.1}
+RATE=${RATE:-20000}
+PROFILE=${PROFILE:-}
+FULL=${FULL:-}
+FORWARD_DELAY=${FORWARD_DELAY:-}
 OUT=${OUT:-$(mktemp -d /tmp/karuta-compare.XXXXXX)}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
@@ -46,8 +63,14 @@ trap cleanup EXIT
 (cd "$root" && go build -trimpath -o "$OUT/karuta" ./cmd/karuta)
 karuta=$OUT/karuta
 
+# Each target: a label, its announce hosts (host:port, space-separated; the
+# bench spreads its clients over them), the pids to measure (commas) and
+# the names of its karuta nodes (for profiles).
+labels=() hosts=() measured=() names=()
+declare -A metrics_of
+
 # node NAME UDP_HTTP_PORT [EXTRA_YAML]: starts a karuta node on core 0 and
-# sets $started to its pid.
+# sets $started to its pid. Its metrics and pprof listen on PORT+20000.
 node() {
 	local name=$1 port=$2
 	cat >"$OUT/$name.yaml" <<EOF
@@ -56,12 +79,27 @@ log: {level: warn}
 frontends:
   http: {addr: "127.0.0.1:$port"}
   udp: {addr: "127.0.0.1:$port", readers: 1, connection_id_keys: ["compare-script-connection-id-key"]}
-metrics: {addr: ""}
+metrics: {addr: "127.0.0.1:$((port + 20000))"}
 ${3:-}
 EOF
+	metrics_of[$name]=127.0.0.1:$((port + 20000))
 	taskset -c 0 "$karuta" serve --config "$OUT/$name.yaml" 2>"$OUT/$name.log" &
 	started=$!
 	pids+=("$started")
+}
+
+# cluster PREFIX BASE REPLICAS: three nodes PREFIX1..3 answering on
+# 127.0.0.1:BASE+1..3 and gossiping on 127.0.0.i:BASE-23 (their data
+# channels one port above). Sets $ports, $all (pids) and $members.
+cluster() {
+	local prefix=$1 base=$2 replicas=$3 i gossip=$(($2 - 23)) full=
+	ports=() all=() members=()
+	if [ -n "$FULL" ]; then full=", full_replication: $FULL"; fi
+	if [ -n "$FORWARD_DELAY" ]; then full="$full, forward_delay: $FORWARD_DELAY"; fi
+	for i in 1 2 3; do
+		node "$prefix$i" $((base + i)) "cluster: {bind: \"127.0.0.$i:$gossip\", join: [\"127.0.0.1:$gossip\"], replicas: $replicas$full, profile: local, secret_keys: [\"$key\"]}"
+		ports+=("127.0.0.1:$((base + i))") all+=("$started") members+=("$prefix$i")
+	done
 }
 
 # wait_udp PORT: waits until a tracker answers on the port.
@@ -77,8 +115,6 @@ wait_udp() {
 	exit 1
 }
 
-# Each target: label, announce URL stem (host:port), pids to measure.
-labels=() hosts=() measured=()
 case $mode in
 opentracker)
 	if ! command -v opentracker >/dev/null; then
@@ -96,46 +132,80 @@ EOF
 	ot=$!
 	pids+=("$ot")
 	node karuta 16969
-	labels+=(karuta opentracker) hosts+=(127.0.0.1:16969 127.0.0.1:26969) measured+=("$started" "$ot")
+	labels+=(karuta opentracker) hosts+=(127.0.0.1:16969 127.0.0.1:26969) measured+=("$started" "$ot") names+=(karuta "")
 	;;
 cluster)
 	node single 16969
-	labels+=("1 node") hosts+=(127.0.0.1:16969) measured+=("$started")
+	labels+=("1 node") hosts+=(127.0.0.1:16969) measured+=("$started") names+=(single)
 	key=$(head -c 32 /dev/urandom | base64)
-	all=()
-	for i in 1 2 3; do
-		cluster="cluster: {bind: \"127.0.0.$i:17946\", join: [\"127.0.0.1:17946\"], replicas: 1, profile: local, secret_keys: [\"$key\"]}"
-		node "n$i" $((17969 + i)) "$cluster"
-		all+=("$started")
-	done
-	labels+=("3 nodes, replicas 1") hosts+=(127.0.0.1:17970) measured+=("$(
-		IFS=,
-		echo "${all[*]}"
-	)")
+	cluster s 17969 2
+	labels+=("3 nodes, replicas 2, spread") hosts+=("${ports[*]}") names+=("${members[*]}")
+	measured+=("$(IFS=, && echo "${all[*]}")")
+	cluster o 18969 1
+	labels+=("3 nodes, replicas 1, one entry") hosts+=("${ports[0]}") names+=("${members[*]}")
+	measured+=("$(IFS=, && echo "${all[*]}")")
 	;;
 esac
-for h in "${hosts[@]}"; do wait_udp "${h#*:}"; done
-sleep 2 # let a cluster settle its ring
+for hs in "${hosts[@]}"; do
+	for h in $hs; do wait_udp "${h#*:}"; done
+done
+# Let a cluster settle its ring, and outlast the 10 s after a view change
+# in which an owner still asks the others about swarms it holds nothing of
+# (see docs/cluster.md): the figures are for a cluster in steady state.
+sleep 12
+
+# bench OUTFILE PROTO TARGET [FLAGS...]: one run of the bench against
+# target TARGET from core 1.
+bench() {
+	local f=$1 proto=$2 i=$3 h
+	shift 3
+	local u=()
+	for h in ${hosts[$i]}; do u+=(--url "$proto://$h/announce"); done
+	taskset -c 1 "$karuta" bench --json "${u[@]}" --duration "$DURATION" --warmup "$WARMUP" \
+		--swarms "$SWARMS" --peers "$PEERS" --zipf "$ZIPF" --pid "${measured[$i]}" "$@" >"$f" 2>"$OUT/bench.log" || {
+		echo "$0: bench against ${labels[$i]} over $proto failed:" >&2
+		cat "$OUT/bench.log" >&2
+		exit 1
+	}
+}
+
+# profile NAMES: in the background, once the warmup is over, saves a CPU
+# profile of each named node over 6 s.
+profile() {
+	local n
+	sleep "${WARMUP%s}"
+	for n in $1; do
+		curl -s -o "$OUT/$n.pprof" "http://${metrics_of[$n]}/debug/pprof/profile?seconds=6" &
+	done
+	wait
+}
 
 for round in $(seq "$ROUNDS"); do
 	for proto in udp http; do
 		for i in "${!labels[@]}"; do
-			f="$OUT/$proto-$i-$round.json"
 			echo "round $round: ${labels[$i]} over $proto" >&2
-			taskset -c 1 "$karuta" bench --json --url "$proto://${hosts[$i]}/announce" \
-				--duration "$DURATION" --warmup "$WARMUP" --swarms "$SWARMS" --peers "$PEERS" \
-				--pid "${measured[$i]}" >"$f" 2>"$OUT/bench.log" || {
-				echo "$0: bench against ${labels[$i]} over $proto failed:" >&2
-				cat "$OUT/bench.log" >&2
-				exit 1
-			}
+			prof=
+			if [ -n "$PROFILE" ] && [ "$round" = "$ROUNDS" ] && [ "$proto" = udp ] && [ -n "${names[$i]}" ]; then
+				profile "${names[$i]}" &
+				prof=$!
+			fi
+			bench "$OUT/$proto-$i-$round.json" "$proto" "$i"
+			if [ -n "$prof" ]; then wait "$prof"; fi
 		done
 	done
 done
+if [ "$RATE" != 0 ]; then
+	for round in $(seq "$ROUNDS"); do
+		for i in "${!labels[@]}"; do
+			echo "round $round: ${labels[$i]} over udp at $RATE/s" >&2
+			bench "$OUT/open-$i-$round.json" udp "$i" --rate "$RATE" --concurrency 512
+		done
+	done
+fi
 
-python3 - "$OUT" "$ROUNDS" "${labels[@]}" <<'EOF'
+python3 - "$OUT" "$ROUNDS" "$RATE" "${labels[@]}" <<'EOF'
 import json, statistics, sys
-out, rounds, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, rounds, rate, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 print(f"| tracker | protocol | responses/s | server CPU per response (µs) | p50 / p99 latency (ms) | errors+timeouts | peak RSS (MiB) |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for proto in ("udp", "http"):
@@ -148,5 +218,18 @@ for proto in ("udp", "http"):
               f"| {med(lambda r: r['latency_us']['p50'])/1e3:.2f} / {med(lambda r: r['latency_us']['p99'])/1e3:.2f} "
               f"| {sum(r['errors'] + r['timeouts'] for r in runs)} "
               f"| {max(r['server']['peak_rss_bytes'] for r in runs)/2**20:.0f} |")
+if rate != "0":
+    print()
+    print(f"Open loop over UDP at {rate} requests/s (medians):")
+    print()
+    print("| tracker | answered/s | server CPU per response (µs) | p50 / p99 / p99.9 latency (ms) | errors+timeouts |")
+    print("| --- | --- | --- | --- | --- |")
+    for i, label in enumerate(labels):
+        runs = [json.load(open(f"{out}/open-{i}-{r}.json")) for r in range(1, rounds + 1)]
+        med = lambda f: statistics.median(f(r) for r in runs)
+        print(f"| {label} | {med(lambda r: r['requests_per_sec']):,.0f} "
+              f"| {med(lambda r: r['server']['cpu_per_request_us']):.1f} "
+              f"| {med(lambda r: r['latency_us']['p50'])/1e3:.2f} / **{med(lambda r: r['latency_us']['p99'])/1e3:.2f}** / {med(lambda r: r['latency_us']['p999'])/1e3:.2f} "
+              f"| {sum(r['errors'] + r['timeouts'] for r in runs)} |")
 EOF
 echo "runs kept in $OUT" >&2

@@ -92,8 +92,10 @@ func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, k
 }
 
 // maxPrefetch bounds the infohashes one batch prefetches; past it the rest
-// are read on demand, as without prefetching.
-const maxPrefetch = 256
+// are read on demand, as without prefetching, each scrape prefetching its
+// own. It holds a default batch (32 datagrams) of full scrapes, so the
+// reads of such a batch share one fetch deadline (about 65 KB per reader).
+const maxPrefetch = 32 * maxHashes
 
 // prefetch hands the tracker, when it prefetches, the infohashes of the
 // batch's announces and scrapes, before any is answered: a cluster node

@@ -316,7 +316,7 @@ func TestCloseWaitsForFetches(t *testing.T) {
 	sh.mu.Lock()
 	e := sh.m[ih]
 	sh.mu.Unlock()
-	if e == nil || e.busy {
+	if e == nil || e.fl != nil {
 		t.Errorf("after Close the prefetch is still in flight (entry %+v)", e)
 	}
 	b.Prefetch([]bittorrent.InfoHash{ih}) // after Close: starts nothing, wakes any waiter

@@ -275,6 +275,11 @@ func (c *Cluster) Close() error {
 // maxFetchPeers caps the peers per family one FetchReply carries.
 const maxFetchPeers = 10000
 
+// maxFetchManyPeers caps the peers per family of a whole FetchManyReply:
+// with 45 bytes a peer, both families stay under 4 MB, a quarter of the
+// transport's default frame limit.
+const maxFetchManyPeers = 40000
+
 // Handle answers other nodes. A node applies what it is sent even for
 // swarms it does not own by its own view (views can briefly disagree);
 // the handoff pass moves such swarms on to their owners.
@@ -299,6 +304,15 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 		// A sample is always bounded, whatever the caller asked, so the
 		// reply stays far below the transport's frame limit.
 		return c.localReply(r.InfoHash, min(max(r.MaxPeers, 1), maxFetchPeers)), nil
+	case *transport.FetchManyRequest:
+		// The whole reply shares one budget of peers, so asking for many
+		// swarms cannot make it larger than asking for one.
+		n := min(max(r.MaxPeers, 1), maxFetchPeers, max(maxFetchManyPeers/max(len(r.InfoHashes), 1), 1))
+		reply := &transport.FetchManyReply{Swarms: make([]transport.FetchReply, len(r.InfoHashes))}
+		for i, ih := range r.InfoHashes {
+			reply.Swarms[i] = *c.localReply(ih, n)
+		}
+		return reply, nil
 	case *transport.MergeRequest:
 		// Only an owner takes a swarm. When the views differ (one side has
 		// not heard of a join or a leave yet), refusing keeps the sender's
@@ -340,6 +354,9 @@ const strayDelay = time.Second
 // rather than at the next repair.
 func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 	v := c.view.Load()
+	if ownsAll(v) {
+		return
+	}
 	var buf [8]int
 	for i := range n {
 		if !v.Owns(ih(i), buf[:0]) {
@@ -356,6 +373,13 @@ func (c *Cluster) checkOwned(n int, ih func(int) bittorrent.InfoHash) {
 			return
 		}
 	}
+}
+
+// ownsAll reports whether every member of v owns every swarm (replicas at
+// least the member count, or full_replication), so this node, a member,
+// owns whatever it is sent, and a change goes to every member.
+func ownsAll(v *ring.View) bool {
+	return v.Self >= 0 && v.OwnerCount(v.Replicas) == len(v.Members())
 }
 
 // MemberStatus is one member's share of the ring, for /cluster.

@@ -61,6 +61,8 @@ type testCluster struct {
 	boots    int
 	dc       map[string]string // node name → datacenter; "dc1" when absent
 	every    bool              // every_datacenter placement
+	// wrap, if set, stands between a node and its transport.
+	wrap func(name string, tr transport.Transport) transport.Transport
 }
 
 // newTestCluster is called inside a synctest bubble (each test is
@@ -92,7 +94,11 @@ func (tc *testCluster) start(name string) *testNode {
 	tc.boots++
 	n := &testNode{name: name, boot: tc.boots, store: st, views: &scriptedViews{changed: make(chan struct{}, 1)}, reg: prometheus.NewRegistry()}
 	n.views.v.Store(tc.view(name, []string{name}, n))
-	n.gate = &gatedTransport{Transport: tc.net.Transport(name)}
+	tr := tc.net.Transport(name)
+	if tc.wrap != nil {
+		tr = tc.wrap(name, tr)
+	}
+	n.gate = &gatedTransport{Transport: tr}
 	n.c, err = New(tc.cfg, Options{Store: st, Transport: n.gate, Views: n.views, Registerer: n.reg, Log: zaptest.NewLogger(t).Named(name)})
 	if err != nil {
 		t.Fatal(err)

@@ -10,8 +10,13 @@ import (
 type Config struct {
 	// ForwardBatch is the most changes sent to one node in one request.
 	ForwardBatch int `yaml:"forward_batch"`
-	// ForwardDelay is how long a change may wait for others to share its
-	// request; it bounds the latency batching adds.
+	// ForwardDelay is the least time between two requests to one owner,
+	// and so the longest a change waits for others to share its request.
+	// A change for an owner sent nothing for that long goes at once, and
+	// changes queued while a request is in flight go in the next one
+	// (group commit): an idle cluster gets one round trip of latency, a
+	// busy one batches, and a steady trickle of announces does not cost a
+	// request each. 0 sends whenever nothing is in flight.
 	ForwardDelay time.Duration `yaml:"forward_delay"`
 	// ForwardQueue is the most changes waiting for one node; beyond it new
 	// changes for that node are dropped and counted.
@@ -39,7 +44,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		ForwardBatch:   256,
-		ForwardDelay:   5 * time.Millisecond,
+		ForwardDelay:   0,
 		ForwardQueue:   65536,
 		ForwardRetry:   10 * time.Second,
 		ReadCacheTTL:   50 * time.Millisecond,

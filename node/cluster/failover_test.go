@@ -436,3 +436,61 @@ func TestLocalAlone(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchedReadsStayWholeWhileHandoffIsLate is the read rule for a
+// batch: after a node is killed, with every handoff held back, a
+// survivor's Prefetch of every swarm (as a scrape or a UDP batch does)
+// must fetch the swarms it gained, from the other owners and the previous
+// ones, and its reads must answer every peer, those announced before the
+// change and those forwarded to it since.
+func TestBatchedReadsStayWholeWhileHandoffIsLate(t *testing.T) {
+	synctest.Test(t, testBatchedReadsStayWholeWhileHandoffIsLate)
+}
+
+func testBatchedReadsStayWholeWhileHandoffIsLate(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	all := []string{"a", "b", "c"}
+	before := tc.populated(all, 40, 320)
+	tc.waitSettled(all...)
+	tc.holdHandoffs()
+	tc.net.Isolate("c")
+	tc.nodes["c"].stop()
+	delete(tc.nodes, "c")
+	live := []string{"a", "b"}
+	tc.see(live, live)
+	after := swarmSet{}
+	tc.announce(after, live, 40, 80, 20)
+	tc.waitPresent(after, live...)
+	want := union(before, after)
+	ihs := make([]bittorrent.InfoHash, 0, len(want))
+	for ih := range want {
+		ihs = append(ihs, ih)
+	}
+	for _, name := range live {
+		c := tc.nodes[name].c
+		if c.wholeIn(c.View()) {
+			t.Fatalf("%s trusts its copies while its gained swarms' handoffs are held", name)
+		}
+		var gained int
+		v := c.View()
+		for _, ih := range ihs {
+			if !c.localAlone(v, ih, v.OwnersOf(ih, nil)) {
+				gained++
+			}
+		}
+		if gained == 0 {
+			t.Fatalf("%s gained no swarm; the test needs some", name)
+		}
+		time.Sleep(2 * tc.cfg.ReadCacheTTL) // let earlier copies go stale
+		prefetched := testutil.ToFloat64(c.m.prefetches)
+		c.Prefetch(ihs)
+		if got := testutil.ToFloat64(c.m.prefetches) - prefetched; int(got) != gained {
+			t.Errorf("%s prefetched %v swarms; want the %d it gained", name, got, gained)
+		}
+		if miss := tc.missing(want, false, name); len(miss) > 0 {
+			t.Errorf("after a batch, %d peers missing, e.g. %v", len(miss), miss[:min(5, len(miss))])
+		}
+	}
+	tc.openHandoffs()
+	tc.waitSettled(live...)
+}

@@ -25,6 +25,18 @@ func (c *Cluster) Apply(changes []bittorrent.Change) {
 }
 
 func (c *Cluster) route(v *ring.View, changes []bittorrent.Change) {
+	if ownsAll(v) {
+		// Every member owns every swarm: no lookups, the whole batch goes
+		// to each.
+		c.store.Apply(changes)
+		for o := range v.Members() {
+			if o != v.Self && !c.destFor(v, o).enqueue(changes) {
+				// Retired while we routed by an older view, as below.
+				c.route(c.view.Load(), changes)
+			}
+		}
+		return
+	}
 	var (
 		local  []bittorrent.Change
 		groups map[int][]bittorrent.Change
@@ -242,6 +254,7 @@ func (d *dest) run() {
 		buf       []bittorrent.Change
 		failSince time.Time // first failure of the current outage
 		backoff   time.Duration
+		lastSent  time.Time // when the last batch left
 	)
 	for {
 		if d.depth() == 0 {
@@ -252,13 +265,17 @@ func (d *dest) run() {
 			}
 			continue
 		}
-		if d.depth() < cfg.ForwardBatch && cfg.ForwardDelay > 0 && failSince.IsZero() {
-			d.gather(cfg.ForwardBatch, cfg.ForwardDelay)
+		// A link idle for forward_delay sends at once; a busy one sends at
+		// most one batch per forward_delay, so a stream of announces
+		// shares requests instead of paying a round trip each.
+		if wait := cfg.ForwardDelay - time.Since(lastSent); d.depth() < cfg.ForwardBatch && wait > 0 && failSince.IsZero() {
+			d.gather(cfg.ForwardBatch, wait)
 		}
 		var seq uint64
 		buf, seq = d.peek(buf, cfg.ForwardBatch)
 		ctx, cancel := context.WithTimeout(d.ctx, forwardCallTimeout)
 		start := time.Now()
+		lastSent = start
 		_, err := d.c.tr.Call(ctx, d.addr, &transport.ApplyRequest{Stream: d.c.stream, Seq: seq, Changes: buf})
 		cancel()
 		d.c.m.forwardTime.Observe(time.Since(start).Seconds())

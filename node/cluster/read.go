@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -17,21 +18,24 @@ import (
 const emptyTTL = 5 * time.Millisecond
 
 // AnnouncePeers implements hooks.PeerSource. An owner whose copy is whole
-// (localAlone) answers from its own store; any other node answers from a
-// copy of the swarm fetched from the nearest owners and kept for
-// read_cache_ttl. An owner that has just gained the swarm, whose handoff
-// may still be on its way, asks the other and the previous owners the same
-// way and adds its own copy to their answers.
+// (localAlone) answers from its own store, an empty swarm included; any
+// other node answers from a copy of the swarm fetched from the nearest
+// owners and kept for read_cache_ttl. An owner that has just gained the
+// swarm, whose handoff may still be on its way, asks the other and the
+// previous owners the same way and adds its own copy to their answers.
 func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
 	v := c.view.Load()
+	if ownsAll(v) && c.wholeIn(v) {
+		// Every member owns every swarm and this one's copies are whole:
+		// no owner lookup.
+		c.m.readLocal.Inc()
+		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
+	}
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
 	if c.localAlone(v, ih, owners) {
-		peers, counts, state := c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
-		if counts != (bittorrent.Counts{}) || len(owners) == 1 {
-			c.m.reads.WithLabelValues("local").Inc()
-			return peers, counts, state
-		}
+		c.m.readLocal.Inc()
+		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 	}
 	snap := c.remote(v, ih, owners)
 	if snap == nil {
@@ -44,13 +48,15 @@ func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort
 // Counts implements hooks.PeerSource, for scrapes.
 func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 	v := c.view.Load()
+	if ownsAll(v) && c.wholeIn(v) {
+		c.m.readLocal.Inc()
+		return c.store.Counts(ih)
+	}
 	var buf [8]int
 	owners := v.OwnersOf(ih, buf[:0])
 	if c.localAlone(v, ih, owners) {
-		if counts := c.store.Counts(ih); counts != (bittorrent.Counts{}) || len(owners) == 1 {
-			c.m.reads.WithLabelValues("local").Inc()
-			return counts
-		}
+		c.m.readLocal.Inc()
+		return c.store.Counts(ih)
 	}
 	if snap := c.remote(v, ih, owners); snap != nil {
 		return snap.counts
@@ -78,14 +84,23 @@ func otherOwners(v *ring.View, owners, dst []int) []int {
 }
 
 // Prefetch implements hooks.Prefetcher: it starts fetching the swarms of
-// ihs that this node does not own and holds no fresh copy of, without
-// waiting, so the reads that follow find them fetched or on their way and
-// a batch of requests waits about one round trip instead of one each.
+// ihs whose local copy does not answer alone (see localAlone) and that
+// have no fresh copy fetched, without waiting, so the reads that follow
+// find them fetched or on their way. All of them go out together, one
+// request per member asked however many swarms it is asked for, so a
+// batch of requests (a scrape, a batch of datagrams) waits about one round
+// trip, and its reads share one deadline: the fetch started here plus
+// read_timeout.
 func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	v := c.view.Load()
+	if ownsAll(v) && c.wholeIn(v) {
+		return // every swarm is owned here, whole
+	}
 	now := c.clock.Now()
+	var jobs []fetchJob
 	for _, ih := range ihs {
-		var buf, others [8]int
+		var buf [8]int
+		var others [16]int
 		owners := v.OwnersOf(ih, buf[:0])
 		if c.localAlone(v, ih, owners) {
 			continue
@@ -95,176 +110,302 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 			continue
 		}
 		if e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL); fetch {
-			c.m.prefetches.Inc()
-			c.goFetch(v, ih, slices.Clone(targets), e)
+			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(targets), own: isOwner(owners, v.Self), e: e})
 		}
+	}
+	if len(jobs) > 0 {
+		c.m.prefetches.Add(float64(len(jobs)))
+		c.goFetch(v, jobs)
 	}
 }
 
-// remote returns a fresh enough copy of the swarm from its other owners,
-// fetching it if needed, or nil if none answered and no copy exists; then
-// the caller falls back to the local store. It waits at most read_timeout.
+// remote returns a fresh enough copy of the swarm from the members that
+// hold it (readTargets), fetching it if needed, or nil if none answered
+// and no copy exists; then the caller falls back to the local store. It
+// waits at most until the fetch it waits for is read_timeout old, so the
+// reads of a prefetched batch together wait at most read_timeout.
 func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *snapshot {
 	var others [16]int
 	targets := c.readTargets(v, ih, owners, others[:0])
 	if len(targets) == 0 {
-		c.m.reads.WithLabelValues("failed").Inc()
+		c.m.readFailed.Inc()
 		return nil
 	}
 	now := c.clock.Now()
 	e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL)
 	if !fetch && e.snap != nil && now.Sub(e.snap.at) < c.cfg.ReadCacheTTL {
-		c.m.reads.WithLabelValues("cached").Inc()
+		c.m.readCached.Inc()
 		return e.snap
 	}
+	own := isOwner(owners, v.Self)
 	if fetch {
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		c.goFetch(v, ih, slices.Clone(targets), e)
+		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), own: own, e: e}})
 	}
-	t := time.NewTimer(c.cfg.ReadTimeout)
-	defer t.Stop()
-	select {
-	case <-e.done:
-	case <-t.C:
+	return c.await(ih, e, now, own)
+}
+
+// await waits for the fetch of ih that ticket e is for, at most until it
+// is read_timeout old, and returns what it delivered, or else the latest
+// copy of ih, or nil. A read that started at now takes what its own fetch
+// delivered from the ticket rather than from the cache, which a new view
+// may have cleared since. own says this node owns ih, so its own copy
+// belongs in a stale answer.
+func (c *Cluster) await(ih bittorrent.InfoHash, e *cacheEntry, now time.Time, own bool) *snapshot {
+	var snap *snapshot
+	if wait := e.fl.started.Add(c.cfg.ReadTimeout).Sub(now); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-e.fl.done:
+			snap = e.fl.snap
+		case <-t.C:
+		}
+		t.Stop()
 	}
-	snap := c.cache.current(ih)
+	if snap == nil {
+		snap = c.cache.current(ih)
+	}
 	switch {
 	case snap != nil && snap.at.After(now.Add(-c.cfg.ReadCacheTTL)):
-		c.m.reads.WithLabelValues("fetched").Inc()
+		c.m.readFetched.Inc()
 		return snap
 	case snap != nil:
-		c.m.reads.WithLabelValues("stale").Inc()
-		if isOwner(owners, v.Self) {
+		c.m.readStale.Inc()
+		if own {
 			// The old copy misses what was written here since.
 			return snap.with(c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
 		}
 		return snap
 	}
-	c.m.reads.WithLabelValues("failed").Inc()
+	c.m.readFailed.Inc()
 	return nil
 }
 
 // goFetch runs fetch on a goroutine Close waits for; once Close has begun
-// it fetches nothing and wakes the entry's waiters at once.
-func (c *Cluster) goFetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
-	if !c.goOwned(func() { c.fetch(v, ih, owners, e) }) {
-		c.cache.finish(ih, e, nil)
+// it fetches nothing and wakes the jobs' waiters at once.
+func (c *Cluster) goFetch(v *ring.View, jobs []fetchJob) {
+	if !c.goOwned(func() { c.fetch(v, jobs) }) {
+		for _, j := range jobs {
+			c.cache.finish(j.ih, j.e, nil)
+		}
 	}
 }
 
-// fetch asks the owners in this node's datacenter for the swarm, and the
-// others only if none of those answers.
-func (c *Cluster) fetch(v *ring.View, ih bittorrent.InfoHash, owners []int, e *cacheEntry) {
+// fetchJob is one swarm of a fetch: the members to ask, whether this node
+// owns the swarm, and the cache ticket to finish.
+type fetchJob struct {
+	ih      bittorrent.InfoHash
+	targets []int
+	// own: this node owns ih but its copy may lack part of the swarm (it
+	// has just gained it), so its copy joins the answers.
+	own bool
+	e   *cacheEntry
+}
+
+// fetch asks the members in targets for the swarms of jobs, one request
+// per member (per MaxFetchMany swarms), all in parallel under one
+// deadline: first the members in this node's datacenter, then, for swarms
+// none of those answered, the others. Owners can lag one another by a
+// forward (the node that took an announce applies it at once and sends it
+// to the other owners a moment later), and an owner that has just gained a
+// swarm may not hold it yet, so a swarm's answers are merged. Once a
+// member that held the swarm before the last membership change has
+// answered for it with peers, the others get a short grace instead of the
+// whole deadline, so one slow owner does not hold every read up; after an
+// answer from any other member, they get half the read timeout.
+func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 	start := time.Now()
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
 	// Fetches outlive the caller's wait, but not by much: a late answer is
 	// still worth caching, a very late one is not.
 	ctx, cancel := context.WithTimeout(c.ctx, 4*c.cfg.ReadTimeout)
 	defer cancel()
-	near, far := owners, []int(nil)
+	f := &fetchRound{
+		c: c, v: v, jobs: jobs,
+		merged: make([]*transport.FetchReply, len(jobs)),
+		held:   make([]bool, len(jobs)),
+		done:   make([]bool, len(jobs)),
+	}
+	dc := ""
 	if v.Self >= 0 {
-		dc := v.Members()[v.Self].Datacenter
-		near = nil
-		for _, o := range owners {
-			if v.Members()[o].Datacenter == dc {
-				near = append(near, o)
-			} else {
-				far = append(far, o)
+		dc = v.Members()[v.Self].Datacenter
+	}
+	near := func(o int) bool { return v.Self < 0 || v.Members()[o].Datacenter == dc }
+	f.run(ctx, near)
+	f.run(ctx, func(o int) bool { return !near(o) })
+	for i := range jobs {
+		f.finish(i)
+	}
+}
+
+// fetchRound is the state of one fetch: each job's merged answer, whether
+// a member that held the swarm before the last membership change
+// answered it, and whether its cache ticket is finished. It is owned by
+// fetch's goroutine.
+type fetchRound struct {
+	c      *Cluster
+	v      *ring.View
+	jobs   []fetchJob
+	merged []*transport.FetchReply
+	held   []bool
+	done   []bool
+}
+
+// memberAnswer is member o's answer to a request for jobs idx: one reply
+// per job, or nil if it did not answer.
+type memberAnswer struct {
+	o    int
+	idx  []int
+	reps []transport.FetchReply
+}
+
+// run asks the members that pick selects for the jobs not finished yet,
+// one request per member and MaxFetchMany jobs, and merges the answers as
+// they come, until all are in, or ctx ends. A job whose members have all
+// answered finishes at once; the others finish when a grace ends (see
+// fetch).
+func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
+	groups := map[int][]int{}
+	for i, j := range f.jobs {
+		if f.done[i] || f.merged[i] != nil {
+			continue // answered by a nearer member
+		}
+		for _, o := range j.targets {
+			if pick(o) {
+				groups[o] = append(groups[o], i)
 			}
 		}
 	}
-	best := c.ask(ctx, v, ih, near)
-	if best == nil && len(far) > 0 {
-		best = c.ask(ctx, v, ih, far)
+	if len(groups) == 0 {
+		return
 	}
-	var buf [8]int
-	if best != nil && isOwner(v.OwnersOf(ih, buf[:0]), v.Self) {
+	type call struct {
+		o   int
+		idx []int
+	}
+	var calls []call
+	pending := make([]int, len(f.jobs)) // requests still out per job
+	for o, idx := range groups {
+		for chunk := range slices.Chunk(idx, transport.MaxFetchMany) {
+			for _, i := range chunk {
+				pending[i]++
+			}
+			calls = append(calls, call{o, chunk})
+		}
+	}
+	// Buffered for every answer, so callers left behind at the deadline
+	// never block.
+	answers := make(chan memberAnswer, len(calls))
+	for _, cl := range calls {
+		if !f.c.goOwned(func() { answers <- memberAnswer{cl.o, cl.idx, f.askMany(ctx, f.v.DataAddrs[cl.o], cl.idx)} }) {
+			answers <- memberAnswer{o: cl.o, idx: cl.idx}
+		}
+	}
+	// short follows an answer from a member that held the swarm before;
+	// long any other, so one member that cannot be reached does not leave
+	// the readers with nothing.
+	var short, long <-chan time.Time
+	for range calls {
+		select {
+		case a := <-answers:
+			for k, i := range a.idx {
+				pending[i]--
+				if a.reps != nil {
+					f.merged[i] = mergeReplies(f.merged[i], &a.reps[k], f.c.cfg.ReadMaxPeers)
+					if f.c.heldBefore(f.v, f.jobs[i].ih, a.o) {
+						f.held[i] = true
+					}
+				}
+				switch {
+				case f.merged[i] == nil:
+				case pending[i] == 0:
+					f.finish(i)
+				case size(f.merged[i].Counts) == 0:
+					// An owner that has just gained the swarm may answer
+					// first, with a part of it; wait for the others.
+				case f.held[i]:
+					if short == nil {
+						short = time.After(min(f.c.cfg.ReadTimeout/5, 5*time.Millisecond))
+					}
+				case long == nil:
+					long = time.After(f.c.cfg.ReadTimeout / 2)
+				}
+			}
+		case <-short:
+			for i := range f.jobs {
+				if f.merged[i] != nil && f.held[i] {
+					f.finish(i)
+				}
+			}
+			short = nil
+		case <-long:
+			for i := range f.jobs {
+				if f.merged[i] != nil {
+					f.finish(i)
+				}
+			}
+			long = nil
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// askMany fetches the swarms of jobs idx from the member at addr, one
+// reply per job in order, or nil if it did not answer. A member that does
+// not know FetchManyRequest (an older version, during a rolling upgrade)
+// is asked one swarm at a time.
+func (f *fetchRound) askMany(ctx context.Context, addr string, idx []int) []transport.FetchReply {
+	req := &transport.FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, len(idx)), MaxPeers: f.c.cfg.ReadMaxPeers}
+	for k, i := range idx {
+		req.InfoHashes[k] = f.jobs[i].ih
+	}
+	reply, err := f.c.tr.Call(ctx, addr, req)
+	if fr, ok := reply.(*transport.FetchManyReply); ok && err == nil && len(fr.Swarms) == len(idx) {
+		return fr.Swarms
+	}
+	if !errors.As(err, new(transport.RemoteError)) {
+		return nil
+	}
+	out := make([]transport.FetchReply, len(idx))
+	for k, ih := range req.InfoHashes {
+		reply, err := f.c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: f.c.cfg.ReadMaxPeers})
+		fr, ok := reply.(*transport.FetchReply)
+		if !ok || err != nil {
+			return nil
+		}
+		out[k] = *fr
+	}
+	return out
+}
+
+// finish records job i's answer in the cache, once, and wakes its readers.
+func (f *fetchRound) finish(i int) {
+	if f.done[i] {
+		return
+	}
+	f.done[i] = true
+	j := &f.jobs[i]
+	best := f.merged[i]
+	if best != nil && j.own {
 		// An owner asks others only while its own copy may lack part of
 		// the swarm; what it holds (the writes forwarded to it since it
 		// gained the swarm) belongs in the answer too.
-		best = mergeReplies(best, c.localReply(ih, c.cfg.ReadMaxPeers), c.cfg.ReadMaxPeers)
+		best = mergeReplies(best, f.c.localReply(j.ih, f.c.cfg.ReadMaxPeers), f.c.cfg.ReadMaxPeers)
 	}
 	var snap *snapshot
 	if best != nil {
-		at := c.clock.Now()
+		at := f.c.clock.Now()
 		if size(best.Counts) == 0 {
 			// An empty swarm is most often one whose first announce is
 			// still on its way to the owners; keep the answer briefly so
 			// the peer shows up soon after it lands.
-			at = at.Add(-c.cfg.ReadCacheTTL + min(c.cfg.ReadCacheTTL, emptyTTL))
+			at = at.Add(-f.c.cfg.ReadCacheTTL + min(f.c.cfg.ReadCacheTTL, emptyTTL))
 		}
 		snap = newSnapshot(best, at)
 	}
-	c.cache.finish(ih, e, snap)
-}
-
-// ask queries owners in parallel and merges their answers. Owners can lag
-// one another by a forward (the node that took an announce applies it at
-// once and sends it to the other owners a few milliseconds later), and an
-// owner that has just gained a swarm may not hold it yet, so the union is
-// the freshest view. Once an owner that held the swarm before the last
-// membership change has answered with peers, the others get a short grace
-// instead of the whole deadline, so one slow owner does not hold every
-// read up.
-func (c *Cluster) ask(ctx context.Context, v *ring.View, ih bittorrent.InfoHash, owners []int) *transport.FetchReply {
-	switch len(owners) {
-	case 0:
-		return nil
-	case 1: // nothing to wait for in parallel
-		return c.askOne(ctx, v.DataAddrs[owners[0]], ih)
-	}
-	type answer struct {
-		o  int
-		fr *transport.FetchReply
-	}
-	replies := make(chan answer, len(owners))
-	for _, o := range owners {
-		if !c.goOwned(func() { replies <- answer{o, c.askOne(ctx, v.DataAddrs[o], ih)} }) {
-			replies <- answer{o, nil}
-		}
-	}
-	var (
-		merged *transport.FetchReply
-		grace  <-chan time.Time
-	)
-	for range owners {
-		select {
-		case a := <-replies:
-			if a.fr == nil {
-				continue
-			}
-			merged = mergeReplies(merged, a.fr, c.cfg.ReadMaxPeers)
-			// An owner that has just gained the swarm may answer first,
-			// with a part of it: only an answer from one that held it
-			// before the last change cuts the others short. After any
-			// other answer they still get half the read timeout, so one
-			// owner that cannot be reached does not leave the readers
-			// with nothing.
-			switch {
-			case size(merged.Counts) == 0:
-			case c.heldBefore(v, ih, a.o):
-				grace = time.After(min(c.cfg.ReadTimeout/5, 5*time.Millisecond))
-			case grace == nil:
-				grace = time.After(c.cfg.ReadTimeout / 2)
-			}
-		case <-grace:
-			return merged
-		case <-ctx.Done():
-			return merged
-		}
-	}
-	return merged
-}
-
-// askOne fetches the swarm from the owner at addr, or returns nil if it
-// did not answer.
-func (c *Cluster) askOne(ctx context.Context, addr string, ih bittorrent.InfoHash) *transport.FetchReply {
-	reply, err := c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
-	if fr, ok := reply.(*transport.FetchReply); ok && err == nil {
-		return fr
-	}
-	return nil
+	f.c.cache.finish(j.ih, j.e, snap)
 }
 
 // localReply is this node's copy of ih as it answers a fetch: the counts
@@ -399,9 +540,17 @@ type cacheShard struct {
 }
 
 type cacheEntry struct {
-	snap *snapshot     // last answer; guarded by the shard's mutex
-	done chan struct{} // closed when the fetch in flight ends
-	busy bool          // a fetch is in flight
+	snap *snapshot // last answer; guarded by the shard's mutex
+	fl   *flight   // the fetch in flight, or nil
+}
+
+// flight is one fetch of a swarm, shared by every reader waiting on it.
+type flight struct {
+	done    chan struct{} // closed when the fetch ends
+	started time.Time
+	// snap is what the fetch delivered (nil: nothing); written once,
+	// before done is closed, and read only after.
+	snap *snapshot
 }
 
 func (rc *readCache) init() {
@@ -414,9 +563,9 @@ func (rc *readCache) shard(ih bittorrent.InfoHash) *cacheShard {
 	return &rc.shards[ih[0]%byte(len(rc.shards))]
 }
 
-// lookup returns the entry for ih and whether the caller must start a
-// fetch. A fresh snapshot means no fetch; so does a fetch in flight, whose
-// done channel the caller may wait on.
+// lookup returns a ticket for ih and whether the caller must start a
+// fetch. A fresh snapshot means no fetch (the ticket holds it); so does a
+// fetch in flight, which the ticket's flight lets the caller wait on.
 func (rc *readCache) lookup(ih bittorrent.InfoHash, now time.Time, ttl time.Duration) (*cacheEntry, bool) {
 	sh := rc.shard(ih)
 	sh.mu.Lock()
@@ -429,11 +578,11 @@ func (rc *readCache) lookup(ih bittorrent.InfoHash, now time.Time, ttl time.Dura
 	if e.snap != nil && now.Sub(e.snap.at) < ttl {
 		return &cacheEntry{snap: e.snap}, false
 	}
-	if e.busy {
-		return &cacheEntry{done: e.done}, false
+	if e.fl != nil {
+		return &cacheEntry{fl: e.fl}, false
 	}
-	e.busy, e.done = true, make(chan struct{})
-	return &cacheEntry{done: e.done}, true
+	e.fl = &flight{done: make(chan struct{}), started: now}
+	return &cacheEntry{fl: e.fl}, true
 }
 
 // current returns the latest snapshot of ih, fresh or not.
@@ -448,18 +597,21 @@ func (rc *readCache) current(ih bittorrent.InfoHash) *snapshot {
 }
 
 // finish records a fetch's result (nil keeps the older snapshot) and wakes
-// its waiters.
+// its waiters, who find the result on their tickets even if the cache has
+// been cleared since.
 func (rc *readCache) finish(ih bittorrent.InfoHash, ticket *cacheEntry, snap *snapshot) {
+	fl := ticket.fl
+	fl.snap = snap
 	sh := rc.shard(ih)
 	sh.mu.Lock()
-	if e := sh.m[ih]; e != nil && e.done == ticket.done {
+	if e := sh.m[ih]; e != nil && e.fl == fl {
 		if snap != nil {
 			e.snap = snap
 		}
-		e.busy = false
+		e.fl = nil
 	}
 	sh.mu.Unlock()
-	close(ticket.done)
+	close(fl.done)
 }
 
 // clear forgets every snapshot; fetches in flight still wake their waiters.
@@ -468,7 +620,7 @@ func (rc *readCache) clear() {
 		sh := &rc.shards[i]
 		sh.mu.Lock()
 		for ih, e := range sh.m {
-			if !e.busy {
+			if e.fl == nil {
 				delete(sh.m, ih)
 			}
 		}
@@ -482,7 +634,7 @@ func (rc *readCache) expire(now time.Time, maxAge time.Duration) {
 		sh := &rc.shards[i]
 		sh.mu.Lock()
 		for ih, e := range sh.m {
-			if !e.busy && (e.snap == nil || now.Sub(e.snap.at) > maxAge) {
+			if e.fl == nil && (e.snap == nil || now.Sub(e.snap.at) > maxAge) {
 				delete(sh.m, ih)
 			}
 		}

@@ -118,9 +118,15 @@ func (c *Cluster) trustWindow() time.Duration {
 
 // Trusted reports whether every local copy of the swarms this node owns
 // is whole: no membership change is still within its trust window.
-func (c *Cluster) Trusted() bool {
+func (c *Cluster) Trusted() bool { return c.wholeIn(c.view.Load()) }
+
+// wholeIn reports whether every local copy of the swarms this node owns in
+// v is whole: v is the trusted view and nothing changed since. Then
+// localAlone holds for every swarm this node owns, and a node that owns
+// every swarm (ownsAll) reads without looking the owners up.
+func (c *Cluster) wholeIn(v *ring.View) bool {
 	s := c.trust.cur.Load()
-	return s != nil && s.steady() && s.trusted == c.view.Load()
+	return s != nil && s.steady() && s.trusted == v
 }
 
 // received notes swarms handed to this node by a previous owner.

@@ -37,11 +37,11 @@ type Handler interface {
 // opposed to the node answering with an error.
 var ErrUnreachable = errors.New("transport: node unreachable")
 
-// Request is one of *ApplyRequest, *FetchRequest, *MergeRequest or
-// *ScrapeRequest.
+// Request is one of *ApplyRequest, *FetchRequest, *FetchManyRequest,
+// *MergeRequest or *ScrapeRequest.
 type Request interface{ isRequest() }
 
-// Reply is one of *Ack, *FetchReply or *ScrapeReply.
+// Reply is one of *Ack, *FetchReply, *FetchManyReply or *ScrapeReply.
 type Reply interface{ isReply() }
 
 // ApplyRequest carries swarm changes forwarded by the node that answered
@@ -71,6 +71,26 @@ type FetchRequest struct {
 type FetchReply struct {
 	Counts bittorrent.Counts
 	Peers  []SwarmPeer
+}
+
+// MaxFetchMany is the most swarms one FetchManyRequest may ask for.
+const MaxFetchMany = 256
+
+// FetchManyRequest asks an owner for several swarms in one round trip: the
+// swarms a batch of requests (a scrape, a batch of datagrams) misses at
+// that owner. It replaces one FetchRequest per swarm.
+type FetchManyRequest struct {
+	// InfoHashes are the swarms, at most MaxFetchMany.
+	InfoHashes []bittorrent.InfoHash
+	// MaxPeers bounds the peers returned per swarm and address family;
+	// the owner may return fewer to keep the reply within its budget.
+	MaxPeers int
+}
+
+// FetchManyReply answers a FetchManyRequest with one FetchReply per
+// infohash, in the request's order.
+type FetchManyReply struct {
+	Swarms []FetchReply
 }
 
 // MergeRequest hands whole swarms to a node that now owns them (join,
@@ -114,10 +134,12 @@ type SwarmPeer struct {
 	Seeder bool
 }
 
-func (*ApplyRequest) isRequest()  {}
-func (*FetchRequest) isRequest()  {}
-func (*MergeRequest) isRequest()  {}
-func (*ScrapeRequest) isRequest() {}
-func (*Ack) isReply()             {}
-func (*FetchReply) isReply()      {}
-func (*ScrapeReply) isReply()     {}
+func (*ApplyRequest) isRequest()     {}
+func (*FetchRequest) isRequest()     {}
+func (*FetchManyRequest) isRequest() {}
+func (*MergeRequest) isRequest()     {}
+func (*ScrapeRequest) isRequest()    {}
+func (*Ack) isReply()                {}
+func (*FetchReply) isReply()         {}
+func (*FetchManyReply) isReply()     {}
+func (*ScrapeReply) isReply()        {}

@@ -14,15 +14,18 @@ import (
 // The wire format of requests and replies, as carried inside a transport
 // frame. A message is a kind byte followed by its fields:
 //
-//	ApplyRequest  0x01 stream:uvarint seq:uvarint count:uvarint change*count
-//	FetchRequest  0x02 infohash:20 maxpeers:varint
-//	MergeRequest  0x03 count:uvarint swarm*count
-//	ScrapeRequest 0x04 cursor:uvarint max:varint
-//	Ack           0x81
-//	FetchReply    0x82 seeders:uvarint leechers:uvarint snatches:uvarint count:uvarint swarmpeer*count
-//	error reply   0x83 len:uvarint message:len
-//	ScrapeReply   0x84 done:1 next:uvarint count:uvarint file*count
+//	ApplyRequest      0x01 stream:uvarint seq:uvarint count:uvarint change*count
+//	FetchRequest      0x02 infohash:20 maxpeers:varint
+//	MergeRequest      0x03 count:uvarint swarm*count
+//	ScrapeRequest     0x04 cursor:uvarint max:varint
+//	FetchManyRequest  0x05 maxpeers:varint count:uvarint infohash:20*count (count ≤ MaxFetchMany)
+//	Ack               0x81
+//	FetchReply        0x82 fetched
+//	error reply       0x83 len:uvarint message:len
+//	ScrapeReply       0x84 done:1 next:uvarint count:uvarint file*count
+//	FetchManyReply    0x85 count:uvarint fetched*count
 //
+//	fetched   seeders:uvarint leechers:uvarint snatches:uvarint count:uvarint swarmpeer*count
 //	change    op:1 seeder:1 infohash:20 peer
 //	swarm     infohash:20 snatches:uvarint count:uvarint swarmpeer*count
 //	swarmpeer seeder:1 peer
@@ -38,10 +41,12 @@ const (
 	kindFetch       byte = 0x02
 	kindMerge       byte = 0x03
 	kindScrape      byte = 0x04
+	kindFetchMany   byte = 0x05
 	kindAck         byte = 0x81
 	kindFetchReply  byte = 0x82
 	kindError       byte = 0x83
 	kindScrapeReply byte = 0x84
+	kindManyReply   byte = 0x85
 )
 
 // Address families of an encoded peer.
@@ -59,6 +64,7 @@ const (
 	minSwarmPeerSize = 1 + minPeerSize
 	minChangeSize    = 1 + 1 + 20 + minPeerSize
 	minSwarmSize     = 20 + 1 + 1
+	minFetchedSize   = 1 + 1 + 1 + 1
 	minFileSize      = 20 + 1 + 1 + 1
 )
 
@@ -102,6 +108,20 @@ func appendRequest(dst []byte, req Request) ([]byte, error) {
 		dst = append(dst, kindFetch)
 		dst = append(dst, r.InfoHash[:]...)
 		return binary.AppendVarint(dst, int64(r.MaxPeers)), nil
+	case *FetchManyRequest:
+		if r == nil {
+			break
+		}
+		if len(r.InfoHashes) > MaxFetchMany {
+			return dst, fmt.Errorf("encode request: %d infohashes in one fetch; at most %d", len(r.InfoHashes), MaxFetchMany)
+		}
+		dst = append(dst, kindFetchMany)
+		dst = binary.AppendVarint(dst, int64(r.MaxPeers))
+		dst = binary.AppendUvarint(dst, uint64(len(r.InfoHashes)))
+		for i := range r.InfoHashes {
+			dst = append(dst, r.InfoHashes[i][:]...)
+		}
+		return dst, nil
 	case *MergeRequest:
 		if r == nil {
 			break
@@ -141,13 +161,22 @@ func appendReply(dst []byte, rep Reply) ([]byte, error) {
 		if r == nil {
 			break
 		}
-		dst = append(dst, kindFetchReply)
-		dst = binary.AppendUvarint(dst, uint64(r.Counts.Seeders))
-		dst = binary.AppendUvarint(dst, uint64(r.Counts.Leechers))
-		dst = binary.AppendUvarint(dst, uint64(r.Counts.Snatches))
-		dst, err := appendSwarmPeers(dst, r.Peers)
+		dst, err := appendFetched(append(dst, kindFetchReply), r)
 		if err != nil {
 			return dst, fmt.Errorf("encode fetch reply: %w", err)
+		}
+		return dst, nil
+	case *FetchManyReply:
+		if r == nil {
+			break
+		}
+		dst = append(dst, kindManyReply)
+		dst = binary.AppendUvarint(dst, uint64(len(r.Swarms)))
+		var err error
+		for i := range r.Swarms {
+			if dst, err = appendFetched(dst, &r.Swarms[i]); err != nil {
+				return dst, fmt.Errorf("encode fetch reply %d: %w", i, err)
+			}
 		}
 		return dst, nil
 	case *ScrapeReply:
@@ -182,6 +211,14 @@ func appendErrorReply(dst []byte, msg string) []byte {
 	dst = append(dst, kindError)
 	dst = binary.AppendUvarint(dst, uint64(len(msg)))
 	return append(dst, msg...)
+}
+
+// appendFetched appends a FetchReply's fields, without its kind.
+func appendFetched(dst []byte, r *FetchReply) ([]byte, error) {
+	dst = binary.AppendUvarint(dst, uint64(r.Counts.Seeders))
+	dst = binary.AppendUvarint(dst, uint64(r.Counts.Leechers))
+	dst = binary.AppendUvarint(dst, uint64(r.Counts.Snatches))
+	return appendSwarmPeers(dst, r.Peers)
 }
 
 func appendSwarmPeers(dst []byte, ps []SwarmPeer) ([]byte, error) {
@@ -259,6 +296,24 @@ func decodeRequest(b []byte) (Request, error) {
 		}
 		r.MaxPeers = int(v)
 		req = r
+	case kindFetchMany:
+		r := &FetchManyRequest{}
+		v := d.varint()
+		if v < math.MinInt || v > math.MaxInt {
+			d.fail("max peers out of range")
+		}
+		r.MaxPeers = int(v)
+		n := d.count(len(bittorrent.InfoHash{}))
+		if n > MaxFetchMany {
+			d.fail(fmt.Sprintf("%d infohashes in one fetch; at most %d", n, MaxFetchMany))
+		}
+		if n > 0 && d.err == nil {
+			r.InfoHashes = make([]bittorrent.InfoHash, n)
+			for i := range r.InfoHashes {
+				d.read(r.InfoHashes[i][:])
+			}
+		}
+		req = r
 	case kindMerge:
 		n := d.count(minSwarmSize)
 		r := &MergeRequest{}
@@ -300,10 +355,17 @@ func decodeReply(b []byte) (Reply, error) {
 		rep = &Ack{}
 	case kindFetchReply:
 		r := &FetchReply{}
-		r.Counts.Seeders = d.uint32()
-		r.Counts.Leechers = d.uint32()
-		r.Counts.Snatches = d.uint32()
-		r.Peers = d.swarmPeers()
+		d.fetched(r)
+		rep = r
+	case kindManyReply:
+		n := d.count(minFetchedSize)
+		r := &FetchManyReply{}
+		if n > 0 {
+			r.Swarms = make([]FetchReply, n)
+			for i := range r.Swarms {
+				d.fetched(&r.Swarms[i])
+			}
+		}
 		rep = r
 	case kindScrapeReply:
 		r := &ScrapeReply{Done: d.flag(), Next: d.uvarint()}
@@ -429,6 +491,13 @@ func (d *decoder) count(minSize int) int {
 		return 0
 	}
 	return int(v) //nolint:gosec // G115: at most len(d.b), checked above
+}
+
+func (d *decoder) fetched(r *FetchReply) {
+	r.Counts.Seeders = d.uint32()
+	r.Counts.Leechers = d.uint32()
+	r.Counts.Snatches = d.uint32()
+	r.Peers = d.swarmPeers()
 }
 
 func (d *decoder) swarmPeers() []SwarmPeer {

@@ -103,6 +103,10 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "fetch negative", req: &FetchRequest{InfoHash: testInfoHash(9), MaxPeers: -1}},
 		{name: "fetch max", req: &FetchRequest{MaxPeers: math.MaxInt}},
 		{name: "fetch min", req: &FetchRequest{MaxPeers: math.MinInt}},
+		{name: "fetch many nil", req: &FetchManyRequest{MaxPeers: 200}},
+		{name: "fetch many empty", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{}}, want: &FetchManyRequest{}},
+		{name: "fetch many", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(2), bittorrent.InfoHash(allOnes)}, MaxPeers: -1}},
+		{name: "fetch many most", req: &FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, MaxFetchMany), MaxPeers: math.MaxInt}},
 		{name: "scrape first page", req: &ScrapeRequest{Max: 8192}},
 		{name: "scrape extremes", req: &ScrapeRequest{Cursor: math.MaxUint64, Max: math.MinInt}},
 		{name: "merge nil", req: &MergeRequest{}},
@@ -165,6 +169,16 @@ func TestReplyRoundTrip(t *testing.T) {
 			},
 		}},
 		{name: "fetch reply 10000 peers", rep: &FetchReply{Peers: manySwarmPeers(10000)}},
+		{name: "fetch many reply nil", rep: &FetchManyReply{}},
+		{name: "fetch many reply empty", rep: &FetchManyReply{Swarms: []FetchReply{}}, want: &FetchManyReply{}},
+		{name: "fetch many reply", rep: &FetchManyReply{Swarms: []FetchReply{
+			{},
+			{Counts: bittorrent.Counts{Seeders: 1, Leechers: 1, Snatches: math.MaxUint32}, Peers: []SwarmPeer{
+				{Peer: testPeer("203.0.113.5:6881", 1), Seeder: true},
+				{Peer: testPeer("[2001:db8:ffff::5]:443", 2)},
+			}},
+			{Peers: manySwarmPeers(300)},
+		}}},
 		{name: "scrape reply done", rep: &ScrapeReply{Done: true}},
 		{name: "scrape reply empty files", rep: &ScrapeReply{Next: 5, Files: []bittorrent.Scrape{}}, want: &ScrapeReply{Next: 5}},
 		{name: "scrape reply files", rep: &ScrapeReply{Next: math.MaxUint64, Files: []bittorrent.Scrape{
@@ -233,12 +247,16 @@ func TestEncodeRejects(t *testing.T) {
 		{name: "typed nil apply", req: (*ApplyRequest)(nil)},
 		{name: "typed nil fetch", req: (*FetchRequest)(nil)},
 		{name: "typed nil merge", req: (*MergeRequest)(nil)},
+		{name: "typed nil fetch many", req: (*FetchManyRequest)(nil)},
+		{name: "too many in one fetch", req: &FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, MaxFetchMany+1)}},
 		{name: "unknown op", req: &ApplyRequest{Changes: []bittorrent.Change{{Op: 0}}}},
 		{name: "zoned address", req: &ApplyRequest{Changes: []bittorrent.Change{{Op: bittorrent.OpPut, Peer: zoned}}}},
 		{name: "zoned swarm peer", req: &MergeRequest{Swarms: []Swarm{{Peers: []SwarmPeer{{Peer: zoned}}}}}},
 		{name: "nil reply", reply: true},
 		{name: "typed nil ack", reply: true, rep: (*Ack)(nil)},
 		{name: "typed nil fetch reply", reply: true, rep: (*FetchReply)(nil)},
+		{name: "typed nil fetch many reply", reply: true, rep: (*FetchManyReply)(nil)},
+		{name: "zoned peer in many", reply: true, rep: &FetchManyReply{Swarms: []FetchReply{{}, {Peers: []SwarmPeer{{Peer: zoned}}}}}},
 		{name: "zoned reply peer", reply: true, rep: &FetchReply{Peers: []SwarmPeer{{Peer: zoned}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -289,6 +307,15 @@ func goldenCases() []struct {
 		{"scrape reply", func() ([]byte, error) {
 			return appendReply(nil, &ScrapeReply{Next: 7, Files: []bittorrent.Scrape{
 				{InfoHash: testInfoHash(0xc0), Counts: bittorrent.Counts{Seeders: 300, Leechers: 2, Snatches: 1}},
+			}})
+		}},
+		{"fetch many", func() ([]byte, error) {
+			return appendRequest(nil, &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(0xc0)}, MaxPeers: 200})
+		}},
+		{"fetch many reply", func() ([]byte, error) {
+			return appendReply(nil, &FetchManyReply{Swarms: []FetchReply{
+				{Counts: bittorrent.Counts{Seeders: 1, Leechers: 2, Snatches: 3}, Peers: []SwarmPeer{{Peer: testPeer("198.51.100.2:1", 0x30), Seeder: true}}},
+				{},
 			}})
 		}},
 	}
@@ -389,7 +416,7 @@ func TestDecodeGarbage(t *testing.T) {
 		b    []byte
 	}{
 		{"empty", nil},
-		{"unknown kind", []byte{0x04}},
+		{"unknown kind", []byte{kindFetchMany + 1}},
 		{"reply kind as request", []byte{kindAck}},
 		{"trailing byte", append(bytes.Clone(apply), 0)},
 		{"op zero", with(apply, opAt, 0)},
@@ -403,6 +430,9 @@ func TestDecodeGarbage(t *testing.T) {
 		{"varint overflow", []byte{kindFetch, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
 			0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
 		{"snatches over 32 bits", binary.AppendUvarint(append([]byte{kindMerge, 1}, make([]byte, 20)...), 1<<32)},
+		{"too many in one fetch", append(binary.AppendUvarint([]byte{kindFetchMany, 0}, MaxFetchMany+1), make([]byte, 20*(MaxFetchMany+1))...)},
+		{"fetch many truncated", append([]byte{kindFetchMany, 0, 2}, make([]byte, 39)...)},
+		{"fetch many trailing byte", append([]byte{kindFetchMany, 0, 1}, make([]byte, 21)...)},
 	}
 	for i := range len(apply) {
 		requests = append(requests, struct {
@@ -426,6 +456,9 @@ func TestDecodeGarbage(t *testing.T) {
 		{"request kind as reply", []byte{kindApply, 0}},
 		{"ack with trailing byte", []byte{kindAck, 0}},
 		{"counts over 32 bits", binary.AppendUvarint([]byte{kindFetchReply}, 1<<32)},
+		{"many reply count beyond bytes", []byte{kindManyReply, 2, 0, 0, 0, 0}},
+		{"many reply truncated", []byte{kindManyReply, 1, 0, 0, 0}},
+		{"unknown kind", []byte{kindManyReply + 1}},
 		{"error too long", append(binary.AppendUvarint([]byte{kindError}, maxErrorLen+1), make([]byte, maxErrorLen+1)...)},
 		{"error truncated", []byte{kindError, 5, 'b', 'o'}},
 	}

@@ -79,15 +79,14 @@ func TestTarget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		c := Default()
-		c.URL = tt.url
-		tg, err := c.target()
+		tg, err := c.target(tt.url)
 		if err != nil || tg.announce != tt.announce || tg.scrape != tt.scrape {
 			t.Errorf("%s: %+v, %v; want %s and %s", tt.url, tg, err, tt.announce, tt.scrape)
 		}
 	}
 	c := Default()
-	c.URL, c.ScrapeRatio = "http://h:1/a", 0
-	if _, err := c.target(); err != nil {
+	c.ScrapeRatio = 0
+	if _, err := c.target("http://h:1/a"); err != nil {
 		t.Errorf("no /announce without scrapes: %v", err)
 	}
 }

@@ -21,9 +21,10 @@ import (
 // Config describes one run. The zero value is not valid; start from
 // Default.
 type Config struct {
-	// URL is the tracker's announce URL: udp://host:port[/path] or
-	// http(s)://host:port/path.
-	URL string `yaml:"url"`
+	// URLs are the tracker's announce URLs: udp://host:port[/path] or
+	// http(s)://host:port/path, all of one protocol. Several (the nodes
+	// of a cluster) share the clients between them evenly.
+	URLs []string `yaml:"urls"`
 	// Duration is how long the measured phase lasts.
 	Duration time.Duration `yaml:"duration"`
 	// Warmup is how long requests are sent, but not measured, before.
@@ -98,7 +99,7 @@ type target struct {
 
 // Validate reports the first bad setting, named by its flag.
 func (c *Config) Validate() error {
-	_, err := c.target()
+	_, err := c.targets()
 	switch {
 	case err != nil:
 		return err
@@ -108,6 +109,8 @@ func (c *Config) Validate() error {
 		return errors.New("--warmup must not be negative")
 	case c.Concurrency < 1:
 		return errors.New("--concurrency must be at least 1")
+	case c.Concurrency < len(c.URLs):
+		return fmt.Errorf("--concurrency %d is below the %d URLs; want at least one client per URL", c.Concurrency, len(c.URLs))
 	case c.Rate < 0:
 		return errors.New("--rate must not be negative")
 	case c.Workers < 1:
@@ -141,22 +144,41 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// target parses the URL.
-func (c *Config) target() (target, error) {
-	if c.URL == "" {
+// targets parses the URLs, which must all be of one protocol.
+func (c *Config) targets() ([]target, error) {
+	if len(c.URLs) == 0 {
+		return nil, errors.New("--url is required, e.g. udp://127.0.0.1:6969/announce")
+	}
+	out := make([]target, 0, len(c.URLs))
+	for _, raw := range c.URLs {
+		t, err := c.target(raw)
+		if err != nil {
+			return nil, err
+		}
+		if len(out) > 0 && t.udp != out[0].udp {
+			return nil, fmt.Errorf("--url %q: all URLs must use one protocol, and %q uses the other", raw, c.URLs[0])
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// target parses one URL.
+func (c *Config) target(raw string) (target, error) {
+	if raw == "" {
 		return target{}, errors.New("--url is required, e.g. udp://127.0.0.1:6969/announce")
 	}
-	u, err := url.Parse(c.URL)
+	u, err := url.Parse(raw)
 	if err != nil {
 		return target{}, fmt.Errorf("--url: %w", err)
 	}
 	if u.Hostname() == "" {
-		return target{}, fmt.Errorf("--url %q has no host", c.URL)
+		return target{}, fmt.Errorf("--url %q has no host", raw)
 	}
 	switch u.Scheme {
 	case "udp":
 		if p, err := strconv.ParseUint(u.Port(), 10, 16); err != nil || p == 0 {
-			return target{}, fmt.Errorf("--url %q needs a port: udp://host:port/announce", c.URL)
+			return target{}, fmt.Errorf("--url %q needs a port: udp://host:port/announce", raw)
 		}
 		return target{udp: true, host: u.Host}, nil
 	case "http", "https":
@@ -168,11 +190,11 @@ func (c *Config) target() (target, error) {
 			s.RawPath = ""
 			t.scrape = withQuery(&s)
 		} else if c.ScrapeRatio > 0 {
-			return target{}, fmt.Errorf("--url %q: no /announce in the path to derive a scrape URL from; use --scrape-ratio 0", c.URL)
+			return target{}, fmt.Errorf("--url %q: no /announce in the path to derive a scrape URL from; use --scrape-ratio 0", raw)
 		}
 		return t, nil
 	}
-	return target{}, fmt.Errorf("--url %q: scheme must be udp, http or https", c.URL)
+	return target{}, fmt.Errorf("--url %q: scheme must be udp, http or https", raw)
 }
 
 func withQuery(u *url.URL) string {
@@ -192,6 +214,40 @@ type driver interface {
 	Close() error
 }
 
+// spread shares the clients between one driver per target: client i talks
+// to target i mod n, so every node of a cluster gets the same share.
+type spread []driver
+
+func newSpread(tgts []target, cfg *Config, st *stats) (spread, error) {
+	var s spread
+	for i, t := range tgts {
+		// Target i serves clients i, i+n, i+2n, …
+		clients := (cfg.Concurrency - i + len(tgts) - 1) / len(tgts)
+		var d driver
+		if t.udp {
+			var err error
+			if d, err = newUDPDriver(t.host, clients, cfg, st); err != nil {
+				_ = s.Close()
+				return nil, err
+			}
+		} else {
+			d = newHTTPDriver(t, cfg, st)
+		}
+		s = append(s, d)
+	}
+	return s, nil
+}
+
+func (s spread) session(i int) session { return s[i%len(s)].session(i / len(s)) }
+
+func (s spread) Close() error {
+	var err error
+	for _, d := range s {
+		err = errors.Join(err, d.Close())
+	}
+	return err
+}
+
 // session is one simulated client. Its methods send one request, wait for
 // the answer or the timeout, and record the outcome with latency from
 // start; they return early, recording nothing, when ctx is done.
@@ -207,7 +263,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	tgt, _ := cfg.target()
+	tgts, _ := cfg.targets()
 	if len(cfg.PIDs) > 0 {
 		if _, err := readProcs("/proc", cfg.PIDs); err != nil {
 			return nil, fmt.Errorf("--pid: %w", err)
@@ -215,13 +271,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 	}
 	w := newWorkload(cfg.Swarms, cfg.Peers, cfg.Zipf, &cfg)
 	st := &stats{}
-	var drv driver
-	var err error
-	if tgt.udp {
-		drv, err = newUDPDriver(tgt.host, &cfg, st)
-	} else {
-		drv = newHTTPDriver(tgt, &cfg, st)
-	}
+	drv, err := newSpread(tgts, &cfg, st)
 	if err != nil {
 		return nil, err
 	}
@@ -250,8 +300,8 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 	p.done()
 	err = errors.Join(err, drv.Close())
 	if res != nil {
-		res.URL, res.Protocol = cfg.URL, "http"
-		if tgt.udp {
+		res.URLs, res.Protocol = cfg.URLs, "http"
+		if tgts[0].udp {
 			res.Protocol = "udp"
 		}
 		res.Mode, res.Concurrency, res.Rate = "closed", cfg.Concurrency, cfg.Rate

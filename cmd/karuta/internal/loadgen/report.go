@@ -13,12 +13,12 @@ import (
 // Result is what a run measured. Its JSON form is the --json output;
 // latencies are in microseconds.
 type Result struct {
-	URL         string  `json:"url"`
-	Protocol    string  `json:"protocol"`
-	Mode        string  `json:"mode"` // "closed" or "open"
-	Concurrency int     `json:"concurrency"`
-	Rate        float64 `json:"rate,omitempty"` // requested, open loop only
-	Seconds     float64 `json:"seconds"`        // measured phase
+	URLs        []string `json:"urls"`
+	Protocol    string   `json:"protocol"`
+	Mode        string   `json:"mode"` // "closed" or "open"
+	Concurrency int      `json:"concurrency"`
+	Rate        float64  `json:"rate,omitempty"` // requested, open loop only
+	Seconds     float64  `json:"seconds"`        // measured phase
 	// Responses counts every answer, connects included.
 	Responses       uint64  `json:"responses"`
 	ResponsesPerSec float64 `json:"responses_per_sec"`
@@ -84,7 +84,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if r.Mode == "open" {
 		mode = fmt.Sprintf("open loop at %.0f req/s, up to %d in flight", r.Rate, r.Concurrency)
 	}
-	fmt.Fprintf(w, "%s (%s), %s, %.1f s measured\n\n", r.URL, r.Protocol, mode, r.Seconds)
+	fmt.Fprintf(w, "%s (%s), %s, %.1f s measured\n\n", strings.Join(r.URLs, " "), r.Protocol, mode, r.Seconds)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "ACTION\tRESP/S\tRESPONSES\tTRACKER ERR\tMALFORMED\tNET ERR\tTIMEOUTS\tP50\tP99\tP99.9\tMAX\t")
 	row := func(name string, a *ActionResult) {

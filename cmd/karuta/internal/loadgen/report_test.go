@@ -21,7 +21,7 @@ func sampleResult() *Result {
 	st.recording.Store(false)
 	st.record(actAnnounce, ok, time.Hour, 0) // after the measurement: not counted
 	r := st.result(2 * time.Second)
-	r.URL, r.Protocol, r.Mode, r.Concurrency = "udp://127.0.0.1:6969/announce", "udp", "closed", 4
+	r.URLs, r.Protocol, r.Mode, r.Concurrency = []string{"udp://127.0.0.1:6969/announce"}, "udp", "closed", 4
 	r.Server = serverUse([]int{7}, procSample{schedCPU: time.Second}, procSample{schedCPU: time.Second + 102*time.Millisecond, peakRSS: 3 << 20}, r.Responses)
 	return r
 }
@@ -55,7 +55,7 @@ func TestWriteJSON(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{"url", "protocol", "mode", "responses", "responses_per_sec", "requests_per_sec",
+	for _, key := range []string{"urls", "protocol", "mode", "responses", "responses_per_sec", "requests_per_sec",
 		"errors", "tracker_errors", "malformed", "net_errors", "timeouts", "latency_us", "actions", "server"} {
 		if _, ok := m[key]; !ok {
 			t.Errorf("JSON has no %q: %s", key, buf.Bytes())

@@ -35,7 +35,8 @@ type udpDelivery struct {
 	at  time.Time
 }
 
-func newUDPDriver(host string, cfg *Config, st *stats) (*udpDriver, error) {
+// newUDPDriver opens cfg.Workers sockets to host for clients sessions.
+func newUDPDriver(host string, clients int, cfg *Config, st *stats) (*udpDriver, error) {
 	raddr, err := net.ResolveUDPAddr("udp", host)
 	if err != nil {
 		return nil, fmt.Errorf("--url: %w", err)
@@ -50,7 +51,7 @@ func newUDPDriver(host string, cfg *Config, st *stats) (*udpDriver, error) {
 		_ = conn.SetReadBuffer(4 << 20)
 		d.socks = append(d.socks, &udpSock{conn: conn})
 	}
-	for i := range cfg.Concurrency {
+	for i := range clients {
 		s := d.socks[i%len(d.socks)]
 		s.slots = append(s.slots, &udpSession{
 			d: d, sock: s, slot: uint32(len(s.slots)),

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -68,7 +69,7 @@ func TestUDPSession(t *testing.T) {
 	cfg.Concurrency, cfg.Workers, cfg.Timeout = 1, 1, 200*time.Millisecond
 	st := &stats{}
 	st.recording.Store(true)
-	d, err := newUDPDriver(addr, &cfg, st)
+	d, err := newUDPDriver(addr, cfg.Concurrency, &cfg, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func TestUDPLateReply(t *testing.T) {
 	cfg.Concurrency, cfg.Workers, cfg.Timeout = 1, 1, 100*time.Millisecond
 	st := &stats{}
 	st.recording.Store(true)
-	d, err := newUDPDriver(addr, &cfg, st)
+	d, err := newUDPDriver(addr, cfg.Concurrency, &cfg, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,5 +126,42 @@ func TestUDPLateReply(t *testing.T) {
 	sc := st.result(time.Second).Actions["scrape"]
 	if sc.Timeouts != 3 || sc.Responses != 0 {
 		t.Errorf("scrape = %+v; every reply came one request late, so all three time out", sc)
+	}
+}
+
+// TestSpreadOverURLs runs a closed loop against two trackers: each of the
+// four clients talks to one of them, so both answer about half the load.
+func TestSpreadOverURLs(t *testing.T) {
+	var counts [2]atomic.Int64
+	var urls []string
+	for i := range counts {
+		addr := fakeTracker(t, func(req []byte) []byte {
+			tx := be.Uint32(req[12:])
+			switch be.Uint32(req[8:]) {
+			case actionConnect:
+				return be.AppendUint64(be.AppendUint32(be.AppendUint32(nil, actionConnect), tx), 9)
+			case actionAnnounce:
+				counts[i].Add(1)
+				out := be.AppendUint32(be.AppendUint32(nil, actionAnnounce), tx)
+				return be.AppendUint32(be.AppendUint32(be.AppendUint32(out, 1800), 0), 0)
+			}
+			return nil
+		})
+		urls = append(urls, "udp://"+addr+"/announce")
+	}
+	cfg := Default()
+	cfg.URLs, cfg.Concurrency, cfg.Workers = urls, 4, 1
+	cfg.Duration, cfg.Warmup, cfg.Timeout = 300*time.Millisecond, 0, 200*time.Millisecond
+	cfg.Swarms, cfg.Peers, cfg.ScrapeRatio = 10, 100, 0
+	res, err := Run(context.Background(), cfg, io.Discard, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := counts[0].Load(), counts[1].Load()
+	if a == 0 || b == 0 || a > 3*b || b > 3*a {
+		t.Errorf("announces per tracker %d and %d; want both loaded about evenly", a, b)
+	}
+	if len(res.URLs) != 2 || res.Actions["announce"].Responses == 0 {
+		t.Errorf("result URLs %v, announces %d; want both URLs and answers", res.URLs, res.Actions["announce"].Responses)
 	}
 }

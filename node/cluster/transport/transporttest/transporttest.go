@@ -40,18 +40,25 @@ func (h *Handler) Handle(ctx context.Context, req transport.Request) (transport.
 
 // Answer is a handler whose replies depend on the request, so a reply
 // delivered to the wrong call is caught: a fetch is answered with
-// MaxPeers seeders, or an error when MaxPeers is negative; a scrape page
-// with Cursor+1 as the next cursor and one file naming the cursor.
+// MaxPeers seeders, or an error when MaxPeers is negative (a fetch of
+// many swarms the same, swarm by swarm); a scrape page with Cursor+1 as
+// the next cursor and one file naming the cursor.
 func Answer(req transport.Request) (transport.Reply, error) {
 	switch r := req.(type) {
 	case *transport.FetchRequest:
 		if r.MaxPeers < 0 {
 			return nil, fmt.Errorf("no swarm %s", r.InfoHash)
 		}
-		return &transport.FetchReply{
-			Counts: bittorrent.Counts{Seeders: uint32(r.MaxPeers), Leechers: 1},
-			Peers:  []transport.SwarmPeer{{Peer: bittorrent.Peer{ID: bittorrent.PeerID(r.InfoHash), Addr: netip.MustParseAddrPort("[2001:db8::1]:6881")}, Seeder: true}},
-		}, nil
+		return fetchAnswer(r.InfoHash, r.MaxPeers), nil
+	case *transport.FetchManyRequest:
+		if r.MaxPeers < 0 {
+			return nil, fmt.Errorf("no swarms %v", r.InfoHashes)
+		}
+		reply := &transport.FetchManyReply{Swarms: make([]transport.FetchReply, len(r.InfoHashes))}
+		for i, ih := range r.InfoHashes {
+			reply.Swarms[i] = *fetchAnswer(ih, r.MaxPeers)
+		}
+		return reply, nil
 	case *transport.ApplyRequest, *transport.MergeRequest:
 		return &transport.Ack{}, nil
 	case *transport.ScrapeRequest:
@@ -60,6 +67,15 @@ func Answer(req transport.Request) (transport.Reply, error) {
 		}}, nil
 	}
 	return nil, fmt.Errorf("unexpected request %T", req)
+}
+
+// fetchAnswer is Answer's reply for swarm ih: maxPeers seeders counted and
+// one peer whose ID is the infohash.
+func fetchAnswer(ih bittorrent.InfoHash, maxPeers int) *transport.FetchReply {
+	return &transport.FetchReply{
+		Counts: bittorrent.Counts{Seeders: uint32(maxPeers), Leechers: 1},
+		Peers:  []transport.SwarmPeer{{Peer: bittorrent.Peer{ID: bittorrent.PeerID(ih), Addr: netip.MustParseAddrPort("[2001:db8::1]:6881")}, Seeder: true}},
+	}
 }
 
 // Env makes transports on one network for the conformance suite.
@@ -145,6 +161,9 @@ func Run(t *testing.T, env Env) {
 				Counts: bittorrent.Counts{Seeders: 50, Leechers: 1},
 				Peers:  []transport.SwarmPeer{{Peer: bittorrent.Peer{ID: bittorrent.PeerID(infoHash(3)), Addr: netip.MustParseAddrPort("[2001:db8::1]:6881")}, Seeder: true}},
 			}},
+			{"fetch many", &transport.FetchManyRequest{InfoHashes: []bittorrent.InfoHash{infoHash(3), infoHash(6)}, MaxPeers: 50}, &transport.FetchManyReply{Swarms: []transport.FetchReply{
+				*fetchAnswer(infoHash(3), 50), *fetchAnswer(infoHash(6), 50),
+			}}},
 			{"merge", &transport.MergeRequest{Swarms: []transport.Swarm{{InfoHash: infoHash(4), Snatches: 9, Peers: swarmPeers(3)}, {InfoHash: infoHash(5)}}}, &transport.Ack{}},
 			{"scrape", &transport.ScrapeRequest{Cursor: 7, Max: 100}, &transport.ScrapeReply{Next: 8, Files: []bittorrent.Scrape{
 				{InfoHash: bittorrent.InfoHash{7}, Counts: bittorrent.Counts{Seeders: 100}},
