@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test test-deps unit realclient netns deploy-test vet lint bench fuzz tidy clean
+.PHONY: all build static test checks test-deps unit realclient netns deploy-test vet lint bench fuzz tidy clean
 
 all: build
 
@@ -18,8 +18,20 @@ static:
 
 ## test: everything CI checks — vet, lint, tidy, unit and end-to-end tests with
 ## the race detector, the real BitTorrent clients test, the failover tests
-## on real networks and the deploy stage (installs what it needs)
-test: test-deps vet lint tidy unit realclient netns deploy-test
+## on real networks and the deploy stage (installs what it needs). The
+## failover and deploy stages mostly wait (on gossip timers, on Docker and
+## Prometheus), so they run beside the CPU-bound checks; -O keeps each
+## stage's output together.
+test: test-deps
+	@$(MAKE) --no-print-directory -O -j3 checks netns deploy-test
+
+# checks: the CPU-bound part of test, one step after another
+checks:
+	@$(MAKE) --no-print-directory vet
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory tidy
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory realclient
 
 test-deps:
 	@.ci/install-test-deps
