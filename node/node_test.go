@@ -194,6 +194,12 @@ func TestNumWantIsCapped(t *testing.T) {
 	for i := range 10 {
 		udpc.announce(tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID(byte('a' + i)), Left: 0, Port: uint16(6000 + i), NumWant: -1})
 	}
+	// Announces are stored after the reply: wait for all ten, or the cap
+	// below could be measured on a swarm still smaller than it.
+	eventually.True(t, 5*time.Second, "the ten seeders are stored", func() bool {
+		s := udpc.scrape(ih)
+		return len(s) == 1 && s[0].Seeders == 10
+	})
 	probe := tracker.AnnounceRequest{InfoHash: ih, PeerId: peerID('z'), Left: 10, Port: 7000, NumWant: -1}
 	eventually.True(t, 5*time.Second, "default numwant applies", func() bool { return len(udpc.announce(probe).Peers) == 3 })
 	probe.NumWant = 1000
