@@ -14,6 +14,11 @@ const (
 	// maxReaders bounds the sockets and reader goroutines; each reader owns
 	// about 3 KiB of buffers per batch slot.
 	maxReaders = 256
+	// minReceiveBuffer and maxReceiveBuffer bound receive_buffer: less
+	// than 64 KiB is smaller than any kernel's default, more than 1 GiB a
+	// typo.
+	minReceiveBuffer = 64 << 10
+	maxReceiveBuffer = 1 << 30
 	// maxBatchSize is the kernel's limit on messages per recvmmsg/sendmmsg
 	// call (UIO_MAXIOV).
 	maxBatchSize = 1024
@@ -39,6 +44,14 @@ type Config struct {
 	// (GOMAXPROCS). Where SO_REUSEPORT is missing, the readers share one
 	// socket.
 	Readers int `yaml:"readers"`
+	// ReceiveBuffer is the kernel receive buffer, in bytes, each socket asks
+	// for. Datagrams that arrive while the readers are busy (a GC pause, a
+	// core the scheduler gave to something else) wait there; past it the
+	// kernel drops them and the clients time out. 0 keeps the kernel's
+	// default (about 100 KiB of data on Linux, a few milliseconds of a busy
+	// tracker's traffic). Linux holds it to net.core.rmem_max unless the
+	// process may raise that limit (CAP_NET_ADMIN).
+	ReceiveBuffer int `yaml:"receive_buffer"`
 	// BatchSize is the number of datagrams one system call reads or writes
 	// (recvmmsg/sendmmsg, on Linux only). 1 uses plain reads and writes.
 	BatchSize int `yaml:"batch_size"`
@@ -61,6 +74,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Addr:           ":6969",
+		ReceiveBuffer:  4 << 20,
 		BatchSize:      32,
 		ConnectRate:    20,
 		ConnectBurst:   200,
@@ -85,6 +99,9 @@ func (c Config) Validate() error {
 	}
 	if c.Readers < 0 || c.Readers > maxReaders {
 		return fmt.Errorf("readers: %d is out of range; want 0 (one per CPU) to %d", c.Readers, maxReaders)
+	}
+	if c.ReceiveBuffer != 0 && (c.ReceiveBuffer < minReceiveBuffer || c.ReceiveBuffer > maxReceiveBuffer) {
+		return fmt.Errorf("receive_buffer: %d is out of range; want 0 (the kernel's default) or %d to %d bytes", c.ReceiveBuffer, minReceiveBuffer, maxReceiveBuffer)
 	}
 	if c.BatchSize < 1 || c.BatchSize > maxBatchSize {
 		return fmt.Errorf("batch_size: %d is out of range; want 1 to %d", c.BatchSize, maxBatchSize)

@@ -107,6 +107,20 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("udp: listen on %s: %w", s.cfg.Addr, err)
 	}
+	rcvbuf := 0
+	for _, c := range conns {
+		got, err := setReceiveBuffer(c, s.cfg.ReceiveBuffer)
+		if err != nil {
+			closeAll(conns)
+			return fmt.Errorf("udp: %w", err)
+		}
+		rcvbuf = got
+	}
+	if s.cfg.ReceiveBuffer > 0 && rcvbuf < s.cfg.ReceiveBuffer {
+		// Not fatal: the socket works, it only drops sooner in a burst.
+		s.log.Warn("udp receive buffer is smaller than configured; raise net.core.rmem_max or grant CAP_NET_ADMIN",
+			zap.Int("receive_buffer", s.cfg.ReceiveBuffer), zap.Int("granted", rcvbuf))
+	}
 	// One limit per kind of warning for all readers together.
 	failLog, ioLog, limitLog := ratelog.New(10*time.Second), ratelog.New(10*time.Second), ratelog.New(10*time.Second)
 	limit := newConnectLimiter(s.cfg.ConnectRate, s.cfg.ConnectBurst, s.cfg.ConnectSources)
@@ -135,7 +149,8 @@ func (s *Server) Start() error {
 		s.readers.Go(r.run)
 	}
 	s.log.Info("udp frontend listening", zap.Stringer("addr", s.addr),
-		zap.Int("sockets", len(conns)), zap.Int("readers", readers), zap.Int("batch_size", s.cfg.BatchSize))
+		zap.Int("sockets", len(conns)), zap.Int("readers", readers), zap.Int("batch_size", s.cfg.BatchSize),
+		zap.Int("receive_buffer", rcvbuf))
 	return nil
 }
 
