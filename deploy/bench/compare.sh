@@ -71,6 +71,9 @@ declare -A metrics_of
 
 # node NAME UDP_HTTP_PORT [EXTRA_YAML]: starts a karuta node on core 0 and
 # sets $started to its pid. Its metrics and pprof listen on PORT+20000.
+# connect_rate is off: every bench client connects from 127.0.0.1, and the
+# per-source limit (20 a second after a burst of 200) would drop the open
+# loop's connects as a flood and time its announces out.
 node() {
 	local name=$1 port=$2
 	cat >"$OUT/$name.yaml" <<EOF
@@ -78,7 +81,7 @@ node: {name: $name}
 log: {level: warn}
 frontends:
   http: {addr: "127.0.0.1:$port"}
-  udp: {addr: "127.0.0.1:$port", readers: 1, connection_id_keys: ["compare-script-connection-id-key"]}
+  udp: {addr: "127.0.0.1:$port", readers: 1, connect_rate: 0, connection_id_keys: ["compare-script-connection-id-key"]}
 metrics: {addr: "127.0.0.1:$((port + 20000))"}
 ${3:-}
 EOF
