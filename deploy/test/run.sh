@@ -220,8 +220,11 @@ HOST=127.0.0.1 TRACKER_PORTS="$p1 $p2 $p3" METRICS_PORTS="$m1 $m2 $m3" WAIT_SECS
 	INFO_HASH=$ih ANNOUNCE_QUERY="&jwt=$token" deploy/compose/smoke.sh >/dev/null ||
 	fail "the cluster did not recover after n2 restarted"
 # n2 wrote its swarm file when it stopped and loaded it when it started.
-curl -fsS --max-time 5 "http://127.0.0.1:$m2/metrics" | grep -q '^karuta_store_snapshot_loads_total{result="ok"} 1$' ||
-	fail "n2 did not load its swarm file after the restart: $(curl -fsS --max-time 5 "http://127.0.0.1:$m2/metrics" | grep snapshot_loads)"
+# Read the page whole first: grep -q stops at the match, and under
+# pipefail curl's failed write to the closed pipe would fail the check.
+loads=$(curl -fsS --max-time 5 "http://127.0.0.1:$m2/metrics" | grep '^karuta_store_snapshot_loads_total' || true)
+grep -qx 'karuta_store_snapshot_loads_total{result="ok"} 1' <<<"$loads" ||
+	fail "n2 did not load its swarm file after the restart: $loads"
 say "n2 loaded the swarm file it wrote when it stopped"
 
 # --- 7. The dashboard -------------------------------------------------------------
