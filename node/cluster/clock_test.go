@@ -117,6 +117,13 @@ func (f fixedViews) Changed() <-chan struct{} { return f.changed }
 // view fixed; mutate, if not nil, adjusts the config.
 func newLoneCluster(t *testing.T, net *transport.MemNet, self string, members []string, clock Clock, mutate ...func(*Config)) (*Cluster, *store.Memory) {
 	t.Helper()
+	return newLoneClusterOn(t, net.Transport(self), self, members, clock, mutate...)
+}
+
+// newLoneClusterOn is newLoneCluster over a transport of the test's own
+// (one that loses replies, say).
+func newLoneClusterOn(t *testing.T, tr transport.Transport, self string, members []string, clock Clock, mutate ...func(*Config)) (*Cluster, *store.Memory) {
+	t.Helper()
 	var infos []ring.NodeInfo
 	for _, m := range members {
 		infos = append(infos, ring.NodeInfo{Member: ring.Member{Name: m, Zone: m}, DataAddr: m, Boot: "1"})
@@ -134,7 +141,7 @@ func newLoneCluster(t *testing.T, net *transport.MemNet, self string, members []
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	c, err := New(cfg, Options{Store: st, Transport: net.Transport(self), Views: newFixedViews(v), Log: zaptest.NewLogger(t).Named(self), Clock: clock})
+	c, err := New(cfg, Options{Store: st, Transport: tr, Views: newFixedViews(v), Log: zaptest.NewLogger(t).Named(self), Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
-	"github.com/karuta-tracker/karuta/ring"
-	"github.com/karuta-tracker/karuta/store"
 )
 
 func TestAppliedStreamsFresh(t *testing.T) {
@@ -90,31 +87,10 @@ func TestRetriedForwardCountsOnce(t *testing.T) {
 	net := transport.NewMemNet()
 	b, bStore := newLoneCluster(t, net, "b", []string{"a", "b"}, nil)
 
-	infos := []ring.NodeInfo{
-		{Member: ring.Member{Name: "a", Zone: "a"}, DataAddr: "a", Boot: "1"},
-		{Member: ring.Member{Name: "b", Zone: "b"}, DataAddr: "b", Boot: "1"},
-	}
-	v, err := ring.NewView(infos, "a", 1, ring.Options{VNodes: 64}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	aStore, err := store.NewMemory(store.DefaultConfig(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := DefaultConfig()
-	cfg.RepairInterval = time.Hour
 	lossy := &lossyTransport{Transport: net.Transport("a")}
-	a, err := New(cfg, Options{Store: aStore, Transport: lossy, Views: newFixedViews(v), Log: zaptest.NewLogger(t).Named("a")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close(); _ = aStore.Close() })
+	a, _ := newLoneClusterOn(t, lossy, "a", []string{"a", "b"}, nil)
 
-	ih := ownedBy(t, v, "b")
+	ih := ownedBy(t, a.View(), "b")
 	peer := bittorrent.Peer{Addr: netip.MustParseAddrPort("192.0.2.7:6881")}
 	a.Apply([]bittorrent.Change{
 		{InfoHash: ih, Peer: peer, Op: bittorrent.OpComplete, Seeder: true},
