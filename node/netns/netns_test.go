@@ -80,6 +80,28 @@ func verdict(t *testing.T, res probeResult, lostUncertain, inFlight, lostOther i
 	}
 }
 
+// healAndFinish heals a cut with heal, waits for every ring to hold all
+// members again and for answers to be whole, watches a steady while
+// longer, and stops the probe: the second half of every cut-and-heal case.
+// It returns how long the rings took to merge and answers to be whole
+// after the heal, the probe's result and what it found lost.
+func healAndFinish(t *testing.T, l *lab, pr *probe, heal func(), all []string, nodes ...*proc) (merged, whole time.Duration, res probeResult, lostUncertain, inFlight, lostOther int) {
+	t.Helper()
+	at := time.Now()
+	heal()
+	pr.heal(at)
+	merged = l.waitRings(formWithin, true, all, nodes...)
+	pr.ringsMerged()
+	whole, err := pr.waitWhole(wholeWithin)
+	if err != nil {
+		t.Error(err)
+	}
+	time.Sleep(steadyFor)
+	res = pr.halt()
+	lostUncertain, inFlight, lostOther = pr.lost()
+	return merged, whole, res, lostUncertain, inFlight, lostOther
+}
+
 // TestDatacenterCutAndHeal is issue 13's report: two datacenters of two
 // nodes, every swarm owned in both, the link between them cut by the
 // router and healed.
@@ -104,18 +126,7 @@ func TestDatacenterCutAndHeal(t *testing.T) {
 	settled := time.Since(cut)
 	time.Sleep(steadyFor)
 
-	heal := time.Now()
-	l.healDatacenters()
-	pr.heal(heal)
-	merged := l.waitRings(formWithin, true, all, a1, a2, b1, b2)
-	pr.ringsMerged()
-	whole, err := pr.waitWhole(wholeWithin)
-	if err != nil {
-		t.Error(err)
-	}
-	time.Sleep(steadyFor)
-	res := pr.halt()
-	lu, lf, lo := pr.lost()
+	merged, whole, res, lu, lf, lo := healAndFinish(t, l, pr, l.healDatacenters, all, a1, a2, b1, b2)
 	t.Logf("REPORT datacenter cut: far side declared dead %s (dc1), %s (dc2) after the cut, handoff settled at %s; after the heal rings merged in %s, answers whole %s after the heal",
 		detA.Round(time.Millisecond), detB.Round(time.Millisecond), settled.Round(time.Millisecond),
 		merged.Round(time.Millisecond), whole.Round(time.Millisecond))
@@ -189,18 +200,7 @@ func TestIsolatedNode(t *testing.T) {
 	pr.mark("n4 declared the others dead")
 	time.Sleep(steadyFor)
 
-	heal := time.Now()
-	l.rejoin(n4)
-	pr.heal(heal)
-	merged := l.waitRings(formWithin, true, all, n1, n2, n3, n4)
-	pr.ringsMerged()
-	whole, err := pr.waitWhole(wholeWithin)
-	if err != nil {
-		t.Error(err)
-	}
-	time.Sleep(steadyFor)
-	res := pr.halt()
-	lu, lf, lo := pr.lost()
+	merged, whole, res, lu, lf, lo := healAndFinish(t, l, pr, func() { l.rejoin(n4) }, all, n1, n2, n3, n4)
 	t.Logf("REPORT isolated node: the others declared n4 dead %s after the cut, n4 them %s after; after the heal rings merged in %s, answers whole %s after the heal",
 		detOthers.Round(time.Millisecond), detSelf.Round(time.Millisecond), merged.Round(time.Millisecond), whole.Round(time.Millisecond))
 	verdict(t, res, lu, lf, lo)
