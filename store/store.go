@@ -24,10 +24,19 @@ type Store interface {
 	// set) since it joined the swarm, so a completion counts once per peer
 	// and swarm however often a client repeats it or a batch is applied
 	// again, even a batch that also moves the peer back to leeching. A peer
-	// that left (OpRemove, or expired) counts again when it completes. Changes without a valid address, with
-	// port 0 or with an unknown op are ignored. Apply does not keep the
-	// slice.
+	// that left (OpRemove, or expired) counts again when it completes.
+	// Changes without a valid address, with port 0 or with an unknown op
+	// are ignored, and a change that would add a swarm or a peer past the
+	// store's limits (see Limits) is left out and counted. Apply does not
+	// keep the slice.
 	Apply(changes []bittorrent.Change)
+
+	// Admit reports whether a put or complete for announcer in swarm ih
+	// would be applied: nil if the peer is held already or fits within
+	// the limits, otherwise the limit's error, a bittorrent.ClientError
+	// for the client's failure reason, and the refusal is counted. It is
+	// advice: the limits are checked again when the change is applied.
+	Admit(ih bittorrent.InfoHash, announcer netip.AddrPort) error
 
 	// AnnouncePeers appends to dst up to n randomly chosen peers of the
 	// swarm that share the announcer's address family, never the announcer

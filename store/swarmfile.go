@@ -120,27 +120,24 @@ func (m *Memory) WriteSwarms(w io.Writer) (SwarmFileStats, error) {
 // appendSwarmRecord appends the file record of swarm ih to buf and reports
 // its peer count; it appends nothing for a swarm that does not exist.
 func (m *Memory) appendSwarmRecord(ih bittorrent.InfoHash, buf []byte) ([]byte, int) {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	sw := sh.swarms[ih]
+	sw := sh.tab.get(&ih, h)
 	if sw == nil {
 		return buf, 0
 	}
-	v6 := sw.v6
-	if v6 == nil {
-		v6 = &peerSet{}
-	}
+	v4, v6 := sh.set(sw, &m.fam4), sh.set(sw, &m.fam6)
 	buf = append(buf, tagSwarm)
 	buf = append(buf, ih[:]...)
-	buf = binary.BigEndian.AppendUint32(buf, sw.snatches)
-	buf = binary.BigEndian.AppendUint32(buf, uint32(sw.v4.n)) //nolint:gosec // G115: a set's count is never negative
-	buf = binary.BigEndian.AppendUint32(buf, uint32(v6.n))    //nolint:gosec // G115: as above
+	buf = binary.BigEndian.AppendUint32(buf, sh.snatches(sw))
+	buf = binary.BigEndian.AppendUint32(buf, uint32(v4.n)) //nolint:gosec // G115: a set's count is never negative
+	buf = binary.BigEndian.AppendUint32(buf, uint32(v6.n)) //nolint:gosec // G115: as above
 	epoch := m.epoch.Unix()
 	for _, s := range []struct {
 		set *peerSet
 		f   *family
-	}{{&sw.v4, &m.fam4}, {v6, &m.fam6}} {
+	}{{&v4, &m.fam4}, {&v6, &m.fam6}} {
 		for i := range int(s.set.n) {
 			r := s.set.rec(s.f, i)
 			buf = append(buf, r[:s.f.addrLen+idLen]...)
@@ -152,7 +149,7 @@ func (m *Memory) appendSwarmRecord(ih bittorrent.InfoHash, buf []byte) ([]byte, 
 			buf = append(buf, flags)
 		}
 	}
-	return buf, int(sw.v4.n + v6.n)
+	return buf, int(v4.n + v6.n)
 }
 
 // ReadSwarms loads a swarm file written by WriteSwarms into the store,
@@ -295,10 +292,10 @@ func (m *Memory) restore(batch []bittorrent.Change, seens []int64) {
 
 // exists reports whether the store holds swarm ih.
 func (m *Memory) exists(ih bittorrent.InfoHash) bool {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	return sh.swarms[ih] != nil
+	return sh.tab.lookup(&ih, h) >= 0
 }
 
 // swarmReader reads a swarm file in fixed-size pieces, hashing what it
