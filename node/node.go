@@ -25,6 +25,7 @@ import (
 	httpfront "github.com/karuta-tracker/karuta/frontends/http"
 	"github.com/karuta-tracker/karuta/frontends/udp"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/node/memlimit"
 	"github.com/karuta-tracker/karuta/store"
 )
 
@@ -36,6 +37,9 @@ type Options struct {
 	Level *zap.AtomicLevel
 	// Version is reported in karuta_build_info.
 	Version string
+	// Memory is what the process may use, which sizes the limits left at
+	// 0 in the config; zero means the node finds out itself (memlimit).
+	Memory memlimit.Limit
 }
 
 // Node is one running tracker node. Its methods are safe for concurrent use.
@@ -96,7 +100,8 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		}),
 	)
 
-	if n.store, err = store.NewMemory(cfg.Store, n.reg, n.log.Named("store")); err != nil {
+	storeCfg, rateLimit := sizedLimits(cfg, opts.Memory, n.log)
+	if n.store, err = store.NewMemory(storeCfg, n.reg, n.log.Named("store")); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	// From here on a failure undoes what was built the way Shutdown does,
@@ -116,6 +121,9 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	pre, post := n.hooks.pre, n.hooks.post
+	if pre, err = n.addRateLimit(rateLimit, cfg.Frontends.HTTP.TrustedProxies, pre); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	var (
 		source hooks.PeerSource = n.store
 		sink   hooks.ChangeSink = n.store
@@ -412,6 +420,7 @@ func needsRestart(old, cfg Config) []string {
 	diff("frontends.udp", oldUDP, newUDP)
 	diff("tracker.post_queue_size", old.Tracker.PostQueueSize, cfg.Tracker.PostQueueSize)
 	diff("tracker.post_workers", old.Tracker.PostWorkers, cfg.Tracker.PostWorkers)
+	diff("rate_limit", old.RateLimit, cfg.RateLimit)
 	diff("hooks", old.Hooks, cfg.Hooks)
 	diff("store", old.Store, cfg.Store)
 	diff("metrics", old.Metrics, cfg.Metrics)
