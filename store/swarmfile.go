@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -327,7 +329,7 @@ func (sr *swarmReader) read(n int) ([]byte, error) {
 // crash at any moment leaves either the old file or the new one whole.
 func (m *Memory) SaveSwarmFile(path string) (SwarmFileStats, error) {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
 		return SwarmFileStats{}, fmt.Errorf("store: save swarms: %w", err)
 	}
@@ -352,6 +354,100 @@ func (m *Memory) SaveSwarmFile(path string) (SwarmFileStats, error) {
 		_ = d.Close()
 	}
 	return st, nil
+}
+
+// tempPrefix is how the names of SaveSwarmFile's temporary files for path
+// begin; os.CreateTemp adds digits.
+func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
+
+// RemoveSwarmFileTemps deletes the temporary files that SaveSwarmFile
+// left beside path when the process died while writing (one per crash,
+// each as large as the file), and returns their names. Call it at start,
+// before anything saves: a temporary file in use would be removed too.
+func RemoveSwarmFileTemps(path string) ([]string, error) {
+	dir, prefix := filepath.Dir(path), tempPrefix(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: look for stale swarm files: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		name := filepath.Join(dir, e.Name())
+		if err := os.Remove(name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("store: remove stale swarm files: %w", err)
+	}
+	return removed, nil
+}
+
+// badSuffix begins the names under which damaged swarm files are kept:
+// PATH.bad-20261207T031500Z, in UTC, sortable by name.
+const (
+	badSuffix = ".bad-"
+	badLayout = "20060102T150405Z"
+)
+
+// KeepBadSwarmFile renames a swarm file that did not load to a name with
+// the time it was found bad, for inspection, and deletes the oldest such
+// files (and a PATH.bad of older versions) beyond keep. It returns the
+// new name and the names deleted.
+func KeepBadSwarmFile(path string, now time.Time, keep int) (kept string, deleted []string, err error) {
+	stamp := now.UTC().Format(badLayout)
+	kept = path + badSuffix + stamp
+	for i := 1; ; i++ { // two bad starts in one second
+		if _, err := os.Lstat(kept); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		kept = fmt.Sprintf("%s%s%s.%d", path, badSuffix, stamp, i)
+	}
+	if err := os.Rename(path, kept); err != nil {
+		return "", nil, fmt.Errorf("store: keep bad swarm file: %w", err)
+	}
+	deleted, err = pruneBadSwarmFiles(path, keep)
+	return kept, deleted, err
+}
+
+// pruneBadSwarmFiles deletes all but the newest keep of path's bad files.
+func pruneBadSwarmFiles(path string, keep int) ([]string, error) {
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: list bad swarm files: %w", err)
+	}
+	var bads []string
+	for _, e := range entries {
+		if n := e.Name(); (n == base+".bad" || strings.HasPrefix(n, base+badSuffix)) && e.Type().IsRegular() {
+			bads = append(bads, filepath.Join(dir, n))
+		}
+	}
+	// Newest first, by the time in the name; a same-second repeat's ".N"
+	// sorts after its first, and the older versions' PATH.bad, a prefix
+	// of the others, last.
+	slices.Sort(bads)
+	slices.Reverse(bads)
+	var deleted []string
+	var errs []error
+	for _, name := range bads[min(keep, len(bads)):] {
+		if err := os.Remove(name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return deleted, fmt.Errorf("store: delete old bad swarm files: %w", err)
+	}
+	return deleted, nil
 }
 
 // LoadSwarmFile loads the swarm file at path with ReadSwarms. A missing
