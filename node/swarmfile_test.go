@@ -91,7 +91,7 @@ func TestBadSwarmFileIsSkipped(t *testing.T) {
 				t.Fatal(err)
 			}
 			stale := filepath.Join(filepath.Dir(path), ".swarms.tmp-12345")
-			if err := os.WriteFile(stale, data, 0o600); err != nil {
+			if err := os.WriteFile(stale, data, 0o600); err != nil { //nolint:gosec // G703: a path in the test's own temporary directory
 				t.Fatal(err)
 			}
 			n := startNode(t, "127.0.0.1", func(c *Config) { c.Store.SnapshotFile = path })
