@@ -59,9 +59,10 @@ type Config struct {
 	// default: the answer is as large as the tracker, and lists what it
 	// tracks to anyone who asks.
 	FullScrape bool `yaml:"full_scrape"`
-	// FullScrapeInterval is the least time between two full scrapes this
-	// node answers; one asked for sooner, or while another is being sent,
-	// is refused with a failure reason and counted.
+	// FullScrapeInterval is the least time between two full scrapes one
+	// client (an address, an IPv6 /64) gets; one asked for sooner, or while
+	// another is being sent (they go one at a time), is refused with a
+	// failure reason and counted.
 	FullScrapeInterval time.Duration `yaml:"full_scrape_interval"`
 }
 
