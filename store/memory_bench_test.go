@@ -402,3 +402,21 @@ func BenchmarkScrapeAll(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDigests lists the digests of 100,000 swarms of 10 IPv4 peers,
+// what an anti-entropy pass reads from one node's store every
+// repair_interval.
+func BenchmarkDigests(b *testing.B) {
+	const swarms, perSwarm = 100_000, 10
+	m := benchMemory(b)
+	fill(m, swarms, perSwarm, false)
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		m.Digests(func(batch []store.SwarmDigest) bool { n += len(batch); return true })
+		if n != swarms {
+			b.Fatalf("listed %d swarms, want %d", n, swarms)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/(swarms*perSwarm), "ns/peer")
+}

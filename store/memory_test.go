@@ -394,6 +394,34 @@ karuta_store_refused_total{reason="max_swarms",stage="apply"} 1
 	}
 }
 
+// TestMergeNeverExtendsLife checks that a merged peer keeps its last-seen
+// time, so it expires when it would have on the copy it came from, and
+// that expired peers are left out of digests and merges.
+func TestMergeNeverExtendsLife(t *testing.T) {
+	m, clk, _ := newMemory(t, nil) // peers live 10 minutes
+	seen := t0.Add(-8 * time.Minute)
+	clk.set(t0)
+	if added := m.Merge(ih1, []store.SeenPeer{{Peer: peer("10.0.0.1:1"), Seen: seen}, {Peer: peer("10.0.0.2:1"), Seen: t0}}, 0); added != 2 {
+		t.Fatalf("Merge added %d, want 2", added)
+	}
+	if got := m.GC(t0.Add(time.Minute)); got != 0 {
+		t.Errorf("GC a minute later removed %d", got)
+	}
+	before, _ := m.Digest(ih1)
+	clk.set(t0.Add(3 * time.Minute)) // the first peer's lifetime has passed
+	after, live := m.Digest(ih1)
+	if !live || after == before {
+		t.Errorf("digest once a peer expired: %x (live %v), before %x; want it to leave the expired peer out", after, live, before)
+	}
+	peers, _, _ := m.SeenSwarm(ih1, nil)
+	if len(peers) != 1 || peers[0].Addr != peer("10.0.0.2:1").Addr {
+		t.Errorf("SeenSwarm lists %+v, want only the live peer", peers)
+	}
+	if got := m.GC(t0.Add(3 * time.Minute)); got != 1 {
+		t.Errorf("GC removed %d, want the merged peer whose lifetime passed", got)
+	}
+}
+
 // TestMemoryComesBack floods a store with one-peer swarms, lets them
 // expire, and checks that the live heap returns to within 20% of its size
 // before the flood: the shard tables give their memory back as they empty.

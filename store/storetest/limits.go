@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/store"
@@ -36,6 +37,7 @@ func testMaxSwarms(t *testing.T, open func(*testing.T, store.Limits) store.Store
 		t.Errorf("a third swarm past max_swarms 2 holds %+v", c)
 	}
 	s.MergeSnatches(ihC, 5)
+	s.Merge(ihC, []store.SeenPeer{{Peer: bittorrent.Peer{Addr: ap("10.0.0.3:1")}, Seen: time.Now()}}, 1)
 	if st := s.Stats(); st.Swarms != 2 {
 		t.Errorf("Stats().Swarms = %d past max_swarms 2", st.Swarms)
 	}

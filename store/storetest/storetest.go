@@ -49,6 +49,8 @@ func Run(t *testing.T, newStore func(t *testing.T, lim store.Limits) store.Store
 	t.Run("Range", func(t *testing.T) { testRange(t, open) })
 	t.Run("Drop", func(t *testing.T) { testDrop(t, open) })
 	t.Run("ScrapeAll", func(t *testing.T) { testScrapeAll(t, open) })
+	t.Run("Digests", func(t *testing.T) { testDigests(t, open) })
+	t.Run("Merge", func(t *testing.T) { testMerge(t, open) })
 	t.Run("MaxSwarms", func(t *testing.T) { testMaxSwarms(t, openLimited) })
 	t.Run("MaxPeers", func(t *testing.T) { testMaxPeers(t, openLimited) })
 	t.Run("MaxPeersPerSource", func(t *testing.T) { testMaxPeersPerSource(t, openLimited) })
