@@ -279,7 +279,7 @@ func goldenCases() []struct {
 	name string
 	enc  func() ([]byte, error)
 } {
-	return []struct {
+	return append([]struct {
 		name string
 		enc  func() ([]byte, error)
 	}{
@@ -318,7 +318,7 @@ func goldenCases() []struct {
 				{},
 			}})
 		}},
-	}
+	}, antiEntropyGoldenCases()...)
 }
 
 func TestWireGolden(t *testing.T) {
