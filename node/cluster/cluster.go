@@ -78,6 +78,7 @@ type Cluster struct {
 	// had to; Drain waits for it to reach the current view.
 	settled atomic.Pointer[ring.View]
 	handoff handoffState // owned by the handoff loop
+	ae      aeState      // anti-entropy's digest sums
 
 	// scrapePage is how many swarms a full scrape reads per page: the
 	// scrapePage constant, smaller in tests.
@@ -147,10 +148,11 @@ func (c *Cluster) Start() error {
 	if err := c.tr.Serve(c); err != nil {
 		return fmt.Errorf("cluster: serve data channel: %w", err)
 	}
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go c.watchLoop()
 	go c.handoffLoop()
 	go c.cacheLoop()
+	go c.antiEntropyLoop()
 	c.log.Info("data channel serving", zap.String("addr", c.tr.Addr()))
 	return nil
 }
@@ -339,6 +341,8 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 		return &transport.Ack{}, nil
 	case *transport.ScrapeRequest:
 		return c.scrapePageFor(r), nil
+	case *transport.DigestRequest, *transport.CompareRequest, *transport.RepairRequest:
+		return c.handleAntiEntropy(r)
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }
