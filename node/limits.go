@@ -5,6 +5,7 @@ import (
 
 	"go.uber.org/zap"
 
+	httpfront "github.com/karuta-tracker/karuta/frontends/http"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/hooks/ratelimit"
 	"github.com/karuta-tracker/karuta/node/memlimit"
@@ -39,6 +40,15 @@ func validateRateLimit(c ratelimit.Config) func() error {
 // use cannot be read.
 const fallbackMemory = 1 << 30
 
+// HTTP connections get this share of the memory at httpConnCost bytes
+// each (frontends/http's BenchmarkIdleConnMemory measures about 21.7 KB),
+// at least one connection per allowed from one address and at most
+// frontends/http's default.
+const (
+	httpConnShare = 0.15
+	httpConnCost  = 24 << 10
+)
+
 // Rate-limit tables get this share of the memory, at rateLimitBucketCost
 // bytes a bucket (hooks/ratelimit's TestBytesPerBucket measures about 54),
 // within these bounds.
@@ -49,12 +59,19 @@ const (
 	maxRateLimitEntries = 1 << 24
 )
 
-// sizedLimits returns the store and rate_limit sections with the limits
-// the config leaves at 0 filled in from the memory the process may use:
-// the store's swarms and peers (store.Limits.Sized) and the rate limiter's
-// buckets. It logs what is in force. The config itself keeps its zeros, so
-// a reload compares like with like.
-func sizedLimits(c Config, mem memlimit.Limit, log *zap.Logger) (store.Config, ratelimit.Config) {
+// sized are the parts of a config whose limits sizedLimits filled in.
+type sized struct {
+	store     store.Config
+	rateLimit ratelimit.Config
+	http      httpfront.Config
+}
+
+// sizedLimits returns the store, rate_limit and HTTP frontend sections with
+// the limits the config leaves at 0 filled in from the memory the process
+// may use: the store's swarms and peers (store.Limits.Sized), the rate
+// limiter's buckets and the HTTP connections. It logs what is in force.
+// The config itself keeps its zeros, so a reload compares like with like.
+func sizedLimits(c Config, mem memlimit.Limit, log *zap.Logger) sized {
 	cfg := &c
 	if mem.Bytes == 0 {
 		var err error
@@ -67,10 +84,14 @@ func sizedLimits(c Config, mem memlimit.Limit, log *zap.Logger) (store.Config, r
 	if cfg.RateLimit.MaxEntries == 0 {
 		cfg.RateLimit.MaxEntries = int(min(max(float64(mem.Bytes)*rateLimitShare/rateLimitBucketCost, minRateLimitEntries), maxRateLimitEntries))
 	}
+	if h := &cfg.Frontends.HTTP; h.MaxConnections == 0 {
+		h.MaxConnections = int(min(max(float64(mem.Bytes)*httpConnShare/httpConnCost, float64(h.MaxConnectionsPerIP)), httpfront.DefaultMaxConnections))
+	}
 	log.Info("limits sized from memory", zap.Int64("memory_bytes", mem.Bytes), zap.String("memory_source", mem.Source),
 		zap.Int("max_swarms", cfg.Store.MaxSwarms), zap.Int("max_peers", cfg.Store.MaxPeers),
-		zap.Int("max_peers_per_source", cfg.Store.MaxPeersPerSource), zap.Int("rate_limit_max_entries", cfg.RateLimit.MaxEntries))
-	return cfg.Store, cfg.RateLimit
+		zap.Int("max_peers_per_source", cfg.Store.MaxPeersPerSource), zap.Int("rate_limit_max_entries", cfg.RateLimit.MaxEntries),
+		zap.Int("http_max_connections", cfg.Frontends.HTTP.MaxConnections))
+	return sized{store: cfg.Store, rateLimit: cfg.RateLimit, http: cfg.Frontends.HTTP}
 }
 
 // addRateLimit puts the limiter of the `rate_limit` section rl before the

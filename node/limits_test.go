@@ -13,6 +13,7 @@ import (
 	"github.com/anacrolix/torrent/tracker"
 	trhttp "github.com/anacrolix/torrent/tracker/http"
 	"github.com/anacrolix/torrent/types/infohash"
+	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/hooks/eventually"
@@ -172,6 +173,40 @@ func TestLimitsSizedFromMemory(t *testing.T) {
 			}
 			if n.Config().Store.MaxPeers != 0 {
 				t.Errorf("the config in force says max_peers %d; it keeps the file's 0, so a reload sees no change", n.Config().Store.MaxPeers)
+			}
+		})
+	}
+}
+
+// TestSizedLimits checks every limit sized from memory, and that limits
+// set in the config are kept.
+func TestSizedLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		mem                int64
+		set                func(*Config)
+		swarms, peers      int
+		buckets, httpConns int
+	}{
+		{"512 MiB", 512 << 20, nil, 430185, 2485513, 335544, 3276},
+		{"24 GiB", 24 << 30, nil, 20648881, 119304647, 16106127, 10000},
+		{"64 MiB", 64 << 20, nil, 53773, 310689, 65536, 409},
+		{"set", 512 << 20, func(c *Config) {
+			c.Store.MaxPeers, c.RateLimit.MaxEntries, c.Frontends.HTTP.MaxConnections = 5, 2048, 20000
+		}, 430185, 5, 2048, 20000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Default()
+			if tc.set != nil {
+				tc.set(&cfg)
+			}
+			got := sizedLimits(cfg, memlimit.Limit{Bytes: tc.mem, Source: "test"}, zap.NewNop())
+			if got.store.MaxSwarms != tc.swarms || got.store.MaxPeers != tc.peers || got.rateLimit.MaxEntries != tc.buckets || got.http.MaxConnections != tc.httpConns {
+				t.Errorf("sized max_swarms %d, max_peers %d, rate_limit.max_entries %d, http max_connections %d; want %d, %d, %d, %d",
+					got.store.MaxSwarms, got.store.MaxPeers, got.rateLimit.MaxEntries, got.http.MaxConnections, tc.swarms, tc.peers, tc.buckets, tc.httpConns)
+			}
+			if err := got.http.Validate(); err != nil {
+				t.Errorf("sized HTTP config: %v", err)
 			}
 		})
 	}

@@ -100,8 +100,8 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		}),
 	)
 
-	storeCfg, rateLimit := sizedLimits(cfg, opts.Memory, n.log)
-	if n.store, err = store.NewMemory(storeCfg, n.reg, n.log.Named("store")); err != nil {
+	limits := sizedLimits(cfg, opts.Memory, n.log)
+	if n.store, err = store.NewMemory(limits.store, n.reg, n.log.Named("store")); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	// From here on a failure undoes what was built the way Shutdown does,
@@ -121,7 +121,7 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	pre, post := n.hooks.pre, n.hooks.post
-	if pre, err = n.addRateLimit(rateLimit, cfg.Frontends.HTTP.TrustedProxies, pre); err != nil {
+	if pre, err = n.addRateLimit(limits.rateLimit, cfg.Frontends.HTTP.TrustedProxies, pre); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	var (
@@ -145,7 +145,7 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Frontends.HTTP.Addr != "" {
-		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
+		if n.http, err = httpfront.New(limits.http, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}

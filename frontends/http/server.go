@@ -71,6 +71,9 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("http: %w", err)
 	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = max(DefaultMaxConnections, cfg.MaxConnectionsPerIP)
+	}
 	rt, err := newRouter(cfg.AnnounceRoutes, cfg.ScrapeRoutes)
 	if err != nil {
 		return nil, fmt.Errorf("http: %w", err)

@@ -45,18 +45,19 @@ func phaseDuration(t *testing.T) time.Duration {
 // nodeConfig is the node under test: the defaults but for short
 // lifetimes, so a flood expires within the test, and the profiler, to
 // force a collection before the heap is read. A short run also lowers
-// max_swarms, which a long one reaches at its default (sized from 512 MiB).
-func nodeConfig(maxSwarms int) string {
+// max_swarms, which a long one reaches at its default (sized from 512 MiB)
+// with peers living long enough to pile up.
+func nodeConfig(maxSwarms int, lifetime time.Duration) string {
 	return fmt.Sprintf(`node: {name: flood}
 log: {level: info}
 frontends:
   http: {addr: "%[1]s:0"}
   udp: {addr: "%[1]s:0"}
-tracker: {announce_interval: 4s, min_announce_interval: 2s}
+tracker: {announce_interval: %[3]s, min_announce_interval: 2s}
 rate_limit: {sweep_interval: 1s}
-store: {peer_lifetime: 8s, gc_interval: 1s, max_swarms: %[2]d}
+store: {peer_lifetime: %[4]s, gc_interval: 1s, max_swarms: %[2]d}
 metrics: {addr: "%[1]s:0", pprof: true}
-`, nodeIP, maxSwarms)
+`, nodeIP, maxSwarms, lifetime/2, lifetime)
 }
 
 // TestFlood floods a node limited to 512 MiB with announces of random
@@ -68,12 +69,12 @@ metrics: {addr: "%[1]s:0", pprof: true}
 // peers expire the live heap is back within 20% of where it was.
 func TestFlood(t *testing.T) {
 	dur := phaseDuration(t)
-	maxSwarms := 30000
+	maxSwarms, lifetime := 30000, 8*time.Second
 	if dur >= 30*time.Second {
-		maxSwarms = 0 // sized from memory, and reached
+		maxSwarms, lifetime = 0, dur*3/2 // sized from memory, and reached
 	}
 	cg := makeCgroup(t)
-	n := startNode(t, nodeConfig(maxSwarms), cg)
+	n := startNode(t, nodeConfig(maxSwarms, lifetime), cg)
 	t.Logf("node at udp %s, http %s, memory limited by %s, %s a phase", n.udp, n.http, cg.how, dur)
 
 	lg := startLegit(n)
@@ -97,13 +98,16 @@ func TestFlood(t *testing.T) {
 		n.alive("after phase " + ph.name)
 	}
 
-	// The flood is over; the legitimate peers keep announcing while its
-	// peers expire (peer_lifetime 8s, collected every second).
+	// The flood is over. Every legitimate peer answered is stored; those
+	// that joined during it leave again, so the node holds what it held
+	// before, and the first ones keep announcing while the rest expire
+	// (collected every second).
 	lg.checkStored(t, n)
-	deadline := time.Now().Add(30 * time.Second)
-	for n.metric("karuta_store_swarms") > float64(len(legitSwarms)) {
+	lg.stopJoiners()
+	deadline := time.Now().Add(lifetime + 30*time.Second)
+	for n.metric("karuta_store_swarms") > float64(len(legitSwarms)) || n.metric("karuta_store_peers") > float64(legitFirst) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the flood's swarms have not expired: %v swarms held", n.metric("karuta_store_swarms"))
+			t.Fatalf("the flood has not expired: %v swarms and %v peers held", n.metric("karuta_store_swarms"), n.metric("karuta_store_peers"))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -273,12 +277,18 @@ var legitSwarms = func() [][20]byte {
 	return out
 }()
 
+// legitFirst is how many legitimate clients announce from the start.
+const legitFirst = 40
+
 // legit runs the legitimate clients: each announces to one of
 // legitSwarms every second, half over UDP, half over HTTP, and while a
-// flood runs a new one joins every 200ms. Every announce must be answered.
+// flood runs a new one joins every 200ms. Every announce must be answered;
+// over UDP a client sends again after 1, 2, 4 and 8 seconds, as clients do
+// for a datagram lost (BEP 15 waits longer still).
 type legit struct {
 	n        *node
 	stopping chan struct{}
+	leaving  chan struct{} // closed: those that joined during the flood stop
 	wg       sync.WaitGroup
 	joining  atomic.Bool
 
@@ -290,8 +300,8 @@ type legit struct {
 }
 
 func startLegit(n *node) *legit {
-	lg := &legit{n: n, stopping: make(chan struct{}), answered: map[int]bool{}, stored: map[int]announce{}}
-	for range 40 {
+	lg := &legit{n: n, stopping: make(chan struct{}), leaving: make(chan struct{}), answered: map[int]bool{}, stored: map[int]announce{}}
+	for range legitFirst {
 		lg.add()
 	}
 	lg.wg.Go(func() {
@@ -313,6 +323,13 @@ func startLegit(n *node) *legit {
 
 func (lg *legit) joinDuring(on bool) { lg.joining.Store(on) }
 
+// stopJoiners stops the clients that joined during the flood, closing
+// their connections: their peers expire like the flood's.
+func (lg *legit) stopJoiners() {
+	lg.joining.Store(false)
+	close(lg.leaving)
+}
+
 // add starts one more legitimate client.
 func (lg *legit) add() {
 	lg.mu.Lock()
@@ -322,6 +339,10 @@ func (lg *legit) add() {
 	a := announce{ih: legitSwarms[i%len(legitSwarms)], port: uint16(10000 + i), left: uint64(i % 2)}
 	copy(a.peerID[:], fmt.Sprintf("-LG0001-%012d", i))
 	udp := i%2 == 0
+	leave := lg.stopping
+	if i >= legitFirst {
+		leave = lg.leaving
+	}
 	lg.wg.Go(func() {
 		var send func() result
 		if udp {
@@ -331,7 +352,13 @@ func (lg *legit) add() {
 				return
 			}
 			defer c.close()
-			send = func() result { return c.announce(a, time.Second, 3) }
+			send = func() result {
+				r := result{err: errTimeout}
+				for wait := time.Second; errors.Is(r.err, errTimeout) && wait <= 8*time.Second; wait *= 2 {
+					r = c.announce(a, wait, 1)
+				}
+				return r
+			}
 		} else {
 			c := newHTTPClient(legitIP(i), lg.n.http)
 			defer c.close()
@@ -348,6 +375,8 @@ func (lg *legit) add() {
 			}
 			select {
 			case <-lg.stopping:
+				return
+			case <-leave:
 				return
 			case <-time.After(time.Second):
 			}
@@ -395,7 +424,7 @@ func (lg *legit) check(t *testing.T) {
 	if len(lg.failures) > 0 {
 		t.Errorf("%d legitimate announces not answered, e.g.:\n%s", len(lg.failures), strings.Join(lg.failures[:min(10, len(lg.failures))], "\n"))
 	}
-	t.Logf("%d legitimate clients, %d of them joining during the floods, every announce answered: %v", lg.next, lg.next-40, len(lg.failures) == 0)
+	t.Logf("%d legitimate clients, %d of them joining during the floods, every announce answered: %v", lg.next, lg.next-legitFirst, len(lg.failures) == 0)
 }
 
 // checkStored asks the node for every legitimate swarm's peers and checks
