@@ -54,10 +54,12 @@ var errTimeout = errors.New("no answer in time")
 
 // udpClient speaks BEP 15 from one socket.
 type udpClient struct {
-	conn *net.UDPConn
-	cid  uint64
-	tid  uint32
-	buf  [2048]byte
+	conn      *net.UDPConn
+	local     string
+	cid       uint64
+	connected time.Time // when cid was given: a client uses it for a minute
+	tid       uint32
+	buf       [2048]byte
 }
 
 // dialUDP opens a socket bound to local (an address of 127.0.0.0/8) and
@@ -71,28 +73,35 @@ func dialUDP(local, remote string) (*udpClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &udpClient{conn: c, tid: rand.Uint32()}
+	u := &udpClient{conn: c, local: local, tid: rand.Uint32()}
+	if err := u.connect(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return u, nil
+}
+
+// connect gets a connection ID, trying again as a client does.
+func (u *udpClient) connect() error {
 	var req [16]byte
 	binary.BigEndian.PutUint64(req[0:], 0x41727101980)
 	for try := range 5 {
 		u.tid++
 		binary.BigEndian.PutUint32(req[12:], u.tid)
-		if _, err := c.Write(req[:]); err != nil {
-			return nil, err
+		if _, err := u.conn.Write(req[:]); err != nil {
+			return err
 		}
 		action, body, err := u.read(time.Duration(try+1) * time.Second)
 		if errors.Is(err, errTimeout) {
 			continue
 		}
 		if err != nil || action != 0 || len(body) < 8 {
-			c.Close()
-			return nil, fmt.Errorf("connect from %s: action %d: %w", local, action, errors.Join(err, errors.New("not a connect answer")))
+			return fmt.Errorf("connect from %s: action %d: %w", u.local, action, errors.Join(err, errors.New("not a connect answer")))
 		}
-		u.cid = binary.BigEndian.Uint64(body)
-		return u, nil
+		u.cid, u.connected = binary.BigEndian.Uint64(body), time.Now()
+		return nil
 	}
-	c.Close()
-	return nil, fmt.Errorf("connect from %s: %w", local, errTimeout)
+	return fmt.Errorf("connect from %s: %w", u.local, errTimeout)
 }
 
 // read returns the next answer to the current transaction.
@@ -117,8 +126,14 @@ func (u *udpClient) read(wait time.Duration) (action uint32, body []byte, err er
 }
 
 // announce sends a and waits for the answer, trying again after wait as a
-// client does when a datagram is lost.
+// client does when a datagram is lost. A connection ID older than a
+// minute is renewed first (BEP 15).
 func (u *udpClient) announce(a announce, wait time.Duration, tries int) result {
+	if time.Since(u.connected) > time.Minute {
+		if err := u.connect(); err != nil {
+			return result{err: err}
+		}
+	}
 	var req [98]byte
 	binary.BigEndian.PutUint64(req[0:], u.cid)
 	binary.BigEndian.PutUint32(req[8:], 1)
