@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -96,6 +97,8 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 	c := &clustered{cfg: cc, id: cfg.Node, log: n.log.Named("cluster"), boot: newBoot()}
 	c.tr, err = transport.NewTCP(transport.TCPOptions{
 		Bind:       dataBind,
+		LocalAddr:  dialSource(cc.Config, dataBind),
+		Name:       cfg.Node.Name,
 		Certs:      cc.TLS.Files(),
 		Keys:       keys,
 		Insecure:   len(keys) == 0 && !cc.TLS.Enabled(),
@@ -142,6 +145,41 @@ func dataBindAddr(cc ring.Config) (string, error) {
 		port++
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// dialSource is the address this node's data connections leave from: the
+// data channel's own host when it is bound to one, else the advertised
+// gossip host when one is set and is an address of this host (behind NAT
+// it is not, and the kernel must choose). Empty lets the kernel choose,
+// which on a host with several addresses may be one no member advertises;
+// the handshake admits the node anyway, this only keeps the source
+// predictable for firewalls and for the other side's ordering of sources.
+func dialSource(cc ring.Config, dataBind string) string {
+	for _, hp := range []string{dataBind, cc.Advertise} {
+		host, _, err := net.SplitHostPort(hp)
+		if err != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(host)
+		if err != nil || ip.IsUnspecified() {
+			continue
+		}
+		if localIP(ip) {
+			return ip.Unmap().String()
+		}
+	}
+	return ""
+}
+
+// localIP reports whether ip belongs to this host: whether a socket can
+// be bound to it.
+func localIP(ip netip.Addr) bool {
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(ip, 0).String())
+	if err != nil {
+		return false
+	}
+	_ = pc.Close()
+	return true
 }
 
 // newBoot identifies this process: its start time in fixed-width hex, so a
