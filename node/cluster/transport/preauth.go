@@ -108,6 +108,10 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 		p.removeLocked(v)
 		out = append(out, evicted{v, reasonPendingLimit})
 	}
+	// Making room may have emptied, and so dropped, the source's entry.
+	if p.bySource[src] != s {
+		p.bySource[src] = s
+	}
 	c := &pendingConn{nc: nc, src: src, known: known, at: now}
 	s.conns = append(s.conns, c)
 	p.n++

@@ -69,6 +69,9 @@ func TestPreauthPoolOrder(t *testing.T) {
 		{"unknown source at its limit, all talking: its own oldest", 10,
 			[]conn{{src: v}, {src: u, talking: true}, {src: u, talking: true}, {src: u, talking: true}},
 			conn{src: u}, 1, reasonSourceLimit},
+		{"the new connection's source loses its last one", 2,
+			[]conn{{src: u}, {src: a, known: true, talking: true}},
+			conn{src: u}, 0, reasonPendingLimit},
 		{"a known source has no limit of its own", 10,
 			[]conn{{src: a, known: true}, {src: a, known: true}, {src: a, known: true}},
 			conn{src: a, known: true}, -1, ""},
@@ -115,6 +118,18 @@ func TestPreauthPoolOrder(t *testing.T) {
 			}
 			if gauge != p.len() || p.len() > tc.max {
 				t.Fatalf("pool holds %d (gauge %d); bound %d", p.len(), gauge, tc.max)
+			}
+			// Everything the pool counts, it can find and give back.
+			for i, c := range entries {
+				if tc.evict != i {
+					p.remove(c)
+				}
+			}
+			if e != nil && !p.remove(e) {
+				t.Fatal("the new connection cannot be removed from the pool")
+			}
+			if p.len() != 0 || gauge != 0 || len(p.bySource) != 0 {
+				t.Fatalf("after removing everything the pool holds %d (gauge %d, %d sources)", p.len(), gauge, len(p.bySource))
 			}
 		})
 	}
