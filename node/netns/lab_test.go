@@ -75,6 +75,12 @@ type proc struct {
 	name, dc string
 	idx      int // 1-based; picks the addresses
 	ns       string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	waitErr  error
+	logPath  string
+	cfgPath  string
+
 	// home is the node's second address when multiHome gave it one: the
 	// address it advertises, on an interface of its own, while its
 	// route to the others leaves through eth0 with eth0's address.
@@ -83,11 +89,6 @@ type proc struct {
 	// it.
 	home      string
 	homeBound bool
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	waitErr   error
-	logPath   string
-	cfgPath   string
 }
 
 func (p *proc) clusterIP() string { return fmt.Sprintf("10.77.%s.%d", p.dc[len(p.dc)-1:], 10+p.idx) }
