@@ -169,8 +169,10 @@ func startProcClusterAt(t *testing.T, bin string, specs []procSpec, opts procOpt
 	dir := t.TempDir()
 	nodes := make([]*karutaProc, len(specs))
 	var seeds []string
+	free := &freePorts{t: t}
+	defer free.release()
 	for i, s := range specs {
-		ports := freePortsAt(t, s.host, 3)
+		ports := free.take(s.host, 3)
 		dataHost := s.dataHost
 		if dataHost == "" {
 			dataHost = s.host
@@ -178,7 +180,7 @@ func startProcClusterAt(t *testing.T, bin string, specs []procSpec, opts procOpt
 		at := func(host string, p int) string { return net.JoinHostPort(host, strconv.Itoa(p)) }
 		nodes[i] = &karutaProc{
 			name: s.name, client: at(s.host, ports[0]), metrics: at(s.host, ports[1]), gossip: at(s.host, ports[2]),
-			data:    at(dataHost, freePortsAt(t, dataHost, 1)[0]),
+			data:    at(dataHost, free.take(dataHost, 1)[0]),
 			logPath: filepath.Join(dir, s.name+".log"),
 			exited:  make(chan struct{}),
 			nofile:  opts.nofile,
@@ -198,6 +200,7 @@ func startProcClusterAt(t *testing.T, bin string, specs []procSpec, opts procOpt
 	if opts.profile == "" {
 		opts.profile = "local"
 	}
+	free.release()
 	for _, n := range nodes {
 		cfg := fmt.Sprintf(`node:
   name: %q
@@ -373,36 +376,44 @@ func describeClusterStatus(st ClusterStatus) string {
 		strings.Join(members, " "), st.Ring.Epoch, strings.Join(ring, " "), st.Ring.Settled)
 }
 
-// freePortsAt returns n distinct ports free on host for both TCP and UDP
-// (gossip and the frontends use both). All are held until all are found,
-// so none is handed out twice; another process may still take one before
-// the node binds it, which is rare enough for a test.
-func freePortsAt(t *testing.T, host string, n int) []int {
-	t.Helper()
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
+// freePorts finds ports free on a host for both TCP and UDP (gossip and
+// the frontends use both). It holds every port it has handed out until
+// release, so none is handed out twice; another process may still take
+// one before the node binds it, which is rare enough for a test.
+type freePorts struct {
+	t    *testing.T
+	held []io.Closer
+}
+
+// take returns n distinct ports free on host.
+func (f *freePorts) take(host string, n int) []int {
+	f.t.Helper()
 	var ports []int
 	for attempt := 0; len(ports) < n; attempt++ {
 		if attempt > 10*n {
-			t.Fatalf("found only %d of %d free ports on %s", len(ports), n, host)
+			f.t.Fatalf("found only %d of %d free ports on %s", len(ports), n, host)
 		}
 		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
-			t.Fatal(err)
+			f.t.Fatal(err)
 		}
-		held = append(held, l)
+		f.held = append(f.held, l)
 		u, err := net.ListenPacket("udp", l.Addr().String())
 		if err != nil {
 			continue // taken over UDP; the TCP listener stays held so the port is not offered again
 		}
-		held = append(held, u)
+		f.held = append(f.held, u)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
+}
+
+// release lets the nodes bind the ports.
+func (f *freePorts) release() {
+	for _, c := range f.held {
+		c.Close()
+	}
+	f.held = nil
 }
 
 // fileTail returns the last n lines of the file at path, or why it could
