@@ -63,10 +63,12 @@ type pendingConn struct {
 	talking, held bool
 }
 
-// evicted is a connection the pool closed to make room, and why.
+// evicted is a connection the pool closed to make room, why, and
+// whether it had talked (read under the pool's lock, for the log).
 type evicted struct {
-	c      *pendingConn
-	reason string
+	c       *pendingConn
+	reason  string
+	talking bool
 }
 
 func newPreauthPool(total, perSource int, onChange func(int)) *preauthPool {
@@ -97,7 +99,7 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 			return nil, reasonSourceLimit, nil
 		}
 		p.removeLocked(v)
-		out = append(out, evicted{v, reasonSourceLimit})
+		out = append(out, evicted{v, reasonSourceLimit, v.talking})
 	}
 	if p.n >= p.max {
 		v := p.victim(known)
@@ -106,7 +108,7 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 			return nil, reasonPendingLimit, out
 		}
 		p.removeLocked(v)
-		out = append(out, evicted{v, reasonPendingLimit})
+		out = append(out, evicted{v, reasonPendingLimit, v.talking})
 	}
 	// Making room may have emptied, and so dropped, the source's entry.
 	if p.bySource[src] != s {
@@ -341,8 +343,9 @@ func (h *handshakeSlots) acquire(src netip.Addr, known bool, deadline time.Time,
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if w.granted {
-		h.releaseLocked(known)
-		return err
+		// Granted as the wait ended: the slot is the caller's all the
+		// same.
+		return nil
 	}
 	q.remove(src, w)
 	return err

@@ -143,10 +143,10 @@ func TestHandshakeSlotsOrder(t *testing.T) {
 		h := newHandshakeSlots(2) // unknown sources: 1
 		a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 		u := netip.MustParseAddr("192.0.2.1")
-		deadline := time.Now().Add(time.Second)
 		var mu sync.Mutex
 		var order []string
 		take := func(name string, src netip.Addr, known bool) {
+			deadline := time.Now().Add(time.Second)
 			go func() {
 				if err := h.acquire(src, known, deadline, nil); err != nil {
 					mu.Lock()
@@ -196,7 +196,7 @@ func TestHandshakeSlotsOrder(t *testing.T) {
 		if n := len(got()); n != 6 {
 			t.Fatalf("granted %v; u2 must wait while u1 holds the unknown share", got())
 		}
-		time.Sleep(time.Until(deadline) + time.Millisecond)
+		time.Sleep(time.Second + time.Millisecond)
 		synctest.Wait()
 		if want := "u2 timed out"; got()[6] != want {
 			t.Fatalf("granted %v; want %q last", got(), want)

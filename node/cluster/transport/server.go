@@ -48,7 +48,7 @@ func (t *TCP) admit(nc net.Conn, h Handler) {
 	pc, reason, out := t.pre.add(nc, remote, known, now)
 	for _, e := range out {
 		e.c.nc.Close()
-		t.reject(e.reason, e.c.nc.RemoteAddr().String(), fmt.Errorf("closed to make room, after %s, %s", now.Sub(e.c.at).Round(time.Millisecond), talkingWord(e.c)))
+		t.reject(e.reason, e.c.nc.RemoteAddr().String(), fmt.Errorf("closed to make room, after %s, %s", now.Sub(e.c.at).Round(time.Millisecond), talkingWord(e.talking)))
 	}
 	if pc == nil {
 		nc.Close()
@@ -63,8 +63,8 @@ func (t *TCP) admit(nc net.Conn, h Handler) {
 
 // talkingWord says whether an evicted connection had sent anything, for
 // the log.
-func talkingWord(c *pendingConn) string {
-	if c.talking {
+func talkingWord(talking bool) string {
+	if talking {
 		return "in its handshake"
 	}
 	return "silent"
