@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
@@ -432,5 +434,53 @@ func TestTCPLocalAddr(t *testing.T) {
 	}
 	if _, err := NewTCP(TCPOptions{LocalAddr: "not-an-ip", Keys: [][]byte{trKeyOld}, Members: loopbackMembers()}); err == nil || !strings.Contains(err.Error(), "local address") {
 		t.Fatalf("NewTCP with a bad local address: %v; want an error naming it", err)
+	}
+}
+
+// TestTCPDialFailuresCounted checks that this node's failed connections
+// to others are counted by why, so an operator sees a node refusing it.
+func TestTCPDialFailuresCounted(t *testing.T) {
+	trNoLeaks(t)
+	dialFailures := func(tr *TCP, reason string) int {
+		return int(testutil.ToFloat64(tr.metrics.dialFailed.WithLabelValues(reason)))
+	}
+	// unreachable: nothing listens.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	cl := newTestTCP(t, func(o *TCPOptions) { o.Log = nil; o.ConnsPerPeer = 1 })
+	if _, err := cl.Call(trCtx(t, 5*time.Second), dead, &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("call to nothing: %v", err)
+	}
+	// refused: the node closes the connection at once, as a full pool would.
+	closer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	go func() {
+		for {
+			nc, err := closer.Accept()
+			if err != nil {
+				return
+			}
+			nc.Close()
+		}
+	}()
+	if _, err := cl.Call(trCtx(t, 5*time.Second), closer.Addr().String(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("call to a node that hangs up: %v", err)
+	}
+	// handshake: the node holds other keys.
+	other := tcpServe(t, func(o *TCPOptions) { o.Keys = [][]byte{trKeyNew}; o.Log = nil }, &trHandler{})
+	if _, err := cl.Call(trCtx(t, 5*time.Second), other.Addr(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("call to a node with other keys: %v", err)
+	}
+	for reason, want := range map[string]int{dialUnreachable: 1, dialRefused: 1, dialHandshake: 1, dialTimeout: 0} {
+		if got := dialFailures(cl, reason); got != want {
+			t.Errorf("dial failures %s: %d; want %d", reason, got, want)
+		}
 	}
 }
