@@ -39,7 +39,13 @@ import (
 type preauthPool struct {
 	max       int // connections in total
 	perSource int // connections from one unknown source
-	onChange  func(delta int)
+	// silentPerSource counts only silent connections against perSource:
+	// the data channel's talking ones are handshakes, bounded in time
+	// and CPU and in total, and may be members behind one unadvertised
+	// address starting at once. The gossip listener counts all, as
+	// memberlist holds a stream that talked for its whole timeout.
+	silentPerSource bool
+	onChange        func(delta int)
 
 	mu       sync.Mutex
 	n        int
@@ -71,11 +77,11 @@ type evicted struct {
 	talking bool
 }
 
-func newPreauthPool(total, perSource int, onChange func(int)) *preauthPool {
+func newPreauthPool(total, perSource int, silentPerSource bool, onChange func(int)) *preauthPool {
 	if onChange == nil {
 		onChange = func(int) {}
 	}
-	return &preauthPool{max: total, perSource: perSource, onChange: onChange, bySource: map[netip.Addr]*poolSource{}}
+	return &preauthPool{max: total, perSource: perSource, silentPerSource: silentPerSource, onChange: onChange, bySource: map[netip.Addr]*poolSource{}}
 }
 
 // add takes nc into the pool, closing others to make room as the order
@@ -92,14 +98,16 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 	}
 	s.known = known // a source becomes known (or stops being) as members come and go
 	var out []evicted
-	if !known && len(s.conns) >= p.perSource {
-		v := oldestYielding(s.conns, true)
-		if v == nil {
+	if !known && p.sourceFull(s) {
+		switch v := oldestYielding(s.conns, !p.silentPerSource); {
+		case v != nil:
+			p.removeLocked(v)
+			out = append(out, evicted{v, reasonSourceLimit, v.talking})
+		case !p.silentPerSource:
 			p.dropIfEmpty(src, s)
 			return nil, reasonSourceLimit, nil
 		}
-		p.removeLocked(v)
-		out = append(out, evicted{v, reasonSourceLimit, v.talking})
+		// Otherwise the ones counted silent turned out to be talking.
 	}
 	if p.n >= p.max {
 		v := p.victim(known)
@@ -119,6 +127,21 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 	p.n++
 	p.onChange(1)
 	return c, "", out
+}
+
+// sourceFull reports whether an unknown source holds its share: of all
+// its connections, or of those silent as far as the pool knows.
+func (p *preauthPool) sourceFull(s *poolSource) bool {
+	if !p.silentPerSource {
+		return len(s.conns) >= p.perSource
+	}
+	n := 0
+	for _, c := range s.conns {
+		if !c.talking && !c.held {
+			n++
+		}
+	}
+	return n >= p.perSource
 }
 
 // silent reports whether c has sent nothing, looking at its socket: a

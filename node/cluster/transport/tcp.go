@@ -57,8 +57,9 @@ const (
 	// make the node hold (a descriptor and a few KB each). When it is
 	// full, older ones yield to a new one (preauth.go).
 	DefaultMaxPending = 1024
-	// DefaultMaxPendingPerSource bounds them per unknown source address
-	// (one no member is known at and no handshake succeeded from lately).
+	// DefaultMaxPendingPerSource bounds those that have sent nothing per
+	// unknown source address (one no member is known at and no handshake
+	// succeeded from lately).
 	DefaultMaxPendingPerSource = 8
 	// DefaultMaxSessionsPerPeer bounds the authenticated connections from
 	// one peer (a node keeps ConnsPerPeer, normally 2, to each other).
@@ -276,7 +277,7 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 	metrics := newTCPMetrics(opts.Registerer)
 	t := &TCP{
 		localAddr: local,
-		pre: newPreauthPool(opts.MaxPending, opts.MaxPendingPerSource, func(d int) {
+		pre: newPreauthPool(opts.MaxPending, opts.MaxPendingPerSource, true, func(d int) {
 			metrics.pending.Add(float64(d))
 		}),
 		slots:     newHandshakeSlots(opts.MaxHandshakes),
