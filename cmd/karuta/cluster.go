@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -19,8 +21,16 @@ func clusterCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "tls" {
 		return clusterTLSCmd(args[1:], stdout, stderr)
 	}
+	const usage = "usage: karuta cluster status [--addr HOST:PORT] [--json]\n       karuta cluster keygen\n       karuta cluster tls ca|cert ...\n"
+	if len(args) == 1 && args[0] == "keygen" {
+		return keygen(stdout, stderr)
+	}
+	if isHelp(args) {
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
 	if len(args) == 0 || args[0] != "status" {
-		fmt.Fprintf(stderr, "karuta: usage: karuta cluster status [--addr HOST:PORT] [--json]\n       karuta cluster tls ca|cert ...\n")
+		fmt.Fprint(stderr, "karuta: "+usage)
 		return exitUsage
 	}
 	fs := flag.NewFlagSet("cluster status", flag.ContinueOnError)
@@ -29,7 +39,7 @@ func clusterCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the node's JSON as is")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the node")
 	if err := fs.Parse(args[1:]); err != nil {
-		return exitUsage
+		return parseExit(err)
 	}
 	client := &http.Client{Timeout: *timeout}
 	resp, err := client.Get("http://" + *addr + "/cluster")
@@ -57,6 +67,18 @@ func clusterCmd(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	printStatus(stdout, st)
+	return exitOK
+}
+
+// keygen prints a new random key for cluster.secret_keys (32 bytes, the
+// most memberlist takes) or frontends.udp.connection_id_keys, base64.
+func keygen(stdout, stderr io.Writer) int {
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		fmt.Fprintf(stderr, "karuta: cluster keygen: %v\n", err)
+		return exitFailure
+	}
+	fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(k[:]))
 	return exitOK
 }
 
