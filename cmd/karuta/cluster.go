@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/karuta-tracker/karuta/node"
+	"github.com/karuta-tracker/karuta/node/cluster"
 )
 
 // clusterCmd runs `karuta cluster status`, or `karuta cluster tls` (see
@@ -83,35 +84,63 @@ func keygen(stdout, stderr io.Writer) int {
 }
 
 // printStatus merges gossip states with ring shares: members that are
-// dead, left or leaving own nothing and show no share.
+// dead, left or leaving own nothing and show no share. Members are matched
+// by data address, so two processes sharing a name show as two lines.
 func printStatus(w io.Writer, st node.ClusterStatus) {
 	settled := "no (swarms are moving)"
 	if st.Ring.Settled {
 		settled = "yes"
 	}
-	fmt.Fprintf(w, "node %s  epoch %d  replicas %d  settled %s\n\n", st.Node, st.Ring.Epoch, st.Ring.Replicas, settled)
+	whole := "no"
+	if st.Ring.Whole {
+		whole = "yes"
+	}
+	fmt.Fprintf(w, "node %s  epoch %d  %s  settled %s  whole %s  health %s\n", st.Node, st.Ring.Epoch, owners(st), settled, whole, st.Health)
+	for _, p := range st.Problems {
+		fmt.Fprintf(w, "  problem: %s\n", p)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tDATACENTER\tZONE\tDATA\tSHARE\tQUEUE")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tDATACENTER\tZONE\tDATA\tLINK\tSHARE\tQUEUE")
 	inRing := map[string]int{}
 	for i, m := range st.Ring.Members {
-		inRing[m.Name] = i
+		inRing[m.Data] = i
+	}
+	row := func(m cluster.MemberStatus, state string) {
+		link := string(m.Link)
+		if m.Name == st.Ring.Self && link == "" {
+			link = "self"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f%%\t%d\n", m.Name, state, dash(m.Datacenter), dash(m.Zone), m.Data, dash(link), 100*m.Share, m.Queue)
 	}
 	seen := map[string]bool{}
 	for _, m := range st.Members {
-		seen[m.Name] = true
-		share, queue := "-", "-"
-		if i, ok := inRing[m.Name]; ok {
-			share = fmt.Sprintf("%.1f%%", 100*st.Ring.Members[i].Share)
-			queue = fmt.Sprint(st.Ring.Members[i].Queue)
+		if i, ok := inRing[m.DataAddr]; ok && !seen[m.DataAddr] {
+			seen[m.DataAddr] = true
+			row(st.Ring.Members[i], string(m.State))
+			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.State, dash(m.Datacenter), dash(m.Zone), m.DataAddr, share, queue)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t-\t-\t-\n", m.Name, m.State, dash(m.Datacenter), dash(m.Zone), dash(m.DataAddr))
 	}
 	for _, m := range st.Ring.Members {
-		if !seen[m.Name] {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1f%%\t%d\n", m.Name, "alive", dash(m.Datacenter), dash(m.Zone), m.Data, 100*m.Share, m.Queue)
+		if !seen[m.Data] {
+			row(m, "alive")
 		}
 	}
 	_ = tw.Flush()
+}
+
+// owners says how many members own each swarm, and why when it is not
+// cluster.replicas: under full_replication every member owns every swarm.
+func owners(st node.ClusterStatus) string {
+	r := st.Ring
+	switch {
+	case r.Owners <= r.Replicas:
+		return fmt.Sprintf("replicas %d", r.Replicas)
+	case r.Owners == len(r.Members):
+		return fmt.Sprintf("replicas %d, owners %d (full replication: every member owns every swarm while there are at most cluster.full_replication members)", r.Replicas, r.Owners)
+	}
+	return fmt.Sprintf("replicas %d, owners %d (every_datacenter)", r.Replicas, r.Owners)
 }
 
 func dash(s string) string {

@@ -36,14 +36,15 @@ func TestSecondServeCannotShareUDPPort(t *testing.T) {
 	dir := t.TempDir()
 	first := filepath.Join(dir, "first.yaml")
 	writeFile(t, first, "node: {name: first}\nlog: {level: warn}\nfrontends:\n  http: {addr: '127.0.0.1:0'}\n  udp: {addr: '"+udpAddr+"', readers: 2}\nmetrics: {addr: '"+metrics+"'}\n")
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd := exec.Command(os.Args[0], "-test.run=^$") //nolint:gosec // G702: the test binary runs itself
 	cmd.Env = append(os.Environ(), serveEnv+"="+first)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -55,8 +56,8 @@ func TestSecondServeCannotShareUDPPort(t *testing.T) {
 	})
 	eventually.True(t, 20*time.Second, "the first karuta serve is ready", func() bool {
 		select {
-		case err := <-exited:
-			t.Fatalf("the first karuta serve exited: %v", err)
+		case <-exited:
+			t.Fatalf("the first karuta serve exited: %v", waitErr)
 		default:
 		}
 		resp, err := http.Get("http://" + metrics + "/readyz")

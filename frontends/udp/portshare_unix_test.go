@@ -4,6 +4,7 @@ package udp
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -31,10 +32,10 @@ func holdPort(addr string) int {
 		err = s.Start()
 	}
 	if err != nil {
-		os.Stdout.WriteString("error " + err.Error() + "\n")
+		fmt.Println("error", err)
 		return 1
 	}
-	os.Stdout.WriteString(s.Addr().String() + "\n")
+	fmt.Println(s.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
 }
@@ -43,7 +44,7 @@ func holdPort(addr string) int {
 // and returns the address it bound.
 func startHolder(t *testing.T, addr string) string {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd := exec.Command(os.Args[0], "-test.run=^$") //nolint:gosec // G702: the test binary runs itself
 	cmd.Env = append(os.Environ(), holdPortEnv+"="+addr)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -59,8 +60,8 @@ func startHolder(t *testing.T, addr string) string {
 	}
 	t.Cleanup(func() {
 		stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
