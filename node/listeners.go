@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+
+	"go.uber.org/zap"
 )
 
 // listener is one socket a node binds, named by its config key.
@@ -105,4 +107,41 @@ func splitPort(addr string) (string, int, error) {
 	}
 	port, err := strconv.Atoi(ps)
 	return host, port, err
+}
+
+// logListeners logs where each listener of a started node is bound and
+// who can reach it, so the start log says plainly what the node exposes.
+func logListeners(log *zap.Logger, a Addrs) {
+	for _, l := range []struct{ name, addr string }{
+		{"http frontend", a.HTTP},
+		{"udp frontend", a.UDP},
+		{"operations (metrics, health, /cluster; no authentication)", a.Metrics},
+		{"cluster gossip", a.Gossip},
+		{"cluster data channel", a.Data},
+	} {
+		if l.addr != "" {
+			log.Info("listening", zap.String("listener", l.name), zap.String("addr", l.addr), zap.String("reachable_from", reachableFrom(l.addr)))
+		}
+	}
+}
+
+// reachableFrom says who can reach a socket bound to addr.
+func reachableFrom(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "unknown"
+	}
+	if host == "" {
+		return "any host: every interface"
+	}
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case err != nil:
+		return "the hosts that reach " + host
+	case ip.IsUnspecified():
+		return "any host: every interface"
+	case ip.Unmap().IsLoopback():
+		return "this host only (loopback)"
+	}
+	return "the hosts that reach " + ip.String()
 }

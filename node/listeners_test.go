@@ -3,6 +3,9 @@ package node
 import (
 	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestListenersMustNotShareAPort(t *testing.T) {
@@ -50,5 +53,59 @@ func TestListenersMustNotShareAPort(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestReachableFrom(t *testing.T) {
+	for addr, want := range map[string]string{
+		"[::]:6969":       "any host: every interface",
+		"0.0.0.0:6969":    "any host: every interface",
+		":6969":           "any host: every interface",
+		"127.0.0.1:6880":  "this host only (loopback)",
+		"127.0.1.3:6880":  "this host only (loopback)",
+		"[::1]:6880":      "this host only (loopback)",
+		"10.0.0.5:6969":   "the hosts that reach 10.0.0.5",
+		"tracker.lan:696": "the hosts that reach tracker.lan",
+	} {
+		if got := reachableFrom(addr); got != want {
+			t.Errorf("reachableFrom(%q) = %q, want %q", addr, got, want)
+		}
+	}
+}
+
+// TestStartLogsEveryListener checks that the start log names each
+// listener, where it is bound and who can reach it: a new operator reads
+// there whether the tracker is public.
+func TestStartLogsEveryListener(t *testing.T) {
+	infos, logs := observer.New(zap.InfoLevel)
+	cfg := Default()
+	cfg.Node.Name = "listeners"
+	cfg.Frontends.HTTP.Addr, cfg.Frontends.UDP.Addr, cfg.Metrics.Addr = "127.0.0.1:0", "[::]:0", "127.0.0.1:0"
+	n, err := New(cfg, Options{Log: zap.New(infos)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = n.Shutdown(t.Context()) }()
+	got := map[string]string{}
+	for _, e := range logs.FilterMessage("listening").All() {
+		f := e.ContextMap()
+		got[f["listener"].(string)] = f["addr"].(string) + " " + f["reachable_from"].(string)
+	}
+	a := n.Addrs()
+	want := map[string]string{
+		"http frontend": a.HTTP + " this host only (loopback)",
+		"udp frontend":  a.UDP + " any host: every interface",
+		"operations (metrics, health, /cluster; no authentication)": a.Metrics + " this host only (loopback)",
+	}
+	if len(got) != len(want) {
+		t.Errorf("logged %d listeners, want %d: %v", len(got), len(want), got)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("listener %q logged as %q, want %q", k, got[k], v)
+		}
 	}
 }

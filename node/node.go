@@ -184,6 +184,7 @@ func (n *Node) Start() error {
 		n.swarms.start()
 	}
 	n.ready.Store(true)
+	logListeners(n.log, n.Addrs())
 	n.log.Info("node started", zap.Any("addrs", n.Addrs()))
 	return nil
 }
