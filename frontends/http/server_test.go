@@ -813,7 +813,7 @@ func TestServerMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := &fakeTracker{}
-	_, addr := testServer(t, f, m.For("http"), nil)
+	_, addr := testServer(t, f, m.ForConnections("http"), nil)
 	get(t, nil, "http://"+addr+"/announce?"+baseQuery)
 	get(t, nil, "http://"+addr+"/announce?"+baseQuery+"&event=x")
 	get(t, nil, "http://"+addr+scrapeOne)
@@ -828,15 +828,10 @@ func TestServerMetrics(t *testing.T) {
 karuta_frontend_requests_total{action="announce",frontend="http",result="client_error"} 1
 karuta_frontend_requests_total{action="announce",frontend="http",result="error"} 0
 karuta_frontend_requests_total{action="announce",frontend="http",result="ok"} 1
-karuta_frontend_requests_total{action="connect",frontend="http",result="client_error"} 0
-karuta_frontend_requests_total{action="connect",frontend="http",result="error"} 0
-karuta_frontend_requests_total{action="connect",frontend="http",result="ok"} 0
 karuta_frontend_requests_total{action="scrape",frontend="http",result="client_error"} 0
 karuta_frontend_requests_total{action="scrape",frontend="http",result="error"} 0
 karuta_frontend_requests_total{action="scrape",frontend="http",result="ok"} 1
 karuta_frontend_requests_total{action="unknown",frontend="http",result="client_error"} 1
-karuta_frontend_requests_total{action="unknown",frontend="http",result="error"} 0
-karuta_frontend_requests_total{action="unknown",frontend="http",result="ok"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "karuta_frontend_requests_total"); err != nil {
 		t.Error(err)
