@@ -138,7 +138,7 @@ func owners(st node.ClusterStatus) string {
 	case r.Owners <= r.Replicas:
 		return fmt.Sprintf("replicas %d", r.Replicas)
 	case r.Owners == len(r.Members):
-		return fmt.Sprintf("replicas %d, owners %d (full replication: every member owns every swarm while there are at most cluster.full_replication members)", r.Replicas, r.Owners)
+		return fmt.Sprintf("replicas %d, owners %d (full replication)", r.Replicas, r.Owners)
 	}
 	return fmt.Sprintf("replicas %d, owners %d (every_datacenter)", r.Replicas, r.Owners)
 }

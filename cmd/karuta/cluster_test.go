@@ -195,3 +195,22 @@ func TestClusterStatusSharedName(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusOwners checks the header's account of how many members own
+// each swarm: under full replication it is every member, whatever
+// cluster.replicas says, and the header says so.
+func TestStatusOwners(t *testing.T) {
+	members := func(n int) []cluster.MemberStatus { return make([]cluster.MemberStatus, n) }
+	for _, tc := range []struct {
+		ring cluster.Status
+		want string
+	}{
+		{cluster.Status{Replicas: 2, Owners: 2, Members: members(5)}, "replicas 2"},
+		{cluster.Status{Replicas: 2, Owners: 3, Members: members(3)}, "replicas 2, owners 3 (full replication)"},
+		{cluster.Status{Replicas: 2, Owners: 3, Members: members(6)}, "replicas 2, owners 3 (every_datacenter)"},
+	} {
+		if got := owners(node.ClusterStatus{Ring: tc.ring}); got != tc.want {
+			t.Errorf("owners(%+v) = %q, want %q", tc.ring, got, tc.want)
+		}
+	}
+}
