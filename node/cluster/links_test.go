@@ -211,3 +211,19 @@ func linkUpOf(t *testing.T, n *testNode, peer string) float64 {
 	}
 	return -1
 }
+
+// BenchmarkLinkCalled is what every data-channel call adds to record its
+// outcome, from all cores at once over a handful of members.
+func BenchmarkLinkCalled(b *testing.B) {
+	var ls links
+	addrs := []string{"10.0.0.1:7947", "10.0.0.2:7947", "10.0.0.3:7947", "10.0.0.4:7947"}
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			ls.called(addrs[i%len(addrs)], nil, now)
+			i++
+		}
+	})
+}
