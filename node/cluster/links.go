@@ -197,10 +197,11 @@ func (w watchedTransport) Call(ctx context.Context, addr string, req transport.R
 	}
 	rep, err := w.Transport.Call(ctx, addr, req)
 	if failed, counts := linkOutcome(err, ctx.Err(), budget); counts {
-		if !failed {
-			err = nil
+		var linkErr error // nil: the member answered, if only with an error
+		if failed {
+			linkErr = err
 		}
-		w.links.called(addr, err, w.clock.Now())
+		w.links.called(addr, linkErr, w.clock.Now())
 	}
 	return rep, err
 }

@@ -227,3 +227,31 @@ func BenchmarkLinkCalled(b *testing.B) {
 		}
 	})
 }
+
+// answerWith is a Transport whose every call returns err.
+type answerWith struct {
+	transport.Transport
+	err error
+}
+
+func (a answerWith) Call(context.Context, string, transport.Request) (transport.Reply, error) {
+	return nil, a.err
+}
+
+// TestWatchedTransportKeepsErrors checks that recording a call's outcome
+// leaves the caller's result alone: an owner that refuses a handoff has
+// answered (the link works), but the refusal must still reach the
+// sender, which would otherwise drop swarms nobody took.
+func TestWatchedTransportKeepsErrors(t *testing.T) {
+	for _, err := range []error{
+		nil,
+		transport.RemoteError("cluster: not an owner; not taking swarms"),
+		fmt.Errorf("call: %w", errors.Join(transport.ErrUnreachable, errors.New("refused"))),
+	} {
+		var ls links
+		w := watchedTransport{Transport: answerWith{err: err}, links: &ls, clock: realClock{}}
+		if _, got := w.Call(t.Context(), "b", &transport.FetchManyRequest{}); got != err {
+			t.Errorf("Call returned %v; the transport said %v", got, err)
+		}
+	}
+}
