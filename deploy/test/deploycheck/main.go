@@ -213,11 +213,8 @@ func extractK8sConfig(rendered, outFile string) error {
 	return os.WriteFile(outFile, config, 0o600)
 }
 
-// freePorts returns n distinct ports free for both TCP and UDP on every
-// address at the time of asking. Docker publishes them on 0.0.0.0, where
-// a port free on 127.0.0.1 can still be taken: by a listener on another
-// address, or by an outgoing connection's ephemeral port, which on a busy
-// machine made compose fail with "address already in use".
+// freePorts returns n distinct ports free for both TCP and UDP on
+// 127.0.0.1 at the time of asking.
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	var held []io.Closer
@@ -230,13 +227,13 @@ func freePorts(n int) ([]int, error) {
 		if tries > 20*n {
 			return nil, errors.New("ports: could not find enough ports free for TCP and UDP")
 		}
-		ln, err := net.Listen("tcp", "0.0.0.0:0") //nolint:gosec // G102: a probe, closed at once, for the address Docker will bind
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
 		held = append(held, ln)
 		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("0.0.0.0:%d", port))
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
 		}
