@@ -250,7 +250,7 @@ func TestWatchedTransportKeepsErrors(t *testing.T) {
 	} {
 		var ls links
 		w := watchedTransport{Transport: answerWith{err: err}, links: &ls, clock: realClock{}}
-		if _, got := w.Call(t.Context(), "b", &transport.FetchManyRequest{}); got != err {
+		if _, got := w.Call(t.Context(), "b", &transport.FetchManyRequest{}); got != err { //nolint:errorlint // the very value the transport returned, not one wrapping it
 			t.Errorf("Call returned %v; the transport said %v", got, err)
 		}
 	}
