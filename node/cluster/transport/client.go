@@ -213,7 +213,7 @@ func (t *TCP) dial(addr string) (*tcpClientConn, error) {
 			t.metrics.dialFailed.WithLabelValues(dialFailure(err)).Inc()
 		}
 		if n, ok := t.rejectLog.Allow(); ok {
-			t.log.Warn("data channel: handshake with node failed", zap.String("addr", addr), zap.String("node", name), zap.Error(err), zap.Uint64("events", n))
+			t.log.Warn("data channel: handshake with node failed", zap.String("addr", addr), zap.String("peer", name), zap.Error(err), zap.Uint64("events", n))
 		}
 		return nil, err
 	}

@@ -152,6 +152,11 @@ type TCPOptions struct {
 	Log *zap.Logger
 	// Registerer receives the transport's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// Refused, if set, hears of every connection refused, with its source
+	// address, the reason (a value of the reason label of
+	// karuta_cluster_data_rejected_total) and the error, so the node can
+	// tell a member whose connections fail. It must not block.
+	Refused func(remote netip.Addr, reason string, err error)
 	// DialTimeout bounds connecting to a node, handshake excluded
 	// (default 5s).
 	DialTimeout time.Duration
