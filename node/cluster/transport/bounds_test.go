@@ -359,7 +359,16 @@ func TestTCPMemberFromAnyAddress(t *testing.T) {
 	trNoLeaks(t)
 	h := &trHandler{}
 	elsewhere := &testMembers{hosts: map[netip.Addr]bool{netip.MustParseAddr("192.0.2.9"): true}}
-	srv := tcpServe(t, func(o *TCPOptions) { o.Members = elsewhere }, h)
+	var mu sync.Mutex
+	var told []string
+	srv := tcpServe(t, func(o *TCPOptions) {
+		o.Members = elsewhere
+		o.Refused = func(remote netip.Addr, reason string, _ error) {
+			mu.Lock()
+			told = append(told, remote.String()+" "+reason)
+			mu.Unlock()
+		}
+	}, h)
 	cl := newTestTCP(t, nil)
 	if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(1)}); err != nil {
 		t.Fatalf("a key holder from an unadvertised address: %v", err)
@@ -375,6 +384,23 @@ func TestTCPMemberFromAnyAddress(t *testing.T) {
 		t.Fatal("the handler was called for a caller without the key")
 	}
 	eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
+	eventually.True(t, 2*time.Second, "the node told", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(told) > 0 && told[0] == "127.0.0.1 handshake"
+	})
+	// A silent connection from the same address is counted, and the
+	// node is not told: it says nothing of the member there.
+	silent := dialFrom(t, "127.0.0.1", srv.Addr())
+	defer silent.Close()
+	eventually.True(t, 5*time.Second, "silent connection counted", func() bool { return rejected(srv, reasonSilent) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range told {
+		if r != "127.0.0.1 handshake" {
+			t.Fatalf("the node was told of %q; want only the failed handshakes", r)
+		}
+	}
 }
 
 // TestTCPMembersShareAddress is case 1 of issue 17: nine nodes on one

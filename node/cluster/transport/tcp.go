@@ -152,10 +152,15 @@ type TCPOptions struct {
 	Log *zap.Logger
 	// Registerer receives the transport's metrics; nil means none.
 	Registerer prometheus.Registerer
-	// Refused, if set, hears of every connection refused, with its source
-	// address, the reason (a value of the reason label of
+	// Refused, if set, hears of every connection refused after its peer
+	// tried to prove itself (a failed or late handshake, a certificate
+	// naming no member, a session over the limit, a bad frame), with its
+	// source address, the reason (a value of the reason label of
 	// karuta_cluster_data_rejected_total) and the error, so the node can
-	// tell a member whose connections fail. It must not block.
+	// tell a member whose connections fail. Connections closed to make
+	// room or for silence say nothing of any member (a flood may come
+	// from a member's own address) and are only counted. It must not
+	// block.
 	Refused func(remote netip.Addr, reason string, err error)
 	// DialTimeout bounds connecting to a node, handshake excluded
 	// (default 5s).
