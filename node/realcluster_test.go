@@ -373,7 +373,7 @@ func TestRealClusterFloods(t *testing.T) {
 			// Not "degraded" either: a flood from a member's address says
 			// nothing of the member.
 			if resp.StatusCode != http.StatusOK || err != nil || string(body) != "ready\n" {
-				fail(fmt.Errorf("/readyz: %s %q %v", resp.Status, body, err))
+				fail(fmt.Errorf("/readyz: %s %q: %w", resp.Status, body, err))
 			}
 		}
 	})
