@@ -51,7 +51,7 @@ unit:
 	$(GO) test -race -count=1 $(PKGS)
 
 realclient:
-	$(GO) test -race -count=1 -tags realclient -run RealClient -v ./node/
+	$(GO) test -race -count=1 -tags realclient -run 'RealClient|RealCluster' -v ./node/
 
 ## flood: a karuta serve process in a 512 MiB memory cgroup (GOMEMLIMIT
 ## without one) flooded over UDP and HTTP from one and from 2,000 loopback

@@ -25,9 +25,10 @@ type MembershipOptions struct {
 	Self NodeInfo
 	// VNodes is passed to placement; zero means DefaultVNodes.
 	VNodes int
-	// Transport replaces memberlist's UDP/TCP transport, so tests can run
+	// Transport replaces memberlist's UDP/TCP transport: node passes its
+	// bounded listener on Config.Bind (transport.Gossip), and tests run
 	// many members in one process on a fake clock and cut links (ring's
-	// gossipNet). Nil, as in production, means the network on Config.Bind.
+	// gossipNet). Nil means memberlist's own, unbounded, on Config.Bind.
 	Transport memberlist.Transport
 	// Registerer receives the membership metrics; nil means none.
 	Registerer prometheus.Registerer
@@ -510,6 +511,12 @@ func (m *Membership) publish() error {
 	v, err := NewView(live, m.opts.Self.Name, m.cfg.Replicas, m.cfg.placement(m.opts.VNodes), m.epoch+1)
 	if err != nil {
 		return err
+	}
+	if v.Self >= 0 && v.Boots[v.Self] != m.opts.Self.Boot {
+		// Another live process has this node's name and a later boot:
+		// placement knows one process per name, so this one is not a
+		// member (node.name must be unique; the node reports it).
+		v.Self = -1
 	}
 	m.epoch++
 	m.view = v
