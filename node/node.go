@@ -129,7 +129,9 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		sink   hooks.ChangeSink = n.store
 	)
 	if cfg.Cluster.Bind != "" {
-		if n.cl, err = newClustered(cfg, n); err != nil {
+		sizedCfg := cfg // the descriptor budget reserves the HTTP connections in force
+		sizedCfg.Frontends.HTTP = limits.http
+		if n.cl, err = newClustered(sizedCfg, n); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		source, sink = n.cl.data, n.cl.data
