@@ -51,3 +51,38 @@ func TestWebRTCPeersKeptApart(t *testing.T) {
 		t.Errorf("stats after drop = %+v", st)
 	}
 }
+
+func TestDropWebRTC(t *testing.T) {
+	m, _, _ := newMemory(t, nil)
+	var changes []bittorrent.Change
+	for node := uint32(1); node <= 3; node++ {
+		for conn := uint32(1); conn <= 40; conn++ { // past the index threshold
+			changes = append(changes, bittorrent.Change{InfoHash: ih1, Peer: bittorrent.Peer{Addr: bittorrent.WebRTCAddr(node, conn)}, Op: bittorrent.OpPut, Seeder: conn%2 == 0})
+		}
+	}
+	changes = append(changes, bittorrent.Change{InfoHash: ih1, Peer: peer("10.0.0.1:1"), Op: bittorrent.OpPut})
+	m.Apply(changes)
+	if n := m.DropWebRTC(func(node uint32) bool { return node == 2 }); n != 40 {
+		t.Fatalf("dropped %d peers; want node 2's 40", n)
+	}
+	if c := m.Counts(ih1); c.Seeders+c.Leechers != 81 {
+		t.Errorf("counts after the drop = %+v; want 81 peers", c)
+	}
+	peers, _, _ := m.AnnouncePeers(ih1, bittorrent.WebRTCAddr(9, 9), false, 200, nil)
+	for _, p := range peers {
+		if node, _, _ := bittorrent.WebRTCParts(p.Addr); node == 2 {
+			t.Errorf("node 2's peer %v is still handed out", p.Addr)
+		}
+	}
+	if len(peers) != 80 {
+		t.Errorf("%d WebRTC peers left; want 80", len(peers))
+	}
+	// The remaining peers are still found by address (the index is intact).
+	m.Apply([]bittorrent.Change{{InfoHash: ih1, Peer: bittorrent.Peer{Addr: bittorrent.WebRTCAddr(3, 5)}, Op: bittorrent.OpRemove}})
+	if c := m.Counts(ih1); c.Seeders+c.Leechers != 80 {
+		t.Errorf("counts after removing one = %+v; want 80", c)
+	}
+	if st := m.Stats(); st.SeedersRTC+st.LeechersRTC != 79 {
+		t.Errorf("stats = %+v; want 79 WebRTC peers", st)
+	}
+}

@@ -62,8 +62,9 @@ const (
 	SignalAnswer SignalKind = 2
 )
 
-// OfferID names one offer; WebTorrent clients send 20 random bytes.
-type OfferID [20]byte
+// MaxOfferIDLen bounds an offer ID: clients send 20 random bytes, as a
+// binary string or in hex.
+const MaxOfferIDLen = 64
 
 // Signal is one WebRTC signaling message relayed between two WebSocket
 // peers of a swarm, possibly through two nodes: an offer from From to To,
@@ -78,7 +79,9 @@ type Signal struct {
 	FromID PeerID
 	// ToID is the peer ID the receiver must hold for the signal to be
 	// delivered: the target's for an offer, the offerer's for an answer.
-	ToID    PeerID
-	OfferID OfferID
+	ToID PeerID
+	// OfferID is the offerer's name for the offer, at most MaxOfferIDLen
+	// bytes, echoed back with the answer.
+	OfferID string
 	SDP     []byte
 }
