@@ -160,8 +160,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// route is one compiled socket path: its segments, with "" standing for
-// a {name} segment whose name is in names.
+// route is one compiled socket path: its segments, and for each the name
+// of its parameter if it is a {name} segment, "" if it is literal.
 type route struct {
 	segs  []string
 	names []string
@@ -182,6 +182,7 @@ func compileRoute(p string) (route, error) {
 			return rt, fmt.Errorf("%q: segment %q; want a literal or {name}", p, seg)
 		}
 		rt.segs = append(rt.segs, seg)
+		rt.names = append(rt.names, "")
 	}
 	return rt, nil
 }

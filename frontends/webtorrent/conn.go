@@ -44,7 +44,7 @@ type conn struct {
 	src    netip.Addr     // the source it counts as for per-IP limits
 	params bittorrent.Params
 
-	lastRead atomic.Int64 // unix seconds of the last frame received
+	lastRead atomic.Int64 // unix nanoseconds of the last frame received
 	pinged   atomic.Bool
 
 	tokens   float64
@@ -122,7 +122,7 @@ func (c *conn) readLoop() {
 			return
 		}
 		ws.Cipher(body, h.Mask, 0)
-		c.lastRead.Store(time.Now().Unix())
+		c.lastRead.Store(time.Now().UnixNano())
 		c.pinged.Store(false)
 		switch h.OpCode {
 		case ws.OpPing:
@@ -551,7 +551,7 @@ func (c *conn) sendClose(code ws.StatusCode) {
 // tick is the sweeper's visit: ping a socket idle for half of
 // idle_timeout, close one idle for all of it.
 func (c *conn) tick(now time.Time) {
-	idle := now.Sub(time.Unix(c.lastRead.Load(), 0))
+	idle := time.Duration(now.UnixNano() - c.lastRead.Load())
 	switch {
 	case idle >= c.s.cfg.IdleTimeout:
 		c.s.m.refused.WithLabelValues("idle").Inc()

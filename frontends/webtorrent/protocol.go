@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
@@ -178,6 +179,24 @@ func appendBinary(dst []byte, b []byte) []byte {
 	return append(dst, '"')
 }
 
+// appendString appends s, a string as JSON decoded it (UTF-8), as a JSON
+// string: an offer ID is echoed back exactly as the client sent it.
+func appendString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			dst = append(dst, '\\', byte(r))
+		case r < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[r>>4], hex[r&0xf])
+		default:
+			dst = utf8.AppendRune(dst, r)
+		}
+	}
+	return append(dst, '"')
+}
+
 func appendUint(dst []byte, key string, v uint64) []byte {
 	dst = append(dst, ',', '"')
 	dst = append(dst, key...)
@@ -205,7 +224,7 @@ func signalMessage(sig *bittorrent.Signal) []byte {
 	b = append(b, `,"peer_id":`...)
 	b = appendBinary(b, sig.FromID[:])
 	b = append(b, `,"offer_id":`...)
-	b = appendBinary(b, []byte(sig.OfferID))
+	b = appendString(b, sig.OfferID)
 	if sig.Kind == bittorrent.SignalOffer {
 		b = append(b, `,"offer":`...)
 	} else {

@@ -314,13 +314,14 @@ func (s *Server) match(uri string) (bittorrent.Params, bool) {
 		var caps []bittorrent.Param
 		ok := true
 		for i, seg := range rt.segs {
-			switch {
-			case seg == "" && segs[i] != "":
-				caps = append(caps, bittorrent.Param{Key: rt.names[len(caps)], Value: unescape(segs[i])})
-			case seg != segs[i]:
+			if name := rt.names[i]; name != "" {
+				if segs[i] == "" {
+					ok = false
+					break
+				}
+				caps = append(caps, bittorrent.Param{Key: name, Value: unescape(segs[i])})
+			} else if seg != segs[i] {
 				ok = false
-			}
-			if !ok {
 				break
 			}
 		}
@@ -335,7 +336,7 @@ func (s *Server) match(uri string) (bittorrent.Params, bool) {
 // register makes nc a socket of this node under a fresh number.
 func (s *Server) register(nc net.Conn, ip, src netip.Addr, params bittorrent.Params) *conn {
 	c := &conn{s: s, nc: nc, ip: ip, src: src, params: params, tokens: float64(s.cfg.MessageBurst)}
-	c.lastRead.Store(time.Now().Unix())
+	c.lastRead.Store(time.Now().UnixNano())
 	c.lastFill = time.Now()
 	s.mu.Lock()
 	for {
