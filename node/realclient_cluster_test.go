@@ -99,6 +99,7 @@ func TestRealClientCluster(t *testing.T) {
 type karutaProc struct {
 	name    string
 	client  string // host:port of both the HTTP and the UDP frontend
+	ws      string // host:port of the WebTorrent frontend
 	metrics string
 	gossip  string
 	data    string
@@ -134,13 +135,13 @@ func buildKaruta(t *testing.T) string {
 func startProcCluster(t *testing.T, bin string, names ...string) []*karutaProc {
 	t.Helper()
 	dir := t.TempDir()
-	ports := freeLoopbackPorts(t, 4*len(names))
+	ports := freeLoopbackPorts(t, 5*len(names))
 	nodes := make([]*karutaProc, len(names))
 	var seeds []string
 	for i, name := range names {
-		addr := func(j int) string { return fmt.Sprintf("127.0.0.1:%d", ports[4*i+j]) }
+		addr := func(j int) string { return fmt.Sprintf("127.0.0.1:%d", ports[5*i+j]) }
 		nodes[i] = &karutaProc{
-			name: name, client: addr(0), metrics: addr(1), gossip: addr(2), data: addr(3),
+			name: name, client: addr(0), metrics: addr(1), gossip: addr(2), data: addr(3), ws: addr(4),
 			logPath: filepath.Join(dir, name+".log"),
 			exited:  make(chan struct{}),
 		}
@@ -168,6 +169,8 @@ frontends:
   udp:
     addr: %q
     connection_id_keys: ["karuta-realclient-connection-id-key"]
+  webtorrent:
+    addr: %q
 metrics:
   addr: %q
 cluster:
@@ -179,7 +182,7 @@ cluster:
   join_retry: 500ms
   secret_keys: [%q]
   label: karuta-realclient
-`, n.name, n.client, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), testClusterKey)
+`, n.name, n.client, n.client, n.ws, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), testClusterKey)
 		cfgPath := filepath.Join(dir, n.name+".yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

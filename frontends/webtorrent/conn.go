@@ -310,6 +310,10 @@ func (c *conn) answer(start time.Time, r *request, ih bittorrent.InfoHash, id bi
 		c.s.rec.Record(frontends.ActionAnnounce, frontends.ResultClientError, start)
 		return
 	}
+	// An answer to an offer the socket was sent is work the tracker asked
+	// for, bounded by the offers it relays: it does not spend the socket's
+	// message budget.
+	c.tokens = min(float64(c.s.cfg.MessageBurst), c.tokens+1)
 	c.s.rec.Record(frontends.ActionAnnounce, frontends.ResultOK, start)
 	sig := bittorrent.Signal{
 		Kind: bittorrent.SignalAnswer, InfoHash: ih, From: c.addr, FromID: id,

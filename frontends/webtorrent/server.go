@@ -122,6 +122,12 @@ func New(cfg Config, t hooks.Tracker, relay Relay, rec *frontends.Recorder, m *M
 
 // Start opens the listener and begins accepting sockets.
 func (s *Server) Start() error {
+	// Room for every socket, plus the other frontends' and the cluster's.
+	want := uint64(s.cfg.MaxConnections) + 4096 //nolint:gosec // G115: Validate bounds max_connections
+	if got := raiseFileLimit(want); got < want {
+		s.log.Warn("the open-file limit is below frontends.webtorrent.max_connections; sockets past it are refused by the kernel",
+			zap.Uint64("limit", got), zap.Int("max_connections", s.cfg.MaxConnections))
+	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("webtorrent: listen %s: %w", s.cfg.Addr, err)
