@@ -231,4 +231,3 @@ window.onerror = e => report('error: ' + e);
 })().catch(e => report('error: ' + e));
 </script>
 `))
-
