@@ -81,9 +81,17 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // readLoop reads messages until the socket closes. Frames are read and
 // unmasked with the ws package; fragments are joined up to
 // max_message_bytes.
+//
+// A whole message is handled on a goroutine of its own while the loop
+// waits: parsing JSON and running the hook chain need a deep stack, and
+// a goroutine's stack, once grown, stays grown until a garbage collection
+// finds it mostly unused. Handled here, every idle socket would keep the
+// stack its busiest message needed.
 func (c *conn) readLoop() {
+	defer c.s.wg.Done()
 	reason := closeClient
 	defer func() { c.close(reason) }()
+	done := make(chan struct{})
 	var msg []byte
 	var op ws.OpCode
 	for {
@@ -158,12 +166,12 @@ func (c *conn) readLoop() {
 			reason = closeRate
 			return
 		}
-		c.handle(msg)
-		if cap(msg) > 4096 {
-			msg = nil // do not keep a large buffer on an idle socket
-		} else {
-			msg = msg[:0]
-		}
+		go func(msg []byte) {
+			c.handle(msg)
+			done <- struct{}{}
+		}(msg)
+		<-done
+		msg = nil // an idle socket keeps no buffer
 	}
 }
 

@@ -257,7 +257,12 @@ func (s *Server) serve(nc net.Conn, ip, src netip.Addr) {
 		return
 	}
 	c := s.register(nc, ip, src, params)
-	c.readLoop()
+	// The read loop runs on a goroutine of its own, whose stack starts
+	// small and stays small (see readLoop), rather than on this one, which
+	// the upgrade has grown: an idle socket costs little more than its
+	// read loop's stack.
+	s.wg.Add(1)
+	go c.readLoop()
 }
 
 // upgrade runs the TLS handshake (for wss://) and the WebSocket upgrade
