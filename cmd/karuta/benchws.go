@@ -65,6 +65,7 @@ func benchWSCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) 
 		} else {
 			fmt.Fprintf(stdout, "%.1fs: %d announces, %d offers and %d answers delivered: %.0f relayed/s\n", res.Seconds, res.Announces, res.OffersIn, res.AnswersIn, res.PerSecond)
 			fmt.Fprintf(stdout, "tracker CPU %.2fs (%.2f cores): %.0f relayed messages per CPU-second\n", res.TrackerCPU, res.TrackerCPU/res.Seconds, res.PerCoreSecond)
+			fmt.Fprintf(stdout, "offer round trip (announce sent to answer received): p50 %s, p99 %s\n", res.RoundTripP50, res.RoundTripP99)
 		}
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package webtorrent
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -50,6 +51,7 @@ type conn struct {
 	tokens   float64
 	lastFill time.Time
 	hdr      [ws.MaxHeaderSize]byte
+	first    firstByte
 
 	mu      sync.Mutex
 	closed  bool
@@ -93,9 +95,25 @@ func (c *conn) readLoop() {
 	defer func() { c.close(reason) }()
 	done := make(chan struct{})
 	var msg []byte
-	var op ws.OpCode
+	var br *bufio.Reader // from readers while the socket has bytes waiting
+	defer func() {
+		if br != nil {
+			br.Reset(nil)
+			readers.Put(br)
+		}
+	}()
 	for {
-		h, err := ws.ReadHeaderBuffer(c.nc, c.hdr[:0])
+		if br == nil {
+			// Idle: wait for the next byte holding no buffer, then read
+			// through a pooled one while bytes keep coming.
+			if _, err := c.nc.Read(c.hdr[:1]); err != nil {
+				return
+			}
+			c.first = firstByte{nc: c.nc, b: c.hdr[0], has: true}
+			br = readers.Get().(*bufio.Reader)
+			br.Reset(&c.first)
+		}
+		h, err := ws.ReadHeaderBuffer(br, c.hdr[:0])
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				var ne net.Error
@@ -126,12 +144,17 @@ func (c *conn) readLoop() {
 			msg = grow(msg, int(h.Length))
 			body = msg[start : start+int(h.Length)]
 		}
-		if _, err := io.ReadFull(c.nc, body); err != nil {
+		if _, err := io.ReadFull(br, body); err != nil {
 			return
 		}
 		ws.Cipher(body, h.Mask, 0)
 		c.lastRead.Store(time.Now().UnixNano())
 		c.pinged.Store(false)
+		if br.Buffered() == 0 {
+			br.Reset(nil)
+			readers.Put(br)
+			br = nil
+		}
 		switch h.OpCode {
 		case ws.OpPing:
 			c.enqueueFrame(ws.OpPong, body)
@@ -146,7 +169,6 @@ func (c *conn) readLoop() {
 				reason = closeProtocol
 				return
 			}
-			op = h.OpCode
 		case ws.OpContinuation:
 			if start == 0 {
 				reason = closeProtocol
@@ -159,7 +181,6 @@ func (c *conn) readLoop() {
 		if !h.Fin {
 			continue
 		}
-		_ = op
 		if !c.take(time.Now()) {
 			c.s.m.refused.WithLabelValues("message_rate").Inc()
 			c.sendClose(ws.StatusPolicyViolation)
@@ -173,6 +194,25 @@ func (c *conn) readLoop() {
 		<-done
 		msg = nil // an idle socket keeps no buffer
 	}
+}
+
+// readers are the read buffers of sockets with bytes waiting; an idle
+// socket holds none.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// firstByte reads the byte an idle socket woke up with, then the socket.
+type firstByte struct {
+	nc  net.Conn
+	b   byte
+	has bool
+}
+
+func (f *firstByte) Read(p []byte) (int, error) {
+	if f.has && len(p) > 0 {
+		p[0], f.has = f.b, false
+		return 1, nil
+	}
+	return f.nc.Read(p)
 }
 
 func grow(b []byte, n int) []byte {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,6 +128,11 @@ type Result struct {
 	PerSecond     float64 `json:"relayed_per_second,omitempty"`
 	TrackerCPU    float64 `json:"tracker_cpu_seconds,omitempty"`
 	PerCoreSecond float64 `json:"relayed_per_cpu_second,omitempty"`
+	// Round trip of a relayed offer, seen by the offerer: from sending
+	// the announce to receiving an answer, through the tracker twice and
+	// the seeder once. Percentiles over every answer of the measurement.
+	RoundTripP50 time.Duration `json:"round_trip_p50_ns,omitempty"`
+	RoundTripP99 time.Duration `json:"round_trip_p99_ns,omitempty"`
 }
 
 // peer is one socket.
@@ -139,6 +145,8 @@ type peer struct {
 	answers atomic.Int64 // answers received this round
 	// done is signalled when a round's answers are all in.
 	done chan struct{}
+	// sent is when the round's announce went out (unix nanoseconds).
+	sent atomic.Int64
 }
 
 type run struct {
@@ -150,6 +158,8 @@ type run struct {
 	offersIn  atomic.Int64
 	answersIn atomic.Int64
 	announces atomic.Int64
+	rttMu     sync.Mutex
+	rtts      []time.Duration
 }
 
 // Run performs one run, logging progress to log.
@@ -324,6 +334,12 @@ func (r *run) read(p *peer) {
 		case m.Answer != nil:
 			if r.counting.Load() {
 				r.answersIn.Add(1)
+				rtt := time.Duration(time.Now().UnixNano() - p.sent.Load())
+				r.rttMu.Lock()
+				if len(r.rtts) < 1<<20 {
+					r.rtts = append(r.rtts, rtt)
+				}
+				r.rttMu.Unlock()
 			}
 			if p.answers.Add(1) == int64(r.cfg.Offers) {
 				select {
@@ -359,6 +375,7 @@ func (r *run) relay(ctx context.Context, peers []*peer, res *Result, log io.Writ
 					own[k] = map[string]any{"offer_id": fmt.Sprintf("%d-%d", round, k), "offer": map[string]string{"type": "offer", "sdp": r.sdp}}
 				}
 				p.answers.Store(0)
+				p.sent.Store(time.Now().UnixNano())
 				select { // a late answer of the last round
 				case <-p.done:
 				default:
@@ -401,6 +418,12 @@ func (r *run) relay(ctx context.Context, peers []*peer, res *Result, log io.Writ
 		res.PerCoreSecond = relayed / res.TrackerCPU
 	}
 	res.Closed = r.closed.Load()
+	r.rttMu.Lock()
+	slices.Sort(r.rtts)
+	if n := len(r.rtts); n > 0 {
+		res.RoundTripP50, res.RoundTripP99 = r.rtts[n/2], r.rtts[n*99/100]
+	}
+	r.rttMu.Unlock()
 	fmt.Fprintf(log, "relayed %.0f messages in %.1fs\n", relayed, res.Seconds)
 	return res, nil
 }
