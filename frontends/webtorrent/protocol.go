@@ -75,8 +75,10 @@ func decodeBinary(s string, dst []byte) bool {
 
 func parseInfoHash(raw json.RawMessage) (bittorrent.InfoHash, error) {
 	var ih bittorrent.InfoHash
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil || !decodeBinary(s, ih[:]) {
+	var buf [64]byte
+	sc := scanner{b: raw}
+	v := sc.str(buf[:0])
+	if sc.ws(); sc.err != nil || sc.i != len(raw) || !decodeBinary(string(v), ih[:]) {
 		return ih, errBadInfoHash
 	}
 	return ih, nil
@@ -100,19 +102,32 @@ func parseScrapeHashes(raw json.RawMessage, maxHashes int, dst []bittorrent.Info
 		ih, err := parseInfoHash(raw)
 		return append(dst, ih), err
 	}
-	var list []string
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return dst, errBadScrape
+	sc := scanner{b: raw}
+	sc.expect('[')
+	if sc.peek() == ']' {
+		return dst, nil
 	}
-	if len(list) > maxHashes {
-		return dst, bittorrent.ErrTooManyHashes
-	}
-	for _, s := range list {
+	var buf [64]byte
+	for n := 1; ; n++ {
+		if n > maxHashes {
+			return dst, bittorrent.ErrTooManyHashes
+		}
+		v := sc.str(buf[:0])
 		var ih bittorrent.InfoHash
-		if !decodeBinary(s, ih[:]) {
+		if sc.err != nil {
+			return dst, errBadScrape
+		}
+		if !decodeBinary(string(v), ih[:]) {
 			return dst, errBadInfoHash
 		}
 		dst = append(dst, ih)
+		if sc.peek() != ',' {
+			break
+		}
+		sc.i++
+	}
+	if sc.expect(']'); sc.err != nil {
+		return dst, errBadScrape
 	}
 	return dst, nil
 }
@@ -149,13 +164,15 @@ func isObject(raw json.RawMessage) bool { return len(raw) > 1 && raw[0] == '{' }
 
 var errNotObject = errors.New("not a JSON object")
 
-// decodeRequest parses one client message.
+// decodeRequest parses one client message: a JSON object in valid UTF-8
+// (a text frame must be; a relayed offer must not make a browser drop the
+// socket it is sent on).
 func decodeRequest(msg []byte, r *request) error {
-	*r = request{}
-	if len(msg) == 0 || msg[0] != '{' {
+	if !utf8.Valid(msg) {
+		*r = request{}
 		return errNotObject
 	}
-	return json.Unmarshal(msg, r)
+	return scanRequest(msg, r)
 }
 
 // Encoding. Messages are built by appending, so a relayed offer costs one
