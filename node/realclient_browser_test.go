@@ -64,7 +64,7 @@ func TestRealClientBrowser(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), browserTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, chromium, //nolint:gosec // G204: the test's own browser and page
+	cmd := exec.CommandContext(ctx, chromium,
 		"--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir="+t.TempDir(),
 		// Host candidates only, and on loopback: real addresses rather
 		// than mDNS names, and the loopback interface allowed.

@@ -67,7 +67,7 @@ func decodeBinary(s string, dst []byte) bool {
 		if r > 0xff || n == len(dst) {
 			return false
 		}
-		dst[n] = byte(r)
+		dst[n] = byte(r) //nolint:gosec // G115: r is at most 0xff, checked above
 		n++
 	}
 	return n == len(dst)

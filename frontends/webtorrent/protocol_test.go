@@ -43,7 +43,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"action":"scrape","info_hash":["aaaaaaaaaaaaaaaaaaaa"]}`))
 	f.Add([]byte(`{"action":"announce","answer":{},"to_peer_id":"\u00ff","offer_id":"o"}`))
 	f.Add([]byte(`{"numwant":1e400,"left":-1}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Fuzz(func(_ *testing.T, b []byte) {
 		var r request
 		if decodeRequest(b, &r) != nil {
 			return

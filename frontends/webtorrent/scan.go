@@ -228,12 +228,12 @@ func (s *scanner) skip(depth int) []byte {
 			s.fail()
 			return nil
 		}
-		close := byte('}')
+		end := byte('}')
 		if c == '[' {
-			close = ']'
+			end = ']'
 		}
 		s.i++
-		if s.peek() == close {
+		if s.peek() == end {
 			s.i++
 			break
 		}
@@ -247,7 +247,7 @@ func (s *scanner) skip(depth int) []byte {
 			case ',':
 				s.i++
 				continue
-			case close:
+			case end:
 				s.i++
 			default:
 				s.fail()

@@ -82,7 +82,7 @@ func compareDecoders(t *testing.T, msg []byte) {
 			return
 		}
 		// Nesting deeper than maxDepth is refused by the scanner only.
-		if gerr != nil && bytes.Count(msg, []byte("[")) + bytes.Count(msg, []byte("{")) > maxDepth {
+		if gerr != nil && bytes.Count(msg, []byte("["))+bytes.Count(msg, []byte("{")) > maxDepth {
 			return
 		}
 		t.Fatalf("%q: scanner error %v, encoding/json error %v", msg, gerr, werr)

@@ -68,7 +68,9 @@ func testSignalsReachTheTargetsNode(t *testing.T) {
 
 // When a node leaves the view, every other node drops the WebRTC peers
 // whose sockets it held, and only those.
-func TestWebRTCPeersOfAGoneNodeAreSwept(t *testing.T) { synctest.Test(t, testWebRTCPeersOfAGoneNodeAreSwept) }
+func TestWebRTCPeersOfAGoneNodeAreSwept(t *testing.T) {
+	synctest.Test(t, testWebRTCPeersOfAGoneNodeAreSwept)
+}
 
 func testWebRTCPeersOfAGoneNodeAreSwept(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)

@@ -167,7 +167,7 @@ func Run(ctx context.Context, cfg Config, log io.Writer) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	raiseFileLimit(cfg.Sockets + 1024)
+	raiseFileLimit(uint64(cfg.Sockets) + 1024) //nolint:gosec // G115: Validate keeps sockets positive
 	r := &run{cfg: cfg, sdp: strings.Repeat("a", cfg.SDPBytes)}
 	res := &Result{Mode: cfg.Mode, Sockets: cfg.Sockets}
 	var before uint64
@@ -247,7 +247,7 @@ func (r *run) open(ctx context.Context, res *Result, log io.Writer) []*peer {
 // relay mode, odd ones leechers.
 func (r *run) dial(ctx context.Context, i int) (*peer, error) {
 	cfg := r.cfg
-	src := netip.AddrFrom4([4]byte{127, 0, 10, byte(1 + i%cfg.Sources)})
+	src := netip.AddrFrom4([4]byte{127, 0, 10, byte(1 + i%cfg.Sources)}) //nolint:gosec // G115: Validate keeps sources within 1..250
 	seeder := i%2 == 0
 	url := cfg.URLs[i%len(cfg.URLs)]
 	if cfg.Split {
@@ -442,7 +442,7 @@ func (r *run) cpu() time.Duration {
 		if len(f) > 12 {
 			u, _ := strconv.ParseUint(f[11], 10, 64)
 			k, _ := strconv.ParseUint(f[12], 10, 64)
-			total += time.Duration(u+k) * time.Second / 100 // USER_HZ is 100 on Linux
+			total += time.Duration(u+k) * time.Second / 100 //nolint:gosec // G115: CPU ticks of a process fit; USER_HZ is 100 on Linux
 		}
 	}
 	return total
@@ -468,12 +468,12 @@ func (r *run) rss() uint64 {
 
 // raiseFileLimit lifts the open-file limit to at least n if it can (root
 // may raise the hard limit too).
-func raiseFileLimit(n int) {
+func raiseFileLimit(n uint64) {
 	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil || l.Cur >= uint64(n) {
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil || l.Cur >= n {
 		return
 	}
-	want := uint64(n)
+	want := n
 	if l.Max < want {
 		l.Max = want
 	}
