@@ -70,6 +70,8 @@ type Server struct {
 	tls    *tls.Config
 
 	ln       net.Listener
+	poll     *poller // nil: every socket reads on its own goroutine
+	noPoll   bool    // tests: read on goroutines, as for wss://
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -133,6 +135,11 @@ func (s *Server) Start() error {
 		return fmt.Errorf("webtorrent: listen %s: %w", s.cfg.Addr, err)
 	}
 	s.ln = ln
+	if p, err := newPoller(s); err == nil && !s.noPoll {
+		s.poll = p
+		s.wg.Add(1)
+		go p.run()
+	}
 	s.wg.Add(2)
 	go s.accept()
 	go s.sweep()
@@ -170,6 +177,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		if s.poll != nil {
+			s.poll.close()
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("webtorrent: shutdown: %w", ctx.Err())
@@ -257,10 +267,17 @@ func (s *Server) serve(nc net.Conn, ip, src netip.Addr) {
 		return
 	}
 	c := s.register(nc, ip, src, params)
-	// The read loop runs on a goroutine of its own, whose stack starts
-	// small and stays small (see readLoop), rather than on this one, which
-	// the upgrade has grown: an idle socket costs little more than its
-	// read loop's stack.
+	if s.poll != nil {
+		c.mu.Lock() // see wake
+		watched := s.poll.watch(c)
+		c.mu.Unlock()
+		if watched {
+			return // the poller starts a goroutine when bytes arrive
+		}
+	}
+	// Otherwise (wss://, or no epoll) the socket reads on a goroutine of
+	// its own, started afresh rather than on this one, whose stack the
+	// upgrade has grown.
 	s.wg.Add(1)
 	go c.readLoop()
 }

@@ -33,6 +33,10 @@ type testTracker struct {
 	url   string
 }
 
+// goroutineMode makes the test trackers read every socket on a goroutine
+// of its own, as for wss://; TestGoroutineMode reruns tests so.
+var goroutineMode bool
+
 func newTestTracker(t *testing.T, edit func(*Config)) *testTracker {
 	t.Helper()
 	reg := prometheus.NewRegistry()
@@ -62,6 +66,7 @@ func newTestTracker(t *testing.T, edit func(*Config)) *testTracker {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.noPoll = goroutineMode
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -623,5 +628,21 @@ func TestOfferExpiry(t *testing.T) {
 	answerer.swarms[0].id = bittorrent.PeerID{'c'}
 	if r := answerer.receive(&offer, t0.UnixNano()); r != "not_in_swarm" {
 		t.Errorf("offer to a peer ID no longer there: %q", r)
+	}
+}
+
+// Sockets that read on goroutines of their own (wss://, or no epoll)
+// behave the same as those the poller wakes.
+func TestGoroutineMode(t *testing.T) {
+	goroutineMode = true
+	t.Cleanup(func() { goroutineMode = false })
+	for name, test := range map[string]func(*testing.T){
+		"AnnounceOfferAnswer": TestAnnounceOfferAnswer,
+		"LimitMessageSize":    TestLimitMessageSize,
+		"LimitIdle":           TestLimitIdle,
+		"LimitSlowReader":     TestLimitSlowReader,
+		"FailureReasons":      TestFailureReasons,
+	} {
+		t.Run(name, test)
 	}
 }
