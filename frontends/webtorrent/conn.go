@@ -85,40 +85,11 @@ type outstanding struct {
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // readLoop reads messages until the socket closes, when the socket has a
-// goroutine of its own (wss://, or a platform without epoll; see poll.go
-// for the usual way, where an idle socket has none).
-//
-// A whole message is handled on a goroutine of its own while the loop
-// waits: parsing JSON and running the hook chain need a deep stack, and
-// a goroutine's stack, once grown, stays grown until a garbage collection
-// finds it mostly unused. Handled here, every idle socket would keep the
-// stack its busiest message needed.
+// goroutine of its own (wss://, or a platform without epoll; see
+// poll_linux.go for the usual way, where an idle socket has none).
 func (c *conn) readLoop() {
 	defer c.s.wg.Done()
-	done := make(chan struct{})
-	for {
-		if c.br == nil {
-			// Idle: wait for the next byte holding no buffer.
-			if _, err := c.nc.Read(c.hdr[:1]); err != nil {
-				c.close(closeClient)
-				return
-			}
-			c.startReading(c.hdr[0])
-		}
-		msg, reason := c.readFrame()
-		if reason != "" {
-			c.stopReading()
-			c.close(reason)
-			return
-		}
-		if msg != nil {
-			go func() {
-				c.handle(msg)
-				done <- struct{}{}
-			}()
-			<-done
-		}
-	}
+	c.read(false)
 }
 
 // linger is how long a woken socket keeps its goroutine waiting for more
@@ -128,7 +99,7 @@ func (c *conn) readLoop() {
 // while an idle one holds no goroutine past this.
 const linger = 2 * time.Second
 
-// wake reads and handles messages while bytes keep coming, then hands the
+// wake reads and handles messages while they keep coming, then hands the
 // socket back to the poller. The poller starts it when the socket has
 // bytes waiting, never twice at once for one socket (one-shot
 // registration), so it reads alone.
@@ -140,36 +111,8 @@ func (c *conn) wake() {
 	c.mu.Lock()
 	//nolint:staticcheck // SA2001: an empty critical section, for ordering
 	c.mu.Unlock()
-	// Bytes are waiting (or the end of the stream): read through a pooled
-	// buffer until it is empty. A message cut off at its end is read whole,
-	// waiting for the rest; whatever comes after the buffer emptied wakes
-	// the socket again once re-armed.
-	c.br = readers.Get().(*bufio.Reader)
-	c.br.Reset(c.nc)
-	for {
-		for c.br != nil {
-			msg, reason := c.readFrame()
-			if reason != "" {
-				c.stopReading()
-				c.close(reason)
-				return
-			}
-			if msg != nil {
-				c.handle(msg)
-			}
-		}
-		// Wait a while for more before going back to the poller.
-		_ = c.nc.SetReadDeadline(time.Now().Add(linger))
-		_, err := c.nc.Read(c.hdr[:1])
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			_ = c.nc.SetReadDeadline(time.Time{})
-			break
-		}
-		if err != nil {
-			c.close(closeClient)
-			return
-		}
-		c.startReading(c.hdr[0])
+	if !c.read(true) {
+		return
 	}
 	// Re-arm under the lock that close takes first, so the descriptor is
 	// still this socket's: once closed, its number may be another's.
@@ -182,6 +125,49 @@ func (c *conn) wake() {
 		c.mu.Unlock()
 		c.close(closeClient)
 		c.mu.Lock()
+	}
+}
+
+// read reads and handles messages until the socket closes (false) or,
+// when polled, until it has been quiet for linger (true).
+//
+// A whole message is handled on a goroutine of its own while this one
+// waits: parsing and running the hook chain need a deep stack, and a
+// goroutine's stack, once grown, stays grown until a garbage collection
+// finds it mostly unused. Handled here, a waiting socket would keep the
+// stack its busiest message needed.
+func (c *conn) read(polled bool) bool {
+	done := make(chan struct{})
+	for {
+		if c.br == nil {
+			// Wait for the next byte holding no buffer.
+			if polled {
+				_ = c.nc.SetReadDeadline(time.Now().Add(linger))
+			}
+			_, err := c.nc.Read(c.hdr[:1])
+			if polled && errors.Is(err, os.ErrDeadlineExceeded) {
+				_ = c.nc.SetReadDeadline(time.Time{})
+				return true
+			}
+			if err != nil {
+				c.close(closeClient)
+				return false
+			}
+			c.startReading(c.hdr[0])
+		}
+		msg, reason := c.readFrame()
+		if reason != "" {
+			c.stopReading()
+			c.close(reason)
+			return false
+		}
+		if msg != nil {
+			go func() {
+				c.handle(msg)
+				done <- struct{}{}
+			}()
+			<-done
+		}
 	}
 }
 
