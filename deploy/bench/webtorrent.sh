@@ -50,9 +50,13 @@ if [[ $what == cluster || $what == all ]]; then
 	sleep 2
 	for r in $(seq "$ROUNDS"); do
 		echo "== round $r: relays within node 1 (both nodes measured)"
-		same=$(bench --url ws://127.0.1.1:18000/announce --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2" | tee /dev/stderr | awk '/per CPU-second/ {print $(NF-4)}')
+		out=$(bench --url ws://127.0.1.1:18000/announce --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2")
+		echo "$out"
+		same=$(awk '/per CPU-second/ {print $(NF-4)}' <<<"$out")
 		echo "== round $r: relays across nodes (leechers on node 1, seeders on node 2)"
-		cross=$(bench --url ws://127.0.1.1:18000/announce --url ws://127.0.1.2:18000/announce --split --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2" | tee /dev/stderr | awk '/per CPU-second/ {print $(NF-4)}')
+		out=$(bench --url ws://127.0.1.1:18000/announce --url ws://127.0.1.2:18000/announce --split --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2")
+		echo "$out"
+		cross=$(awk '/per CPU-second/ {print $(NF-4)}' <<<"$out")
 		awk -v s="$same" -v c="$cross" 'BEGIN { printf "round CPU per relayed message, cross-node / same-node: %.2f\n", s / c }'
 	done
 fi
