@@ -50,7 +50,7 @@ func fdOf(nc net.Conn) (int, bool) {
 		return 0, false
 	}
 	fd := -1
-	if rc.Control(func(f uintptr) { fd = int(f) }) != nil || fd < 0 { //nolint:gosec // G115: a descriptor fits an int
+	if rc.Control(func(f uintptr) { fd = int(f) }) != nil || fd < 0 {
 		return 0, false
 	}
 	return fd, true
