@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/karuta-tracker/karuta/frontends"
 )
 
 // Config is the WebTorrent frontend's configuration, under the
@@ -22,6 +24,14 @@ type Config struct {
 	// wss:// instead of ws://. They may be the HTTP frontend's.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// TrustedProxies lists the IPs and CIDRs (a TLS-terminating reverse
+	// proxy in front of wss://) whose RealIPHeader is believed; the
+	// client's address is then the one the header gives, for the hooks
+	// and rate limits, and the proxy is exempt from the per-source cap.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// RealIPHeader names the header a trusted proxy puts the client's
+	// address in.
+	RealIPHeader string `yaml:"real_ip_header"`
 	// Routes are the paths a client may open its socket at. A segment
 	// written {name} matches any non-empty segment and hands its value to
 	// the hooks as a route parameter (/{passkey}/announce); the query
@@ -79,6 +89,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Routes:                 []string{"/", "/announce"},
+		RealIPHeader:           "X-Forwarded-For",
 		MaxConnections:         100_000,
 		MaxConnectionsPerIP:    256,
 		HandshakeTimeout:       5 * time.Second,
@@ -111,6 +122,14 @@ func (c Config) Validate() error {
 	_ = host
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert, tls_key: give both or neither")
+	}
+	for i, p := range c.TrustedProxies {
+		if _, ok := frontends.ParsePrefix(p); !ok {
+			return fmt.Errorf("trusted_proxies[%d]: %q is not an IP or CIDR", i, p)
+		}
+	}
+	if c.RealIPHeader == "" && len(c.TrustedProxies) > 0 {
+		return errors.New("real_ip_header: empty but trusted_proxies is set; want a header name such as X-Forwarded-For")
 	}
 	if len(c.Routes) == 0 {
 		return errors.New("routes: empty; want at least one path such as /announce")

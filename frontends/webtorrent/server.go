@@ -5,6 +5,7 @@
 package webtorrent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,10 +66,12 @@ type Server struct {
 	relay  Relay
 	self   uint32
 	routes []route
-	rec    *frontends.Recorder
-	m      *metrics
-	log    *zap.Logger
-	tls    *tls.Config
+	// proxies are the trusted proxies whose real_ip_header is believed.
+	proxies []netip.Prefix
+	rec     *frontends.Recorder
+	m       *metrics
+	log     *zap.Logger
+	tls     *tls.Config
 
 	ln       net.Listener
 	poll     *poller // nil: every socket reads on its own goroutine
@@ -107,6 +111,10 @@ func New(cfg Config, t hooks.Tracker, relay Relay, rec *frontends.Recorder, m *M
 	for _, r := range cfg.Routes {
 		rt, _ := compileRoute(r) // checked by Validate
 		s.routes = append(s.routes, rt)
+	}
+	for _, p := range cfg.TrustedProxies {
+		pfx, _ := frontends.ParsePrefix(p) // checked by Validate
+		s.proxies = append(s.proxies, pfx)
 	}
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -215,6 +223,11 @@ func (s *Server) accept() {
 		delay = 0
 		ap, _ := netip.ParseAddrPort(nc.RemoteAddr().String())
 		src := frontends.Source(ap.Addr())
+		if frontends.Trusted(s.proxies, ap.Addr().Unmap()) {
+			// A trusted proxy carries many clients: the per-source cap
+			// does not apply to it (src 0 is never capped).
+			src = netip.Addr{}
+		}
 		if reason := s.admit(src); reason != "" {
 			s.rec.RefuseConn(reason)
 			_ = nc.Close()
@@ -239,7 +252,7 @@ func (s *Server) admit(src netip.Addr) string {
 	if s.nconns >= s.cfg.MaxConnections {
 		return frontends.RefusedMaxConnections
 	}
-	if s.perIP[src] >= s.cfg.MaxConnectionsPerIP {
+	if src.IsValid() && s.perIP[src] >= s.cfg.MaxConnectionsPerIP {
 		return frontends.RefusedMaxConnectionsPerIP
 	}
 	s.nconns++
@@ -260,7 +273,7 @@ func (s *Server) release(src netip.Addr) {
 // serve upgrades nc and then reads its messages until it closes.
 func (s *Server) serve(nc net.Conn, ip, src netip.Addr) {
 	defer s.wg.Done()
-	params, ok := s.upgrade(&nc)
+	params, ip, ok := s.upgrade(&nc, ip)
 	if !ok {
 		s.release(src)
 		_ = nc.Close()
@@ -284,20 +297,23 @@ func (s *Server) serve(nc net.Conn, ip, src netip.Addr) {
 
 // upgrade runs the TLS handshake (for wss://) and the WebSocket upgrade
 // within handshake_timeout, and matches the path to a route.
-func (s *Server) upgrade(ncp *net.Conn) (bittorrent.Params, bool) {
+func (s *Server) upgrade(ncp *net.Conn, peer netip.Addr) (bittorrent.Params, netip.Addr, bool) {
 	nc := *ncp
 	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if s.tls != nil {
 		tc := tls.Server(nc, s.tls)
 		if err := tc.HandshakeContext(s.ctx); err != nil {
 			s.m.handshakes.WithLabelValues("tls_failed").Inc()
-			return bittorrent.Params{}, false
+			return bittorrent.Params{}, peer, false
 		}
 		nc = tc
 		*ncp = tc
 	}
 	var params bittorrent.Params
 	var matched bool
+	var forwarded [][]byte // the real-IP header's values, from a trusted proxy
+	client := peer
+	fromProxy := frontends.Trusted(s.proxies, peer)
 	u := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
 			params, matched = s.match(string(uri))
@@ -305,6 +321,19 @@ func (s *Server) upgrade(ncp *net.Conn) (bittorrent.Params, bool) {
 				return ws.RejectConnectionError(ws.RejectionStatus(404), ws.RejectionReason("no WebTorrent route at this path"))
 			}
 			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			if fromProxy && len(forwarded) < 16 && strings.EqualFold(string(key), s.cfg.RealIPHeader) {
+				forwarded = append(forwarded, bytes.Clone(value))
+			}
+			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			var ok bool
+			if client, ok = frontends.RealIP(s.proxies, peer, forwarded); !ok {
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(400), ws.RejectionReason("unreadable client address from a trusted proxy"))
+			}
+			return ws.HandshakeHeaderString(""), nil
 		},
 	}
 	if _, err := u.Upgrade(nc); err != nil {
@@ -320,11 +349,11 @@ func (s *Server) upgrade(ncp *net.Conn) (bittorrent.Params, bool) {
 			reason = "no_route"
 		}
 		s.m.handshakes.WithLabelValues(reason).Inc()
-		return params, false
+		return params, peer, false
 	}
 	_ = nc.SetDeadline(time.Time{})
 	s.m.handshakes.WithLabelValues("ok").Inc()
-	return params, true
+	return params, client, true
 }
 
 // match finds the route of a request URI and captures its parameters.

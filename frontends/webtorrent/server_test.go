@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -645,4 +646,58 @@ func TestGoroutineMode(t *testing.T) {
 	} {
 		t.Run(name, test)
 	}
+}
+
+// Behind a trusted proxy the client's address is the one its header
+// gives; anyone else's header is ignored.
+func TestTrustedProxy(t *testing.T) {
+	var mu sync.Mutex
+	var got netip.Addr
+	tt := newTestTracker(t, func(c *Config) { c.TrustedProxies = []string{"127.0.5.1"}; c.MaxConnectionsPerIP = 1 })
+	tt.s.t = sourceTracker{Tracker: tt.chain, mu: &mu, got: &got}
+	for _, tc := range []struct {
+		src, want string
+	}{{"127.0.5.1", "203.0.113.7"}, {"127.0.5.2", "127.0.5.2"}} {
+		d := ws.Dialer{
+			Header: ws.HandshakeHeaderHTTP{"X-Forwarded-For": []string{"203.0.113.7"}},
+			NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(tc.src)}}
+				return nd.DialContext(ctx, network, addr)
+			},
+		}
+		for range 2 { // two sockets: the proxy is exempt from the per-IP cap of 1
+			nc, br, _, err := d.Dial(t.Context(), tt.url)
+			if err != nil {
+				if tc.src == "127.0.5.2" {
+					continue // the second socket of a plain client is over the cap
+				}
+				t.Fatalf("dial from %s: %v", tc.src, err)
+			}
+			if br != nil {
+				ws.PutReader(br)
+			}
+			t.Cleanup(func() { _ = nc.Close() })
+			c := &client{t: t, nc: nc, rw: nc}
+			c.send(announce(bin('1'), bin('a'), 0))
+			c.recv()
+			mu.Lock()
+			if got.String() != tc.want {
+				t.Errorf("socket from %s: client IP %v; want %s", tc.src, got, tc.want)
+			}
+			mu.Unlock()
+		}
+	}
+}
+
+type sourceTracker struct {
+	hooks.Tracker
+	mu  *sync.Mutex
+	got *netip.Addr
+}
+
+func (s sourceTracker) Announce(ctx context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
+	s.mu.Lock()
+	*s.got = req.Source
+	s.mu.Unlock()
+	return s.Tracker.Announce(ctx, req, resp)
 }
