@@ -479,7 +479,8 @@ func TestLimitMessageRate(t *testing.T) {
 }
 
 func TestLimitIdle(t *testing.T) {
-	tt := newTestTracker(t, func(c *Config) { c.IdleTimeout = time.Second // room for a loaded machine to answer pings })
+	// A second gives a loaded machine room to answer pings.
+	tt := newTestTracker(t, func(c *Config) { c.IdleTimeout = time.Second })
 	// A client that answers pings (as browsers do) stays.
 	live := dial(t, tt.url)
 	done := make(chan struct{})
