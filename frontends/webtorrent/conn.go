@@ -55,6 +55,7 @@ type conn struct {
 	first    firstByte
 	br       *bufio.Reader // while bytes are waiting; see startReading
 	fd       int           // the descriptor the poller watches
+	lastWake int64         // unix nanoseconds of the poller's last wake; see linger
 	msg      []byte        // fragments of a message being read
 
 	mu      sync.Mutex
@@ -89,14 +90,16 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // poll_linux.go for the usual way, where an idle socket has none).
 func (c *conn) readLoop() {
 	defer c.s.wg.Done()
-	c.read(false)
+	c.read(false, 0)
 }
 
-// linger is how long a woken socket keeps its goroutine waiting for more
-// after its last message, before handing itself back to the poller. A busy
-// socket then costs the runtime's own cheap wake-ups rather than a round
-// through the poller per message (a quarter more CPU per relayed message),
-// while an idle one holds no goroutine past this.
+// linger is how long a busy socket (one woken again within linger of its
+// last wake) keeps its goroutine waiting for more after its last message,
+// before handing itself back to the poller: it then costs the runtime's
+// own cheap wake-ups rather than a round through the poller per message (a
+// quarter more CPU per relayed message). A socket woken for the first time
+// in a while, like the many that announce once and then idle, goes back
+// at once, so a burst of them never holds a goroutine each.
 const linger = 2 * time.Second
 
 // wake reads and handles messages while they keep coming, then hands the
@@ -111,7 +114,13 @@ func (c *conn) wake() {
 	c.mu.Lock()
 	//nolint:staticcheck // SA2001: an empty critical section, for ordering
 	c.mu.Unlock()
-	if !c.read(true) {
+	now := time.Now().UnixNano()
+	wait := time.Duration(0)
+	if now-c.lastWake < int64(linger) {
+		wait = linger
+	}
+	c.lastWake = now
+	if !c.read(true, wait) {
 		return
 	}
 	// Re-arm under the lock that close takes first, so the descriptor is
@@ -129,25 +138,32 @@ func (c *conn) wake() {
 }
 
 // read reads and handles messages until the socket closes (false) or,
-// when polled, until it has been quiet for linger (true).
+// when polled, until it has been quiet for wait (true). A polled socket
+// has bytes waiting when read is called.
 //
 // A whole message is handled on a goroutine of its own while this one
 // waits: parsing and running the hook chain need a deep stack, and a
 // goroutine's stack, once grown, stays grown until a garbage collection
 // finds it mostly unused. Handled here, a waiting socket would keep the
 // stack its busiest message needed.
-func (c *conn) read(polled bool) bool {
+func (c *conn) read(polled bool, wait time.Duration) bool {
 	done := make(chan struct{})
-	for {
+	for first := true; ; first = false {
 		if c.br == nil {
 			// Wait for the next byte holding no buffer.
-			if polled {
-				_ = c.nc.SetReadDeadline(time.Now().Add(linger))
+			if polled && !first {
+				if wait == 0 {
+					return true
+				}
+				_ = c.nc.SetReadDeadline(time.Now().Add(wait))
 			}
 			_, err := c.nc.Read(c.hdr[:1])
-			if polled && errors.Is(err, os.ErrDeadlineExceeded) {
+			if polled && !first {
+				// The rest of a message may take longer than wait.
 				_ = c.nc.SetReadDeadline(time.Time{})
-				return true
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					return true
+				}
 			}
 			if err != nil {
 				c.close(closeClient)
