@@ -93,14 +93,17 @@ func (c *conn) readLoop() {
 	c.read(false, 0)
 }
 
-// linger is how long a busy socket (one woken again within linger of its
-// last wake) keeps its goroutine waiting for more after its last message,
+// linger is how long a busy socket (one woken again within busyWithin of
+// its last wake) keeps its goroutine waiting for more after its last message,
 // before handing itself back to the poller: it then costs the runtime's
 // own cheap wake-ups rather than a round through the poller per message (a
 // quarter more CPU per relayed message). A socket woken for the first time
 // in a while, like the many that announce once and then idle, goes back
 // at once, so a burst of them never holds a goroutine each.
-const linger = 2 * time.Second
+const (
+	linger     = 2 * time.Second
+	busyWithin = 10 * time.Second
+)
 
 // wake reads and handles messages while they keep coming, then hands the
 // socket back to the poller. The poller starts it when the socket has
@@ -116,7 +119,7 @@ func (c *conn) wake() {
 	c.mu.Unlock()
 	now := time.Now().UnixNano()
 	wait := time.Duration(0)
-	if now-c.lastWake < int64(linger) {
+	if now-c.lastWake < int64(busyWithin) {
 		wait = linger
 	}
 	c.lastWake = now
