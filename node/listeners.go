@@ -27,6 +27,7 @@ func listeners(cfg Config) []listener {
 	}
 	add("frontends.http.addr", cfg.Frontends.HTTP.Addr, true, false)
 	add("frontends.udp.addr", cfg.Frontends.UDP.Addr, false, true)
+	add("frontends.webtorrent.addr", cfg.Frontends.WebTorrent.Addr, true, false)
 	add("metrics.addr", cfg.Metrics.Addr, true, false)
 	if cfg.Cluster.Bind != "" {
 		add("cluster.bind", cfg.Cluster.Bind, true, true)
