@@ -116,6 +116,7 @@ func logListeners(log *zap.Logger, a Addrs) {
 	for _, l := range []struct{ name, addr string }{
 		{"http frontend", a.HTTP},
 		{"udp frontend", a.UDP},
+		{"webtorrent frontend", a.WebTorrent},
 		{"operations (metrics, health, /cluster; no authentication)", a.Metrics},
 		{"cluster gossip", a.Gossip},
 		{"cluster data channel", a.Data},
