@@ -66,7 +66,7 @@ type Cluster struct {
 	dests  map[string]*dest // by data address
 
 	cache readCache
-	links links // each member's data channel: see links.go
+	links links       // each member's data channel: see links.go
 	sig   signalRelay // WebRTC signaling; see signal.go
 
 	// stream numbers this node's forwards (see dedupe.go); nextSeq hands
