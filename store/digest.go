@@ -67,7 +67,7 @@ func (m *Memory) liveCutoff(now time.Time) uint32 {
 func (m *Memory) digest(sh *shard, sw *swarm, cutoff uint32) (uint64, bool) {
 	var sum uint64
 	live := false
-	for _, f := range []*family{&m.fam4, &m.fam6} {
+	for _, f := range m.families() {
 		s := sh.set(sw, f)
 		for i := range int(s.n) {
 			if s.seenAt(f, i) < cutoff {
@@ -128,7 +128,7 @@ func (m *Memory) SeenSwarm(ih bittorrent.InfoHash, dst []SeenPeer) ([]SeenPeer, 
 		return dst, 0, false
 	}
 	cutoff := m.liveCutoff(m.now())
-	for _, f := range []*family{&m.fam4, &m.fam6} {
+	for _, f := range m.families() {
 		s := sh.set(sw, f)
 		for i := range int(s.n) {
 			seen := s.seenAt(f, i)
@@ -201,7 +201,7 @@ func (m *Memory) mergePeer(sh *shard, sw *swarm, f *family, k *addrKey, p *SeenP
 			return false
 		}
 		set.add(f, k.bytes(), &p.ID, seen, p.Seeder)
-		sh.npeers[kindIndex(f.v6, p.Seeder)].Add(1)
+		sh.npeers[kindIndex(f, p.Seeder)].Add(1)
 		sh.putSet(sw, f, set)
 		return true
 	}
@@ -211,8 +211,8 @@ func (m *Memory) mergePeer(sh *shard, sw *swarm, f *family, k *addrKey, p *SeenP
 	set.update(f, i, &p.ID, seen, p.Seeder)
 	if was := i < set.seeders(); was != p.Seeder {
 		set.setSeeder(f, i, p.Seeder)
-		sh.npeers[kindIndex(f.v6, was)].Add(-1)
-		sh.npeers[kindIndex(f.v6, p.Seeder)].Add(1)
+		sh.npeers[kindIndex(f, was)].Add(-1)
+		sh.npeers[kindIndex(f, p.Seeder)].Add(1)
 		sh.putSet(sw, f, set)
 	}
 	return false

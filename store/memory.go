@@ -40,6 +40,7 @@ type Memory struct {
 	seed     maphash.Seed
 	fam4     family
 	fam6     family
+	famRTC   family
 	shards   []shard
 	shardMsk uint64
 	metrics  *metrics
@@ -70,35 +71,37 @@ type shard struct {
 	exts []*swarmExt // see swarm.meta
 	// nswarm and npeers are this shard's share of the totals, for Stats.
 	nswarm atomic.Int64
-	npeers [4]atomic.Int64 // indexed by kindIndex
+	npeers [6]atomic.Int64 // indexed by kindIndex
 }
 
-// kindIndex numbers the (family, seeder) combinations for shard totals.
-func kindIndex(v6, seeder bool) int {
-	i := 0
-	if v6 {
-		i = 2
-	}
+// kindIndex numbers the (family, seeder) combinations for shard totals:
+// IPv4, IPv6 and WebRTC seeders, each followed by its leechers.
+func kindIndex(f *family, seeder bool) int {
+	i := 2 * int(f.kind)
 	if !seeder {
 		i++
 	}
 	return i
 }
 
+// families are a store's address families, in kindIndex order.
+func (m *Memory) families() [3]*family { return [3]*family{&m.fam4, &m.fam6, &m.famRTC} }
+
 // swarm is one torrent: 48 bytes in its shard's table and its IPv4
-// records. Most swarms are small and IPv4 only, so what only bigger or
-// IPv6 swarms need lives in a swarmExt beside it, found through meta:
+// records. Most swarms are small and IPv4 only, so what only bigger,
+// IPv6 or WebRTC swarms need lives in a swarmExt beside it, found through
+// meta:
 //
 //	meta bit 31 clear: bits 0-5 count the IPv4 seeders (at most 63), bits
-//	    6-30 the snatches (at most 2^25-1); there are no IPv6 peers and no
-//	    IPv4 index.
+//	    6-30 the snatches (at most 2^25-1); there are no IPv6 or WebRTC
+//	    peers and no IPv4 index.
 //	meta bit 31 set: bits 0-30 are the position of the swarm's extension in
 //	    its shard's exts, which holds those counts, the IPv4 index and the
-//	    IPv6 peers.
+//	    IPv6 and WebRTC peers.
 //
-// A swarm gains its extension when it needs one (an IPv6 peer, more than
-// smallMax IPv4 peers, or a count too large for meta) and the collector
-// drops it again once it does not.
+// A swarm gains its extension when it needs one (an IPv6 or WebRTC peer,
+// more than smallMax IPv4 peers, or a count too large for meta) and the
+// collector drops it again once it does not.
 type swarm struct {
 	ih   bittorrent.InfoHash
 	meta uint32
@@ -112,14 +115,18 @@ const (
 	maxInlineSnatches = metaExt>>metaSeedBits - 1
 )
 
-// swarmExt is what a swarm needs beyond 48 bytes. It names its swarm so
-// that the shard can find it when it moves the extension.
+// swarmExt is what a swarm needs beyond 48 bytes: 72 bytes in the
+// allocator's 80-byte class. It points back at its swarm so that the
+// shard can renumber the extension when it moves it; removeSwarm keeps
+// the pointer right when the swarm itself moves. WebRTC peers, rarer
+// still, are a pointer away.
 type swarmExt struct {
-	ih       bittorrent.InfoHash
+	sw       *swarm
 	snatches uint32
 	nseed4   int32
 	idx4     *index
 	v6       peerSet
+	rtc      *peerSet
 }
 
 func (sh *shard) ext(sw *swarm) *swarmExt {
@@ -131,7 +138,7 @@ func (sh *shard) ext(sw *swarm) *swarmExt {
 
 // extend gives sw an extension, moving its inline counts into it.
 func (sh *shard) extend(sw *swarm) *swarmExt {
-	e := &swarmExt{ih: sw.ih, nseed4: int32(sw.meta & metaSeedMask), snatches: sw.meta >> metaSeedBits}
+	e := &swarmExt{sw: sw, nseed4: int32(sw.meta & metaSeedMask), snatches: sw.meta >> metaSeedBits}
 	sh.exts = append(sh.exts, e)
 	sw.meta = metaExt | uint32(len(sh.exts)-1) //nolint:gosec // G115: a shard holds fewer than 2^24 swarms
 	return e
@@ -139,23 +146,23 @@ func (sh *shard) extend(sw *swarm) *swarmExt {
 
 // unextend drops sw's extension if sw no longer needs it. Only the
 // collector and Drop call it, since it moves another swarm's extension.
-func (sh *shard) unextend(sw *swarm, seed maphash.Seed) {
+func (sh *shard) unextend(sw *swarm) {
 	e := sh.ext(sw)
-	if e == nil || e.v6.n > 0 || e.idx4 != nil || e.nseed4 > metaSeedMask || e.snatches > maxInlineSnatches {
+	if e == nil || e.v6.n > 0 || e.rtc != nil || e.idx4 != nil || e.nseed4 > metaSeedMask || e.snatches > maxInlineSnatches {
 		return
 	}
 	k := int(sw.meta &^ metaExt)
 	sw.meta = uint32(e.nseed4) | e.snatches<<metaSeedBits //nolint:gosec // G115: checked above
-	sh.dropExt(k, seed)
+	sh.dropExt(k)
 }
 
 // dropExt deletes extension k, moving the last one into its place.
-func (sh *shard) dropExt(k int, seed maphash.Seed) {
+func (sh *shard) dropExt(k int) {
 	last := len(sh.exts) - 1
 	if k != last {
 		moved := sh.exts[last]
 		sh.exts[k] = moved
-		sh.tab.get(&moved.ih, hashInfo(seed, &moved.ih)).meta = metaExt | uint32(k) //nolint:gosec // G115: as in extend
+		moved.sw.meta = metaExt | uint32(k) //nolint:gosec // G115: as in extend
 	}
 	sh.exts[last] = nil
 	sh.exts = sh.exts[:last]
@@ -171,7 +178,13 @@ func (sh *shard) dropExt(k int, seed maphash.Seed) {
 // back. Between the two the shard lock must stay held.
 func (sh *shard) set(sw *swarm, f *family) peerSet {
 	e := sh.ext(sw)
-	if f.v6 {
+	switch {
+	case f.kind == kindRTC:
+		if e == nil || e.rtc == nil {
+			return peerSet{}
+		}
+		return *e.rtc
+	case f.v6:
 		if e == nil {
 			return peerSet{}
 		}
@@ -195,7 +208,17 @@ func (sh *shard) putSet(sw *swarm, f *family, s peerSet) {
 			}
 			e = sh.extend(sw)
 		}
-		e.v6 = s
+		switch {
+		case f.kind != kindRTC:
+			e.v6 = s
+		case s.n == 0:
+			e.rtc = nil
+		default:
+			if e.rtc == nil {
+				e.rtc = new(peerSet)
+			}
+			*e.rtc = s
+		}
 		return
 	}
 	sw.recs = s.recs
@@ -231,7 +254,7 @@ func (sh *shard) setSnatches(sw *swarm, n uint32) {
 // empty reports whether sw holds no peer.
 func (sh *shard) empty(sw *swarm) bool {
 	e := sh.ext(sw)
-	return len(sw.recs) == 0 && (e == nil || e.v6.n == 0)
+	return len(sw.recs) == 0 && (e == nil || e.v6.n == 0 && e.rtc == nil)
 }
 
 //nolint:gosec // G115: a set's counts are non-negative int32s
@@ -242,20 +265,27 @@ func (sh *shard) counts(sw *swarm) bittorrent.Counts {
 		seeds := sw.meta & metaSeedMask
 		return bittorrent.Counts{Seeders: seeds, Leechers: n4 - seeds, Snatches: sw.meta >> metaSeedBits}
 	}
-	return bittorrent.Counts{
+	c := bittorrent.Counts{
 		Seeders:  uint32(e.nseed4) + uint32(e.v6.nseed),
 		Leechers: n4 - uint32(e.nseed4) + uint32(e.v6.n-e.v6.nseed),
 		Snatches: e.snatches,
 	}
+	if r := e.rtc; r != nil {
+		c.Seeders += uint32(r.nseed)
+		c.Leechers += uint32(r.n - r.nseed)
+	}
+	return c
 }
 
 // removeSwarm deletes the swarm at pos of sh, which must hold no peer,
 // with its extension. Only the collector and Drop call it.
 func (m *Memory) removeSwarm(sh *shard, pos int) {
 	if sw := sh.tab.at(pos); sw.meta&metaExt != 0 {
-		sh.dropExt(int(sw.meta&^metaExt), m.seed)
+		sh.dropExt(int(sw.meta &^ metaExt))
 	}
-	sh.tab.remove(pos, m.seed)
+	if moved := sh.tab.remove(pos, m.seed); moved != nil && moved.meta&metaExt != 0 {
+		sh.exts[moved.meta&^metaExt].sw = moved // it moved to pos
+	}
 	sh.nswarm.Add(-1)
 	m.swarms.give(1)
 }
@@ -291,6 +321,7 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	m.epoch = m.now().Add(-time.Duration(m.lifetime) * time.Second)
 	m.fam4 = newFamily(false, m.seed)
 	m.fam6 = newFamily(true, m.seed)
+	m.famRTC = newRTCFamily(m.seed)
 	var err error
 	if m.metrics, err = newMetrics(m, reg); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -341,7 +372,10 @@ func (m *Memory) locate(ih *bittorrent.InfoHash) (uint64, *shard) {
 }
 
 func (m *Memory) family(k *addrKey) *family {
-	if k.v6() {
+	switch {
+	case k.rtc:
+		return &m.famRTC
+	case k.v6():
 		return &m.fam6
 	}
 	return &m.fam4
@@ -410,7 +444,7 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 
 	if c.Op == bittorrent.OpRemove {
 		if i >= 0 {
-			sh.npeers[kindIndex(f.v6, i < set.seeders())].Add(-1)
+			sh.npeers[kindIndex(f, i < set.seeders())].Add(-1)
 			m.peers.give(1)
 			set.remove(f, i)
 			set.shrink(f)
@@ -432,15 +466,15 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 	}
 	if i < 0 {
 		set.add(f, k.bytes(), &c.Peer.ID, now, seeder)
-		sh.npeers[kindIndex(f.v6, seeder)].Add(1)
+		sh.npeers[kindIndex(f, seeder)].Add(1)
 		sh.putSet(sw, f, set)
 		return
 	}
 	set.update(f, i, &c.Peer.ID, now, seeder)
 	if was := i < set.seeders(); was != seeder {
 		set.setSeeder(f, i, seeder)
-		sh.npeers[kindIndex(f.v6, was)].Add(-1)
-		sh.npeers[kindIndex(f.v6, seeder)].Add(1)
+		sh.npeers[kindIndex(f, was)].Add(-1)
+		sh.npeers[kindIndex(f, seeder)].Add(1)
 		sh.putSet(sw, f, set)
 	}
 }
@@ -596,6 +630,8 @@ func (m *Memory) Stats() Stats {
 		st.Leechers4 += int(sh.npeers[1].Load())
 		st.Seeders6 += int(sh.npeers[2].Load())
 		st.Leechers6 += int(sh.npeers[3].Load())
+		st.SeedersRTC += int(sh.npeers[4].Load())
+		st.LeechersRTC += int(sh.npeers[5].Load())
 	}
 	return st
 }
@@ -656,13 +692,14 @@ func (m *Memory) gcShard(sh *shard, cutoff uint32) (peers, swarms int) {
 	sh.mu.Lock()
 	for pos := 0; pos < sh.tab.n; {
 		sw := sh.tab.at(pos)
-		peers += m.gcSet(sh, sw, &m.fam4, cutoff, &budget)
-		peers += m.gcSet(sh, sw, &m.fam6, cutoff, &budget)
+		for _, f := range m.families() {
+			peers += m.gcSet(sh, sw, f, cutoff, &budget)
+		}
 		if sh.empty(sw) {
 			m.removeSwarm(sh, pos) // the last swarm moves to pos: look at it next
 			swarms++
 		} else {
-			sh.unextend(sw, m.seed)
+			sh.unextend(sw)
 			pos++
 		}
 		if budget--; budget <= 0 {
@@ -687,7 +724,7 @@ func (m *Memory) gcSet(sh *shard, sw *swarm, f *family, cutoff uint32, budget *i
 	s := sh.set(sw, f)
 	for i := 0; i < int(s.n); {
 		if s.seenAt(f, i) < cutoff {
-			sh.npeers[kindIndex(f.v6, i < s.seeders())].Add(-1)
+			sh.npeers[kindIndex(f, i < s.seeders())].Add(-1)
 			s.remove(f, i)
 			removed++
 		} else {

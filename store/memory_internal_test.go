@@ -43,23 +43,23 @@ func (m *Memory) checkInvariants() error {
 		if err := m.checkTable(si); err != nil {
 			return err
 		}
-		var peers [4]int64
+		var peers [6]int64
 		extUsers := make([]int, len(sh.exts))
 		for pos := range sh.tab.n {
 			sw := sh.tab.at(pos)
 			if e := sh.ext(sw); e != nil {
 				extUsers[sw.meta&^metaExt]++
-				if e.ih != sw.ih {
-					return fmt.Errorf("swarm %x has the extension of %x", sw.ih[:], e.ih[:])
+				if e.sw != sw {
+					return fmt.Errorf("swarm %x has the extension of %x", sw.ih[:], e.sw.ih[:])
 				}
 			}
-			for _, f := range []*family{&m.fam4, &m.fam6} {
+			for _, f := range m.families() {
 				s := sh.set(sw, f)
 				if err := checkSet(f, &s); err != nil {
-					return fmt.Errorf("swarm %x ipv6=%v: %w", sw.ih[:], f.v6, err)
+					return fmt.Errorf("swarm %x family %d: %w", sw.ih[:], f.kind, err)
 				}
-				peers[kindIndex(f.v6, true)] += int64(s.seeders())
-				peers[kindIndex(f.v6, false)] += int64(s.leechers())
+				peers[kindIndex(f, true)] += int64(s.seeders())
+				peers[kindIndex(f, false)] += int64(s.leechers())
 			}
 		}
 		for k, n := range extUsers {

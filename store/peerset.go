@@ -57,26 +57,48 @@ type family struct {
 	addrLen int
 	stride  int
 	// srcLen is how much of an address names its source, the unit that
-	// max_peers_per_source counts: an IPv4 address, an IPv6 /64.
+	// max_peers_per_source counts: an IPv4 address, an IPv6 /64, one
+	// WebSocket's WebRTC address.
 	srcLen int
 	v6     bool
+	kind   familyKind
 	// seed keys the index hash per store, so clients cannot choose
 	// addresses that collide.
 	seed maphash.Seed
 }
 
-// Source lengths in bytes: a whole IPv4 address, the /64 of an IPv6 one
-// (the least a subscriber is given).
+// familyKind tells a store's families apart. WebRTC peers are packed like
+// IPv6 peers (their addresses are IPv6, see bittorrent.WebRTCAddr) but kept
+// in sets of their own.
+type familyKind uint8
+
 const (
-	srcLen4 = 4
-	srcLen6 = 8
+	kindV4 familyKind = iota
+	kindV6
+	kindRTC
+)
+
+// Source lengths in bytes: a whole IPv4 address, the /64 of an IPv6 one
+// (the least a subscriber is given), and a whole WebRTC address: they all
+// share one /64 (100::/64, then the node and the socket), and each names
+// one client's socket.
+const (
+	srcLen4   = 4
+	srcLen6   = 8
+	srcLenRTC = 16
 )
 
 func newFamily(v6 bool, seed maphash.Seed) family {
 	if v6 {
-		return family{addrLen: addrLen6, stride: stride6, srcLen: srcLen6, v6: true, seed: seed}
+		return family{addrLen: addrLen6, stride: stride6, srcLen: srcLen6, v6: true, kind: kindV6, seed: seed}
 	}
-	return family{addrLen: addrLen4, stride: stride4, srcLen: srcLen4, seed: seed}
+	return family{addrLen: addrLen4, stride: stride4, srcLen: srcLen4, kind: kindV4, seed: seed}
+}
+
+func newRTCFamily(seed maphash.Seed) family {
+	f := newFamily(true, seed)
+	f.kind, f.srcLen = kindRTC, srcLenRTC
+	return f
 }
 
 // hash places an address in a set's index by its source only, so all the
@@ -105,6 +127,7 @@ func (f *family) decode(p *bittorrent.Peer, r []byte) {
 type addrKey struct {
 	buf [addrLen6]byte
 	n   uint8
+	rtc bool // a WebRTC address (bittorrent.IsWebRTC)
 }
 
 // makeKey encodes ap, unmapping IPv4-mapped IPv6 addresses and dropping any
@@ -122,6 +145,7 @@ func makeKey(ap netip.AddrPort) (addrKey, bool) {
 		a := ip.As16()
 		copy(k.buf[:], a[:])
 		k.n = addrLen6
+		k.rtc = bittorrent.IsWebRTCIP(ip)
 	default:
 		return k, false
 	}
@@ -211,7 +235,9 @@ func (s *peerSet) find(f *family, key []byte) (pos, same int) {
 			if string(r) == string(key) {
 				return i, same
 			}
-			same++
+			if f.srcLen == srcLen6 || f.sameSource(r, key) {
+				same++
+			}
 		}
 	}
 	return -1, same

@@ -19,7 +19,7 @@ func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorren
 	if sw == nil {
 		return dst, bittorrent.Counts{}, false
 	}
-	for _, f := range []*family{&m.fam4, &m.fam6} {
+	for _, f := range m.families() {
 		set := sh.set(sw, f)
 		dst = set.appendSnapshot(f, dst, ih, maxPerFamily)
 	}
@@ -109,10 +109,10 @@ func (m *Memory) Drop(ih bittorrent.InfoHash) {
 		return
 	}
 	sw := sh.tab.at(pos)
-	for _, f := range []*family{&m.fam4, &m.fam6} {
+	for _, f := range m.families() {
 		set := sh.set(sw, f)
-		sh.npeers[kindIndex(f.v6, true)].Add(-int64(set.seeders()))
-		sh.npeers[kindIndex(f.v6, false)].Add(-int64(set.leechers()))
+		sh.npeers[kindIndex(f, true)].Add(-int64(set.seeders()))
+		sh.npeers[kindIndex(f, false)].Add(-int64(set.leechers()))
 		m.peers.give(int64(set.n))
 	}
 	m.removeSwarm(sh, pos)

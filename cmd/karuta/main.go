@@ -39,6 +39,7 @@ Usage:
   karuta cluster keygen            print a new random key for cluster.secret_keys
   karuta cluster tls ca|cert ...   create the data channel's CA and node certificates
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
+  karuta bench-ws --url URL [flags]  load-test a WebTorrent (WebSocket) tracker
   karuta version                   print the version (also --version)
   karuta help                      print this help (also -h, --help)
 
@@ -77,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return clusterCmd(args, stdout, stderr)
 	case "bench":
 		return benchCmd(args, stdout, stderr, sigs)
+	case "bench-ws":
+		return benchWSCmd(args, stdout, stderr, sigs)
 	case "version":
 		fmt.Fprintf(stdout, "karuta %s\n", version)
 		return exitOK

@@ -38,8 +38,8 @@ type Handler interface {
 var ErrUnreachable = errors.New("transport: node unreachable")
 
 // Request is one of *ApplyRequest, *FetchRequest, *FetchManyRequest,
-// *MergeRequest, *ScrapeRequest, or anti-entropy's *DigestRequest,
-// *CompareRequest and *RepairRequest.
+// *MergeRequest, *ScrapeRequest, *SignalRequest, or anti-entropy's
+// *DigestRequest, *CompareRequest and *RepairRequest.
 type Request interface{ isRequest() }
 
 // Reply is one of *Ack, *FetchReply, *FetchManyReply, *ScrapeReply, or
