@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build static test checks test-deps unit realclient netns deploy-test vet lint bench fuzz tidy clean
+.PHONY: all build static test checks test-deps unit realclient flood netns deploy-test vet lint bench fuzz tidy clean
 
 all: build
 
@@ -32,13 +32,14 @@ checks:
 	@$(MAKE) --no-print-directory tidy
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory realclient
+	@$(MAKE) --no-print-directory flood
 
 test-deps:
 	@.ci/install-test-deps
 
 vet:
 	$(GO) vet $(PKGS)
-	$(GO) vet -tags 'realclient netns' ./node/...
+	$(GO) vet -tags 'realclient netns flood' ./node/...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 
 ## lint: golangci-lint with the linters listed in .golangci.yml; the version is
@@ -51,6 +52,14 @@ unit:
 
 realclient:
 	$(GO) test -race -count=1 -tags realclient -run 'RealClient|RealCluster' -v ./node/
+
+## flood: a karuta serve process in a 512 MiB memory cgroup (GOMEMLIMIT
+## without one) flooded over UDP and HTTP from one and from 2,000 loopback
+## addresses while legitimate clients announce; FLOOD_DURATION per phase
+## (5s here; the soak in README.md runs 60s)
+FLOOD_DURATION ?= 5s
+flood:
+	FLOOD_DURATION=$(FLOOD_DURATION) $(GO) test -count=1 -tags flood -v -timeout 30m ./node/flood/
 
 ## netns: failover on real networks — karuta serve processes in network
 ## namespaces, cut and healed by the network while a probe checks every

@@ -15,6 +15,17 @@ type PeerSource interface {
 	Counts(ih bittorrent.InfoHash) bittorrent.Counts
 }
 
+// Admitter is a PeerSource with limits on what it holds, such as a store
+// with max_swarms: before an announcer that is not in its swarm yet is
+// answered, the Responder asks whether its change would be taken, so a
+// refusal reaches the client as a failure reason instead of an answer
+// whose write is then left out. Admit returns nil or an error to give the
+// client (a bittorrent.ClientError); it must be fast and safe for
+// concurrent use.
+type Admitter interface {
+	Admit(ih bittorrent.InfoHash, announcer netip.AddrPort) error
+}
+
 // PeerRanker orders the peers of an answer by preference, so the Responder
 // can choose the best n of a larger set of candidates. It works on
 // addresses only, so it ranks peers the same whichever node of a cluster
@@ -43,6 +54,7 @@ var ErrReservedAddr = bittorrent.ClientError("announces from 100::/64 are refuse
 // and a scrape's counts, from a PeerSource.
 type Responder struct {
 	src     PeerSource
+	admit   Admitter // src, when it has limits
 	rankers []PeerRanker
 }
 
@@ -51,12 +63,16 @@ type Responder struct {
 // them; each ranker reorders the previous one's order, so the last has the
 // final word and earlier ones break its ties.
 func NewResponder(src PeerSource, rankers ...PeerRanker) *Responder {
-	return &Responder{src: src, rankers: rankers}
+	r := &Responder{src: src, rankers: rankers}
+	r.admit, _ = src.(Admitter)
+	return r
 }
 
 // HandleAnnounce fills resp. Because the announce itself is applied to the
 // swarm only after the answer (by the swarm-write PostHook), the counts are
-// adjusted here to include the announcer as it will be once applied.
+// adjusted here to include the announcer as it will be once applied. An
+// announcer new to the swarm that the source will not take is refused
+// with the source's reason (see Admitter).
 func (r *Responder) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
 	if bittorrent.IsWebRTC(req.Addr) && !req.Source.IsValid() {
 		// Only the WebSocket frontend, which sets Source, may store a
@@ -75,6 +91,12 @@ func (r *Responder) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRe
 		}
 	}
 	peers, counts, self := r.src.AnnouncePeers(req.InfoHash, req.Addr, req.Seeder(), want, resp.Peers[:0])
+	if self == bittorrent.Absent && req.Event != bittorrent.EventStopped && r.admit != nil {
+		if err := r.admit.Admit(req.InfoHash, req.Addr); err != nil {
+			resp.Peers = peers[:0]
+			return err
+		}
+	}
 	if n > 0 && len(r.rankers) > 0 && len(peers) > 1 {
 		for _, rk := range r.rankers {
 			peers = rk.RankPeers(req, peers, n)

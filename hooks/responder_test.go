@@ -169,6 +169,58 @@ func TestResponderStoppedSkipsRankers(t *testing.T) {
 
 // TestResponderAllocs pins the common path, without rankers, at zero
 // allocations once the answer's buffer has grown.
+// limitedSource is a fakeSource with limits: Admit refuses with err and
+// counts its calls.
+type limitedSource struct {
+	fakeSource
+	err   error
+	calls int
+}
+
+func (l *limitedSource) Admit(bittorrent.InfoHash, netip.AddrPort) error {
+	l.calls++
+	return l.err
+}
+
+// TestResponderAdmits checks that an announcer new to its swarm is asked
+// about, and refused with the source's reason, while peers already held
+// and peers leaving are never asked about.
+func TestResponderAdmits(t *testing.T) {
+	full := bittorrent.ClientError("tracker full")
+	for _, tc := range []struct {
+		name      string
+		self      bittorrent.PeerState
+		event     bittorrent.Event
+		err       error
+		wantCalls int
+		wantErr   error
+	}{
+		{"new peer refused", bittorrent.Absent, bittorrent.EventStarted, full, 1, full},
+		{"new peer admitted", bittorrent.Absent, bittorrent.EventNone, nil, 1, nil},
+		{"new peer completing refused", bittorrent.Absent, bittorrent.EventCompleted, full, 1, full},
+		{"held peer not asked", bittorrent.Leeching, bittorrent.EventNone, full, 0, nil},
+		{"held seeder not asked", bittorrent.Seeding, bittorrent.EventCompleted, full, 0, nil},
+		{"leaving peer not asked", bittorrent.Absent, bittorrent.EventStopped, full, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &limitedSource{fakeSource: fakeSource{peers: testPeers(10), self: tc.self}, err: tc.err}
+			r := NewResponder(src)
+			req := &bittorrent.AnnounceRequest{NumWant: 50, Left: 1, Event: tc.event}
+			var resp bittorrent.AnnounceResponse
+			err := r.HandleAnnounce(context.Background(), req, &resp)
+			if !errors.Is(err, tc.wantErr) {
+				t.Errorf("HandleAnnounce = %v, want %v", err, tc.wantErr)
+			}
+			if src.calls != tc.wantCalls {
+				t.Errorf("Admit called %d times, want %d", src.calls, tc.wantCalls)
+			}
+			if err != nil && len(resp.Peers) != 0 {
+				t.Errorf("a refused announce carries %d peers", len(resp.Peers))
+			}
+		})
+	}
+}
+
 func TestResponderAllocs(t *testing.T) {
 	r := NewResponder(&fakeSource{peers: testPeers(100)})
 	req := &bittorrent.AnnounceRequest{NumWant: 50, Left: 1}

@@ -15,6 +15,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends/udp"
 	"github.com/karuta-tracker/karuta/frontends/webtorrent"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/ratelimit"
 	"github.com/karuta-tracker/karuta/node/cluster"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
 	"github.com/karuta-tracker/karuta/ring"
@@ -23,14 +24,15 @@ import (
 
 // Config is a node's whole configuration, one section per component.
 type Config struct {
-	Node      IdentityConfig  `yaml:"node"`
-	Log       LogConfig       `yaml:"log"`
-	Frontends FrontendsConfig `yaml:"frontends"`
-	Tracker   hooks.Config    `yaml:"tracker"`
-	Hooks     []hooks.Spec    `yaml:"hooks"`
-	Store     store.Config    `yaml:"store"`
-	Metrics   MetricsConfig   `yaml:"metrics"`
-	Cluster   ClusterConfig   `yaml:"cluster"`
+	Node      IdentityConfig   `yaml:"node"`
+	Log       LogConfig        `yaml:"log"`
+	Frontends FrontendsConfig  `yaml:"frontends"`
+	Tracker   hooks.Config     `yaml:"tracker"`
+	RateLimit ratelimit.Config `yaml:"rate_limit"`
+	Hooks     []hooks.Spec     `yaml:"hooks"`
+	Store     store.Config     `yaml:"store"`
+	Metrics   MetricsConfig    `yaml:"metrics"`
+	Cluster   ClusterConfig    `yaml:"cluster"`
 }
 
 // ClusterConfig is the `cluster` section: membership and placement keys
@@ -103,10 +105,11 @@ func Default() Config {
 			UDP:        udp.DefaultConfig(),
 			WebTorrent: webtorrent.DefaultConfig(),
 		},
-		Tracker: hooks.DefaultConfig(),
-		Store:   store.DefaultConfig(),
-		Metrics: MetricsConfig{Addr: "127.0.0.1:6880"},
-		Cluster: ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig(), TLS: transport.DefaultConfig()},
+		Tracker:   hooks.DefaultConfig(),
+		RateLimit: defaultRateLimit(),
+		Store:     store.DefaultConfig(),
+		Metrics:   MetricsConfig{Addr: "127.0.0.1:6880"},
+		Cluster:   ClusterConfig{Config: ring.DefaultConfig(), Data: cluster.DefaultConfig(), TLS: transport.DefaultConfig()},
 	}
 }
 
@@ -167,6 +170,7 @@ func (c Config) Validate() error {
 		{"frontends.udp.", c.Frontends.UDP.Validate},
 		{"frontends.webtorrent.", c.Frontends.WebTorrent.Validate},
 		{"tracker.", c.Tracker.Validate},
+		{"rate_limit.", validateRateLimit(c.RateLimit)},
 		{"store.", c.Store.Validate},
 		{"metrics.", c.Metrics.validate},
 		{"cluster.", c.Cluster.validate},

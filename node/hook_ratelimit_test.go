@@ -39,8 +39,15 @@ hooks:
 }
 
 // rateLimitHTTP announces over HTTP on behalf of client (sent as
-// X-Forwarded-For) and returns the bencoded failure reason, or "".
+// X-Forwarded-For, unless empty) and returns the bencoded failure reason,
+// or "".
 func rateLimitHTTP(t *testing.T, addr, client string) string {
+	t.Helper()
+	return rateLimitHTTPFrom(t, http.DefaultClient, addr, client)
+}
+
+// rateLimitHTTPFrom is rateLimitHTTP through the HTTP client hc.
+func rateLimitHTTPFrom(t *testing.T, hc *http.Client, addr, client string) string {
 	t.Helper()
 	q := url.Values{
 		"info_hash": {string(make([]byte, 20))},
@@ -52,8 +59,10 @@ func rateLimitHTTP(t *testing.T, addr, client string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("X-Forwarded-For", client)
-	resp, err := http.DefaultClient.Do(req)
+	if client != "" {
+		req.Header.Set("X-Forwarded-For", client)
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatalf("GET as %s: %v", client, err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends/udp"
 	"github.com/karuta-tracker/karuta/frontends/webtorrent"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/node/memlimit"
 	"github.com/karuta-tracker/karuta/store"
 )
 
@@ -37,6 +38,9 @@ type Options struct {
 	Level *zap.AtomicLevel
 	// Version is reported in karuta_build_info.
 	Version string
+	// Memory is what the process may use, which sizes the limits left at
+	// 0 in the config; zero means the node finds out itself (memlimit).
+	Memory memlimit.Limit
 }
 
 // Node is one running tracker node. Its methods are safe for concurrent use.
@@ -98,7 +102,8 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		}),
 	)
 
-	if n.store, err = store.NewMemory(cfg.Store, n.reg, n.log.Named("store")); err != nil {
+	limits := sizedLimits(cfg, opts.Memory, n.log)
+	if n.store, err = store.NewMemory(limits.store, n.reg, n.log.Named("store")); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	// From here on a failure undoes what was built the way Shutdown does,
@@ -118,12 +123,17 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	pre, post := n.hooks.pre, n.hooks.post
+	if pre, err = n.addRateLimit(limits.rateLimit, cfg.Frontends.HTTP.TrustedProxies, pre); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	var (
 		source hooks.PeerSource = n.store
 		sink   hooks.ChangeSink = n.store
 	)
 	if cfg.Cluster.Bind != "" {
-		if n.cl, err = newClustered(cfg, n); err != nil {
+		sizedCfg := cfg // the descriptor budget reserves the HTTP connections in force
+		sizedCfg.Frontends.HTTP = limits.http
+		if n.cl, err = newClustered(sizedCfg, n); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		source, sink = n.cl.data, n.cl.data
@@ -139,7 +149,7 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Frontends.HTTP.Addr != "" {
-		if n.http, err = httpfront.New(cfg.Frontends.HTTP, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
+		if n.http, err = httpfront.New(limits.http, n.chain, metrics.ForConnections("http"), n.log.Named("http")); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
@@ -466,6 +476,7 @@ func needsRestart(old, cfg Config) []string {
 	diff("frontends.udp", oldUDP, newUDP)
 	diff("tracker.post_queue_size", old.Tracker.PostQueueSize, cfg.Tracker.PostQueueSize)
 	diff("tracker.post_workers", old.Tracker.PostWorkers, cfg.Tracker.PostWorkers)
+	diff("rate_limit", old.RateLimit, cfg.RateLimit)
 	diff("hooks", old.Hooks, cfg.Hooks)
 	diff("store", old.Store, cfg.Store)
 	diff("metrics", old.Metrics, cfg.Metrics)

@@ -71,11 +71,22 @@ func newSwarmFile(cfg store.Config, st *store.Memory, reg prometheus.Registerer,
 	return f, nil
 }
 
-// load fills the store from the file. A missing file is a first start; a
-// bad one is logged, kept aside as PATH.bad for inspection and skipped:
-// the node starts empty rather than not at all.
+// keepBad is how many damaged swarm files are kept for inspection; older
+// ones are deleted, so a node that keeps failing to load cannot fill its
+// disk with them.
+const keepBad = 3
+
+// load fills the store from the file. Temporary files that writes cut
+// short by a crash left are removed first. A missing file is a first
+// start; a bad one is logged, kept aside as PATH.bad-TIME for inspection
+// (the newest keepBad of them) and skipped: the node starts empty rather
+// than not at all.
 func (f *swarmFile) load() {
 	start := time.Now()
+	removed, err := store.RemoveSwarmFileTemps(f.path)
+	if len(removed) > 0 || err != nil {
+		f.log.Warn("removed temporary swarm files left by a write cut short", zap.Strings("removed", removed), zap.Error(err))
+	}
 	st, err := f.st.LoadSwarmFile(f.path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -83,11 +94,9 @@ func (f *swarmFile) load() {
 		f.log.Info("no swarm file yet; starting empty", zap.String("path", f.path))
 	case err != nil:
 		f.loads.WithLabelValues("bad").Inc()
-		bad := f.path + ".bad"
-		if rerr := os.Rename(f.path, bad); rerr != nil {
-			bad = ""
-		}
-		f.log.Error("swarm file not loaded; starting empty", zap.String("path", f.path), zap.Error(err), zap.String("kept_as", bad))
+		bad, deleted, kerr := store.KeepBadSwarmFile(f.path, start, keepBad)
+		f.log.Error("swarm file not loaded; starting empty", zap.String("path", f.path), zap.Error(err),
+			zap.String("kept_as", bad), zap.Strings("deleted_older_bad_files", deleted), zap.NamedError("keep_error", kerr))
 	default:
 		f.loads.WithLabelValues("ok").Inc()
 		f.log.Info("swarms loaded", zap.String("path", f.path), zap.Int("swarms", st.Swarms), zap.Int("peers", st.Peers),

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -64,7 +65,8 @@ func TestRestartKeepsSwarms(t *testing.T) {
 
 // TestBadSwarmFileIsSkipped starts a node on a damaged and on a truncated
 // swarm file: it starts empty, counts the bad load and keeps the file
-// aside, and writes a good one at shutdown.
+// aside under the time it was found bad, and writes a good one at
+// shutdown. Temporary files that crashed writes left are removed at start.
 func TestBadSwarmFileIsSkipped(t *testing.T) {
 	good := filepath.Join(t.TempDir(), "swarms")
 	n := startNode(t, "127.0.0.1", func(c *Config) { c.Store.SnapshotFile = good })
@@ -88,12 +90,23 @@ func TestBadSwarmFileIsSkipped(t *testing.T) {
 			if err := os.WriteFile(path, tc.data, 0o600); err != nil {
 				t.Fatal(err)
 			}
+			stale := filepath.Join(filepath.Dir(path), ".swarms.tmp-12345")
+			if err := os.WriteFile(stale, data, 0o600); err != nil { //nolint:gosec // G703: a path in the test's own temporary directory
+				t.Fatal(err)
+			}
 			n := startNode(t, "127.0.0.1", func(c *Config) { c.Store.SnapshotFile = path })
 			if st := n.store.Stats(); st.Swarms != 0 {
 				t.Errorf("loaded %+v from a bad file", st)
 			}
-			if kept, err := os.ReadFile(path + ".bad"); err != nil || string(kept) != string(tc.data) {
-				t.Errorf("bad file not kept aside as %s.bad: %v", path, err)
+			kept, _ := filepath.Glob(path + ".bad-*")
+			if len(kept) != 1 {
+				t.Fatalf("bad files kept: %v, want one %s.bad-TIME", kept, path)
+			}
+			if b, err := os.ReadFile(kept[0]); err != nil || string(b) != string(tc.data) {
+				t.Errorf("%s does not hold the bad file: %v", kept[0], err)
+			}
+			if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("stale temporary file %s still there: %v", stale, err)
 			}
 			metrics := scrapeMetrics(t, n.Addrs().Metrics)
 			if !strings.Contains(metrics, `karuta_store_snapshot_loads_total{result="bad"} 1`) {

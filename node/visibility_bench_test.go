@@ -124,6 +124,7 @@ func startBenchCluster(b *testing.B, full int, names ...string) []*Node {
 		cfg.Frontends.UDP.Addr = "127.0.0.1:0"
 		cfg.Frontends.UDP.ConnectionIDKeys = []string{"0123456789abcdef0123456789abcdef"}
 		cfg.Metrics.Addr = "127.0.0.1:0"
+		cfg.RateLimit.PerIP.Rate = 0 // the leecher polls every millisecond from one address
 		cfg.Cluster.Bind = "127.0.0.1:0"
 		cfg.Cluster.DataBind = "127.0.0.1:0"
 		if i > 0 {

@@ -27,6 +27,8 @@ type Config struct {
 	// SnapshotInterval is how often SnapshotFile is rewritten, bounding
 	// what a crash loses.
 	SnapshotInterval time.Duration `yaml:"snapshot_interval"`
+	// Limits bound the swarms and peers held; see Limits.
+	Limits `yaml:",inline"`
 
 	// Clock returns the current time; nil means time.Now. Tests set it to
 	// control peer ages.
@@ -42,6 +44,7 @@ func DefaultConfig() Config {
 		Shards:       1024,
 
 		SnapshotInterval: 5 * time.Minute,
+		Limits:           Limits{MaxPeersPerSource: 64},
 	}
 }
 
@@ -66,5 +69,5 @@ func (c Config) Validate() error {
 	case c.SnapshotFile != "" && (strings.HasSuffix(c.SnapshotFile, "/") || filepath.Base(c.SnapshotFile) == "."):
 		return fmt.Errorf("snapshot_file: %q names a directory; want a file path such as /var/lib/karuta/swarms", c.SnapshotFile)
 	}
-	return nil
+	return c.Limits.validate()
 }

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
 // gcChunk bounds the records and swarms the garbage collector examines per
@@ -23,12 +24,14 @@ import (
 const gcChunk = 1024
 
 // Memory is the in-memory Store. Swarms are spread over independently
-// locked shards by a keyed hash of their infohash; each swarm packs its
-// peers into fixed-size records of 30 (IPv4) or 42 (IPv6) bytes, about 47
-// bytes per IPv4 peer in all at 10 peers per swarm. A background goroutine
-// removes peers that have not announced for PeerLifetime and swarms left
-// without peers, which also forgets their snatch count. Safe for
-// concurrent use.
+// locked shards by a keyed hash of their infohash; each shard keeps its
+// swarms in a compact table (table.go), and each swarm packs its peers into
+// fixed-size records of 30 (IPv4) or 42 (IPv6) bytes, about 42 bytes per
+// IPv4 peer in all at 10 peers per swarm and 90 for a swarm with one
+// (BenchmarkMemory). A background goroutine removes peers that have not announced for
+// PeerLifetime and swarms left without peers, which also forgets their
+// snatch count, and gives the memory back. Limits bound what it holds.
+// Safe for concurrent use.
 type Memory struct {
 	cfg      Config
 	now      func() time.Time
@@ -43,7 +46,12 @@ type Memory struct {
 	metrics  *metrics
 	log      *zap.Logger
 
-	gcMu    sync.Mutex // one collection at a time
+	// swarms and peers are the totals the limits are checked against.
+	swarms, peers count
+	perSource     atomic.Int64 // 0: no limit
+	refuseLog     *ratelog.Limiter
+
+	gcMu    sync.Mutex // one collection at a time; also held by Drop
 	gcChunk int
 	gcPause func(*shard) // called between chunks with the lock released; tests only
 
@@ -58,8 +66,10 @@ var _ Store = (*Memory)(nil)
 // and metric scrapes read them without taking the lock; they are only
 // written with the lock held.
 type shard struct {
-	mu     sync.RWMutex
-	swarms map[bittorrent.InfoHash]*swarm
+	mu   sync.RWMutex
+	tab  swarmTable
+	exts []*swarmExt // see swarm.meta
+	// nswarm and npeers are this shard's share of the totals, for Stats.
 	nswarm atomic.Int64
 	npeers [6]atomic.Int64 // indexed by kindIndex
 }
@@ -74,53 +84,210 @@ func kindIndex(f *family, seeder bool) int {
 	return i
 }
 
-// swarm is one torrent's peers. The IPv6 and WebRTC sets are allocated
-// only when such a peer arrives, since most swarms have none; only the
-// garbage collector drops them again, so it can keep a pointer to one
-// while it yields the lock.
+// families are a store's address families, in kindIndex order.
+func (m *Memory) families() [3]*family { return [3]*family{&m.fam4, &m.fam6, &m.famRTC} }
+
+// swarm is one torrent: 48 bytes in its shard's table and its IPv4
+// records. Most swarms are small and IPv4 only, so what only bigger,
+// IPv6 or WebRTC swarms need lives in a swarmExt beside it, found through
+// meta:
+//
+//	meta bit 31 clear: bits 0-5 count the IPv4 seeders (at most 63), bits
+//	    6-30 the snatches (at most 2^25-1); there are no IPv6 or WebRTC
+//	    peers and no IPv4 index.
+//	meta bit 31 set: bits 0-30 are the position of the swarm's extension in
+//	    its shard's exts, which holds those counts, the IPv4 index and the
+//	    IPv6 and WebRTC peers.
+//
+// A swarm gains its extension when it needs one (an IPv6 or WebRTC peer,
+// more than smallMax IPv4 peers, or a count too large for meta) and the
+// collector drops it again once it does not.
 type swarm struct {
-	v4       peerSet
-	v6       *peerSet
-	rtc      *peerSet
+	ih   bittorrent.InfoHash
+	meta uint32
+	recs []byte // IPv4 records; len/stride4 of them
+}
+
+const (
+	metaExt           = 1 << 31
+	metaSeedBits      = 6
+	metaSeedMask      = 1<<metaSeedBits - 1
+	maxInlineSnatches = metaExt>>metaSeedBits - 1
+)
+
+// swarmExt is what a swarm needs beyond 48 bytes: 72 bytes in the
+// allocator's 80-byte class. It points back at its swarm so that the
+// shard can renumber the extension when it moves it; removeSwarm keeps
+// the pointer right when the swarm itself moves. WebRTC peers, rarer
+// still, are a pointer away.
+type swarmExt struct {
+	sw       *swarm
 	snatches uint32
+	nseed4   int32
+	idx4     *index
+	v6       peerSet
+	rtc      *peerSet
 }
 
-// set returns the swarm's set of family f, nil if it has none.
-func (sw *swarm) set(f *family) *peerSet {
-	switch f.kind {
-	case kindV6:
-		return sw.v6
-	case kindRTC:
-		return sw.rtc
+func (sh *shard) ext(sw *swarm) *swarmExt {
+	if sw.meta&metaExt == 0 {
+		return nil
 	}
-	return &sw.v4
+	return sh.exts[sw.meta&^metaExt]
 }
 
-// newSet allocates the (missing) set of family f.
-func (sw *swarm) newSet(f *family) *peerSet {
-	s := &peerSet{}
-	if f.kind == kindRTC {
-		sw.rtc = s
+// extend gives sw an extension, moving its inline counts into it.
+func (sh *shard) extend(sw *swarm) *swarmExt {
+	e := &swarmExt{sw: sw, nseed4: int32(sw.meta & metaSeedMask), snatches: sw.meta >> metaSeedBits}
+	sh.exts = append(sh.exts, e)
+	sw.meta = metaExt | uint32(len(sh.exts)-1) //nolint:gosec // G115: a shard holds fewer than 2^24 swarms
+	return e
+}
+
+// unextend drops sw's extension if sw no longer needs it. Only the
+// collector and Drop call it, since it moves another swarm's extension.
+func (sh *shard) unextend(sw *swarm) {
+	e := sh.ext(sw)
+	if e == nil || e.v6.n > 0 || e.rtc != nil || e.idx4 != nil || e.nseed4 > metaSeedMask || e.snatches > maxInlineSnatches {
+		return
+	}
+	k := int(sw.meta &^ metaExt)
+	sw.meta = uint32(e.nseed4) | e.snatches<<metaSeedBits //nolint:gosec // G115: checked above
+	sh.dropExt(k)
+}
+
+// dropExt deletes extension k, moving the last one into its place.
+func (sh *shard) dropExt(k int) {
+	last := len(sh.exts) - 1
+	if k != last {
+		moved := sh.exts[last]
+		sh.exts[k] = moved
+		moved.sw.meta = metaExt | uint32(k) //nolint:gosec // G115: as in extend
+	}
+	sh.exts[last] = nil
+	sh.exts = sh.exts[:last]
+	switch {
+	case last == 0:
+		sh.exts = nil
+	case 4*last < cap(sh.exts):
+		sh.exts = append([]*swarmExt(nil), sh.exts...)
+	}
+}
+
+// set returns a working copy of sw's peers of family f; putSet stores it
+// back. Between the two the shard lock must stay held.
+func (sh *shard) set(sw *swarm, f *family) peerSet {
+	e := sh.ext(sw)
+	switch {
+	case f.kind == kindRTC:
+		if e == nil || e.rtc == nil {
+			return peerSet{}
+		}
+		return *e.rtc
+	case f.v6:
+		if e == nil {
+			return peerSet{}
+		}
+		return e.v6
+	}
+	s := peerSet{recs: sw.recs, n: int32(len(sw.recs) / stride4)} //nolint:gosec // G115: a set holds fewer than 2^31 records
+	if e != nil {
+		s.idx, s.nseed = e.idx4, e.nseed4
 	} else {
-		sw.v6 = s
+		s.nseed = int32(sw.meta & metaSeedMask)
 	}
 	return s
 }
 
-//nolint:gosec // G115: a set's counts are non-negative int32s
-func (sw *swarm) counts() bittorrent.Counts {
-	c := bittorrent.Counts{
-		Seeders:  uint32(sw.v4.seeders()),
-		Leechers: uint32(sw.v4.leechers()),
-		Snatches: sw.snatches,
-	}
-	for _, s := range [2]*peerSet{sw.v6, sw.rtc} {
-		if s != nil {
-			c.Seeders += uint32(s.seeders())
-			c.Leechers += uint32(s.leechers())
+func (sh *shard) putSet(sw *swarm, f *family, s peerSet) {
+	e := sh.ext(sw)
+	if f.v6 {
+		if e == nil {
+			if s.n == 0 {
+				return
+			}
+			e = sh.extend(sw)
 		}
+		switch {
+		case f.kind != kindRTC:
+			e.v6 = s
+		case s.n == 0:
+			e.rtc = nil
+		default:
+			if e.rtc == nil {
+				e.rtc = new(peerSet)
+			}
+			*e.rtc = s
+		}
+		return
+	}
+	sw.recs = s.recs
+	if e == nil && (s.idx != nil || s.nseed > metaSeedMask) {
+		e = sh.extend(sw)
+	}
+	if e != nil {
+		e.idx4, e.nseed4 = s.idx, s.nseed
+		return
+	}
+	sw.meta = sw.meta&^metaSeedMask | uint32(s.nseed) //nolint:gosec // G115: at most metaSeedMask here
+}
+
+func (sh *shard) snatches(sw *swarm) uint32 {
+	if e := sh.ext(sw); e != nil {
+		return e.snatches
+	}
+	return sw.meta >> metaSeedBits
+}
+
+func (sh *shard) setSnatches(sw *swarm, n uint32) {
+	e := sh.ext(sw)
+	if e == nil && n > maxInlineSnatches {
+		e = sh.extend(sw)
+	}
+	if e != nil {
+		e.snatches = n
+		return
+	}
+	sw.meta = sw.meta&metaSeedMask | n<<metaSeedBits
+}
+
+// empty reports whether sw holds no peer.
+func (sh *shard) empty(sw *swarm) bool {
+	e := sh.ext(sw)
+	return len(sw.recs) == 0 && (e == nil || e.v6.n == 0 && e.rtc == nil)
+}
+
+//nolint:gosec // G115: a set's counts are non-negative int32s
+func (sh *shard) counts(sw *swarm) bittorrent.Counts {
+	n4 := uint32(len(sw.recs) / stride4)
+	e := sh.ext(sw)
+	if e == nil {
+		seeds := sw.meta & metaSeedMask
+		return bittorrent.Counts{Seeders: seeds, Leechers: n4 - seeds, Snatches: sw.meta >> metaSeedBits}
+	}
+	c := bittorrent.Counts{
+		Seeders:  uint32(e.nseed4) + uint32(e.v6.nseed),
+		Leechers: n4 - uint32(e.nseed4) + uint32(e.v6.n-e.v6.nseed),
+		Snatches: e.snatches,
+	}
+	if r := e.rtc; r != nil {
+		c.Seeders += uint32(r.nseed)
+		c.Leechers += uint32(r.n - r.nseed)
 	}
 	return c
+}
+
+// removeSwarm deletes the swarm at pos of sh, which must hold no peer,
+// with its extension. Only the collector and Drop call it.
+func (m *Memory) removeSwarm(sh *shard, pos int) {
+	if sw := sh.tab.at(pos); sw.meta&metaExt != 0 {
+		sh.dropExt(int(sw.meta &^ metaExt))
+	}
+	if moved := sh.tab.remove(pos, m.seed); moved != nil && moved.meta&metaExt != 0 {
+		sh.exts[moved.meta&^metaExt].sw = moved // it moved to pos
+	}
+	sh.nswarm.Add(-1)
+	m.swarms.give(1)
 }
 
 // NewMemory returns an empty store and starts its garbage collector, which
@@ -134,16 +301,18 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 		log = zap.NewNop()
 	}
 	m := &Memory{
-		cfg:      cfg,
-		now:      cfg.Clock,
-		lifetime: uint32((cfg.PeerLifetime + time.Second - 1) / time.Second), //nolint:gosec // G115: Validate caps peer_lifetime at 168h
-		seed:     maphash.MakeSeed(),
-		shards:   make([]shard, cfg.Shards),
-		shardMsk: uint64(cfg.Shards - 1), //nolint:gosec // G115: Validate keeps shards at 1 or more
-		log:      log,
-		gcChunk:  gcChunk,
-		done:     make(chan struct{}),
+		cfg:       cfg,
+		now:       cfg.Clock,
+		lifetime:  uint32((cfg.PeerLifetime + time.Second - 1) / time.Second), //nolint:gosec // G115: Validate caps peer_lifetime at 168h
+		seed:      maphash.MakeSeed(),
+		shards:    make([]shard, cfg.Shards),
+		shardMsk:  uint64(cfg.Shards - 1), //nolint:gosec // G115: Validate keeps shards at 1 or more
+		log:       log,
+		refuseLog: ratelog.New(10 * time.Second),
+		gcChunk:   gcChunk,
+		done:      make(chan struct{}),
 	}
+	m.SetLimits(cfg.Limits)
 	if m.now == nil {
 		m.now = time.Now
 	}
@@ -153,9 +322,6 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	m.fam4 = newFamily(false, m.seed)
 	m.fam6 = newFamily(true, m.seed)
 	m.famRTC = newRTCFamily(m.seed)
-	for i := range m.shards {
-		m.shards[i].swarms = make(map[bittorrent.InfoHash]*swarm)
-	}
 	var err error
 	if m.metrics, err = newMetrics(m, reg); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -199,8 +365,10 @@ func (m *Memory) seconds(t time.Time) uint32 {
 	return uint32(d)
 }
 
-func (m *Memory) shard(ih *bittorrent.InfoHash) *shard {
-	return &m.shards[maphash.Bytes(m.seed, ih[:])&m.shardMsk]
+// locate returns the hash of ih and its shard.
+func (m *Memory) locate(ih *bittorrent.InfoHash) (uint64, *shard) {
+	h := hashInfo(m.seed, ih)
+	return h, &m.shards[h&m.shardMsk]
 }
 
 func (m *Memory) family(k *addrKey) *family {
@@ -238,33 +406,49 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		return
 	}
 	f := m.family(&k)
-	sh := m.shard(&c.InfoHash)
+	h, sh := m.locate(&c.InfoHash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 
-	sw := sh.swarms[c.InfoHash]
-	if sw == nil {
+	sw := sh.tab.get(&c.InfoHash, h)
+	created := sw == nil
+	if created {
 		if c.Op == bittorrent.OpRemove {
 			return
 		}
-		sw = &swarm{}
-		sh.swarms[c.InfoHash] = sw
-		sh.nswarm.Add(1)
-	}
-	set := sw.set(f)
-	if set == nil {
-		if c.Op == bittorrent.OpRemove {
+		if sw = m.newSwarm(sh, &c.InfoHash, h); sw == nil {
 			return
 		}
-		set = sw.newSet(f)
 	}
-	i := set.find(f, k.bytes())
+	set := sh.set(sw, f)
+	i, same := set.find(f, k.bytes())
+	if i < 0 && c.Op != bittorrent.OpRemove {
+		reason := ""
+		switch {
+		case m.sourceFull(same):
+			reason = reasonPerSource
+		case !m.peers.take():
+			reason = reasonPeers
+		}
+		if reason != "" {
+			_ = m.refused(reason, false)
+			if created {
+				// Leave nothing behind. The new swarm is the shard's last
+				// and no collection can be holding it, so removing it
+				// moves nothing under the collector's feet.
+				m.removeSwarm(sh, sh.tab.n-1)
+			}
+			return
+		}
+	}
 
 	if c.Op == bittorrent.OpRemove {
 		if i >= 0 {
 			sh.npeers[kindIndex(f, i < set.seeders())].Add(-1)
+			m.peers.give(1)
 			set.remove(f, i)
 			set.shrink(f)
+			sh.putSet(sw, f, set)
 		}
 		return
 	}
@@ -276,13 +460,14 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		// acknowledgement was lost, find the peer marked seeded already.
 		// A handed-over seeder arrives marked too (snapshots carry
 		// Seeder), so a swarm's new owner does not count it again.
-		if (i < 0 || !set.seeded(f, i)) && sw.snatches < math.MaxUint32 {
-			sw.snatches++
+		if n := sh.snatches(sw); (i < 0 || !set.seeded(f, i)) && n < math.MaxUint32 {
+			sh.setSnatches(sw, n+1)
 		}
 	}
 	if i < 0 {
 		set.add(f, k.bytes(), &c.Peer.ID, now, seeder)
 		sh.npeers[kindIndex(f, seeder)].Add(1)
+		sh.putSet(sw, f, set)
 		return
 	}
 	set.update(f, i, &c.Peer.ID, now, seeder)
@@ -290,31 +475,122 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		set.setSeeder(f, i, seeder)
 		sh.npeers[kindIndex(f, was)].Add(-1)
 		sh.npeers[kindIndex(f, seeder)].Add(1)
+		sh.putSet(sw, f, set)
 	}
+}
+
+// newSwarm adds swarm ih, whose hash is h, to sh, unless the store holds
+// MaxSwarms already (or the shard its most), and returns it or nil.
+// Called with sh locked.
+func (m *Memory) newSwarm(sh *shard, ih *bittorrent.InfoHash, h uint64) *swarm {
+	if !m.swarms.take() {
+		_ = m.refused(reasonSwarms, false)
+		return nil
+	}
+	sw := sh.tab.insert(ih, h, m.seed)
+	if sw == nil {
+		m.swarms.give(1)
+		_ = m.refused(reasonSwarms, false)
+		return nil
+	}
+	sh.nswarm.Add(1)
+	return sw
+}
+
+// SetLimits puts new limits in force, for the next changes and announces;
+// what the store holds already stays even if it is past them. Limits that
+// Validate would refuse are the caller's mistake; zero means no limit.
+func (m *Memory) SetLimits(l Limits) {
+	m.swarms.max.Store(int64(l.MaxSwarms))
+	m.peers.max.Store(int64(l.MaxPeers))
+	m.perSource.Store(int64(l.MaxPeersPerSource))
+}
+
+// sourceFull reports whether a source holding same peers in a swarm may
+// add no other.
+func (m *Memory) sourceFull(same int) bool {
+	lim := m.perSource.Load()
+	return lim > 0 && int64(same) >= lim
+}
+
+// Limits returns the limits in force.
+func (m *Memory) Limits() Limits {
+	return Limits{MaxSwarms: int(m.swarms.max.Load()), MaxPeers: int(m.peers.max.Load()), MaxPeersPerSource: int(m.perSource.Load())}
+}
+
+// Admit implements Store. It reads under the shard's read lock, so the
+// answer may be stale by the time the announce is applied; Apply checks
+// again.
+func (m *Memory) Admit(ih bittorrent.InfoHash, announcer netip.AddrPort) error {
+	k, ok := makeKey(announcer)
+	if !ok || k.port() == 0 {
+		return nil // Apply ignores it
+	}
+	f := m.family(&k)
+	h, sh := m.locate(&ih)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	sw := sh.tab.get(&ih, h)
+	if sw == nil {
+		switch {
+		case m.swarms.full():
+			return m.refused(reasonSwarms, true)
+		case m.peers.full():
+			return m.refused(reasonPeers, true)
+		}
+		return nil
+	}
+	set := sh.set(sw, f)
+	i, same := set.find(f, k.bytes())
+	switch {
+	case i >= 0:
+		return nil
+	case m.sourceFull(same):
+		return m.refused(reasonPerSource, true)
+	case m.peers.full():
+		return m.refused(reasonPeers, true)
+	}
+	return nil
+}
+
+// refused counts a refusal, logs it at most once per 10 seconds, and
+// returns its failure reason. announce says Admit refused an announce;
+// otherwise Apply left a change out.
+func (m *Memory) refused(reason string, announce bool) error {
+	m.metrics.refuse(reason, announce)
+	if n, ok := m.refuseLog.Allow(); ok {
+		m.log.Warn("store full: refusing new swarms or peers", zap.String("reason", reason),
+			zap.Uint64("refused_since_last_log", n), zap.Int64("swarms", m.swarms.n.Load()), zap.Int64("max_swarms", m.swarms.max.Load()),
+			zap.Int64("peers", m.peers.n.Load()), zap.Int64("max_peers", m.peers.max.Load()), zap.Int64("max_peers_per_source", m.perSource.Load()))
+	}
+	switch reason {
+	case reasonSwarms:
+		return ErrTooManySwarms
+	case reasonPeers:
+		return ErrTooManyPeers
+	}
+	return ErrTooManyForSource
 }
 
 // AnnouncePeers implements Store. It allocates only if dst lacks capacity.
 func (m *Memory) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	sw := sh.swarms[ih]
+	sw := sh.tab.get(&ih, h)
 	if sw == nil {
 		return dst, bittorrent.Counts{}, bittorrent.Absent
 	}
-	counts := sw.counts()
+	counts := sh.counts(sw)
 	k, ok := makeKey(announcer)
 	if !ok {
 		return dst, counts, bittorrent.Absent
 	}
 	f := m.family(&k)
-	set := sw.set(f)
-	if set == nil {
-		return dst, counts, bittorrent.Absent
-	}
+	set := sh.set(sw, f)
 	self := -1
 	if k.port() != 0 {
-		self = set.find(f, k.bytes())
+		self, _ = set.find(f, k.bytes())
 	}
 	w, state := Choose(set.seeders(), int(set.n), self, seeder, n)
 	var buf [32]int
@@ -333,11 +609,11 @@ func (m *Memory) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort,
 
 // Counts implements Store.
 func (m *Memory) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	if sw := sh.swarms[ih]; sw != nil {
-		return sw.counts()
+	if sw := sh.tab.get(&ih, h); sw != nil {
+		return sh.counts(sw)
 	}
 	return bittorrent.Counts{}
 }
@@ -404,32 +680,27 @@ shards:
 	return peers
 }
 
-// gcShard collects one shard. It ranges over the swarm map across lock
-// releases; that is as safe as modifying a map inside its own range loop,
-// since other writers' changes are ordered by the lock: swarms added
-// meanwhile may or may not be visited. Only the collector deletes swarms
-// (under gcMu), so sw stays in the map while the lock is released.
+// gcShard collects one shard. It walks the swarms by position across lock
+// releases: other writers only add swarms, at the end, and only the
+// collector (under gcMu) removes them, moving the last swarm into the hole,
+// so the walk visits every swarm that was there when it started, and
+// swarms added meanwhile may or may not be visited. Emptied swarms are
+// removed and extensions no longer needed dropped, so the shard's memory
+// shrinks with it.
 func (m *Memory) gcShard(sh *shard, cutoff uint32) (peers, swarms int) {
 	budget := m.gcChunk
 	sh.mu.Lock()
-	for ih, sw := range sh.swarms {
-		peers += m.gcSet(sh, &m.fam4, &sw.v4, cutoff, &budget)
-		if sw.v6 != nil {
-			peers += m.gcSet(sh, &m.fam6, sw.v6, cutoff, &budget)
-			if sw.v6.n == 0 {
-				sw.v6 = nil
-			}
+	for pos := 0; pos < sh.tab.n; {
+		sw := sh.tab.at(pos)
+		for _, f := range m.families() {
+			peers += m.gcSet(sh, sw, f, cutoff, &budget)
 		}
-		if sw.rtc != nil {
-			peers += m.gcSet(sh, &m.famRTC, sw.rtc, cutoff, &budget)
-			if sw.rtc.n == 0 {
-				sw.rtc = nil
-			}
-		}
-		if sw.v4.n == 0 && sw.v6 == nil && sw.rtc == nil {
-			delete(sh.swarms, ih)
-			sh.nswarm.Add(-1)
+		if sh.empty(sw) {
+			m.removeSwarm(sh, pos) // the last swarm moves to pos: look at it next
 			swarms++
+		} else {
+			sh.unextend(sw)
+			pos++
 		}
 		if budget--; budget <= 0 {
 			m.gcYield(sh)
@@ -440,19 +711,17 @@ func (m *Memory) gcShard(sh *shard, cutoff uint32) (peers, swarms int) {
 	return peers, swarms
 }
 
-// gcSet removes expired records from s, which belongs to a swarm of sh.
-// Removing the record at i moves one from a higher position into i, so i
-// only advances past records that were kept. Memory is given back once at
-// the end, not after every removal.
-func (m *Memory) gcSet(sh *shard, f *family, s *peerSet, cutoff uint32, budget *int) (removed int) {
+// gcSet removes expired records from sw's peers of family f. Removing the
+// record at i moves one from a higher position into i, so i only advances
+// past records that were kept. The working copy of the set goes back
+// before every release of the lock and is read again after, as writers
+// may change the set meanwhile. Memory is given back once at the end, not
+// after every removal.
+func (m *Memory) gcSet(sh *shard, sw *swarm, f *family, cutoff uint32, budget *int) (removed int) {
 	if cutoff == 0 {
 		return 0
 	}
-	defer func() {
-		if removed > 0 {
-			s.shrink(f)
-		}
-	}()
+	s := sh.set(sw, f)
 	for i := 0; i < int(s.n); {
 		if s.seenAt(f, i) < cutoff {
 			sh.npeers[kindIndex(f, i < s.seeders())].Add(-1)
@@ -462,9 +731,16 @@ func (m *Memory) gcSet(sh *shard, f *family, s *peerSet, cutoff uint32, budget *
 			i++
 		}
 		if *budget--; *budget <= 0 {
+			sh.putSet(sw, f, s)
 			m.gcYield(sh)
+			s = sh.set(sw, f)
 			*budget = m.gcChunk
 		}
+	}
+	if removed > 0 {
+		m.peers.give(int64(removed))
+		s.shrink(f)
+		sh.putSet(sw, f, s)
 	}
 	return removed
 }

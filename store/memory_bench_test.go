@@ -32,10 +32,11 @@ func benchHash(i int) bittorrent.InfoHash {
 	return ih
 }
 
-// benchAddr returns the address of peer number i of the given family.
+// benchAddr returns the address of peer number i of the given family,
+// each in a network of its own (an IPv6 /64 is one subscriber's).
 func benchAddr(i int, v6 bool) netip.AddrPort {
 	if v6 {
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}), 6881)
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 4: byte(i >> 24), 5: byte(i >> 16), 6: byte(i >> 8), 7: byte(i), 15: 1}), 6881)
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(10 + i>>24), byte(i >> 16), byte(i >> 8), byte(i)}), 6881)
 }
@@ -171,9 +172,10 @@ func BenchmarkGC(b *testing.B) {
 }
 
 // BenchmarkMemory measures the heap a store holds per peer, everything
-// included: shards, swarm maps, swarms and records. The target case is 1M
-// IPv4 peers in 100k swarms (10 each, a third seeding); the others show how
-// the cost moves with swarm size and family.
+// included: shards, swarm tables, swarms and records. The targets are 1M
+// IPv4 peers in 100k swarms (10 each, a third seeding) and a swarm of one
+// IPv4 peer; the others show how the cost moves with swarm size and
+// family (and size the default limits: see store.swarmCost).
 func BenchmarkMemory(b *testing.B) {
 	tests := []struct {
 		name             string
@@ -183,6 +185,7 @@ func BenchmarkMemory(b *testing.B) {
 		{"ipv4", 100_000, 10, false},
 		{"ipv6", 100_000, 10, true},
 		{"ipv4-one-peer-swarms", 1_000_000, 1, false},
+		{"ipv6-one-peer-swarms", 1_000_000, 1, true},
 		{"ipv4-big-swarms", 10, 100_000, false},
 	}
 	for _, tt := range tests {
@@ -398,4 +401,22 @@ func BenchmarkScrapeAll(b *testing.B) {
 			b.Fatalf("listed %d swarms, want %d", n, swarms)
 		}
 	}
+}
+
+// BenchmarkDigests lists the digests of 100,000 swarms of 10 IPv4 peers,
+// what an anti-entropy pass reads from one node's store every
+// repair_interval.
+func BenchmarkDigests(b *testing.B) {
+	const swarms, perSwarm = 100_000, 10
+	m := benchMemory(b)
+	fill(m, swarms, perSwarm, false)
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		m.Digests(func(batch []store.SwarmDigest) bool { n += len(batch); return true })
+		if n != swarms {
+			b.Fatalf("listed %d swarms, want %d", n, swarms)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/(swarms*perSwarm), "ns/peer")
 }

@@ -22,6 +22,7 @@ func testMemory(t testing.TB, shards int, now *time.Time) *Memory {
 	cfg.PeerLifetime = time.Minute
 	cfg.GCInterval = time.Minute
 	cfg.Shards = shards
+	cfg.MaxPeersPerSource = 0 // the tests' IPv6 peers share a /64
 	cfg.Clock = func() time.Time { return *now }
 	m, err := NewMemory(cfg, nil, nil)
 	if err != nil {
@@ -31,51 +32,97 @@ func testMemory(t testing.TB, shards int, now *time.Time) *Memory {
 	return m
 }
 
-// checkInvariants verifies the store's internal structure: every set's
-// bookkeeping, its index against its records, and the shard totals.
-// Call it only while nothing else uses the store.
+// checkInvariants verifies the store's internal structure: every shard's
+// table and extensions, every set's bookkeeping, its index against its
+// records, and the shard and store totals. Call it only while nothing else
+// uses the store.
 func (m *Memory) checkInvariants() error {
+	var allSwarms, allPeers int64
 	for si := range m.shards {
 		sh := &m.shards[si]
-		var swarms int64
-		var peers [4]int64
-		for ih, sw := range sh.swarms {
-			if m.shard(&ih) != sh {
-				return fmt.Errorf("swarm %x in shard %d, want %d", ih[:], si, maphashShard(m, ih))
-			}
-			swarms++
-			if err := checkSet(&m.fam4, &sw.v4); err != nil {
-				return fmt.Errorf("swarm %x ipv4: %w", ih[:], err)
-			}
-			peers[0] += int64(sw.v4.seeders())
-			peers[1] += int64(sw.v4.leechers())
-			if sw.v6 != nil {
-				if err := checkSet(&m.fam6, sw.v6); err != nil {
-					return fmt.Errorf("swarm %x ipv6: %w", ih[:], err)
+		if err := m.checkTable(si); err != nil {
+			return err
+		}
+		var peers [6]int64
+		extUsers := make([]int, len(sh.exts))
+		for pos := range sh.tab.n {
+			sw := sh.tab.at(pos)
+			if e := sh.ext(sw); e != nil {
+				extUsers[sw.meta&^metaExt]++
+				if e.sw != sw {
+					return fmt.Errorf("swarm %x has the extension of %x", sw.ih[:], e.sw.ih[:])
 				}
-				peers[2] += int64(sw.v6.seeders())
-				peers[3] += int64(sw.v6.leechers())
+			}
+			for _, f := range m.families() {
+				s := sh.set(sw, f)
+				if err := checkSet(f, &s); err != nil {
+					return fmt.Errorf("swarm %x family %d: %w", sw.ih[:], f.kind, err)
+				}
+				peers[kindIndex(f, true)] += int64(s.seeders())
+				peers[kindIndex(f, false)] += int64(s.leechers())
 			}
 		}
-		if got := sh.nswarm.Load(); got != swarms {
-			return fmt.Errorf("shard %d counts %d swarms, holds %d", si, got, swarms)
+		for k, n := range extUsers {
+			if n != 1 {
+				return fmt.Errorf("shard %d: extension %d belongs to %d swarms", si, k, n)
+			}
+		}
+		if got := sh.nswarm.Load(); got != int64(sh.tab.n) {
+			return fmt.Errorf("shard %d counts %d swarms, holds %d", si, got, sh.tab.n)
 		}
 		for k := range peers {
 			if got := sh.npeers[k].Load(); got != peers[k] {
 				return fmt.Errorf("shard %d counts %d peers of kind %d, holds %d", si, got, k, peers[k])
 			}
+			allPeers += peers[k]
 		}
+		allSwarms += int64(sh.tab.n)
+	}
+	if got := m.swarms.n.Load(); got != allSwarms {
+		return fmt.Errorf("store counts %d swarms, holds %d", got, allSwarms)
+	}
+	if got := m.peers.n.Load(); got != allPeers {
+		return fmt.Errorf("store counts %d peers, holds %d", got, allPeers)
 	}
 	return nil
 }
 
-func maphashShard(m *Memory, ih bittorrent.InfoHash) int {
-	for i := range m.shards {
-		if m.shard(&ih) == &m.shards[i] {
-			return i
+// checkTable verifies shard si's table: every swarm in the right shard and
+// found at its position, one slot per swarm, no more chunks than needed.
+func (m *Memory) checkTable(si int) error {
+	t := &m.shards[si].tab
+	if t.n == 0 {
+		if t.slots != nil || t.chunks != nil {
+			return fmt.Errorf("shard %d: empty table keeps %d slots and %d chunks", si, len(t.slots), len(t.chunks))
+		}
+		return nil
+	}
+	if size := len(t.slots); size&(size-1) != 0 || 4*t.n > 3*size {
+		return fmt.Errorf("shard %d: %d slots for %d swarms", si, size, t.n)
+	}
+	if want := (t.n + chunkLen - 1) / chunkLen; len(t.chunks) != want {
+		return fmt.Errorf("shard %d: %d chunks for %d swarms, want %d", si, len(t.chunks), t.n, want)
+	}
+	var used int
+	for _, v := range t.slots {
+		if v != 0 {
+			used++
 		}
 	}
-	return -1
+	if used != t.n {
+		return fmt.Errorf("shard %d: %d slots used for %d swarms", si, used, t.n)
+	}
+	for pos := range t.n {
+		ih := t.at(pos).ih
+		h, sh := m.locate(&ih)
+		if sh != &m.shards[si] {
+			return fmt.Errorf("swarm %x in shard %d, want %d", ih[:], si, h&m.shardMsk)
+		}
+		if got := t.lookup(&ih, h); got != pos {
+			return fmt.Errorf("shard %d: swarm %x at %d is found at %d", si, ih[:], pos, got)
+		}
+	}
+	return nil
 }
 
 func checkSet(f *family, s *peerSet) error {
@@ -124,7 +171,7 @@ func checkSet(f *family, s *peerSet) error {
 		return fmt.Errorf("index has %d entries for %d peers", used, n)
 	}
 	for i := range n {
-		if _, pos := s.idx.lookup(s, f, s.addrAt(f, i), f.hash(s.addrAt(f, i))); pos != i {
+		if _, pos, _ := s.idx.lookup(s, f, s.addrAt(f, i), f.hash(s.addrAt(f, i))); pos != i {
 			return fmt.Errorf("index finds position %d at %d", i, pos)
 		}
 	}
@@ -470,7 +517,11 @@ func TestIndexThresholds(t *testing.T) {
 	addr := func(i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 9, 0, byte(i)}), 1)
 	}
-	set := func() *peerSet { return &m.shards[0].swarms[ih].v4 }
+	set := func() *peerSet {
+		sh := &m.shards[0]
+		s := sh.set(sh.tab.get(&ih, hashInfo(m.seed, &ih)), &m.fam4)
+		return &s
+	}
 	for i := range 200 {
 		m.Apply([]bittorrent.Change{{InfoHash: ih, Peer: bittorrent.Peer{Addr: addr(i)}, Op: bittorrent.OpPut, Seeder: i%2 == 0}})
 		if hasIdx, want := set().idx != nil, i+1 > smallMax; hasIdx != want {
@@ -566,7 +617,7 @@ func TestPeerSetChurn(t *testing.T) {
 			for step := range 30000 {
 				k := &keys[rng.IntN(len(keys))]
 				key := k.bytes()
-				pos := s.find(&f, key)
+				pos, _ := s.find(&f, key)
 				if _, in := model[string(key)]; in != (pos >= 0) {
 					t.Fatalf("step %d: find = %d, model has it: %v", step, pos, in)
 				}
@@ -596,7 +647,7 @@ func TestPeerSetChurn(t *testing.T) {
 					}
 					var seeders int
 					for key, seeder := range model {
-						pos := s.find(&f, []byte(key))
+						pos, _ := s.find(&f, []byte(key))
 						if pos < 0 || (pos < s.seeders()) != seeder {
 							t.Fatalf("step %d: %x at %d, seeder %v", step, key, pos, seeder)
 						}
@@ -644,7 +695,7 @@ func TestIndexDeleteWrap(t *testing.T) {
 			s.idx.deleteSlot(&s, &f, s.idx.slotOf(&s, &f, pos))
 			gone[pos] = true
 			for i := range int(s.n) {
-				_, got := s.idx.lookup(&s, &f, s.addrAt(&f, i), f.hash(s.addrAt(&f, i)))
+				_, got, _ := s.idx.lookup(&s, &f, s.addrAt(&f, i), f.hash(s.addrAt(&f, i)))
 				wantPos := i
 				if gone[i] {
 					wantPos = -1
@@ -667,6 +718,7 @@ func TestConcurrentWithGC(t *testing.T) {
 	cfg.PeerLifetime = time.Second
 	cfg.GCInterval = time.Second
 	cfg.Shards = 2
+	cfg.MaxPeersPerSource = 0
 	cfg.Clock = func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
@@ -691,15 +743,19 @@ func TestConcurrentWithGC(t *testing.T) {
 	var bg sync.WaitGroup
 	var collected atomic.Int64
 	// Readers and the collector are bounded, so that they cannot starve the
-	// writers on a busy machine; the collector goes on past its 300 rounds
-	// until something has expired, as on a loaded machine its rounds can
-	// all run before the writers have made a peer old enough.
+	// writers on a busy machine; the collector goes on past its 300 rounds,
+	// and past the writers' end, until something has expired, as on a
+	// loaded (or a fast) machine its rounds can all run before the writers
+	// have made a peer old enough. Its own clock reads age the peers, so
+	// that ends.
 	bg.Go(func() {
 		for i := 0; i < 300 || collected.Load() == 0; i++ {
-			select {
-			case <-stop:
-				return
-			default:
+			if collected.Load() > 0 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
 			}
 			collected.Add(int64(m.GC(cfg.Clock())))
 		}

@@ -1,7 +1,11 @@
 package store_test
 
 import (
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -19,9 +23,10 @@ import (
 )
 
 func TestMemoryConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(t *testing.T, lim store.Limits) store.Store {
 		cfg := store.DefaultConfig()
 		cfg.Shards = 16
+		cfg.Limits = lim
 		m, err := store.NewMemory(cfg, prometheus.NewRegistry(), zaptest.NewLogger(t))
 		if err != nil {
 			t.Fatal(err)
@@ -58,6 +63,7 @@ func newMemory(t testing.TB, edit func(*store.Config)) (*store.Memory, *clock, *
 	cfg := store.DefaultConfig()
 	cfg.PeerLifetime = 10 * time.Minute
 	cfg.Shards = 8
+	cfg.MaxPeersPerSource = 0
 	cfg.Clock = clk.now
 	if edit != nil {
 		edit(&cfg)
@@ -334,6 +340,144 @@ karuta_store_swarms 1
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestRefusalMetrics checks that every refusal is counted under its limit
+// and stage, that every series exists from the start, and that the limits
+// in force are reported.
+func TestRefusalMetrics(t *testing.T) {
+	m, _, reg := newMemory(t, func(c *store.Config) {
+		c.Limits = store.Limits{MaxSwarms: 1, MaxPeers: 3, MaxPeersPerSource: 2}
+	})
+	m.Apply([]bittorrent.Change{
+		{InfoHash: ih1, Peer: peer("10.0.0.1:1"), Op: bittorrent.OpPut},
+		{InfoHash: ih1, Peer: peer("10.0.0.1:2"), Op: bittorrent.OpPut},
+		{InfoHash: ih1, Peer: peer("10.0.0.1:3"), Op: bittorrent.OpPut}, // per source
+		{InfoHash: ih2, Peer: peer("10.0.0.2:1"), Op: bittorrent.OpPut}, // swarms
+		{InfoHash: ih1, Peer: peer("10.0.0.3:1"), Op: bittorrent.OpPut},
+		{InfoHash: ih1, Peer: peer("10.0.0.4:1"), Op: bittorrent.OpPut}, // peers
+	})
+	for _, tc := range []struct {
+		ih   bittorrent.InfoHash
+		addr string
+		want error
+	}{
+		{ih1, "10.0.0.1:4", store.ErrTooManyForSource},
+		{ih2, "10.0.0.5:1", store.ErrTooManySwarms},
+		{ih1, "10.0.0.5:1", store.ErrTooManyPeers},
+		{ih1, "10.0.0.1:1", nil},
+	} {
+		if err := m.Admit(tc.ih, netip.MustParseAddrPort(tc.addr)); !errors.Is(err, tc.want) {
+			t.Errorf("Admit(%x, %s) = %v, want %v", tc.ih[:1], tc.addr, err, tc.want)
+		}
+	}
+	want := `
+# HELP karuta_store_limit The store's limits in force (0: none), by limit.
+# TYPE karuta_store_limit gauge
+karuta_store_limit{limit="max_peers"} 3
+karuta_store_limit{limit="max_peers_per_source"} 2
+karuta_store_limit{limit="max_swarms"} 1
+# HELP karuta_store_refused_total New swarms and peers refused at a limit, by limit (max_swarms, max_peers, max_peers_per_source) and stage (announce: the client got a failure reason; apply: a change was left out).
+# TYPE karuta_store_refused_total counter
+karuta_store_refused_total{reason="max_peers",stage="announce"} 1
+karuta_store_refused_total{reason="max_peers",stage="apply"} 1
+karuta_store_refused_total{reason="max_peers_per_source",stage="announce"} 1
+karuta_store_refused_total{reason="max_peers_per_source",stage="apply"} 1
+karuta_store_refused_total{reason="max_swarms",stage="announce"} 1
+karuta_store_refused_total{reason="max_swarms",stage="apply"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "karuta_store_limit", "karuta_store_refused_total"); err != nil {
+		t.Error(err)
+	}
+	m.SetLimits(store.Limits{})
+	if err := m.Admit(ih2, netip.MustParseAddrPort("10.0.0.5:1")); err != nil {
+		t.Errorf("after lifting the limits: Admit = %v", err)
+	}
+	if got := metricValue(t, reg, "karuta_store_swarms"); got != 1 {
+		t.Errorf("karuta_store_swarms = %v, want 1", got)
+	}
+}
+
+// TestMergeNeverExtendsLife checks that a merged peer keeps its last-seen
+// time, so it expires when it would have on the copy it came from, and
+// that expired peers are left out of digests and merges.
+func TestMergeNeverExtendsLife(t *testing.T) {
+	m, clk, _ := newMemory(t, nil) // peers live 10 minutes
+	seen := t0.Add(-8 * time.Minute)
+	clk.set(t0)
+	if added := m.Merge(ih1, []store.SeenPeer{{Peer: peer("10.0.0.1:1"), Seen: seen}, {Peer: peer("10.0.0.2:1"), Seen: t0}}, 0); added != 2 {
+		t.Fatalf("Merge added %d, want 2", added)
+	}
+	if got := m.GC(t0.Add(time.Minute)); got != 0 {
+		t.Errorf("GC a minute later removed %d", got)
+	}
+	before, _ := m.Digest(ih1)
+	clk.set(t0.Add(3 * time.Minute)) // the first peer's lifetime has passed
+	after, live := m.Digest(ih1)
+	if !live || after == before {
+		t.Errorf("digest once a peer expired: %x (live %v), before %x; want it to leave the expired peer out", after, live, before)
+	}
+	peers, _, _ := m.SeenSwarm(ih1, nil)
+	if len(peers) != 1 || peers[0].Addr != peer("10.0.0.2:1").Addr {
+		t.Errorf("SeenSwarm lists %+v, want only the live peer", peers)
+	}
+	if got := m.GC(t0.Add(3 * time.Minute)); got != 1 {
+		t.Errorf("GC removed %d, want the merged peer whose lifetime passed", got)
+	}
+}
+
+// TestMemoryComesBack floods a store with one-peer swarms, lets them
+// expire, and checks that the live heap returns to within 20% of its size
+// before the flood: the shard tables give their memory back as they empty.
+func TestMemoryComesBack(t *testing.T) {
+	const flood = 200_000
+	m, clk, _ := newMemory(t, func(c *store.Config) { c.Shards = 1024 })
+	legit := make([]bittorrent.Change, 0, 1000)
+	for i := range cap(legit) {
+		legit = append(legit, bittorrent.Change{InfoHash: bittorrent.InfoHash{0x1e, byte(i >> 8), byte(i)}, Peer: peer(fmt.Sprintf("10.1.%d.%d:1", i>>8, i&0xff)), Op: bittorrent.OpPut})
+	}
+	m.Apply(legit)
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	batch := make([]bittorrent.Change, 0, 1024)
+	clk.set(t0.Add(time.Minute))
+	for i := range flood {
+		c := bittorrent.Change{Op: bittorrent.OpPut}
+		binary.BigEndian.PutUint64(c.InfoHash[:], uint64(i)*0x9e3779b97f4a7c15+1)
+		c.Peer.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}), uint16(1+i%60000))
+		if i%3 == 0 {
+			c.Peer.Addr = netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 4: byte(i >> 16), 5: byte(i >> 8), 6: byte(i), 15: 1}), 1)
+		}
+		if batch = append(batch, c); len(batch) == cap(batch) {
+			m.Apply(batch)
+			batch = batch[:0]
+		}
+	}
+	m.Apply(batch)
+	batch = nil
+	during := heap()
+	// The legitimate peers announce again; the flood's expire.
+	clk.set(t0.Add(11 * time.Minute))
+	m.Apply(legit)
+	if got := m.GC(t0.Add(12 * time.Minute)); got != flood {
+		t.Fatalf("GC removed %d, want the %d flooded peers", got, flood)
+	}
+	after := heap()
+	t.Logf("live heap: %d before, %d during the flood, %d after", before, during, after)
+	if during < before+flood*50 {
+		t.Fatalf("the flood grew the heap only from %d to %d; the test measures nothing", before, during)
+	}
+	if float64(after) > 1.2*float64(before) {
+		t.Errorf("live heap after the flood expired is %d, more than 20%% above %d before it", after, before)
+	}
+	if st := m.Stats(); st.Swarms != len(legit) {
+		t.Errorf("%d swarms left, want the %d legitimate ones", st.Swarms, len(legit))
 	}
 }
 

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -13,6 +14,17 @@ type metrics struct {
 	gcDuration      prometheus.Histogram
 	ignoredAddr     prometheus.Counter
 	ignoredOp       prometheus.Counter
+	// refusedAt[announce][reason]: announces Admit refused, changes Apply
+	// left out.
+	refusedAt [2]map[string]prometheus.Counter
+}
+
+func (mt *metrics) refuse(reason string, announce bool) {
+	i := 0
+	if announce {
+		i = 1
+	}
+	mt.refusedAt[i][reason].Inc()
 }
 
 func newMetrics(m *Memory, reg prometheus.Registerer) (*metrics, error) {
@@ -45,12 +57,37 @@ func newMetrics(m *Memory, reg prometheus.Registerer) (*metrics, error) {
 		ignoredAddr: ignored.WithLabelValues("invalid_address"),
 		ignoredOp:   ignored.WithLabelValues("unknown_op"),
 	}
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "karuta",
+		Subsystem: "store",
+		Name:      "refused_total",
+		Help:      "New swarms and peers refused at a limit, by limit (max_swarms, max_peers, max_peers_per_source) and stage (announce: the client got a failure reason; apply: a change was left out).",
+	}, []string{"reason", "stage"})
+	for i, stage := range []string{"apply", "announce"} {
+		mt.refusedAt[i] = map[string]prometheus.Counter{}
+		for _, reason := range []string{reasonSwarms, reasonPeers, reasonPerSource} {
+			mt.refusedAt[i][reason] = refused.WithLabelValues(reason, stage)
+		}
+	}
+	var limits []prometheus.Collector
+	for _, l := range []struct {
+		name string
+		v    *atomic.Int64
+	}{{reasonSwarms, &m.swarms.max}, {reasonPeers, &m.peers.max}, {reasonPerSource, &m.perSource}} {
+		limits = append(limits, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace:   "karuta",
+			Subsystem:   "store",
+			Name:        "limit",
+			Help:        "The store's limits in force (0: none), by limit.",
+			ConstLabels: prometheus.Labels{"limit": l.name},
+		}, func() float64 { return float64(l.v.Load()) }))
+	}
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{
-		mt.gcRemovedPeers, mt.gcRemovedSwarms, mt.gcDuration, ignored, newSizeCollector(m),
-	} {
+	for _, c := range append([]prometheus.Collector{
+		mt.gcRemovedPeers, mt.gcRemovedSwarms, mt.gcDuration, ignored, refused, newSizeCollector(m),
+	}, limits...) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -56,8 +56,12 @@ const (
 type family struct {
 	addrLen int
 	stride  int
-	v6      bool
-	kind    familyKind
+	// srcLen is how much of an address names its source, the unit that
+	// max_peers_per_source counts: an IPv4 address, an IPv6 /64, one
+	// WebSocket's WebRTC address.
+	srcLen int
+	v6     bool
+	kind   familyKind
 	// seed keys the index hash per store, so clients cannot choose
 	// addresses that collide.
 	seed maphash.Seed
@@ -74,20 +78,37 @@ const (
 	kindRTC
 )
 
+// Source lengths in bytes: a whole IPv4 address, the /64 of an IPv6 one
+// (the least a subscriber is given), and a whole WebRTC address: they all
+// share one /64 (100::/64, then the node and the socket), and each names
+// one client's socket.
+const (
+	srcLen4   = 4
+	srcLen6   = 8
+	srcLenRTC = 16
+)
+
 func newFamily(v6 bool, seed maphash.Seed) family {
 	if v6 {
-		return family{addrLen: addrLen6, stride: stride6, v6: true, kind: kindV6, seed: seed}
+		return family{addrLen: addrLen6, stride: stride6, srcLen: srcLen6, v6: true, kind: kindV6, seed: seed}
 	}
-	return family{addrLen: addrLen4, stride: stride4, seed: seed}
+	return family{addrLen: addrLen4, stride: stride4, srcLen: srcLen4, kind: kindV4, seed: seed}
 }
 
 func newRTCFamily(seed maphash.Seed) family {
 	f := newFamily(true, seed)
-	f.kind = kindRTC
+	f.kind, f.srcLen = kindRTC, srcLenRTC
 	return f
 }
 
-func (f *family) hash(addr []byte) uint64 { return maphash.Bytes(f.seed, addr) }
+// hash places an address in a set's index by its source only, so all the
+// ports of one source share a probe run and find can count them on the
+// way (see index.lookup). max_peers_per_source bounds how long such a run
+// gets; the keyed hash keeps clients from choosing sources that collide.
+func (f *family) hash(addr []byte) uint64 { return maphash.Bytes(f.seed, addr[:f.srcLen]) }
+
+// sameSource reports whether two addresses (or records) share a source.
+func (f *family) sameSource(a, b []byte) bool { return string(a[:f.srcLen]) == string(b[:f.srcLen]) }
 
 // decode fills p from a record. It writes in place because building a Peer
 // and copying it into the caller's slice costs twice as much.
@@ -183,28 +204,43 @@ func seenFor(seen uint32, seeded bool) uint32 {
 func (s *peerSet) seeders() int  { return int(s.nseed) }
 func (s *peerSet) leechers() int { return int(s.n - s.nseed) }
 
-// find returns the position of the peer with address key, or -1.
-func (s *peerSet) find(f *family, key []byte) int {
+// find returns the position of the peer with address key, or -1, and the
+// number of other peers of key's source it passed on the way: when the
+// peer is absent, that is every peer of its source in the set, which is
+// what max_peers_per_source is checked against.
+func (s *peerSet) find(f *family, key []byte) (pos, same int) {
 	if s.idx != nil {
-		_, pos := s.idx.lookup(s, f, key, f.hash(key))
-		return pos
+		_, pos, same = s.idx.lookup(s, f, key, f.hash(key))
+		return pos, same
 	}
-	// Compare one word of the address first: calling the generic byte
-	// comparison for every record costs more than the rest of the scan. For
-	// IPv6 the word is taken from the interface identifier, where addresses
-	// in one network differ.
-	w := f.addrLen - 2 - 8
+	// Compare the source first, as one word: calling the generic byte
+	// comparison for every record costs more than the rest of the scan.
 	if !f.v6 {
-		w = 0
+		want := binary.LittleEndian.Uint32(key)
+		for i, o := 0, 0; i < int(s.n); i, o = i+1, o+f.stride {
+			r := s.recs[o : o+f.addrLen]
+			if binary.LittleEndian.Uint32(r) == want {
+				if string(r) == string(key) {
+					return i, same
+				}
+				same++
+			}
+		}
+		return -1, same
 	}
-	want := binary.LittleEndian.Uint32(key[w:])
+	want := binary.LittleEndian.Uint64(key)
 	for i, o := 0, 0; i < int(s.n); i, o = i+1, o+f.stride {
 		r := s.recs[o : o+f.addrLen]
-		if binary.LittleEndian.Uint32(r[w:]) == want && string(r) == string(key) {
-			return i
+		if binary.LittleEndian.Uint64(r) == want {
+			if string(r) == string(key) {
+				return i, same
+			}
+			if f.srcLen == srcLen6 || f.sameSource(r, key) {
+				same++
+			}
 		}
 	}
-	return -1
+	return -1, same
 }
 
 // add appends a peer that is not in the set yet.
@@ -358,16 +394,23 @@ type index struct {
 }
 
 // lookup returns the slot holding key and its position, or the empty slot
-// where the probe ended and -1.
-func (x *index) lookup(s *peerSet, f *family, key []byte, h uint64) (slot, pos int) {
+// where the probe ended and -1, and the peers of key's source it passed.
+// Every peer of a source hashes to the same home slot, and linear probing
+// keeps an entry between its home and the next empty slot, so a probe
+// that ends empty has passed all of them.
+func (x *index) lookup(s *peerSet, f *family, key []byte, h uint64) (slot, pos, same int) {
 	mask := uint64(len(x.slots) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
 		v := x.slots[i]
 		if v == 0 {
-			return int(i), -1
+			return int(i), -1, same
 		}
-		if string(s.addrAt(f, int(v-1))) == string(key) {
-			return int(i), int(v - 1)
+		a := s.addrAt(f, int(v-1))
+		if string(a) == string(key) {
+			return int(i), int(v - 1), same
+		}
+		if f.sameSource(a, key) {
+			same++
 		}
 	}
 }
@@ -399,22 +442,31 @@ func (x *index) slotOf(s *peerSet, f *family, pos int) int {
 // deleteSlot empties slot i and shifts later entries of its probe run back,
 // so lookups never need tombstones.
 func (x *index) deleteSlot(s *peerSet, f *family, i int) {
-	mask := len(x.slots) - 1
-	for j := (i + 1) & mask; x.slots[j] != 0; j = (j + 1) & mask {
-		v := x.slots[j]
-		home := int(f.hash(s.addrAt(f, int(v-1))) & uint64(mask))
+	mask := uint64(len(x.slots) - 1)
+	deleteSlot(x.slots, i, func(v uint32) int { return int(f.hash(s.addrAt(f, int(v-1))) & mask) })
+}
+
+// deleteSlot empties slot i of an open-addressing table with linear
+// probing, whose non-zero entries have their home slot given by home, and
+// shifts later entries of its probe run back, so lookups never need
+// tombstones. Both the swarm tables and the peer indexes use it.
+func deleteSlot(slots []uint32, i int, home func(v uint32) int) {
+	mask := len(slots) - 1
+	for j := (i + 1) & mask; slots[j] != 0; j = (j + 1) & mask {
+		v := slots[j]
+		h := home(v)
 		// The entry at j may fill the hole at i unless its home slot lies
 		// cyclically in (i, j]: then a lookup would stop at i too early.
 		var stays bool
 		if i < j {
-			stays = i < home && home <= j
+			stays = i < h && h <= j
 		} else {
-			stays = i < home || home <= j
+			stays = i < h || h <= j
 		}
 		if !stays {
-			x.slots[i] = v
+			slots[i] = v
 			i = j
 		}
 	}
-	x.slots[i] = 0
+	slots[i] = 0
 }

@@ -35,7 +35,7 @@ func BenchmarkPeerSetFind(b *testing.B) {
 					}
 					b.ReportAllocs()
 					for i := 0; b.Loop(); i++ {
-						if s.find(&f, keys[i%n].bytes()) < 0 {
+						if pos, _ := s.find(&f, keys[i%n].bytes()); pos < 0 {
 							b.Fatal("not found")
 						}
 					}

@@ -12,21 +12,18 @@ const rangeKeep = 4096
 
 // Swarm implements Store.
 func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorrent.Change) ([]bittorrent.Change, bittorrent.Counts, bool) {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	sw := sh.swarms[ih]
+	sw := sh.tab.get(&ih, h)
 	if sw == nil {
 		return dst, bittorrent.Counts{}, false
 	}
-	dst = sw.v4.appendSnapshot(&m.fam4, dst, ih, maxPerFamily)
-	if sw.v6 != nil {
-		dst = sw.v6.appendSnapshot(&m.fam6, dst, ih, maxPerFamily)
+	for _, f := range m.families() {
+		set := sh.set(sw, f)
+		dst = set.appendSnapshot(f, dst, ih, maxPerFamily)
 	}
-	if sw.rtc != nil {
-		dst = sw.rtc.appendSnapshot(&m.famRTC, dst, ih, maxPerFamily)
-	}
-	return dst, sw.counts(), true
+	return dst, sh.counts(sw), true
 }
 
 // appendSnapshot appends up to limit of the set's peers (all with limit <= 0)
@@ -56,18 +53,21 @@ func (s *peerSet) appendSnapshot(f *family, dst []bittorrent.Change, ih bittorre
 	return dst
 }
 
-// MergeSnatches implements Store.
+// MergeSnatches implements Store. Creating a swarm counts against
+// MaxSwarms: past it, a count for a swarm not held is left out.
 func (m *Memory) MergeSnatches(ih bittorrent.InfoHash, n uint32) {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	sw := sh.swarms[ih]
+	sw := sh.tab.get(&ih, h)
 	if sw == nil {
-		sw = &swarm{}
-		sh.swarms[ih] = sw
-		sh.nswarm.Add(1)
+		if sw = m.newSwarm(sh, &ih, h); sw == nil {
+			return
+		}
 	}
-	sw.snatches = max(sw.snatches, n)
+	if n > sh.snatches(sw) {
+		sh.setSnatches(sw, n)
+	}
 }
 
 // Range implements Store. It copies one shard's infohashes under the
@@ -80,8 +80,8 @@ func (m *Memory) Range(fn func(ih bittorrent.InfoHash) bool) {
 		sh := &m.shards[i]
 		sh.mu.RLock()
 		buf = buf[:0]
-		for ih := range sh.swarms {
-			buf = append(buf, ih)
+		for pos := range sh.tab.n {
+			buf = append(buf, sh.tab.at(pos).ih)
 		}
 		sh.mu.RUnlock()
 		for _, ih := range buf {
@@ -101,21 +101,21 @@ func (m *Memory) Range(fn func(ih bittorrent.InfoHash) bool) {
 func (m *Memory) Drop(ih bittorrent.InfoHash) {
 	m.gcMu.Lock()
 	defer m.gcMu.Unlock()
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	sw := sh.swarms[ih]
-	if sw == nil {
+	pos := sh.tab.lookup(&ih, h)
+	if pos < 0 {
 		return
 	}
-	for _, f := range []*family{&m.fam4, &m.fam6, &m.famRTC} {
-		if s := sw.set(f); s != nil {
-			sh.npeers[kindIndex(f, true)].Add(-int64(s.seeders()))
-			sh.npeers[kindIndex(f, false)].Add(-int64(s.leechers()))
-		}
+	sw := sh.tab.at(pos)
+	for _, f := range m.families() {
+		set := sh.set(sw, f)
+		sh.npeers[kindIndex(f, true)].Add(-int64(set.seeders()))
+		sh.npeers[kindIndex(f, false)].Add(-int64(set.leechers()))
+		m.peers.give(int64(set.n))
 	}
-	delete(sh.swarms, ih)
-	sh.nswarm.Add(-1)
+	m.removeSwarm(sh, pos)
 }
 
 // scrapeAllBatch is how many swarms ScrapeAll reads for each call of fn.
@@ -154,9 +154,10 @@ func (m *Memory) ScrapePage(cursor uint64, limit int, dst []bittorrent.Scrape) (
 		}
 		sh := &m.shards[cursor]
 		sh.mu.RLock()
-		for ih, sw := range sh.swarms {
-			if c := sw.counts(); c.Seeders+c.Leechers > 0 {
-				dst = append(dst, bittorrent.Scrape{InfoHash: ih, Counts: c})
+		for pos := range sh.tab.n {
+			sw := sh.tab.at(pos)
+			if c := sh.counts(sw); c.Seeders+c.Leechers > 0 {
+				dst = append(dst, bittorrent.Scrape{InfoHash: sw.ih, Counts: c})
 			}
 		}
 		sh.mu.RUnlock()

@@ -25,10 +25,19 @@ type Store interface {
 	// set) since it joined the swarm, so a completion counts once per peer
 	// and swarm however often a client repeats it or a batch is applied
 	// again, even a batch that also moves the peer back to leeching. A peer
-	// that left (OpRemove, or expired) counts again when it completes. Changes without a valid address, with
-	// port 0 or with an unknown op are ignored. Apply does not keep the
-	// slice.
+	// that left (OpRemove, or expired) counts again when it completes.
+	// Changes without a valid address, with port 0 or with an unknown op
+	// are ignored, and a change that would add a swarm or a peer past the
+	// store's limits (see Limits) is left out and counted. Apply does not
+	// keep the slice.
 	Apply(changes []bittorrent.Change)
+
+	// Admit reports whether a put or complete for announcer in swarm ih
+	// would be applied: nil if the peer is held already or fits within
+	// the limits, otherwise the limit's error, a bittorrent.ClientError
+	// for the client's failure reason, and the refusal is counted. It is
+	// advice: the limits are checked again when the change is applied.
+	Admit(ih bittorrent.InfoHash, announcer netip.AddrPort) error
 
 	// AnnouncePeers appends to dst up to n randomly chosen peers of the
 	// swarm that share the announcer's address family, never the announcer
@@ -82,6 +91,34 @@ type Store interface {
 	// may or may not be listed. A cursor means something only to the
 	// store that returned it. A cluster node pages this way for others.
 	ScrapePage(cursor uint64, limit int, dst []bittorrent.Scrape) ([]bittorrent.Scrape, uint64, bool)
+
+	// Digests calls fn with the digest of every swarm that has a live peer,
+	// in batches, each swarm once, until all are listed or fn returns
+	// false. A digest hashes the swarm's live peers (address, port, peer
+	// ID, seeding or not) and its snatch count: stores holding the same
+	// peers and count give the same digest, in whatever order and at
+	// whatever times the peers last announced. fn runs without the store's
+	// locks held and must not keep the slice. Owners of a swarm compare
+	// digests to find the copies that need repair.
+	Digests(fn func([]SwarmDigest) bool)
+
+	// Digest returns one swarm's digest, as Digests would list it, and
+	// whether it has a live peer.
+	Digest(ih bittorrent.InfoHash) (uint64, bool)
+
+	// SeenSwarm appends the swarm's live peers to dst with their roles and
+	// last-seen times (to the second), and returns them with the snatch
+	// count and whether the swarm exists.
+	SeenSwarm(ih bittorrent.InfoHash, dst []SeenPeer) ([]SeenPeer, uint32, bool)
+
+	// Merge brings a swarm up to date with another copy of it: a peer it
+	// lacks is added, and one it holds takes the other copy's ID and role
+	// if the other saw it announce later (last writer wins); peers whose
+	// lifetime has passed are left out, and the snatch count takes the
+	// larger value. Peers keep the times they were last seen, so merging
+	// never extends a peer's life. Limits apply as for Apply. It returns
+	// the peers added.
+	Merge(ih bittorrent.InfoHash, peers []SeenPeer, snatches uint32) (added int)
 
 	// Drop deletes a swarm with its peers and snatch count, as when it has
 	// been handed to the nodes that own it now. Dropping an unknown swarm

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -120,27 +122,24 @@ func (m *Memory) WriteSwarms(w io.Writer) (SwarmFileStats, error) {
 // appendSwarmRecord appends the file record of swarm ih to buf and reports
 // its peer count; it appends nothing for a swarm that does not exist.
 func (m *Memory) appendSwarmRecord(ih bittorrent.InfoHash, buf []byte) ([]byte, int) {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	sw := sh.swarms[ih]
+	sw := sh.tab.get(&ih, h)
 	if sw == nil {
 		return buf, 0
 	}
-	v6 := sw.v6
-	if v6 == nil {
-		v6 = &peerSet{}
-	}
+	v4, v6 := sh.set(sw, &m.fam4), sh.set(sw, &m.fam6)
 	buf = append(buf, tagSwarm)
 	buf = append(buf, ih[:]...)
-	buf = binary.BigEndian.AppendUint32(buf, sw.snatches)
-	buf = binary.BigEndian.AppendUint32(buf, uint32(sw.v4.n)) //nolint:gosec // G115: a set's count is never negative
-	buf = binary.BigEndian.AppendUint32(buf, uint32(v6.n))    //nolint:gosec // G115: as above
+	buf = binary.BigEndian.AppendUint32(buf, sh.snatches(sw))
+	buf = binary.BigEndian.AppendUint32(buf, uint32(v4.n)) //nolint:gosec // G115: a set's count is never negative
+	buf = binary.BigEndian.AppendUint32(buf, uint32(v6.n)) //nolint:gosec // G115: as above
 	epoch := m.epoch.Unix()
 	for _, s := range []struct {
 		set *peerSet
 		f   *family
-	}{{&sw.v4, &m.fam4}, {v6, &m.fam6}} {
+	}{{&v4, &m.fam4}, {&v6, &m.fam6}} {
 		for i := range int(s.set.n) {
 			r := s.set.rec(s.f, i)
 			buf = append(buf, r[:s.f.addrLen+idLen]...)
@@ -152,7 +151,7 @@ func (m *Memory) appendSwarmRecord(ih bittorrent.InfoHash, buf []byte) ([]byte, 
 			buf = append(buf, flags)
 		}
 	}
-	return buf, int(sw.v4.n + v6.n)
+	return buf, int(v4.n + v6.n)
 }
 
 // ReadSwarms loads a swarm file written by WriteSwarms into the store,
@@ -295,10 +294,10 @@ func (m *Memory) restore(batch []bittorrent.Change, seens []int64) {
 
 // exists reports whether the store holds swarm ih.
 func (m *Memory) exists(ih bittorrent.InfoHash) bool {
-	sh := m.shard(&ih)
+	h, sh := m.locate(&ih)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
-	return sh.swarms[ih] != nil
+	return sh.tab.lookup(&ih, h) >= 0
 }
 
 // swarmReader reads a swarm file in fixed-size pieces, hashing what it
@@ -330,7 +329,7 @@ func (sr *swarmReader) read(n int) ([]byte, error) {
 // crash at any moment leaves either the old file or the new one whole.
 func (m *Memory) SaveSwarmFile(path string) (SwarmFileStats, error) {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
 		return SwarmFileStats{}, fmt.Errorf("store: save swarms: %w", err)
 	}
@@ -355,6 +354,100 @@ func (m *Memory) SaveSwarmFile(path string) (SwarmFileStats, error) {
 		_ = d.Close()
 	}
 	return st, nil
+}
+
+// tempPrefix is how the names of SaveSwarmFile's temporary files for path
+// begin; os.CreateTemp adds digits.
+func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
+
+// RemoveSwarmFileTemps deletes the temporary files that SaveSwarmFile
+// left beside path when the process died while writing (one per crash,
+// each as large as the file), and returns their names. Call it at start,
+// before anything saves: a temporary file in use would be removed too.
+func RemoveSwarmFileTemps(path string) ([]string, error) {
+	dir, prefix := filepath.Dir(path), tempPrefix(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: look for stale swarm files: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		name := filepath.Join(dir, e.Name())
+		if err := os.Remove(name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("store: remove stale swarm files: %w", err)
+	}
+	return removed, nil
+}
+
+// badSuffix begins the names under which damaged swarm files are kept:
+// PATH.bad-20261207T031500Z, in UTC, sortable by name.
+const (
+	badSuffix = ".bad-"
+	badLayout = "20060102T150405Z"
+)
+
+// KeepBadSwarmFile renames a swarm file that did not load to a name with
+// the time it was found bad, for inspection, and deletes the oldest such
+// files (and a PATH.bad of older versions) beyond keep. It returns the
+// new name and the names deleted.
+func KeepBadSwarmFile(path string, now time.Time, keep int) (kept string, deleted []string, err error) {
+	stamp := now.UTC().Format(badLayout)
+	kept = path + badSuffix + stamp
+	for i := 1; ; i++ { // two bad starts in one second
+		if _, err := os.Lstat(kept); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		kept = fmt.Sprintf("%s%s%s.%d", path, badSuffix, stamp, i)
+	}
+	if err := os.Rename(path, kept); err != nil {
+		return "", nil, fmt.Errorf("store: keep bad swarm file: %w", err)
+	}
+	deleted, err = pruneBadSwarmFiles(path, keep)
+	return kept, deleted, err
+}
+
+// pruneBadSwarmFiles deletes all but the newest keep of path's bad files.
+func pruneBadSwarmFiles(path string, keep int) ([]string, error) {
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: list bad swarm files: %w", err)
+	}
+	var bads []string
+	for _, e := range entries {
+		if n := e.Name(); (n == base+".bad" || strings.HasPrefix(n, base+badSuffix)) && e.Type().IsRegular() {
+			bads = append(bads, filepath.Join(dir, n))
+		}
+	}
+	// Newest first, by the time in the name; a same-second repeat's ".N"
+	// sorts after its first, and the older versions' PATH.bad, a prefix
+	// of the others, last.
+	slices.Sort(bads)
+	slices.Reverse(bads)
+	var deleted []string
+	var errs []error
+	for _, name := range bads[min(keep, len(bads)):] {
+		if err := os.Remove(name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return deleted, fmt.Errorf("store: delete old bad swarm files: %w", err)
+	}
+	return deleted, nil
 }
 
 // LoadSwarmFile loads the swarm file at path with ReadSwarms. A missing

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -214,6 +216,82 @@ func TestSaveSwarmFile(t *testing.T) {
 	}
 	if _, err := dst.LoadSwarmFile(filepath.Join(dir, "absent")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("load of a missing file: err = %v, want os.ErrNotExist", err)
+	}
+}
+
+// TestRemoveSwarmFileTemps removes exactly the temporary files a crashed
+// SaveSwarmFile would leave for that path.
+func TestRemoveSwarmFileTemps(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "swarms")
+	for _, name := range []string{
+		"swarms", ".swarms.tmp-1234", ".swarms.tmp-99", // the file and two crashes' leftovers
+		".swarms.tmp-", ".swarms.tmp-12x", ".other.tmp-1", "swarms.tmp-1", "swarms.bad-20261207T031500Z", // not ours
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := store.RemoveSwarmFileTemps(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(removed)
+	if want := []string{filepath.Join(dir, ".swarms.tmp-1234"), filepath.Join(dir, ".swarms.tmp-99")}; !slices.Equal(removed, want) {
+		t.Errorf("removed %v, want %v", removed, want)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 6 {
+		t.Errorf("%d files left, want the 6 that are not temporary swarm files", len(left))
+	}
+}
+
+// TestKeepBadSwarmFile keeps a damaged file under the time it was found
+// bad, twice in one second too, and deletes the oldest past the bound.
+func TestKeepBadSwarmFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "swarms")
+	write := func(data string) {
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("legacy")
+	if err := os.Rename(path, path+".bad"); err != nil { // as older versions kept it
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 7, 3, 15, 0, 0, time.UTC)
+	var kept []string
+	for i, when := range []time.Time{at, at, at.Add(time.Hour), at.Add(2 * time.Hour)} {
+		write(fmt.Sprint("bad ", i))
+		name, deleted, err := store.KeepBadSwarmFile(path, when, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, name)
+		if b, _ := os.ReadFile(name); string(b) != fmt.Sprint("bad ", i) {
+			t.Errorf("%s holds %q", name, b)
+		}
+		switch i {
+		case 2:
+			if !slices.Equal(deleted, []string{path + ".bad"}) {
+				t.Errorf("third: deleted %v, want the legacy file", deleted)
+			}
+		case 3:
+			if !slices.Equal(deleted, []string{kept[0]}) {
+				t.Errorf("fourth: deleted %v, want the oldest, %s", deleted, kept[0])
+			}
+		}
+	}
+	if want := path + ".bad-20261207T031500Z"; kept[0] != want || kept[1] != want+".1" {
+		t.Errorf("names %v, want %s and its repeat", kept[:2], want)
+	}
+	left, _ := filepath.Glob(path + ".bad*")
+	slices.Sort(left)
+	if want := []string{kept[1], kept[2], kept[3]}; !slices.Equal(left, want) {
+		t.Errorf("left %v, want %v", left, want)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the bad file is still at %s: %v", path, err)
 	}
 }
 

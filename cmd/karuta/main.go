@@ -145,7 +145,7 @@ func serve(args []string, stderr io.Writer, sigs <-chan os.Signal) int {
 	}
 	defer log.Sync() //nolint:errcheck // nothing useful to do if stderr is gone
 
-	n, err := node.New(cfg, node.Options{Log: log, Level: level, Version: version})
+	n, err := node.New(cfg, node.Options{Log: log, Level: level, Version: version, Memory: fitMemory(log)})
 	if err != nil {
 		fmt.Fprintf(stderr, "karuta: %v\n", err)
 		return exitUsage

@@ -71,9 +71,10 @@ declare -A metrics_of
 
 # node NAME UDP_HTTP_PORT [EXTRA_YAML]: starts a karuta node on core 0 and
 # sets $started to its pid. Its metrics and pprof listen on PORT+20000.
-# connect_rate is off: every bench client connects from 127.0.0.1, and the
-# per-source limit (20 a second after a burst of 200) would drop the open
-# loop's connects as a flood and time its announces out.
+# connect_rate, rate_limit and max_peers_per_source are off: every bench
+# client connects from 127.0.0.1, so the per-source limits (20 connects a
+# second after a burst of 200, 30 requests a second after 300, 64 peers
+# of one address in a swarm) would refuse the load as a flood.
 node() {
 	local name=$1 port=$2
 	cat >"$OUT/$name.yaml" <<EOF
@@ -83,6 +84,8 @@ frontends:
   http: {addr: "127.0.0.1:$port"}
   udp: {addr: "127.0.0.1:$port", readers: 1, connect_rate: 0, connection_id_keys: ["compare-script-connection-id-key"]}
 metrics: {addr: "127.0.0.1:$((port + 20000))"}
+rate_limit: {per_ip: {rate: 0}}
+store: {max_peers_per_source: 0}
 ${3:-}
 EOF
 	metrics_of[$name]=127.0.0.1:$((port + 20000))

@@ -40,7 +40,8 @@ type Config struct {
 	// MaxConnections caps the connections open at once; more are closed
 	// as soon as they are accepted, and counted. It keeps idle or slow
 	// connections from exhausting memory and file descriptors (about 20 KiB
-	// and one descriptor each).
+	// and one descriptor each). 0 lets the node size it from its memory
+	// (DefaultMaxConnections when the server is built on its own).
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerIP caps the connections open at once from one
 	// address (an IPv6 /64), so one source cannot take the whole of
@@ -60,9 +61,10 @@ type Config struct {
 	// default: the answer is as large as the tracker, and lists what it
 	// tracks to anyone who asks.
 	FullScrape bool `yaml:"full_scrape"`
-	// FullScrapeInterval is the least time between two full scrapes this
-	// node answers; one asked for sooner, or while another is being sent,
-	// is refused with a failure reason and counted.
+	// FullScrapeInterval is the least time between two full scrapes one
+	// client (an address, an IPv6 /64) gets; one asked for sooner, or while
+	// another is being sent (they go one at a time), is refused with a
+	// failure reason and counted.
 	FullScrapeInterval time.Duration `yaml:"full_scrape_interval"`
 }
 
@@ -76,7 +78,6 @@ func DefaultConfig() Config {
 		WriteTimeout:        5 * time.Second,
 		IdleTimeout:         15 * time.Second,
 		MaxRequestBytes:     8192,
-		MaxConnections:      10_000,
 		MaxConnectionsPerIP: 256,
 		AnnounceRoutes:      []string{"/announce"},
 		ScrapeRoutes:        []string{"/scrape"},
@@ -92,6 +93,8 @@ const (
 	maxRequestBytes = 1 << 20
 	minTimeout      = time.Millisecond
 	maxTimeout      = time.Hour
+	// DefaultMaxConnections is max_connections when 0 and nothing sized it.
+	DefaultMaxConnections = 10_000
 	// maxConnections is far above what one process can hold open (file
 	// descriptors), so it only catches typing errors.
 	maxConnections = 10_000_000
@@ -134,10 +137,10 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s: %s is out of range; want %s to %s", d.key, d.v, minTimeout, maxTimeout)
 		}
 	}
-	if c.MaxConnections < 1 || c.MaxConnections > maxConnections {
-		return fmt.Errorf("max_connections: %d is out of range; want 1 to %d", c.MaxConnections, maxConnections)
+	if c.MaxConnections < 0 || c.MaxConnections > maxConnections {
+		return fmt.Errorf("max_connections: %d is out of range; want 0 (sized from memory) or 1 to %d", c.MaxConnections, maxConnections)
 	}
-	if c.MaxConnectionsPerIP < 1 || c.MaxConnectionsPerIP > c.MaxConnections {
+	if c.MaxConnectionsPerIP < 1 || (c.MaxConnections > 0 && c.MaxConnectionsPerIP > c.MaxConnections) {
 		return fmt.Errorf("max_connections_per_ip: %d is out of range; want 1 to max_connections (%d)", c.MaxConnectionsPerIP, c.MaxConnections)
 	}
 	if c.MaxRequestBytes < minRequestBytes || c.MaxRequestBytes > maxRequestBytes {

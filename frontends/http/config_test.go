@@ -38,7 +38,7 @@ func TestConfigValidate(t *testing.T) {
 		{"read timeout", func(c *Config) { c.ReadTimeout = 0 }, "read_timeout:", "0s"},
 		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "write_timeout:", "-1s"},
 		{"idle timeout", func(c *Config) { c.IdleTimeout = 2 * time.Hour }, "idle_timeout:", "2h0m0s"},
-		{"no connections", func(c *Config) { c.MaxConnections = 0 }, "max_connections:", "0"},
+		{"negative connections", func(c *Config) { c.MaxConnections = -1 }, "max_connections:", "-1"},
 		{"per-IP cap zero", func(c *Config) { c.MaxConnectionsPerIP = 0 }, "max_connections_per_ip:", "0"},
 		{"per-IP cap above the global one", func(c *Config) { c.MaxConnections, c.MaxConnectionsPerIP = 100, 101 }, "max_connections_per_ip:", "max_connections (100)"},
 		{"request bytes small", func(c *Config) { c.MaxRequestBytes = 100 }, "max_request_bytes:", "100"},

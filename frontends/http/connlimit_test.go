@@ -154,3 +154,34 @@ func (r *rawConn) expectRefused() {
 		r.t.Errorf("connection over the cap not closed: %v", err)
 	}
 }
+
+// TestConnectionMapsShrink opens more than a thousand connections from
+// many addresses and closes them: the server's connection maps, which Go
+// never shrinks, are built again small, so a flood of connections does
+// not keep its memory.
+func TestConnectionMapsShrink(t *testing.T) {
+	s, addr := testServer(t, &fakeTracker{}, nil, nil)
+	const n = 1100
+	var conns []net.Conn
+	for i := range n {
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 3, byte(i>>8), byte(i)+1)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	open := func() (conns, ips, peak int) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns), len(s.perIP), s.peak
+	}
+	eventually.True(t, 10*time.Second, "every connection tracked", func() bool { c, _, _ := open(); return c == n })
+	for _, c := range conns {
+		c.Close()
+	}
+	eventually.True(t, 10*time.Second, "every connection gone", func() bool { c, _, _ := open(); return c == 0 })
+	if _, ips, peak := open(); peak >= 1024 || ips != 0 {
+		t.Errorf("after %d connections closed: peak %d, %d addresses; want the maps built again", n, peak, ips)
+	}
+}

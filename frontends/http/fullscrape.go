@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -25,27 +26,74 @@ const (
 	errFullScrapeLimited = bittorrent.ClientError("full scrape rate limit exceeded; try again later")
 )
 
-// fullScrapeGate lets one full scrape be answered at a time, and at most
-// one start per interval, since each walks every swarm and sends them all.
-// Safe for concurrent use.
+// fullScrapeGate lets one full scrape be answered at a time, since each
+// walks every swarm and sends them all, and each source (an address, an
+// IPv6 /64) start at most one per interval: a client polling cannot take
+// every turn, as it could when the interval was shared by all clients.
+// It remembers the sources of the last interval, at most
+// maxFullScrapeSources of them. Safe for concurrent use.
 type fullScrapeGate struct {
 	interval time.Duration
 
 	mu   sync.Mutex
 	busy bool
-	next time.Time // no new full scrape before this
+	last map[netip.Addr]time.Time // when each recent source last started one
 }
 
-// acquire reports whether a full scrape may start at now; if so, the
-// caller must release it when done.
-func (g *fullScrapeGate) acquire(now time.Time) bool {
+// maxFullScrapeSources bounds the sources the gate remembers; past it the
+// one that started longest ago is forgotten, which at worst gives it its
+// next turn early.
+const maxFullScrapeSources = 4096
+
+// acquire reports whether a full scrape for src may start at now; if so,
+// the caller must release it when done.
+func (g *fullScrapeGate) acquire(src netip.Addr, now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.busy || now.Before(g.next) {
+	key := fullScrapeSource(src)
+	if g.busy {
 		return false
 	}
-	g.busy, g.next = true, now.Add(g.interval)
+	if t, ok := g.last[key]; ok && now.Sub(t) < g.interval {
+		return false
+	}
+	if g.last == nil {
+		g.last = map[netip.Addr]time.Time{}
+	}
+	if len(g.last) >= maxFullScrapeSources {
+		g.forget(now)
+	}
+	g.busy, g.last[key] = true, now
 	return true
+}
+
+// forget drops the sources whose interval has passed, or, when none has,
+// the one that started longest ago. Called with mu held.
+func (g *fullScrapeGate) forget(now time.Time) {
+	var oldest netip.Addr
+	var at time.Time
+	for k, t := range g.last {
+		switch {
+		case now.Sub(t) >= g.interval:
+			delete(g.last, k)
+		case at.IsZero() || t.Before(at):
+			oldest, at = k, t
+		}
+	}
+	if len(g.last) >= maxFullScrapeSources {
+		delete(g.last, oldest)
+	}
+}
+
+// fullScrapeSource is the gate's key for a client address: the address,
+// or an IPv6 address's /64.
+func fullScrapeSource(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64) // fails only for an invalid address, whose key is the zero prefix's
+		return p.Addr()
+	}
+	return a
 }
 
 func (g *fullScrapeGate) release() {
@@ -65,7 +113,7 @@ func (c *conn) fullScrape(h head, isHead, keep bool, start time.Time) bool {
 		c.s.rec.FullScrape(outcome)
 		if outcome == frontends.FullScrapeRateLimited {
 			if n, ok := c.s.fullLog.Allow(); ok {
-				c.s.log.Info("http: full scrapes refused: another was answered less than full_scrape_interval ago or is still being sent",
+				c.s.log.Info("http: full scrapes refused: another is being sent, or the same client had one less than full_scrape_interval ago",
 					zap.Uint64("refused_since_last_log", n), zap.Duration("full_scrape_interval", c.s.cfg.FullScrapeInterval))
 			}
 		}
@@ -78,7 +126,7 @@ func (c *conn) fullScrape(h head, isHead, keep bool, start time.Time) bool {
 	if !c.s.cfg.FullScrape || !ok {
 		return refuse(errFullScrapeOff, frontends.FullScrapeDisabled, frontends.ResultClientError)
 	}
-	if !c.s.fullGate.acquire(start) {
+	if !c.s.fullGate.acquire(c.sreq.Addr.Addr(), start) {
 		return refuse(errFullScrapeLimited, frontends.FullScrapeRateLimited, frontends.ResultClientError)
 	}
 	defer c.s.fullGate.release()

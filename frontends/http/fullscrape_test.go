@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	nethttp "net/http"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -206,28 +207,95 @@ func TestFullScrapeRefusals(t *testing.T) {
 	}
 }
 
+// TestFullScrapeGate checks that full scrapes go one at a time and that
+// each source, an address or an IPv6 /64, gets one per interval while
+// others still get theirs.
 func TestFullScrapeGate(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	g := fullScrapeGate{interval: 10 * time.Second}
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.2")
+	v6, v6same := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2:ffff::9")
 	steps := []struct {
 		at      time.Duration
+		src     netip.Addr
 		release bool // release the one in flight first
 		want    bool
 	}{
-		{0, false, true},
-		{time.Second, false, false},      // one in flight
-		{2 * time.Second, true, false},   // done, but within the interval
-		{10 * time.Second, false, true},  // the interval has passed
-		{25 * time.Second, false, false}, // still in flight, however long ago it started
-		{25 * time.Second, true, true},   // released
+		{0, a, false, true},
+		{time.Second, b, false, false},                                           // one in flight
+		{2 * time.Second, a, true, false},                                        // done, but a had one within the interval
+		{2 * time.Second, b, false, true},                                        // another source's turn
+		{3 * time.Second, v6, true, true},                                        // and another's
+		{4 * time.Second, v6same, true, false},                                   // the same /64
+		{4 * time.Second, netip.MustParseAddr("::ffff:192.0.2.1"), false, false}, // a, IPv4-mapped
+		{10 * time.Second, a, false, true},                                       // a's interval has passed
+		{25 * time.Second, b, false, false},                                      // still in flight, however long ago it started
+		{25 * time.Second, b, true, true},                                        // released
 	}
 	for i, s := range steps {
 		if s.release {
 			g.release()
 		}
-		if got := g.acquire(t0.Add(s.at)); got != s.want {
-			t.Errorf("step %d at +%s: acquire = %v, want %v", i, s.at, got, s.want)
+		if got := g.acquire(s.src, t0.Add(s.at)); got != s.want {
+			t.Errorf("step %d at +%s from %s: acquire = %v, want %v", i, s.at, s.src, got, s.want)
 		}
+	}
+}
+
+// TestFullScrapeFairPerSource has one client poll full scrapes while
+// another asks once: the poller gets one and is refused after it, and the
+// other client still gets its own, where a gate shared by all clients gave
+// the poller every turn.
+func TestFullScrapeFairPerSource(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := frontends.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, addr := testServer(t, &fullTracker{files: testFiles(3)}, m.ForConnections("http"), func(c *Config) { c.FullScrape = true; c.FullScrapeInterval = time.Hour })
+	full := func(local string) string {
+		r := dialRawFrom(t, addr, local)
+		r.write("GET /scrape HTTP/1.1\r\nHost: t\r\n\r\n")
+		_, body := r.read("GET")
+		return body
+	}
+	if body := full("127.0.0.1"); !strings.HasPrefix(body, "d5:filesd") {
+		t.Fatalf("the poller's first full scrape: %q", body)
+	}
+	for i := range 20 {
+		if body := full("127.0.0.1"); !strings.Contains(body, string(errFullScrapeLimited)) {
+			t.Fatalf("the poller's full scrape %d: %q, want refused within its interval", i+2, body)
+		}
+	}
+	if body := full("127.0.0.2"); !strings.HasPrefix(body, "d5:filesd") {
+		t.Errorf("another client's full scrape while one polls: %q, want it answered", body)
+	}
+	if got := fullScrapes(t, reg, frontends.FullScrapeOK); got != 2 {
+		t.Errorf("full scrapes answered: %v, want 2", got)
+	}
+	if got := fullScrapes(t, reg, frontends.FullScrapeRateLimited); got != 20 {
+		t.Errorf("full scrapes refused: %v, want 20", got)
+	}
+}
+
+// TestFullScrapeGateBounded fills the gate with more sources than it
+// remembers: it stays at its bound and still takes new sources.
+func TestFullScrapeGateBounded(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	g := fullScrapeGate{interval: time.Hour}
+	for i := range maxFullScrapeSources + 100 {
+		src := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		if !g.acquire(src, t0.Add(time.Duration(i)*time.Millisecond)) {
+			t.Fatalf("source %d refused its first full scrape", i)
+		}
+		g.release()
+		if len(g.last) > maxFullScrapeSources {
+			t.Fatalf("gate remembers %d sources, bound %d", len(g.last), maxFullScrapeSources)
+		}
+	}
+	// The newest are remembered, the oldest forgotten.
+	if g.acquire(netip.AddrFrom4([4]byte{10, 0, 0x10, 0x63}), t0.Add(time.Hour-time.Second)) {
+		t.Error("the newest source got a second full scrape within its interval")
 	}
 }
 

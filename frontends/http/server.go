@@ -58,6 +58,7 @@ type Server struct {
 	started bool
 	conns   map[*conn]struct{}
 	perIP   map[netip.Addr]int // open connections by limitKey, for those limited
+	peak    int                // most connections in conns since it was last rebuilt
 	wg      sync.WaitGroup     // the accept loop and every connection
 }
 
@@ -69,6 +70,9 @@ func New(cfg Config, t hooks.Tracker, rec *frontends.Recorder, log *zap.Logger) 
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("http: %w", err)
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = max(DefaultMaxConnections, cfg.MaxConnectionsPerIP)
 	}
 	rt, err := newRouter(cfg.AnnounceRoutes, cfg.ScrapeRoutes)
 	if err != nil {
@@ -260,6 +264,7 @@ func (s *Server) track(c *conn) (ok bool, refused string) {
 		s.perIP[c.limitKey]++
 	}
 	s.conns[c] = struct{}{}
+	s.peak = max(s.peak, len(s.conns))
 	s.rec.ConnOpened()
 	s.wg.Add(1)
 	return true, ""
@@ -275,9 +280,25 @@ func (s *Server) removeConn(c *conn) {
 			delete(s.perIP, c.limitKey)
 		}
 	}
+	// Go maps keep their largest size: after a flood of connections,
+	// build them again once a quarter of it is left, so the memory comes
+	// back.
+	if s.peak >= 1024 && 4*len(s.conns) < s.peak {
+		s.conns, s.perIP, s.peak = rebuilt(s.conns), rebuilt(s.perIP), len(s.conns)
+	}
 	s.mu.Unlock()
 	s.rec.ConnClosed()
 	s.wg.Done()
+}
+
+// rebuilt copies m into a map sized for what it holds now (maps.Clone
+// keeps the original's size).
+func rebuilt[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 // refuse counts and, at most once per 10 seconds, logs a connection

@@ -78,7 +78,7 @@ func BenchmarkAllow(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			k := base
-			k[12], k[13], k[14], k[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+			k[4], k[5], k[6], k[7] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
 			_ = h.allow(netip.AddrFrom16(k))
 			i++
 		}

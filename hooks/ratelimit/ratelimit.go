@@ -47,9 +47,10 @@ func (l Limit) validate(key string) error {
 	return nil
 }
 
-// Config is the hook's `options`.
+// Config is the hook's `options`, and the node's `rate_limit` section.
 type Config struct {
-	// PerIP limits each client address.
+	// PerIP limits each client address; an IPv6 /64, the least a
+	// subscriber is given, counts as one address.
 	PerIP Limit `yaml:"per_ip"`
 	// PerSubnet limits each IPv4Prefix or IPv6Prefix network, for clients
 	// that hold many addresses (an IPv6 /64 is one user's).
@@ -57,11 +58,20 @@ type Config struct {
 	// IPv4Prefix and IPv6Prefix are the subnet lengths in bits.
 	IPv4Prefix int `yaml:"ipv4_prefix"`
 	IPv6Prefix int `yaml:"ipv6_prefix"`
-	// MaxEntries caps the buckets held for each of per_ip and per_subnet.
+	// MaxEntries caps the buckets held for each of per_ip and per_subnet;
+	// 0 lets the node size it from its memory (DefaultMaxEntries when the
+	// hook is built on its own).
 	MaxEntries int `yaml:"max_entries"`
 	// SweepInterval is how often buckets that have refilled are dropped.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// Exempt lists IPs and CIDRs never limited; the node adds the HTTP
+	// frontend's trusted_proxies to its own rate_limit section's.
+	Exempt []string `yaml:"exempt"`
 }
+
+// DefaultMaxEntries is the bucket cap per scope when max_entries is 0 and
+// nothing sized it.
+const DefaultMaxEntries = 1_000_000
 
 // DefaultConfig allows each address 5 requests a second with bursts of
 // 100, and each /24 or /48 ten times that, in at most a million buckets
@@ -94,13 +104,38 @@ func (c Config) Validate() error {
 	if c.IPv6Prefix < 1 || c.IPv6Prefix > 128 {
 		return fmt.Errorf("ipv6_prefix: %d is out of range; want 1 to 128", c.IPv6Prefix)
 	}
-	if c.MaxEntries < 1024 || c.MaxEntries > 1<<30 {
-		return fmt.Errorf("max_entries: %d is out of range; want 1024 to %d", c.MaxEntries, 1<<30)
+	if c.MaxEntries != 0 && (c.MaxEntries < 1024 || c.MaxEntries > 1<<30) {
+		return fmt.Errorf("max_entries: %d is out of range; want 0 (sized from memory) or 1024 to %d", c.MaxEntries, 1<<30)
 	}
 	if c.SweepInterval < time.Second || c.SweepInterval > time.Hour {
 		return fmt.Errorf("sweep_interval: %s is out of range; want 1s to 1h", c.SweepInterval)
 	}
+	for i, e := range c.Exempt {
+		if _, err := parsePrefix(e); err != nil {
+			return fmt.Errorf("exempt[%d]: %q is not an IP or CIDR", i, e)
+		}
+	}
 	return nil
+}
+
+// Off reports whether both limits are off, which Validate refuses: the
+// node's own rate_limit section uses it to mean no limiting at all.
+func (c Config) Off() bool { return !c.PerIP.enabled() && !c.PerSubnet.enabled() }
+
+// parsePrefix reads an IP (a prefix of its full length) or a CIDR.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, fmt.Errorf("ratelimit: %w", err)
+	}
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+	}
+	return p.Masked(), nil
 }
 
 // Hook is the rate-limit PreHook. Safe for concurrent use; Close stops its
@@ -108,6 +143,7 @@ func (c Config) Validate() error {
 type Hook struct {
 	ip, subnet     *table // nil when that limit is off
 	v4bits, v6bits int
+	exempt         []netip.Prefix
 	now            func() int64 // nanoseconds on a monotonic clock
 
 	limitedIP, limitedSubnet prometheus.Counter
@@ -146,11 +182,19 @@ func newHook(cfg Config, reg prometheus.Registerer, now func() int64) (*Hook, er
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
+	entries := cfg.MaxEntries
+	if entries == 0 {
+		entries = DefaultMaxEntries
+	}
 	if cfg.PerIP.enabled() {
-		h.ip = newTable(cfg.PerIP.Rate, cfg.PerIP.Burst, cfg.MaxEntries)
+		h.ip = newTable(cfg.PerIP.Rate, cfg.PerIP.Burst, entries)
 	}
 	if cfg.PerSubnet.enabled() {
-		h.subnet = newTable(cfg.PerSubnet.Rate, cfg.PerSubnet.Burst, cfg.MaxEntries)
+		h.subnet = newTable(cfg.PerSubnet.Rate, cfg.PerSubnet.Burst, entries)
+	}
+	for _, e := range cfg.Exempt {
+		p, _ := parsePrefix(e) // Validate checked it
+		h.exempt = append(h.exempt, p)
 	}
 	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "karuta", Subsystem: "hook", Name: "rate_limited_total",
@@ -218,8 +262,13 @@ func (h *Hook) HandleScrape(_ context.Context, req *bittorrent.ScrapeRequest, _ 
 // is not charged for a request the address bucket refused.
 func (h *Hook) allow(addr netip.Addr) error {
 	addr = addr.Unmap()
+	for _, p := range h.exempt {
+		if p.Contains(addr) {
+			return nil
+		}
+	}
 	now := h.now()
-	if h.ip != nil && !h.ip.take(addr.As16(), now) {
+	if h.ip != nil && !h.ip.take(ipKey(addr), now) {
 		h.limitedIP.Inc()
 		return ErrLimited
 	}
@@ -228,6 +277,16 @@ func (h *Hook) allow(addr netip.Addr) error {
 		return ErrLimited
 	}
 	return nil
+}
+
+// ipKey is addr's per-address bucket: the address itself, or an IPv6
+// address's /64, so that one subscriber's 2^64 addresses share a bucket.
+func ipKey(addr netip.Addr) Key {
+	k := addr.As16()
+	if addr.Is6() {
+		clear(k[8:])
+	}
+	return k
 }
 
 // subnetKey is the network of addr at the configured prefix length.

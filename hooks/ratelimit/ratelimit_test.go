@@ -162,6 +162,48 @@ func TestHookScopes(t *testing.T) {
 	}
 }
 
+// TestSourceAndExempt checks that per_ip counts an IPv6 /64 as one
+// address, and that exempt networks are never limited.
+func TestSourceAndExempt(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PerIP = Limit{Rate: 0.001, Burst: 2}
+	cfg.PerSubnet = Limit{}
+	cfg.Exempt = []string{"203.0.113.7", "2001:db8:ee::/48", "::ffff:198.51.100.0/120"}
+	var clk clock
+	h, err := newHook(cfg, prometheus.NewRegistry(), clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []struct {
+		ip      string
+		allowed bool
+	}{
+		{"2001:db8:1:1::1", true},
+		{"2001:db8:1:1:ffff::2", true},
+		{"2001:db8:1:1::3", false}, // third from the /64
+		{"2001:db8:1:2::1", true},  // the next /64
+		{"203.0.113.7", true}, {"203.0.113.7", true}, {"203.0.113.7", true},
+		{"203.0.113.8", true}, {"203.0.113.8", true}, {"203.0.113.8", false},
+		{"2001:db8:ee:5::1", true}, {"2001:db8:ee:5::1", true}, {"2001:db8:ee:5::1", true},
+		{"198.51.100.9", true}, {"198.51.100.9", true}, {"::ffff:198.51.100.9", true},
+	} {
+		if err := h.allow(addr(s.ip)); (err == nil) != s.allowed {
+			t.Errorf("step %d (%s): %v, want allowed %v", i, s.ip, err, s.allowed)
+		}
+	}
+}
+
+func TestOff(t *testing.T) {
+	cfg := DefaultConfig()
+	if cfg.Off() {
+		t.Error("the defaults are off")
+	}
+	cfg.PerIP, cfg.PerSubnet = Limit{}, Limit{}
+	if !cfg.Off() {
+		t.Error("both rates 0 is not off")
+	}
+}
+
 func TestDisabledScope(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.PerIP = Limit{}
@@ -246,8 +288,8 @@ func TestMemoryBound(t *testing.T) {
 	}
 	base := addr("2001:db8::").As16()
 	for i := range 20 * maxEntries {
-		k := base
-		k[12], k[13], k[14], k[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		k := base // one /64 each: a /64 is one address to per_ip
+		k[4], k[5], k[6], k[7] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
 		if err := h.allow(netip.AddrFrom16(k)); err != nil {
 			t.Fatalf("address %d refused: %v", i, err)
 		}
@@ -363,6 +405,7 @@ func TestValidate(t *testing.T) {
 		{"v4 prefix", func(c *Config) { c.IPv4Prefix = 33 }, "ipv4_prefix"},
 		{"v6 prefix", func(c *Config) { c.IPv6Prefix = 0 }, "ipv6_prefix"},
 		{"max entries", func(c *Config) { c.MaxEntries = 10 }, "max_entries"},
+		{"exempt", func(c *Config) { c.Exempt = []string{"10.0.0.0/8", "example.org"} }, "exempt[1]"},
 		{"sweep", func(c *Config) { c.SweepInterval = time.Millisecond }, "sweep_interval"},
 	}
 	for _, tt := range tests {

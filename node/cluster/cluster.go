@@ -80,6 +80,7 @@ type Cluster struct {
 	// had to; Drain waits for it to reach the current view.
 	settled atomic.Pointer[ring.View]
 	handoff handoffState // owned by the handoff loop
+	ae      aeState      // anti-entropy's digest sums
 
 	// scrapePage is how many swarms a full scrape reads per page: the
 	// scrapePage constant, smaller in tests.
@@ -153,11 +154,12 @@ func (c *Cluster) Start() error {
 	if err := c.tr.Serve(c); err != nil {
 		return fmt.Errorf("cluster: serve data channel: %w", err)
 	}
-	c.wg.Add(4)
+	c.wg.Add(5)
 	go c.watchLoop()
 	go c.handoffLoop()
 	go c.cacheLoop()
 	go c.probeLoop()
+	go c.antiEntropyLoop()
 	c.goOwned(c.signalLoop)
 	c.log.Info("data channel serving", zap.String("addr", c.tr.Addr()))
 	return nil
@@ -350,6 +352,8 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 	case *transport.SignalRequest:
 		c.receiveSignals(r)
 		return &transport.Ack{}, nil
+	case *transport.DigestRequest, *transport.CompareRequest, *transport.RepairRequest:
+		return c.handleAntiEntropy(r)
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }

@@ -35,7 +35,8 @@ type Config struct {
 	// owner for one swarm.
 	ReadMaxPeers int `yaml:"read_max_peers"`
 	// RepairInterval is how often a node checks, without a membership
-	// change, that every swarm it holds is where placement wants it. It
+	// change, that every swarm it holds is where placement wants it, and
+	// compares its copies with the other owners' (antientropy.go). It
 	// also bounds the trust window after a change (see trustWindow).
 	RepairInterval time.Duration `yaml:"repair_interval"`
 }

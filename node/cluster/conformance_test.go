@@ -29,7 +29,7 @@ func (s readThrough) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrP
 func (s readThrough) Counts(ih bittorrent.InfoHash) bittorrent.Counts { return s.reader.Counts(ih) }
 
 func TestRemoteReadsConform(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(t *testing.T, lim store.Limits) store.Store {
 		net := transport.NewMemNet()
 		// Every read fetches (a zero read_cache_ttl), and a fetch takes
 		// the whole of the suite's largest swarm.
@@ -39,6 +39,7 @@ func TestRemoteReadsConform(t *testing.T) {
 			c.ReadTimeout = 5 * time.Second
 		}
 		_, owner := newLoneCluster(t, net, "owner", []string{"owner"}, nil, noCache)
+		owner.SetLimits(lim)
 		reader, _ := newLoneCluster(t, net, "reader", []string{"owner"}, nil, noCache)
 		if reader.View().Self >= 0 {
 			t.Fatal("the reader owns swarms; its reads would not go remote")

@@ -23,6 +23,7 @@ type metrics struct {
 	handoffTime                                               prometheus.Histogram
 	handoffFails                                              prometheus.Counter
 	queueDepth                                                *prometheus.Desc
+	ae                                                        aeMetrics
 }
 
 func newMetrics() *metrics {
@@ -88,11 +89,12 @@ func newMetricVecs() *metrics {
 		}),
 		queueDepth: prometheus.NewDesc(ns+"_"+sub+"_forward_queue_depth",
 			"Changes waiting to be forwarded, by destination node.", []string{"peer"}, nil),
+		ae: newAEMetrics(ns, sub),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.duplicates, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}
+	return append([]prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.duplicates, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}, m.ae.collectors()...)
 }
 
 // queueCollector reports each destination's queue depth at scrape time,

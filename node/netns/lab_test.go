@@ -324,6 +324,10 @@ frontends:
     addr: "0.0.0.0:%d"
 metrics:
   addr: "0.0.0.0:%d"
+# The probe reads and announces from one address per namespace, far past
+# the per-source limits meant for clients.
+rate_limit: {per_ip: {rate: 0}}
+store: {max_peers_per_source: 0}
 cluster:
 %s  join: [%s]
   replicas: 2

@@ -13,19 +13,24 @@ import (
 )
 
 // Run checks every behaviour documented on store.Store. newStore must return
-// a new, empty store each time it is called; Run closes it when the subtest
-// that asked for it ends. Nothing here depends on time passing, so peer
-// expiry is left to backend-specific tests.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
-	open := func(t *testing.T) store.Store {
+// a new, empty store with the given limits (a zero field: no limit) each
+// time it is called; Run closes it when the subtest that asked for it ends.
+// Nothing here depends on time passing, so peer expiry is left to
+// backend-specific tests.
+func Run(t *testing.T, newStore func(t *testing.T, lim store.Limits) store.Store) {
+	openLimited := func(t *testing.T, lim store.Limits) store.Store {
 		t.Helper()
-		s := newStore(t)
+		s := newStore(t, lim)
 		t.Cleanup(func() {
 			if err := s.Close(); err != nil {
 				t.Errorf("Close: %v", err)
 			}
 		})
 		return s
+	}
+	open := func(t *testing.T) store.Store {
+		t.Helper()
+		return openLimited(t, store.Limits{})
 	}
 	t.Run("Apply", func(t *testing.T) { testApply(t, open) })
 	t.Run("PeerIDs", func(t *testing.T) { testPeerIDs(t, open) })
@@ -44,6 +49,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("Range", func(t *testing.T) { testRange(t, open) })
 	t.Run("Drop", func(t *testing.T) { testDrop(t, open) })
 	t.Run("ScrapeAll", func(t *testing.T) { testScrapeAll(t, open) })
+	t.Run("Digests", func(t *testing.T) { testDigests(t, open) })
+	t.Run("Merge", func(t *testing.T) { testMerge(t, open) })
+	t.Run("MaxSwarms", func(t *testing.T) { testMaxSwarms(t, openLimited) })
+	t.Run("MaxPeers", func(t *testing.T) { testMaxPeers(t, openLimited) })
+	t.Run("MaxPeersPerSource", func(t *testing.T) { testMaxPeersPerSource(t, openLimited) })
 }
 
 var (

@@ -38,10 +38,12 @@ type Handler interface {
 var ErrUnreachable = errors.New("transport: node unreachable")
 
 // Request is one of *ApplyRequest, *FetchRequest, *FetchManyRequest,
-// *MergeRequest, *ScrapeRequest or *SignalRequest.
+// *MergeRequest, *ScrapeRequest, *SignalRequest, or anti-entropy's
+// *DigestRequest, *CompareRequest and *RepairRequest.
 type Request interface{ isRequest() }
 
-// Reply is one of *Ack, *FetchReply, *FetchManyReply or *ScrapeReply.
+// Reply is one of *Ack, *FetchReply, *FetchManyReply, *ScrapeReply, or
+// anti-entropy's *DigestReply and *CompareReply.
 type Reply interface{ isReply() }
 
 // ApplyRequest carries swarm changes forwarded by the node that answered

@@ -25,6 +25,7 @@ import (
 //	error reply       0x83 len:uvarint message:len
 //	ScrapeReply       0x84 done:1 next:uvarint count:uvarint file*count
 //	FetchManyReply    0x85 count:uvarint fetched*count
+//	(anti-entropy's 0x20-0x22 and 0xa0-0xa1: see wire_antientropy.go)
 //
 //	fetched   seeders:uvarint leechers:uvarint snatches:uvarint count:uvarint swarmpeer*count
 //	change    op:1 seeder:1 infohash:20 peer
@@ -152,6 +153,9 @@ func appendRequest(dst []byte, req Request) ([]byte, error) {
 		dst = binary.AppendUvarint(dst, r.Cursor)
 		return binary.AppendVarint(dst, int64(r.Max)), nil
 	}
+	if dst, ok, err := appendAntiEntropyRequest(dst, req); ok {
+		return dst, err
+	}
 	return dst, fmt.Errorf("encode request: unsupported value %T", req)
 }
 
@@ -201,6 +205,9 @@ func appendReply(dst []byte, rep Reply) ([]byte, error) {
 			dst = binary.AppendUvarint(dst, uint64(f.Snatches))
 		}
 		return dst, nil
+	}
+	if dst, ok, err := appendAntiEntropyReply(dst, rep); ok {
+		return dst, err
 	}
 	return dst, fmt.Errorf("encode reply: unsupported value %T", rep)
 }
@@ -345,7 +352,7 @@ func decodeRequest(b []byte) (Request, error) {
 		r.Max = int(v)
 		req = r
 	default:
-		d.fail(fmt.Sprintf("unknown request kind 0x%02x", kind))
+		req = d.antiEntropyRequest(kind)
 	}
 	if err := d.finish(); err != nil {
 		return nil, err
@@ -394,7 +401,7 @@ func decodeReply(b []byte) (Reply, error) {
 		}
 		remote = RemoteError(d.bytes(n))
 	default:
-		d.fail(fmt.Sprintf("unknown reply kind 0x%02x", kind))
+		rep = d.antiEntropyReply(kind)
 	}
 	if err := d.finish(); err != nil {
 		return nil, err

@@ -291,7 +291,7 @@ func goldenCases() []struct {
 	name string
 	enc  func() ([]byte, error)
 } {
-	return []struct {
+	return append([]struct {
 		name string
 		enc  func() ([]byte, error)
 	}{
@@ -331,7 +331,7 @@ func goldenCases() []struct {
 				{},
 			}})
 		}},
-	}
+	}, antiEntropyGoldenCases()...)
 }
 
 func TestWireGolden(t *testing.T) {

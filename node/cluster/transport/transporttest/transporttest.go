@@ -42,7 +42,8 @@ func (h *Handler) Handle(ctx context.Context, req transport.Request) (transport.
 // delivered to the wrong call is caught: a fetch is answered with
 // MaxPeers seeders, or an error when MaxPeers is negative (a fetch of
 // many swarms the same, swarm by swarm); a scrape page with Cursor+1 as
-// the next cursor and one file naming the cursor.
+// the next cursor and one file naming the cursor; a digest or compare
+// request with the ranges or swarms whose digest is odd.
 func Answer(req transport.Request) (transport.Reply, error) {
 	switch r := req.(type) {
 	case *transport.FetchRequest:
@@ -59,14 +60,44 @@ func Answer(req transport.Request) (transport.Reply, error) {
 			reply.Swarms[i] = *fetchAnswer(ih, r.MaxPeers)
 		}
 		return reply, nil
-	case *transport.ApplyRequest, *transport.MergeRequest, *transport.SignalRequest:
+	case *transport.ApplyRequest, *transport.MergeRequest, *transport.SignalRequest, *transport.RepairRequest:
 		return &transport.Ack{}, nil
+	case *transport.DigestRequest:
+		// The ranges whose digest is odd.
+		reply := &transport.DigestReply{}
+		for i, d := range r.Digests {
+			if d%2 == 1 {
+				reply.Ranges = append(reply.Ranges, uint16(i))
+			}
+		}
+		return reply, nil
+	case *transport.CompareRequest:
+		// The swarms whose digest is odd.
+		reply := &transport.CompareReply{}
+		for i, sw := range r.Swarms {
+			if sw.Digest%2 == 1 {
+				reply.Want = append(reply.Want, uint16(i))
+			}
+		}
+		return reply, nil
 	case *transport.ScrapeRequest:
 		return &transport.ScrapeReply{Next: r.Cursor + 1, Done: r.Max == 0, Files: []bittorrent.Scrape{
 			{InfoHash: bittorrent.InfoHash{byte(r.Cursor)}, Counts: bittorrent.Counts{Seeders: uint32(r.Max)}},
 		}}, nil
 	}
 	return nil, fmt.Errorf("unexpected request %T", req)
+}
+
+// oddAt returns n digests, odd at the given positions and even elsewhere.
+func oddAt(n int, odd ...int) []uint64 {
+	d := make([]uint64, n)
+	for i := range d {
+		d[i] = uint64(i) * 2
+	}
+	for _, i := range odd {
+		d[i]++
+	}
+	return d
 }
 
 // fetchAnswer is Answer's reply for swarm ih: maxPeers seeders counted and
@@ -172,6 +203,12 @@ func Run(t *testing.T, env Env) {
 			{"scrape", &transport.ScrapeRequest{Cursor: 7, Max: 100}, &transport.ScrapeReply{Next: 8, Files: []bittorrent.Scrape{
 				{InfoHash: bittorrent.InfoHash{7}, Counts: bittorrent.Counts{Seeders: 100}},
 			}}},
+			{"digest", &transport.DigestRequest{From: "n1", View: 9, Digests: oddAt(transport.DigestRanges, 3, 4095)}, &transport.DigestReply{Ranges: []uint16{3, 4095}}},
+			{"compare", &transport.CompareRequest{From: "n1", View: 9, Swarms: []transport.SwarmDigest{{InfoHash: infoHash(1), Digest: 2}, {InfoHash: infoHash(2), Digest: 5}}},
+				&transport.CompareReply{Want: []uint16{1}}},
+			{"repair", &transport.RepairRequest{Swarms: []transport.RepairSwarm{{InfoHash: infoHash(4), Snatches: 2, Peers: []transport.AgedPeer{
+				{SwarmPeer: swarmPeers(1)[0], Age: 60},
+			}}}}, &transport.Ack{}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				rep, err := cl.Call(Ctx(t, 5*time.Second), srv.Addr(), tc.req)
