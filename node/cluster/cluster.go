@@ -133,7 +133,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	viewCh := make(chan struct{})
 	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
-		for _, col := range append(c.m.collectors(), queueCollector{c}) {
+		for _, col := range append(c.m.collectors(), queueCollector{c}, cacheCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
 				return nil, fmt.Errorf("cluster: register metrics: %w", err)
 			}
@@ -264,7 +264,7 @@ func (c *Cluster) Close() error {
 		}
 		err = c.tr.Close()
 		if c.reg != nil {
-			for _, col := range append(c.m.collectors(), queueCollector{c}) {
+			for _, col := range append(c.m.collectors(), queueCollector{c}, cacheCollector{c}) {
 				c.reg.Unregister(col)
 			}
 		}
