@@ -36,6 +36,11 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	fs.DurationVar(&cfg.ConnIDTTL, "conn-id-ttl", cfg.ConnIDTTL, "how long a UDP client reuses a connection ID")
 	fs.Var((*pidList)(&cfg.PIDs), "pid", "tracker `pid` on this host: report its CPU per request and peak RSS from /proc; repeat it, or list pids with commas, to sum a cluster's processes")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed of the request sequence")
+	fs.Var((*urlList)(&cfg.Metrics), "metrics", "a tracker node's metrics `URL` (http://127.0.0.1:6880/metrics); repeat it for every node: their drop, refusal and failed-read counters are read before the run and after the nodes drain, and any increase marks the run INVALID; their store and read cache gauges give the memory each node holds")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "with --metrics: how long to wait after the load for the nodes' post and forward queues to empty")
+	fs.BoolVar(&cfg.Prime, "prime", cfg.Prime, "announce every peer of the population once before the warmup (with --duration 0: only that), so the tracker holds the whole population")
+	fs.BoolVar(&cfg.Primed, "primed", cfg.Primed, "an earlier --prime run loaded this population (same --swarms, --peers, --zipf, --seeders): compare each node's memory with its share of it")
+	strict := fs.Bool("strict", false, "exit with status 1 when the run is INVALID (errors, timeouts, or a node dropped, refused or failed anything)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	listHashes := fs.Bool("list-infohashes", false, "print the population's infohashes in hex, one a line (a whitelist for trackers that need one), and exit")
 	if err := fs.Parse(args); err != nil {
@@ -83,10 +88,14 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	} else {
 		err = res.WriteTable(stdout)
 	}
-	if err != nil || res.Responses == 0 {
+	if err != nil || (res.Responses == 0 && res.Mode != "prime") {
 		if err == nil {
 			fmt.Fprintf(stderr, "karuta: bench: no answer from %s\n", strings.Join(cfg.URLs, " "))
 		}
+		return exitFailure
+	}
+	if *strict && res.Invalid {
+		fmt.Fprintf(stderr, "karuta: bench: run INVALID: %s\n", strings.Join(res.InvalidReasons, "; "))
 		return exitFailure
 	}
 	return exitOK

@@ -99,6 +99,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bad pid", []string{"--url", "udp://127.0.0.1:6969", "--pid", "12,x"}, `"x" is not a process ID`},
 		{"zero pid", []string{"--url", "udp://127.0.0.1:6969", "--pid", "0"}, `"0" is not a process ID`},
 		{"no swarms to list", []string{"--list-infohashes", "--swarms", "0"}, "--swarms must be at least 1"},
+		{"bad metrics URL", []string{"--url", "udp://127.0.0.1:6969", "--metrics", "127.0.0.1:6880"}, "want a node's metrics URL"},
+		{"zero duration without prime", []string{"--url", "udp://127.0.0.1:6969", "--duration", "0s"}, "zero with --prime"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -182,4 +184,30 @@ func freeUDPPort(t *testing.T) string {
 	}
 	defer pc.Close()
 	return pc.LocalAddr().String()
+}
+
+// TestBenchChecksNodes primes a node and loads it with --metrics and
+// --strict: a clean run exits 0 and reports the node's store against the
+// population; a node that drops connects over its connect_rate makes the
+// run INVALID, naming the counter, and --strict exits 1.
+func TestBenchChecksNodes(t *testing.T) {
+	n := startNode(t, func(c *node.Config) { c.Frontends.UDP.ConnectRate = 0 })
+	res := runBench(t, "--url", "udp://"+n.Addrs().UDP+"/announce", "--metrics", "http://"+n.Addrs().Metrics+"/metrics",
+		"--prime", "--strict", "--duration", "300ms", "--concurrency", "4", "--swarms", "100", "--peers", "1000")
+	if res.Invalid || len(res.Nodes) != 1 || res.Nodes[0].StoredPeers != 1000 {
+		t.Errorf("clean run: invalid %v %v, nodes %+v; want valid, 1000 peers stored", res.Invalid, res.InvalidReasons, res.Nodes)
+	}
+	if m := res.Memory; m == nil || m.Whole != 1000 || m.MaxHeld != 1000 || m.Share != 1 {
+		t.Errorf("memory = %+v; want the single node holding the whole population", m)
+	}
+
+	limited := startNode(t, func(c *node.Config) {
+		c.Frontends.UDP.ConnectRate, c.Frontends.UDP.ConnectBurst = 0.01, 1
+	})
+	code, out, errOut := runCLI(t, "bench", "--url", "udp://"+limited.Addrs().UDP+"/announce", "--metrics", "http://"+limited.Addrs().Metrics+"/metrics",
+		"--strict", "--duration", "300ms", "--warmup", "0s", "--timeout", "100ms", "--concurrency", "4", "--swarms", "100", "--peers", "1000")
+	if code != exitFailure || !strings.Contains(errOut, "INVALID") ||
+		!strings.Contains(out, `karuta_frontend_dropped_total{frontend="udp",reason="connect_rate"} +`) {
+		t.Errorf("exit %d, stdout:\n%s\nstderr: %s\nwant exit 1 and the connect_rate drops named", code, out, errOut)
+	}
 }

@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -65,6 +68,25 @@ type Config struct {
 	PIDs []int `yaml:"pids"`
 	// Seed makes the request sequence reproducible.
 	Seed uint64 `yaml:"seed"`
+	// Metrics are the tracker nodes' metrics URLs. Their fault counters
+	// (drops, refusals, failed reads, undelivered forwards) are read
+	// before the run and after it, once the nodes have drained their
+	// queues; any increase makes the run invalid. Their store and read
+	// cache gauges give the memory each node holds.
+	Metrics []string `yaml:"metrics"`
+	// DrainTimeout bounds the wait, after the load, for the nodes' post
+	// and forward queues to empty; what is left then makes the run
+	// invalid. It outlasts a forward's retries (forward_retry, 10 s).
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Prime announces every peer of the population once before the
+	// warmup, so the tracker holds all of it: the measured phase then
+	// updates peers as a tracker in steady state does, and the whole
+	// population is the reference for the memory each node holds. With
+	// Duration zero the run only primes.
+	Prime bool `yaml:"prime"`
+	// Primed says an earlier run primed the tracker with this
+	// population (same Swarms, Peers, Zipf and Seeders).
+	Primed bool `yaml:"primed"`
 }
 
 // Default returns a closed-loop run of 10 s with 64 clients over a
@@ -85,6 +107,7 @@ func Default() Config {
 		Timeout:      time.Second,
 		ConnIDTTL:    time.Minute,
 		Seed:         1,
+		DrainTimeout: 15 * time.Second,
 	}
 }
 
@@ -103,8 +126,8 @@ func (c *Config) Validate() error {
 	switch {
 	case err != nil:
 		return err
-	case c.Duration <= 0:
-		return errors.New("--duration must be positive")
+	case c.Duration < 0 || c.Duration == 0 && !c.Prime:
+		return errors.New("--duration must be positive (or zero with --prime, to prime only)")
 	case c.Warmup < 0:
 		return errors.New("--warmup must not be negative")
 	case c.Concurrency < 1:
@@ -135,6 +158,13 @@ func (c *Config) Validate() error {
 		return errors.New("--timeout must be positive")
 	case c.ConnIDTTL <= 0:
 		return errors.New("--conn-id-ttl must be positive")
+	case c.DrainTimeout < 0:
+		return errors.New("--drain-timeout must not be negative")
+	}
+	for _, m := range c.Metrics {
+		if u, err := url.Parse(m); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--metrics %q: want a node's metrics URL, e.g. http://127.0.0.1:6880/metrics", m)
+		}
 	}
 	for _, pid := range c.PIDs {
 		if pid <= 0 {
@@ -240,6 +270,30 @@ func newSpread(tgts []target, cfg *Config, st *stats) (spread, error) {
 
 func (s spread) session(i int) session { return s[i%len(s)].session(i / len(s)) }
 
+// udpAddrs groups the UDP addresses whose kernel drops a run reports:
+// each tracker's, and the bench's own sockets together.
+func (s spread) udpAddrs() []socketGroup {
+	var out []socketGroup
+	client := socketGroup{name: "the bench's sockets", side: "client"}
+	for _, d := range s {
+		u, isUDP := d.(*udpDriver)
+		if !isUDP {
+			continue
+		}
+		out = append(out, socketGroup{name: u.raddr.String(), side: "server", addrs: []netip.AddrPort{u.raddr}})
+		for _, sk := range u.socks {
+			if la, isAddr := sk.conn.LocalAddr().(*net.UDPAddr); isAddr {
+				ap := la.AddrPort()
+				client.addrs = append(client.addrs, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
+		}
+	}
+	if len(client.addrs) > 0 {
+		out = append(out, client)
+	}
+	return out
+}
+
 func (s spread) Close() error {
 	var err error
 	for _, d := range s {
@@ -249,16 +303,20 @@ func (s spread) Close() error {
 }
 
 // session is one simulated client. Its methods send one request, wait for
-// the answer or the timeout, and record the outcome with latency from
-// start; they return early, recording nothing, when ctx is done.
+// the answer or the timeout, record the outcome with latency from start
+// and return it; they return early, recording nothing and reporting
+// false, when ctx is done. A UDP announce or scrape that cannot get a
+// connection ID returns the connect's outcome.
 type session interface {
-	announce(ctx context.Context, a *announce, start time.Time)
-	scrape(ctx context.Context, hashes [][20]byte, start time.Time)
+	announce(ctx context.Context, a *announce, start time.Time) (outcome, bool)
+	scrape(ctx context.Context, hashes [][20]byte, start time.Time) (outcome, bool)
 }
 
 // Run sends the configured load until the duration ends or ctx is done,
 // writing a progress line to progress each second (overwritten in place
-// when tty), and returns what it measured.
+// when tty), and returns what it measured. With Metrics it reads the
+// nodes before the load and after they drained, and marks the result
+// invalid if anything was lost (see invalidReasons).
 func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -269,13 +327,77 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 			return nil, fmt.Errorf("--pid: %w", err)
 		}
 	}
+	var (
+		nodes  *nodeClient
+		before []metricPage
+	)
+	if len(cfg.Metrics) > 0 {
+		nodes = newNodeClient(cfg.Metrics)
+		var err error
+		if before, err = nodes.scrape(ctx); err != nil {
+			return nil, err
+		}
+	}
 	w := newWorkload(cfg.Swarms, cfg.Peers, cfg.Zipf, &cfg)
 	st := &stats{}
 	drv, err := newSpread(tgts, &cfg, st)
 	if err != nil {
 		return nil, err
 	}
+	socks := watchSockets(drv.udpAddrs())
 
+	var prime *PrimeResult
+	if cfg.Prime {
+		p := primeAll(ctx, drv, w, cfg.Concurrency)
+		prime = &p
+		if progress != nil {
+			fmt.Fprintf(progress, "primed %d peers in %.1f s, %d not announced\n", p.Peers, p.Seconds, p.Failed)
+		}
+	}
+	res := &Result{}
+	if cfg.Duration > 0 && ctx.Err() == nil {
+		res, err = load(ctx, &cfg, drv, w, st, progress, tty)
+	}
+	err = errors.Join(err, drv.Close())
+	if res == nil {
+		return nil, err
+	}
+	res.URLs, res.Protocol = cfg.URLs, "http"
+	if tgts[0].udp {
+		res.Protocol = "udp"
+	}
+	res.Mode, res.Concurrency, res.Rate = "closed", cfg.Concurrency, cfg.Rate
+	switch {
+	case cfg.Duration == 0:
+		res.Mode, res.Rate = "prime", 0
+	case cfg.Rate > 0:
+		res.Mode = "open"
+	}
+	res.Prime = prime
+	if nodes != nil {
+		after, derr := nodes.drain(context.WithoutCancel(ctx), cfg.DrainTimeout)
+		if derr != nil {
+			return res, errors.Join(err, derr)
+		}
+		for i, u := range cfg.Metrics {
+			res.Nodes = append(res.Nodes, nodeReport(u, before[i], after[i]))
+		}
+		if cfg.Prime || cfg.Primed {
+			replicas, rerr := nodes.replicas(context.WithoutCancel(ctx))
+			if rerr != nil {
+				return res, errors.Join(err, rerr)
+			}
+			res.Memory = memoryOf(res.Nodes, float64(cfg.Peers), replicas)
+		}
+	}
+	res.SocketDrops = socks.finish()
+	res.InvalidReasons = invalidReasons(res)
+	res.Invalid = len(res.InvalidReasons) > 0
+	return res, err
+}
+
+// load runs the clients for the warmup and the measured duration.
+func load(ctx context.Context, cfg *Config, drv spread, w *workload, st *stats, progress io.Writer, tty bool) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -291,25 +413,60 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 			}
 		})
 	}
-
 	p := newProgress(progress, tty, st, start, cfg.Warmup)
-	res, err := measure(ctx, &cfg, st, p)
+	res, err := measure(ctx, cfg, st, p)
 	st.recording.Store(false)
 	cancel()
 	wg.Wait()
 	p.done()
-	err = errors.Join(err, drv.Close())
-	if res != nil {
-		res.URLs, res.Protocol = cfg.URLs, "http"
-		if tgts[0].udp {
-			res.Protocol = "udp"
-		}
-		res.Mode, res.Concurrency, res.Rate = "closed", cfg.Concurrency, cfg.Rate
-		if cfg.Rate > 0 {
-			res.Mode = "open"
-		}
-	}
 	return res, err
+}
+
+// PrimeResult is what priming the tracker took.
+type PrimeResult struct {
+	Peers   int     `json:"peers"`
+	Failed  int     `json:"failed"`
+	Seconds float64 `json:"seconds"`
+}
+
+// primeTries is how often priming sends a peer's announce before it
+// counts the peer as not announced.
+const primeTries = 3
+
+// primeAll announces every peer of w once, numwant 0, the clients taking
+// peers in turn. A peer whose announce is not answered is tried again,
+// up to primeTries times.
+func primeAll(ctx context.Context, drv spread, w *workload, clients int) PrimeResult {
+	start := time.Now()
+	total := w.peers()
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			s := drv.session(i)
+			var a announce
+			for ctx.Err() == nil {
+				p := int(next.Add(1) - 1)
+				if p >= total {
+					return
+				}
+				w.fillPeer(w.swarmOf(p), p, &a)
+				a.numWant, a.event = 0, eventStarted
+				done := false
+				for range primeTries {
+					if o, live := s.announce(ctx, &a, time.Now()); o == ok || !live {
+						done = live
+						break
+					}
+				}
+				if !done {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return PrimeResult{Peers: total, Failed: int(failed.Load()), Seconds: time.Since(start).Seconds()}
 }
 
 // measure waits out the warmup, records for the duration (or until ctx is

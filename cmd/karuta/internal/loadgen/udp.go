@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 type udpDriver struct {
 	cfg   *Config
 	st    *stats
+	raddr netip.AddrPort // the tracker's
 	v6    bool
 	socks []*udpSock
 	wg    sync.WaitGroup
@@ -41,7 +43,8 @@ func newUDPDriver(host string, clients int, cfg *Config, st *stats) (*udpDriver,
 	if err != nil {
 		return nil, fmt.Errorf("--url: %w", err)
 	}
-	d := &udpDriver{cfg: cfg, st: st, v6: raddr.IP.To4() == nil}
+	ap := raddr.AddrPort()
+	d := &udpDriver{cfg: cfg, st: st, raddr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), v6: raddr.IP.To4() == nil}
 	for range cfg.Workers {
 		conn, err := net.DialUDP("udp", nil, raddr)
 		if err != nil {
@@ -180,53 +183,54 @@ func classify(m udpDelivery) outcome {
 }
 
 // connected makes sure the client holds a live connection ID, connecting
-// if needed, and reports whether it does.
-func (c *udpSession) connected(ctx context.Context) bool {
+// if needed. It returns the connect's outcome (ok if none was needed) and
+// false if ctx ended it.
+func (c *udpSession) connected(ctx context.Context) (outcome, bool) {
 	if c.connID != 0 && time.Since(c.connAt) < c.d.cfg.ConnIDTTL {
-		return true
+		return ok, true
 	}
 	c.connID = 0
 	sent := time.Now()
 	tx := c.nextTx()
 	m, o, live := c.exchange(ctx, tx, actionConnect, appendConnect(c.buf[:0], tx))
 	if !live {
-		return false
+		return o, false
 	}
 	c.d.st.record(actConnect, o, m.at.Sub(sent), 0)
-	if o != ok {
-		return false
+	if o == ok {
+		c.connID, c.connAt = m.r.connID, sent
 	}
-	c.connID, c.connAt = m.r.connID, sent
-	return true
+	return o, true
 }
 
-func (c *udpSession) announce(ctx context.Context, a *announce, start time.Time) {
-	if !c.connected(ctx) {
-		return
+func (c *udpSession) announce(ctx context.Context, a *announce, start time.Time) (outcome, bool) {
+	if o, live := c.connected(ctx); o != ok || !live {
+		return o, live
 	}
 	tx := c.nextTx()
 	m, o, live := c.exchange(ctx, tx, actionAnnounce, appendAnnounce(c.buf[:0], c.connID, tx, a))
-	c.finish(actAnnounce, m, o, live, start)
+	return c.finish(actAnnounce, m, o, live, start)
 }
 
-func (c *udpSession) scrape(ctx context.Context, hashes [][20]byte, start time.Time) {
-	if !c.connected(ctx) {
-		return
+func (c *udpSession) scrape(ctx context.Context, hashes [][20]byte, start time.Time) (outcome, bool) {
+	if o, live := c.connected(ctx); o != ok || !live {
+		return o, live
 	}
 	tx := c.nextTx()
 	m, o, live := c.exchange(ctx, tx, actionScrape, appendScrape(c.buf[:0], c.connID, tx, hashes))
-	c.finish(actScrape, m, o, live, start)
+	return c.finish(actScrape, m, o, live, start)
 }
 
 // finish records a request and drops the connection ID after an error
 // answer, as the likely cause is its expiry. A timeout keeps it: BEP 15
 // clients retry with the ID they hold.
-func (c *udpSession) finish(a action, m udpDelivery, o outcome, live bool, start time.Time) {
+func (c *udpSession) finish(a action, m udpDelivery, o outcome, live bool, start time.Time) (outcome, bool) {
 	if !live {
-		return
+		return o, false
 	}
 	if o == trackerError || o == malformed {
 		c.connID = 0
 	}
 	c.d.st.record(a, o, m.at.Sub(start), m.r.entries)
+	return o, true
 }

@@ -135,18 +135,7 @@ func TestSpreadOverURLs(t *testing.T) {
 	var counts [2]atomic.Int64
 	var urls []string
 	for i := range counts {
-		addr := fakeTracker(t, func(req []byte) []byte {
-			tx := be.Uint32(req[12:])
-			switch be.Uint32(req[8:]) {
-			case actionConnect:
-				return be.AppendUint64(be.AppendUint32(be.AppendUint32(nil, actionConnect), tx), 9)
-			case actionAnnounce:
-				counts[i].Add(1)
-				out := be.AppendUint32(be.AppendUint32(nil, actionAnnounce), tx)
-				return be.AppendUint32(be.AppendUint32(be.AppendUint32(out, 1800), 0), 0)
-			}
-			return nil
-		})
+		addr := emptyTracker(t, func() { counts[i].Add(1) })
 		urls = append(urls, "udp://"+addr+"/announce")
 	}
 	cfg := Default()
@@ -164,4 +153,33 @@ func TestSpreadOverURLs(t *testing.T) {
 	if len(res.URLs) != 2 || res.Actions["announce"].Responses == 0 {
 		t.Errorf("result URLs %v, announces %d; want both URLs and answers", res.URLs, res.Actions["announce"].Responses)
 	}
+}
+
+// connectAnswer is the reply to connect tx, giving connection ID id.
+func connectAnswer(tx uint32, id uint64) []byte {
+	return be.AppendUint64(be.AppendUint32(be.AppendUint32(nil, actionConnect), tx), id)
+}
+
+// emptyAnnounceAnswer is the reply to announce tx: an empty swarm.
+func emptyAnnounceAnswer(tx uint32) []byte {
+	out := be.AppendUint32(be.AppendUint32(nil, actionAnnounce), tx)
+	return be.AppendUint32(be.AppendUint32(be.AppendUint32(out, 1800), 0), 0)
+}
+
+// emptyTracker is a fake tracker that answers connects and announces, every
+// swarm empty, calling announced (if not nil) for each announce.
+func emptyTracker(t *testing.T, announced func()) string {
+	return fakeTracker(t, func(req []byte) []byte {
+		tx := be.Uint32(req[12:])
+		switch be.Uint32(req[8:]) {
+		case actionConnect:
+			return connectAnswer(tx, 9)
+		case actionAnnounce:
+			if announced != nil {
+				announced()
+			}
+			return emptyAnnounceAnswer(tx)
+		}
+		return nil
+	})
 }

@@ -1,0 +1,89 @@
+package loadgen
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestSwarmOf(t *testing.T) {
+	for _, z := range []float64{0, 1.1} {
+		w := testWorkload(100, 1000, z)
+		if w.peers() != 1000 {
+			t.Fatalf("zipf %v: %d peers, want 1000", z, w.peers())
+		}
+		for p := range w.peers() {
+			s := w.swarmOf(p)
+			if s < 0 || s >= 100 || p < w.first[s] || p >= w.first[s+1] {
+				t.Fatalf("zipf %v: peer %d placed in swarm %d, which holds %d..%d", z, p, s, w.first[max(s, 0)], w.first[min(s+1, 100)])
+			}
+		}
+	}
+}
+
+// TestPrimeAnnouncesEveryPeer primes a population against a tracker that
+// drops the first announce of every tenth peer and never answers one
+// peer: every other peer must be announced, in its own swarm, and the
+// silent one counted as not announced after its tries.
+func TestPrimeAnnouncesEveryPeer(t *testing.T) {
+	const swarms, peers = 20, 200
+	w := testWorkload(swarms, peers, 1.1)
+	silent := peerID(77)
+	var mu sync.Mutex
+	seen := map[[20]byte]int{}         // announces received by peer ID
+	swarmOf := map[[20]byte][20]byte{} // infohash by peer ID
+	addr := fakeTracker(t, func(req []byte) []byte {
+		tx := be.Uint32(req[12:])
+		switch be.Uint32(req[8:]) {
+		case actionConnect:
+			return connectAnswer(tx, 3)
+		case actionAnnounce:
+			var id, ih [20]byte
+			copy(ih[:], req[16:36])
+			copy(id[:], req[36:56])
+			if numWant := int32(be.Uint32(req[92:])); numWant != 0 {
+				t.Errorf("prime announce with numwant %d, want 0", numWant)
+			}
+			mu.Lock()
+			seen[id]++
+			n := seen[id]
+			swarmOf[id] = ih
+			mu.Unlock()
+			if id == silent || (n == 1 && id[19]%10 == 3) {
+				return nil
+			}
+			return emptyAnnounceAnswer(tx)
+		}
+		return nil
+	})
+	cfg := Default()
+	cfg.Concurrency, cfg.Workers, cfg.Timeout = 8, 2, 50*time.Millisecond
+	d, err := newUDPDriver(addr, cfg.Concurrency, &cfg, &stats{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	res := primeAll(context.Background(), spread{d}, w, cfg.Concurrency)
+	if res.Peers != peers || res.Failed != 1 {
+		t.Errorf("prime = %+v, want %d peers, 1 not announced", res, peers)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for p := range peers {
+		id := peerID(p)
+		want := 1
+		switch {
+		case id == silent:
+			want = primeTries
+		case id[19]%10 == 3:
+			want = 2
+		}
+		if seen[id] != want {
+			t.Errorf("peer %d announced %d times, want %d", p, seen[id], want)
+		}
+		if swarmOf[id] != infoHash(w.swarmOf(p)) {
+			t.Errorf("peer %d announced in the wrong swarm", p)
+		}
+	}
+}
