@@ -38,6 +38,8 @@ Usage:
                                    show a node's view of its cluster
   karuta cluster tls ca|cert ...   create the data channel's CA and node certificates
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
+  karuta bench visibility --url URL --url URL [flags]
+                                   time a peer announced at one node to show at another
   karuta version                   print the version
 `
 

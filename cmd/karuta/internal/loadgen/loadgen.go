@@ -158,17 +158,26 @@ func (c *Config) Validate() error {
 		return errors.New("--timeout must be positive")
 	case c.ConnIDTTL <= 0:
 		return errors.New("--conn-id-ttl must be positive")
-	case c.DrainTimeout < 0:
+	}
+	if err := c.validateMetrics(); err != nil {
+		return err
+	}
+	for _, pid := range c.PIDs {
+		if pid <= 0 {
+			return fmt.Errorf("--pid %d: must be a positive process ID", pid)
+		}
+	}
+	return nil
+}
+
+// validateMetrics checks Metrics and DrainTimeout.
+func (c *Config) validateMetrics() error {
+	if c.DrainTimeout < 0 {
 		return errors.New("--drain-timeout must not be negative")
 	}
 	for _, m := range c.Metrics {
 		if u, err := url.Parse(m); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("--metrics %q: want a node's metrics URL, e.g. http://127.0.0.1:6880/metrics", m)
-		}
-	}
-	for _, pid := range c.PIDs {
-		if pid <= 0 {
-			return fmt.Errorf("--pid %d: must be a positive process ID", pid)
 		}
 	}
 	return nil

@@ -66,6 +66,7 @@ type ActionResult struct {
 // Latency holds percentiles of answer latency in microseconds.
 type Latency struct {
 	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
 	P99  float64 `json:"p99"`
 	P999 float64 `json:"p999"`
 	Max  float64 `json:"max"`
@@ -169,6 +170,11 @@ func (r *Result) writeChecks(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "kernel UDP drops: %d at the tracker's sockets (%d addresses seen), %d at the bench's\n", server, servers, client)
 	}
+	return r.writeVerdict(w)
+}
+
+// writeVerdict writes VALID, or INVALID with every reason.
+func (r *Result) writeVerdict(w io.Writer) error {
 	if !r.Invalid {
 		checked := "errors and timeouts"
 		if len(r.Nodes) > 0 {
