@@ -118,6 +118,7 @@ func visibilityCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signa
 	fs.DurationVar(&cfg.Poll, "poll", cfg.Poll, "pause between the leecher's announces")
 	fs.DurationVar(&cfg.Wait, "wait", cfg.Wait, "how long a round waits for the peer before it counts as a timeout")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "how long one request waits for its answer (tried three times)")
+	fs.IntVar(&cfg.MaxFailed, "max-failed", cfg.MaxFailed, "stop after this many rounds timed out or failed")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "with --metrics: how long to wait at the end for the nodes' queues to empty")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "picks the run's infohashes; 0 draws new ones")
 	strict := fs.Bool("strict", false, "exit with status 1 when the run is INVALID (a timeout, a failed round, or a node dropped anything)")

@@ -41,6 +41,10 @@ type VisibilityConfig struct {
 	// Wait is how long a round waits for the seeder at B before it counts
 	// as a timeout; Timeout bounds one request's answer.
 	Wait, Timeout time.Duration
+	// MaxFailed stops the run early once this many rounds have timed out
+	// or failed: a run past it is invalid anyway, and each timeout costs
+	// the whole Wait.
+	MaxFailed int
 	// DrainTimeout is as in Config.
 	DrainTimeout time.Duration
 	// Seed picks the run's infohashes; 0 draws one, so every run uses
@@ -52,7 +56,7 @@ type VisibilityConfig struct {
 // millisecond for up to two seconds.
 func DefaultVisibility() VisibilityConfig {
 	return VisibilityConfig{Rounds: 3000, Parallel: 1, Poll: time.Millisecond, Wait: 2 * time.Second,
-		Timeout: 500 * time.Millisecond, DrainTimeout: 15 * time.Second}
+		Timeout: 500 * time.Millisecond, MaxFailed: 30, DrainTimeout: 15 * time.Second}
 }
 
 // Validate reports the first bad setting, named by its flag.
@@ -81,6 +85,8 @@ func (c *VisibilityConfig) Validate() error {
 		return errors.New("--poll must not be negative")
 	case c.Wait <= 0 || c.Timeout <= 0:
 		return errors.New("--wait and --timeout must be positive")
+	case c.MaxFailed < 1:
+		return errors.New("--max-failed must be at least 1")
 	}
 	return (&Config{Metrics: c.Metrics, DrainTimeout: c.DrainTimeout}).validateMetrics()
 }
@@ -99,10 +105,12 @@ var pathNames = []string{PathBoth, PathReader, PathWriter, PathNeither}
 // VisibilityResult is what a visibility run measured; latencies in µs,
 // from A's answer to the first answer from B that holds the seeder.
 type VisibilityResult struct {
-	URLs     []string `json:"urls"`
-	Rounds   int      `json:"rounds"`
-	Parallel int      `json:"parallel"`
-	PollUS   float64  `json:"poll_us"`
+	URLs   []string `json:"urls"`
+	Rounds int      `json:"rounds"`
+	// Stopped says the run ended early, after MaxFailed failed rounds.
+	Stopped  bool    `json:"stopped,omitempty"`
+	Parallel int     `json:"parallel"`
+	PollUS   float64 `json:"poll_us"`
 	// Seen rounds found the seeder at B within the wait; Timeouts did not;
 	// Errors could not run (a request to A or B went unanswered Tries
 	// times, or was refused).
@@ -178,6 +186,13 @@ func (b *visBook) failed() {
 	b.mu.Lock()
 	b.errs++
 	b.mu.Unlock()
+}
+
+// failures returns the rounds that timed out or failed so far.
+func (b *visBook) failures() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.timeouts + b.errs
 }
 
 // result summarises the rounds recorded.
@@ -379,6 +394,7 @@ func RunVisibility(ctx context.Context, cfg VisibilityConfig, progress io.Writer
 	}
 
 	book := newVisBook(len(hosts))
+	var stopped atomic.Bool
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var werr error
@@ -394,6 +410,10 @@ func RunVisibility(ctx context.Context, cfg VisibilityConfig, progress io.Writer
 			for ctx.Err() == nil {
 				i := int(next.Add(1) - 1)
 				if i >= cfg.Rounds {
+					return
+				}
+				if book.failures() >= cfg.MaxFailed {
+					stopped.Store(true)
 					return
 				}
 				a, b := pairOf(i, len(hosts))
@@ -422,7 +442,7 @@ func RunVisibility(ctx context.Context, cfg VisibilityConfig, progress io.Writer
 		return nil, werr
 	}
 	res := book.result()
-	res.URLs, res.Rounds, res.Parallel = cfg.URLs, cfg.Rounds, cfg.Parallel
+	res.URLs, res.Rounds, res.Parallel, res.Stopped = cfg.URLs, cfg.Rounds, cfg.Parallel, stopped.Load()
 	res.PollUS = float64(cfg.Poll) / float64(time.Microsecond)
 	if place == nil {
 		res.PlacementNote = note
@@ -437,6 +457,9 @@ func RunVisibility(ctx context.Context, cfg VisibilityConfig, progress io.Writer
 		}
 	}
 	res.InvalidReasons = invalidReasons(&Result{Timeouts: uint64(res.Timeouts), Errors: uint64(res.Errors), Nodes: res.Nodes})
+	if res.Stopped {
+		res.InvalidReasons = append(res.InvalidReasons, fmt.Sprintf("stopped after %d failed rounds (--max-failed)", cfg.MaxFailed))
+	}
 	res.Invalid = len(res.InvalidReasons) > 0
 	return res, ctx.Err()
 }

@@ -260,6 +260,15 @@ func TestRunVisibility(t *testing.T) {
 	if err := res.WriteTable(&sb); err != nil || !strings.Contains(sb.String(), "INVALID") {
 		t.Errorf("table:\n%s\n%v", sb.String(), err)
 	}
+
+	cfg.Rounds, cfg.Parallel, cfg.MaxFailed = 100, 1, 3
+	res, err = RunVisibility(context.Background(), cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Timeouts != 3 || !res.Stopped || !strings.Contains(strings.Join(res.InvalidReasons, ";"), "--max-failed") {
+		t.Errorf("%d timeouts, stopped %v, reasons %v; want a stop after 3", res.Timeouts, res.Stopped, res.InvalidReasons)
+	}
 }
 
 func TestVisibilityValidate(t *testing.T) {
@@ -274,6 +283,7 @@ func TestVisibilityValidate(t *testing.T) {
 		"no parallel":   func(c *VisibilityConfig) { c.Parallel = 0 },
 		"negative poll": func(c *VisibilityConfig) { c.Poll = -1 },
 		"zero wait":     func(c *VisibilityConfig) { c.Wait = 0 },
+		"no failures":   func(c *VisibilityConfig) { c.MaxFailed = 0 },
 	} {
 		c := ok
 		c.URLs = append([]string(nil), ok.URLs...)
