@@ -52,7 +52,8 @@
 # for CONCURRENCY/throughput, tens of milliseconds), RATE (20000; 0 skips
 # the open loop), VISIBILITY ("3 6"; empty skips), VIS_ROUNDS
 # (3000), SYSCALLS (unset; 1 counts the trackers' recvmmsg calls with perf
-# during each closed-loop UDP run), PROFILE (unset; 1 saves a 6 s CPU
+# during each closed-loop UDP run: datagrams per call that returned some,
+# and the share of calls that found the socket empty), PROFILE (unset; 1 saves a 6 s CPU
 # profile of every node of every shape during the last closed-loop UDP
 # round, as OUT/WORKLOAD-NAME.pprof), STRICT (unset; 1 exits 1 if any run
 # was INVALID), OUT (a new temporary directory; keeps every run's JSON
@@ -226,11 +227,12 @@ profile() {
 }
 
 # count_syscalls FILE K: in the background once the warmup is over, the
-# recvmmsg and sendmmsg calls of shape K's processes over the duration.
+# recvmmsg calls of shape K's processes over the duration, all and those
+# that returned datagrams.
 count_syscalls() {
 	sleep "${WARMUP%s}"
-	perf stat -x, -e syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg -p "${shape_pids[$2]}" \
-		-o "$1" -- sleep "${DURATION%s}" 2>/dev/null || true
+	perf stat -x, -e syscalls:sys_enter_recvmmsg -e syscalls:sys_exit_recvmmsg --filter 'ret > 0' \
+		-p "${shape_pids[$2]}" -o "$1" -- sleep "${DURATION%s}" 2>/dev/null || true
 }
 
 loadavg_start=$(cat /proc/loadavg)

@@ -51,18 +51,23 @@ def validity(runs):
 
 
 def recvmmsg_calls(path):
-    """The recvmmsg count perf stat -x, wrote, or None."""
+    """The recvmmsg calls perf stat -x, counted: (all, that returned
+    datagrams), or None."""
     if not os.path.exists(path):
         return None
+    counts = {}
     with open(path) as f:
         for line in f:
             fields = line.strip().split(",")
-            if len(fields) > 2 and fields[2].endswith("sys_enter_recvmmsg"):
+            if len(fields) > 2 and fields[2].startswith("syscalls:sys_"):
                 try:
-                    return float(fields[0])
+                    counts[fields[2]] = float(fields[0])
                 except ValueError:
                     return None
-    return None
+    calls, full = counts.get("syscalls:sys_enter_recvmmsg"), counts.get("syscalls:sys_exit_recvmmsg")
+    if not calls or not full:
+        return None
+    return calls, full
 
 
 class Report:
@@ -111,7 +116,7 @@ class Report:
             os.path.exists(os.path.join(self.out, f"{wl}-udp-0-{r}.perf")) for r in self.rounds)
         head = "| shape | responses/s | server CPU per response (µs) | vs one node | p50 / p99 (ms) | peers per announce | errors+timeouts | drops | peak RSS (MiB) |"
         if perf:
-            head += " datagrams per recvmmsg |"
+            head += " datagrams per recvmmsg (empty calls) |"
         head += " run |"
         print(head)
         print("|" + " --- |" * (head.count("|") - 1))
@@ -129,13 +134,15 @@ class Report:
                    f"| {sum(r['errors'] + r['timeouts'] for r in runs)} | {sum(drops(r) for r in runs):.0f} "
                    f"| {max(r['server']['peak_rss_bytes'] for r in runs) / 2**20:.0f} |")
             if perf:
-                per = []
+                per, empty = [], []
                 for r in self.rounds:
                     run = load(os.path.join(self.out, f"{wl}-udp-{k}-{r}.json"))
-                    calls = recvmmsg_calls(os.path.join(self.out, f"{wl}-udp-{k}-{r}.perf"))
-                    if run and calls:
-                        per.append(run["responses_per_sec"] * run["seconds"] / calls)
-                row += f" {med_range(per)} |"
+                    counted = recvmmsg_calls(os.path.join(self.out, f"{wl}-udp-{k}-{r}.perf"))
+                    if run and counted:
+                        calls, full = counted
+                        per.append(run["responses"] / full)
+                        empty.append(100 * (calls - full) / calls)
+                row += f" {med_range(per)} ({med_range(empty, '{:.0f}%')}) |"
             print(row + f" {validity(runs)} |")
             self.target(wl, f"CPU per response, {proto.upper()}", k, ratios, 1.5, all(not r["invalid"] for r in runs))
 

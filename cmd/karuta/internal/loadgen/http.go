@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -16,6 +17,7 @@ type httpDriver struct {
 	cfg    *Config
 	st     *stats
 	tgt    target
+	ids    []int // the global indexes of its clients
 	client *http.Client
 }
 
@@ -23,7 +25,7 @@ type httpDriver struct {
 // is under 4 KiB.
 const maxBody = 64 << 10
 
-func newHTTPDriver(tgt target, cfg *Config, st *stats) *httpDriver {
+func newHTTPDriver(tgt target, ids []int, cfg *Config, st *stats) *httpDriver {
 	tr := &http.Transport{
 		Proxy:               nil, // measure the tracker, not a proxy
 		DialContext:         (&net.Dialer{Timeout: cfg.Timeout}).DialContext,
@@ -32,10 +34,20 @@ func newHTTPDriver(tgt target, cfg *Config, st *stats) *httpDriver {
 		DisableCompression:  true,
 		ForceAttemptHTTP2:   false,
 	}
-	return &httpDriver{cfg: cfg, st: st, tgt: tgt, client: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
+	return &httpDriver{cfg: cfg, st: st, tgt: tgt, ids: ids, client: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
 }
 
-func (d *httpDriver) session(int) session {
+// drive runs a goroutine per client, each with its own keep-alive
+// connection.
+func (d *httpDriver) drive(ctx context.Context, p *plan) {
+	var wg sync.WaitGroup
+	for _, id := range d.ids {
+		wg.Go(func() { sessionLoop(ctx, d.session(), p, d.cfg.Seed, id) })
+	}
+	wg.Wait()
+}
+
+func (d *httpDriver) session() *httpSession {
 	return &httpSession{d: d, url: make([]byte, 0, 512), body: make([]byte, 0, 4096)}
 }
 

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -246,10 +245,10 @@ func withQuery(u *url.URL) string {
 
 // driver sends requests to a tracker in one protocol.
 type driver interface {
-	// session returns simulated client i. Sessions are used by one
-	// goroutine each.
-	session(i int) session
-	// Close stops the driver once no session is in use.
+	// drive runs the driver's clients by p until ctx is done or, when
+	// priming, until every peer is announced.
+	drive(ctx context.Context, p *plan)
+	// Close releases the driver once drive has returned.
 	Close() error
 }
 
@@ -259,25 +258,34 @@ type spread []driver
 
 func newSpread(tgts []target, cfg *Config, st *stats) (spread, error) {
 	var s spread
-	for i, t := range tgts {
-		// Target i serves clients i, i+n, i+2n, …
-		clients := (cfg.Concurrency - i + len(tgts) - 1) / len(tgts)
+	for t, tgt := range tgts {
+		var ids []int // target t serves clients t, t+n, t+2n, …
+		for i := t; i < cfg.Concurrency; i += len(tgts) {
+			ids = append(ids, i)
+		}
 		var d driver
-		if t.udp {
+		if tgt.udp {
 			var err error
-			if d, err = newUDPDriver(t.host, clients, cfg, st); err != nil {
+			if d, err = newUDPDriver(tgt.host, ids, cfg, st); err != nil {
 				_ = s.Close()
 				return nil, err
 			}
 		} else {
-			d = newHTTPDriver(t, cfg, st)
+			d = newHTTPDriver(tgt, ids, cfg, st)
 		}
 		s = append(s, d)
 	}
 	return s, nil
 }
 
-func (s spread) session(i int) session { return s[i%len(s)].session(i / len(s)) }
+// drive runs every driver by p and waits for them.
+func (s spread) drive(ctx context.Context, p *plan) {
+	var wg sync.WaitGroup
+	for _, d := range s {
+		wg.Go(func() { d.drive(ctx, p) })
+	}
+	wg.Wait()
+}
 
 // udpAddrs groups the UDP addresses whose kernel drops a run reports:
 // each tracker's, and the bench's own sockets together.
@@ -311,11 +319,10 @@ func (s spread) Close() error {
 	return err
 }
 
-// session is one simulated client. Its methods send one request, wait for
-// the answer or the timeout, record the outcome with latency from start
-// and return it; they return early, recording nothing and reporting
-// false, when ctx is done. A UDP announce or scrape that cannot get a
-// connection ID returns the connect's outcome.
+// session is one simulated HTTP client. Its methods send one request,
+// wait for the answer or the timeout, record the outcome with latency
+// from start and return it; they return early, recording nothing and
+// reporting false, when ctx is done.
 type session interface {
 	announce(ctx context.Context, a *announce, start time.Time) (outcome, bool)
 	scrape(ctx context.Context, hashes [][20]byte, start time.Time) (outcome, bool)
@@ -357,10 +364,13 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 
 	var prime *PrimeResult
 	if cfg.Prime {
-		p := primeAll(ctx, drv, w, cfg.Concurrency)
-		prime = &p
+		p := &plan{mode: modePrime, w: w, clients: cfg.Concurrency}
+		began := time.Now()
+		drv.drive(ctx, p)
+		pr := p.primeResult(time.Since(began))
+		prime = &pr
 		if progress != nil {
-			fmt.Fprintf(progress, "primed %d peers in %.1f s, %d not announced\n", p.Peers, p.Seconds, p.Failed)
+			fmt.Fprintf(progress, "primed %d peers in %.1f s, %d not announced\n", pr.Peers, pr.Seconds, pr.Failed)
 		}
 	}
 	res := &Result{}
@@ -409,25 +419,21 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 func load(ctx context.Context, cfg *Config, drv spread, w *workload, st *stats, progress io.Writer, tty bool) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := range cfg.Concurrency {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
-			s := drv.session(i)
-			if cfg.Rate > 0 {
-				openLoop(ctx, s, w, r, start, i, cfg.Concurrency, cfg.Rate)
-			} else {
-				closedLoop(ctx, s, w, r)
-			}
-		})
+	p := &plan{mode: modeClosed, w: w, start: time.Now(), rate: cfg.Rate, clients: cfg.Concurrency}
+	if cfg.Rate > 0 {
+		p.mode = modeOpen
 	}
-	p := newProgress(progress, tty, st, start, cfg.Warmup)
-	res, err := measure(ctx, cfg, st, p)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		drv.drive(ctx, p)
+	}()
+	pr := newProgress(progress, tty, st, p.start, cfg.Warmup)
+	res, err := measure(ctx, cfg, st, pr)
 	st.recording.Store(false)
 	cancel()
-	wg.Wait()
-	p.done()
+	<-done
+	pr.done()
 	return res, err
 }
 
@@ -436,46 +442,6 @@ type PrimeResult struct {
 	Peers   int     `json:"peers"`
 	Failed  int     `json:"failed"`
 	Seconds float64 `json:"seconds"`
-}
-
-// primeTries is how often priming sends a peer's announce before it
-// counts the peer as not announced.
-const primeTries = 3
-
-// primeAll announces every peer of w once, numwant 0, the clients taking
-// peers in turn. A peer whose announce is not answered is tried again,
-// up to primeTries times.
-func primeAll(ctx context.Context, drv spread, w *workload, clients int) PrimeResult {
-	start := time.Now()
-	total := w.peers()
-	var next, failed atomic.Int64
-	var wg sync.WaitGroup
-	for i := range clients {
-		wg.Go(func() {
-			s := drv.session(i)
-			var a announce
-			for ctx.Err() == nil {
-				p := int(next.Add(1) - 1)
-				if p >= total {
-					return
-				}
-				w.fillPeer(w.swarmOf(p), p, &a)
-				a.numWant, a.event = 0, eventStarted
-				done := false
-				for range primeTries {
-					if o, live := s.announce(ctx, &a, time.Now()); o == ok || !live {
-						done = live
-						break
-					}
-				}
-				if !done {
-					failed.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return PrimeResult{Peers: total, Failed: int(failed.Load()), Seconds: time.Since(start).Seconds()}
 }
 
 // measure waits out the warmup, records for the duration (or until ctx is
@@ -522,6 +488,37 @@ func measure(ctx context.Context, cfg *Config, st *stats, p *progress) (*Result,
 			res.Server = serverUse(cfg.PIDs, before, after, res.Responses)
 		}
 		return res, nil
+	}
+}
+
+// sessionLoop runs one HTTP client by p: client id of p.clients.
+func sessionLoop(ctx context.Context, s session, p *plan, seed uint64, id int) {
+	r := rand.New(rand.NewPCG(seed, uint64(id)))
+	switch p.mode {
+	case modePrime:
+		primeLoop(ctx, s, p)
+	case modeOpen:
+		openLoop(ctx, s, p.w, r, p.start, id, p.clients, p.rate)
+	default:
+		closedLoop(ctx, s, p.w, r)
+	}
+}
+
+// primeLoop announces peers handed out by p until none are left.
+func primeLoop(ctx context.Context, s session, p *plan) {
+	var a announce
+	for ctx.Err() == nil {
+		i, more := p.nextPeer()
+		if !more {
+			return
+		}
+		p.w.fillPrime(i, &a)
+		for tries := 0; ; {
+			o, live := s.announce(ctx, &a, time.Now())
+			if !live || p.primed(&tries, o) {
+				break
+			}
+		}
 	}
 }
 

@@ -59,12 +59,14 @@ func TestPrimeAnnouncesEveryPeer(t *testing.T) {
 	})
 	cfg := Default()
 	cfg.Concurrency, cfg.Workers, cfg.Timeout = 8, 2, 50*time.Millisecond
-	d, err := newUDPDriver(addr, cfg.Concurrency, &cfg, &stats{})
+	d, err := newUDPDriver(addr, []int{0, 1, 2, 3, 4, 5, 6, 7}, &cfg, &stats{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	res := primeAll(context.Background(), spread{d}, w, cfg.Concurrency)
+	p := &plan{mode: modePrime, w: w, clients: cfg.Concurrency}
+	d.drive(context.Background(), p)
+	res := p.primeResult(time.Second)
 	if res.Peers != peers || res.Failed != 1 {
 		t.Errorf("prime = %+v, want %d peers, 1 not announced", res, peers)
 	}
