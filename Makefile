@@ -50,7 +50,7 @@ unit:
 	$(GO) test -race -count=1 $(PKGS)
 
 realclient:
-	$(GO) test -race -count=1 -tags realclient -run RealClient -v ./node/
+	$(GO) test -race -count=1 -tags realclient -run 'RealClient|RealCluster' -v ./node/
 
 ## netns: failover on real networks — karuta serve processes in network
 ## namespaces, cut and healed by the network while a probe checks every

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,9 @@ type clustered struct {
 	views *membershipViews
 	data  *cluster.Cluster
 	boot  string
+	// budget bounds the cluster listeners' unauthenticated connections
+	// so they never take the frontends' descriptors (fdbudget.go).
+	budget descriptorBudget
 
 	mu sync.Mutex
 	m  *ring.Membership // set by start
@@ -93,9 +97,16 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &clustered{cfg: cc, id: cfg.Node, log: n.log.Named("cluster"), boot: newBoot()}
+	httpConns := 0
+	if cfg.Frontends.HTTP.Addr != "" {
+		httpConns = cfg.Frontends.HTTP.MaxConnections
+	}
+	c := &clustered{cfg: cc, id: cfg.Node, log: n.log.Named("cluster"), boot: newBoot(), budget: planDescriptors(fileLimit(), httpConns)}
 	c.tr, err = transport.NewTCP(transport.TCPOptions{
 		Bind:       dataBind,
+		LocalAddr:  dialSource(dataBind, cc.Advertise),
+		Name:       cfg.Node.Name,
+		MaxPending: c.budget.data,
 		Certs:      cc.TLS.Files(),
 		Keys:       keys,
 		Insecure:   len(keys) == 0 && !cc.TLS.Enabled(),
@@ -144,6 +155,42 @@ func dataBindAddr(cc ring.Config) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
+// dialSource is the address this node's connections to other nodes leave
+// from: the listener's own host (bind) when it is bound to one, else the
+// advertised gossip host when one is set and is an address of this host
+// (behind NAT it is not, and the kernel must choose). Empty lets the
+// kernel choose, which on a host with several addresses may be one no
+// member advertises; the other side admits the node anyway (the handshake
+// decides), this only keeps the source predictable for firewalls and for
+// the other side's ordering of sources.
+func dialSource(bind, advertise string) string {
+	for _, hp := range []string{bind, advertise} {
+		host, _, err := net.SplitHostPort(hp)
+		if err != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(host)
+		if err != nil || ip.IsUnspecified() {
+			continue
+		}
+		if localIP(ip) {
+			return ip.Unmap().String()
+		}
+	}
+	return ""
+}
+
+// localIP reports whether ip belongs to this host: whether a socket can
+// be bound to it.
+func localIP(ip netip.Addr) bool {
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(ip, 0).String())
+	if err != nil {
+		return false
+	}
+	_ = pc.Close()
+	return true
+}
+
 // newBoot identifies this process: its start time in fixed-width hex, so a
 // later boot sorts after an earlier one, and random bits for two starts
 // within a clock tick.
@@ -159,13 +206,32 @@ func (c *clustered) start(n *Node) error {
 	if err := c.data.Start(); err != nil {
 		return err
 	}
+	budget := []zap.Field{zap.Uint64("file_limit", c.budget.limit), zap.Uint64("reserved", c.budget.reserved),
+		zap.Int("data_pending", c.budget.data), zap.Int("gossip_streams", c.budget.gossip)}
+	if c.budget.tight {
+		c.log.Warn("the file descriptor limit leaves the cluster listeners less than their usual bounds; raise it (ulimit -n, LimitNOFILE) or lower frontends.http.max_connections", budget...)
+	} else {
+		c.log.Debug("cluster listeners' descriptor budget", budget...)
+	}
 	self := ring.NodeInfo{
 		Member:   ring.Member{Name: c.id.Name, Datacenter: c.id.Datacenter, Zone: c.id.Zone},
 		DataAddr: c.tr.Addr(),
 		Boot:     c.boot,
 	}
-	m, err := ring.NewMembership(c.cfg.Config, ring.MembershipOptions{Self: self, Registerer: n.reg, Log: c.log.Named("gossip")})
+	gossip, err := transport.NewGossip(transport.GossipOptions{
+		Bind:       c.cfg.Bind,
+		LocalAddr:  dialSource(c.cfg.Bind, c.cfg.Advertise),
+		KnownHost:  dataMembers{c}.HostIsMember,
+		MaxStreams: c.budget.gossip,
+		Log:        c.log.Named("gossip"),
+		Registerer: n.reg,
+	})
 	if err != nil {
+		return fmt.Errorf("cluster.bind: %w", err)
+	}
+	m, err := ring.NewMembership(c.cfg.Config, ring.MembershipOptions{Self: self, Transport: gossip, Registerer: n.reg, Log: c.log.Named("gossip")})
+	if err != nil {
+		_ = gossip.Shutdown()
 		return err
 	}
 	c.mu.Lock()

@@ -111,55 +111,80 @@ func metricValue(text, name, label string) float64 {
 	return -1
 }
 
-// TestClusterDataChannelFlood reproduces finding 1 of issue 11 against
-// real nodes: 300 silent connections to a node's data channel from a host
-// that is not a member, reconnecting as soon as they are closed, while
-// clients announce to the other node. Every forward still arrives, none
-// is counted unreachable, and the flood is counted where it landed.
+// TestClusterDataChannelFlood reproduces finding 1 of issue 11 and case 3
+// of issue 17 against nodes in this process: 300 silent connections to a
+// node's data channel, reopened as soon as they are closed, from a host
+// that is not a member and, in the second case, from the very address the
+// members connect from, while clients announce to every node. Every
+// forward arrives, none is counted unreachable, and the flood is counted
+// where it landed.
 func TestClusterDataChannelFlood(t *testing.T) {
-	nodes := startConverged(t, "f1", "f2")
-	target := nodes[1].Addrs().Data
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var dials atomic.Int64
-	for range 300 {
-		wg.Go(func() {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
-			buf := make([]byte, 1)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				nc, err := d.Dial("tcp", target)
-				if err != nil {
-					continue
-				}
-				dials.Add(1)
-				_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
-				_, _ = nc.Read(buf) // silent until the node hangs up
-				nc.Close()
+	for _, tc := range []struct {
+		name, source string
+		rounds       int64 // flood connections closed before the announces
+	}{
+		{"outsider", "127.0.0.2", 1000},
+		{"member's address", "127.0.0.1", 600},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nodes := startConverged(t, "f1", "f2")
+			target := nodes[1].Addrs().Data
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			var dials atomic.Int64
+			for range 300 {
+				wg.Go(func() {
+					d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(tc.source)}, Timeout: time.Second}
+					buf := make([]byte, 1)
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						nc, err := d.Dial("tcp", target)
+						if err != nil {
+							continue
+						}
+						dials.Add(1)
+						_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+						_, _ = nc.Read(buf) // silent until the node hangs up
+						nc.Close()
+					}
+				})
 			}
+			defer func() {
+				close(stop)
+				wg.Wait()
+			}()
+			eventually.True(t, 20*time.Second, "the flood is under way", func() bool { return dials.Load() > tc.rounds })
+			want := announceSwarms(t, nodes, 0x7e)
+			eventually.NoError(t, visibleWithin, "swarms visible on every node during the flood", func() error { return visibleEverywhere(nodes, want) })
+
+			for _, n := range nodes {
+				m := scrapeMetrics(t, n.Addrs().Metrics)
+				name := nodeName(n)
+				if v := metricValue(m, "karuta_cluster_forwarded_changes_total", `result="unreachable"`); v > 0 {
+					t.Errorf("%s counted %v forwarded changes unreachable during the flood; want 0", name, v)
+				}
+				if v := metricValue(m, "karuta_cluster_forwarded_changes_total", `result="ok"`); v <= 0 {
+					t.Errorf("%s forwarded %v changes; want some", name, v)
+				}
+				// Reads are not checked here: the flood runs in this
+				// process, beside the nodes, and on a busy machine starves
+				// their gossip enough to move swarms. The real-process
+				// test (TestRealClusterFloods) checks them.
+				t.Logf("%s: reads failed %v", name, metricValue(m, "karuta_cluster_reads_total", `result="failed"`))
+			}
+			m := scrapeMetrics(t, nodes[1].Addrs().Metrics)
+			var refused float64
+			for _, reason := range []string{"silent", "source_limit", "pending_limit"} {
+				refused += metricValue(m, "karuta_cluster_data_rejected_total", `reason="`+reason+`"`)
+			}
+			if refused < float64(tc.rounds)/2 {
+				t.Errorf("f2 counted %v flood connections closed; want most of the flood's %d", refused, dials.Load())
+			}
+			t.Logf("flood: %d connections; f2 closed %v of them", dials.Load(), refused)
 		})
 	}
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
-	eventually.True(t, 10*time.Second, "the flood is under way", func() bool { return dials.Load() > 1000 })
-	want := announceSwarms(t, nodes, 0x7e)
-	eventually.NoError(t, visibleWithin, "swarms visible on both nodes during the flood", func() error { return visibleEverywhere(nodes, want) })
-
-	m1, m2 := scrapeMetrics(t, nodes[0].Addrs().Metrics), scrapeMetrics(t, nodes[1].Addrs().Metrics)
-	if v := metricValue(m1, "karuta_cluster_forwarded_changes_total", `result="unreachable"`); v > 0 {
-		t.Errorf("f1 counted %v forwarded changes unreachable during the flood; want 0", v)
-	}
-	if v := metricValue(m1, "karuta_cluster_forwarded_changes_total", `result="ok"`); v <= 0 {
-		t.Errorf("f1 forwarded %v changes; want some", v)
-	}
-	if v := metricValue(m2, "karuta_cluster_data_rejected_total", `reason="not_member"`); v < 1000 {
-		t.Errorf("f2 counted %v non-member connections; want the flood's (over 1000)", v)
-	}
-	t.Logf("flood: %d connections; f2 refused %v as not_member", dials.Load(), metricValue(m2, "karuta_cluster_data_rejected_total", `reason="not_member"`))
 }

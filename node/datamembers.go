@@ -8,9 +8,11 @@ import (
 )
 
 // dataMembers answers the data channel's questions (transport.Members)
-// from the gossip membership: which addresses belong to current members,
-// and which member a data address or certificate name is. Before gossip
-// starts only this node is a member. Safe for concurrent use.
+// from the gossip membership: which names are current members, which
+// member a data address belongs to, and which addresses members are known
+// at (which only orders connections that must wait, never refuses one).
+// Before gossip starts only this node is a member. Safe for concurrent
+// use.
 type dataMembers struct {
 	c *clustered
 }
@@ -75,9 +77,9 @@ func (d dataMembers) NameAt(addr string) (string, bool) {
 	return "", false
 }
 
-func (d dataMembers) IsAt(name string, ip netip.Addr) bool {
+func (d dataMembers) IsMember(name string) bool {
 	for _, s := range d.current() {
-		if s.Name == name && atHost(s, ip) {
+		if s.Name == name {
 			return true
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -127,21 +128,46 @@ func buildKaruta(t *testing.T) string {
 	return bin
 }
 
-// startProcCluster starts one process per name, every one listing every
-// gossip address as a seed. Each process's stderr goes to its own log file,
-// whose tail is logged if the test fails. Processes still running at the
-// end of the test are killed.
+// startProcCluster starts one process per name on 127.0.0.1, every one
+// listing every gossip address as a seed.
 func startProcCluster(t *testing.T, bin string, names ...string) []*karutaProc {
 	t.Helper()
-	dir := t.TempDir()
-	ports := freeLoopbackPorts(t, 4*len(names))
-	nodes := make([]*karutaProc, len(names))
-	var seeds []string
+	specs := make([]procSpec, len(names))
 	for i, name := range names {
-		addr := func(j int) string { return fmt.Sprintf("127.0.0.1:%d", ports[4*i+j]) }
+		specs[i] = procSpec{name: name, host: "127.0.0.1"}
+	}
+	return startProcClusterAt(t, bin, specs, "")
+}
+
+// procSpec says where one process listens.
+type procSpec struct {
+	name string
+	// host serves the frontends and the operations listener and binds
+	// gossip; dataHost binds the data channel (empty: host).
+	host, dataHost string
+}
+
+// startProcClusterAt starts one process per spec, every one listing every
+// gossip address as a seed; clusterExtra is YAML added to each one's
+// cluster section. Each process's stderr goes to its own log file, whose
+// tail is logged if the test fails. Processes still running at the end of
+// the test are killed.
+func startProcClusterAt(t *testing.T, bin string, specs []procSpec, clusterExtra string) []*karutaProc {
+	t.Helper()
+	dir := t.TempDir()
+	nodes := make([]*karutaProc, len(specs))
+	var seeds []string
+	for i, s := range specs {
+		ports := freePortsAt(t, s.host, 3)
+		dataHost := s.dataHost
+		if dataHost == "" {
+			dataHost = s.host
+		}
+		at := func(host string, p int) string { return net.JoinHostPort(host, strconv.Itoa(p)) }
 		nodes[i] = &karutaProc{
-			name: name, client: addr(0), metrics: addr(1), gossip: addr(2), data: addr(3),
-			logPath: filepath.Join(dir, name+".log"),
+			name: s.name, client: at(s.host, ports[0]), metrics: at(s.host, ports[1]), gossip: at(s.host, ports[2]),
+			data:    at(dataHost, freePortsAt(t, dataHost, 1)[0]),
+			logPath: filepath.Join(dir, s.name+".log"),
 			exited:  make(chan struct{}),
 		}
 		seeds = append(seeds, fmt.Sprintf("%q", nodes[i].gossip))
@@ -178,8 +204,8 @@ cluster:
   profile: local
   join_retry: 500ms
   secret_keys: [%q]
-  label: karuta-realclient
-`, n.name, n.client, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), testClusterKey)
+  label: %q
+%s`, n.name, n.client, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), testClusterKey, "karuta-"+t.Name(), clusterExtra)
 		cfgPath := filepath.Join(dir, n.name+".yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -274,9 +300,15 @@ func formed(st ClusterStatus, want int) bool {
 // settled. A process that exits meanwhile fails the test at once.
 func waitProcClusterFormed(t *testing.T, nodes []*karutaProc) {
 	t.Helper()
+	waitProcClusterFormedWithin(t, nodes, procClusterFormTimeout)
+}
+
+// waitProcClusterFormedWithin is waitProcClusterFormed with a timeout.
+func waitProcClusterFormedWithin(t *testing.T, nodes []*karutaProc, timeout time.Duration) {
+	t.Helper()
 	start := time.Now()
 	last := make([]string, len(nodes))
-	eventually.NoError(t, procClusterFormTimeout, fmt.Sprintf("the %d nodes all see each other, settled", len(nodes)), func() error {
+	eventually.NoError(t, timeout, fmt.Sprintf("the %d nodes all see each other, settled", len(nodes)), func() error {
 		done := true
 		for i, n := range nodes {
 			select {
@@ -319,11 +351,11 @@ func describeClusterStatus(st ClusterStatus) string {
 		strings.Join(members, " "), st.Ring.Epoch, strings.Join(ring, " "), st.Ring.Settled)
 }
 
-// freeLoopbackPorts returns n distinct ports free on 127.0.0.1 for both TCP
-// and UDP (gossip and the frontends use both). All are held until all are
-// found, so none is handed out twice; another process may still take one
-// before the node binds it, which is rare enough for a test.
-func freeLoopbackPorts(t *testing.T, n int) []int {
+// freePortsAt returns n distinct ports free on host for both TCP and UDP
+// (gossip and the frontends use both). All are held until all are found,
+// so none is handed out twice; another process may still take one before
+// the node binds it, which is rare enough for a test.
+func freePortsAt(t *testing.T, host string, n int) []int {
 	t.Helper()
 	var held []io.Closer
 	defer func() {
@@ -334,9 +366,9 @@ func freeLoopbackPorts(t *testing.T, n int) []int {
 	var ports []int
 	for attempt := 0; len(ports) < n; attempt++ {
 		if attempt > 10*n {
-			t.Fatalf("found only %d of %d free loopback ports", len(ports), n)
+			t.Fatalf("found only %d of %d free ports on %s", len(ports), n, host)
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}

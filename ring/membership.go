@@ -25,9 +25,10 @@ type MembershipOptions struct {
 	Self NodeInfo
 	// VNodes is passed to placement; zero means DefaultVNodes.
 	VNodes int
-	// Transport replaces memberlist's UDP/TCP transport, so tests can run
+	// Transport replaces memberlist's UDP/TCP transport: node passes its
+	// bounded listener on Config.Bind (transport.Gossip), and tests run
 	// many members in one process on a fake clock and cut links (ring's
-	// gossipNet). Nil, as in production, means the network on Config.Bind.
+	// gossipNet). Nil means memberlist's own, unbounded, on Config.Bind.
 	Transport memberlist.Transport
 	// Registerer receives the membership metrics; nil means none.
 	Registerer prometheus.Registerer

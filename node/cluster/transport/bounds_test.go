@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -40,95 +41,148 @@ func closedWithin(nc net.Conn, d time.Duration) bool {
 	return err != nil && (!errors.As(err, &ne) || !ne.Timeout())
 }
 
-// TestTCPPreAuthFlood reproduces finding 1 of issue 11: hundreds of silent
-// connections that hold handshake slots. Those from non-members are
-// closed at once; those from a member's address are capped per source,
-// and the admitted ones time out; all are counted; and a genuine node's
-// forwards keep succeeding throughout.
-func TestTCPPreAuthFlood(t *testing.T) {
-	trNoLeaks(t)
-	const flood = 300
-	members := loopbackMembers()
-	members.hosts[netip.MustParseAddr("127.0.0.3")] = true // a member's host, compromised
-	h := &trHandler{}
-	srv := tcpServe(t, func(o *TCPOptions) {
-		o.Members = members
-		o.Log = nil
-	}, h)
-	cl := newTestTCP(t, nil)
-	if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); err != nil {
-		t.Fatal(err)
-	}
-
-	// Forwards run during the whole flood; each must succeed. New
-	// connections are forced by a short idle timeout on a second client.
-	fresh := newTestTCP(t, func(o *TCPOptions) { o.IdleTimeout = 5 * time.Millisecond })
-	stop := make(chan struct{})
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for _, c := range []*TCP{cl, fresh} {
+// silentFlood opens conns connections to addr from source that say
+// nothing, each reopened as soon as the server closes it if reopen, until
+// stop. It counts the connections the server closed.
+func silentFlood(wg *sync.WaitGroup, source, addr string, conns int, reopen bool, stop <-chan struct{}) *atomic.Int64 {
+	var closed atomic.Int64
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}, Timeout: time.Second}
+	for range conns {
 		wg.Go(func() {
+			buf := make([]byte, 1)
 			for {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				if _, err := c.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(256)}); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-				} else {
-					ok.Add(1)
+				nc, err := d.Dial("tcp", addr)
+				if err != nil {
+					continue
+				}
+				_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+				_, err = nc.Read(buf)
+				nc.Close()
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					closed.Add(1)
+				}
+				if !reopen {
+					return
 				}
 			}
 		})
 	}
+	return &closed
+}
 
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	start := time.Now()
-	for range flood {
-		conns = append(conns, dialFrom(t, "127.0.0.2", srv.Addr()), dialFrom(t, "127.0.0.3", srv.Addr()))
+// TestTCPPreAuthFlood reproduces finding 1 of issue 11 and case 3 of
+// issue 17: 300 silent connections from an address no member is at, and
+// 300 from the very address the member's own connections come from,
+// reopened as fast as they are closed. Silent connections hold no
+// handshake slot and yield to connections that talk, so the member's
+// forwards, on the connections it keeps and on fresh ones, all succeed;
+// the pool never holds more than its bound, and every connection the
+// server closed is counted.
+func TestTCPPreAuthFlood(t *testing.T) {
+	trNoLeaks(t)
+	const (
+		flood    = 300
+		forwards = 10 // per client
+	)
+	h := &trHandler{}
+	srv := tcpServe(t, func(o *TCPOptions) { o.Log = nil }, h)
+	cl := newTestTCP(t, nil) // dials from 127.0.0.1, like the flood below
+	if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); err != nil {
+		t.Fatal(err)
 	}
-	// Every non-member connection is closed long before a handshake
-	// could time out, and none is left pending.
-	for i := 0; i < len(conns); i += 2 {
-		if !closedWithin(conns[i], 3*time.Second) {
-			t.Fatalf("connection %d from a non-member is still open %s after the flood began", i/2, time.Since(start))
-		}
-	}
-	eventually.True(t, 5*time.Second, "non-members counted", func() bool { return rejected(srv, reasonNotMember) == flood })
-	// From the member's address at most MaxPendingPerSource wait at a
-	// time; the rest are refused at once, and the waiting ones time out.
-	// Every one of them ends as one or the other.
-	eventually.True(t, 15*time.Second, "every member-address connection refused or timed out", func() bool {
-		return rejected(srv, reasonSourceLimit)+rejected(srv, reasonTimeout) == flood && pendingNow(srv) == 0
+
+	stop := make(chan struct{})
+	var floodWG, fwdWG sync.WaitGroup
+	outsider := silentFlood(&floodWG, "127.0.0.2", srv.Addr(), flood, false, stop)
+	member := silentFlood(&floodWG, "127.0.0.1", srv.Addr(), flood, true, stop)
+	stopFlood := sync.OnceFunc(func() {
+		close(stop)
+		floodWG.Wait()
 	})
-	if n := rejected(srv, reasonSourceLimit); n < flood/2 {
-		t.Errorf("only %d of %d connections from one address refused at once", n, flood)
+	defer stopFlood()
+	var most atomic.Int64
+	fwdWG.Go(func() {
+		for {
+			most.Store(max(most.Load(), int64(pendingNow(srv))))
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	})
+	eventually.True(t, 20*time.Second, "both floods reconnect", func() bool {
+		return outsider.Load() == flood && member.Load() > flood
+	})
+
+	// Forwards during the flood; each must succeed: on the connections
+	// the member keeps, and on fresh ones, from a new transport each time.
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	call := func(c *TCP) {
+		if _, err := c.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(256)}); err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err)
+		} else {
+			ok.Add(1)
+		}
 	}
-	close(stop)
-	wg.Wait()
+	fwdWG.Go(func() {
+		for range forwards {
+			call(cl)
+		}
+	})
+	fwdWG.Go(func() {
+		for range forwards {
+			fresh, err := NewTCP(TCPOptions{Keys: [][]byte{trKeyOld}, Label: trLabel, Members: loopbackMembers(), ConnsPerPeer: 1})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			call(fresh)
+			fresh.Close()
+		}
+	})
+	for ok.Load()+failed.Load() < 2*forwards {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopFlood()
+	fwdWG.Wait()
 	if failed.Load() > 0 {
-		t.Fatalf("%d forwards failed during the flood (%d ok), first: %v", failed.Load(), ok.Load(), firstErr.Load())
+		t.Fatalf("%d of %d forwards failed during the flood, first: %v; silent %d pending %d source %d timeout %d handshake %d; closed %d/%d", failed.Load(), 2*forwards, firstErr.Load(), rejected(srv, reasonSilent), rejected(srv, reasonPendingLimit), rejected(srv, reasonSourceLimit), rejected(srv, reasonTimeout), rejected(srv, reasonHandshake), outsider.Load(), member.Load())
 	}
-	if ok.Load() == 0 {
-		t.Fatal("no forward ran during the flood")
+	if m := most.Load(); m > DefaultMaxPending {
+		t.Errorf("%d connections pending at once; the bound is %d", m, DefaultMaxPending)
 	}
-	t.Logf("%d forwards ok during the flood; refused: not_member %d, source_limit %d, timeout %d",
-		ok.Load(), rejected(srv, reasonNotMember), rejected(srv, reasonSourceLimit), rejected(srv, reasonTimeout))
+	eventually.True(t, 5*time.Second, "nothing left pending", func() bool { return pendingNow(srv) == 0 })
+	// A connection is counted just after it is closed, so the count
+	// catches up with what the flood saw; it is at most the connections
+	// open when the flood stopped ahead.
+	closed := outsider.Load() + member.Load()
+	counted := func() int64 {
+		return int64(rejected(srv, reasonSilent) + rejected(srv, reasonPendingLimit) + rejected(srv, reasonSourceLimit))
+	}
+	eventually.True(t, 5*time.Second, "every closed flood connection counted", func() bool { return counted() >= closed })
+	if n := counted(); n > closed+2*flood {
+		t.Errorf("the server closed %d flood connections and counted %d", closed, n)
+	}
+	if n := rejected(srv, reasonSourceLimit); n == 0 {
+		t.Error("no connection of the outsider's counted against its source limit")
+	}
+	if n := rejected(srv, reasonTimeout) + rejected(srv, reasonHandshake); n != 0 {
+		t.Errorf("%d connections failed a handshake; the member's never should", n)
+	}
+	t.Logf("%d forwards ok; flood closed %d (outsider) and %d (member's address); refused: silent %d, pending_limit %d, source_limit %d",
+		ok.Load(), outsider.Load(), member.Load(), rejected(srv, reasonSilent), rejected(srv, reasonPendingLimit), rejected(srv, reasonSourceLimit))
 }
 
-func pendingNow(tr *TCP) int {
-	tr.pendMu.Lock()
-	defer tr.pendMu.Unlock()
-	return tr.pending
-}
+func pendingNow(tr *TCP) int { return tr.pre.len() }
 
 // TestTCPPendingLimit checks the total cap on handshakes in progress, over
 // several member addresses each within its own cap.
@@ -295,21 +349,88 @@ func TestTCPInflightBounded(t *testing.T) {
 	}
 }
 
-// TestTCPNotMemberRefused checks that a node the server does not count as
-// a member is refused before TLS, counted, and told something it can act
-// on.
-func TestTCPNotMemberRefused(t *testing.T) {
+// TestTCPMemberFromAnyAddress is case 2 of issue 17: a node whose
+// connections come from an address no member is known at (NAT, a host
+// with several addresses) is served, because it proves the key; a caller
+// there without the key is refused and counted.
+func TestTCPMemberFromAnyAddress(t *testing.T) {
 	trNoLeaks(t)
 	h := &trHandler{}
-	others := &testMembers{hosts: map[netip.Addr]bool{netip.MustParseAddr("127.0.0.9"): true}}
-	srv := tcpServe(t, func(o *TCPOptions) { o.Members = others }, h)
+	elsewhere := &testMembers{hosts: map[netip.Addr]bool{netip.MustParseAddr("192.0.2.9"): true}}
+	srv := tcpServe(t, func(o *TCPOptions) { o.Members = elsewhere }, h)
 	cl := newTestTCP(t, nil)
-	_, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(1)})
-	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "does not count this node's address as a member's") {
-		t.Fatalf("got %v; want ErrUnreachable saying the node is not a member there", err)
+	if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(1)}); err != nil {
+		t.Fatalf("a key holder from an unadvertised address: %v", err)
 	}
-	if h.calls.Load() != 0 {
-		t.Fatal("the handler was called")
+	if h.calls.Load() != 1 {
+		t.Fatalf("handler called %d times; want 1", h.calls.Load())
 	}
-	eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonNotMember) >= 1 })
+	stranger := newTestTCP(t, func(o *TCPOptions) { o.Keys = [][]byte{trKeyNew} })
+	if _, err := stranger.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("a caller without the key: got %v; want ErrUnreachable", err)
+	}
+	if h.calls.Load() != 1 {
+		t.Fatal("the handler was called for a caller without the key")
+	}
+	eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
+}
+
+// TestTCPMembersShareAddress is case 1 of issue 17: nine nodes on one
+// address, each keeping two connections to a tenth. Their sessions are
+// counted per node, as their hellos name them, so none is refused.
+func TestTCPMembersShareAddress(t *testing.T) {
+	trNoLeaks(t)
+	members := loopbackMembers()
+	var names []string
+	for i := range 9 {
+		names = append(names, fmt.Sprintf("n%d", i+1))
+		members.add(names[i], fmt.Sprintf("127.0.0.1:%d", 1000+i))
+	}
+	srv := tcpServe(t, func(o *TCPOptions) { o.Members = members }, &trHandler{})
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for _, name := range names {
+		cl := newTestTCP(t, func(o *TCPOptions) { o.Name = name })
+		wg.Go(func() {
+			for range 20 {
+				if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(4)}); err != nil {
+					failed.Add(1)
+					t.Errorf("%s: %v", name, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := rejected(srv, reasonSessionLimit); n != 0 {
+		t.Errorf("%d sessions refused for the session limit; want none", n)
+	}
+	eventually.True(t, 5*time.Second, "two sessions per node", func() bool { return tcpSessions(srv) == 2*len(names) })
+}
+
+// TestTCPLocalAddr checks that connections to other nodes leave from
+// LocalAddr.
+func TestTCPLocalAddr(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- remoteHost(nc).String()
+		nc.Close()
+	}()
+	cl := newTestTCP(t, func(o *TCPOptions) { o.LocalAddr = "127.0.0.5"; o.Log = nil })
+	_, _ = cl.Call(trCtx(t, 5*time.Second), ln.Addr().String(), &ApplyRequest{})
+	if src := <-got; src != "127.0.0.5" {
+		t.Fatalf("the connection came from %s; want 127.0.0.5", src)
+	}
+	if _, err := NewTCP(TCPOptions{LocalAddr: "not-an-ip", Keys: [][]byte{trKeyOld}, Members: loopbackMembers()}); err == nil || !strings.Contains(err.Error(), "local address") {
+		t.Fatalf("NewTCP with a bad local address: %v; want an error naming it", err)
+	}
 }

@@ -185,6 +185,9 @@ func (t *TCP) dial(addr string) (*tcpClientConn, error) {
 	ctx, cancel := context.WithTimeout(t.ctx, t.opts.DialTimeout)
 	defer cancel()
 	var d net.Dialer
+	if t.localAddr != nil {
+		d.LocalAddr = t.localAddr
+	}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err

@@ -28,20 +28,24 @@ import (
 // mode both sides present a certificate signed by a CA of the cluster's
 // bundle that names the node (pki.go); the caller checks that the callee's
 // names the member it meant to reach, the callee that the caller's names a
-// current member at the address it connects from. In shared-key mode each
+// current member, wherever it connects from. In shared-key mode each
 // process presents a throwaway self-signed certificate that nobody checks,
 // and the exchange below proves the shared key instead.
 //
 // Inside TLS, client first:
 //
-//	client hello  "KRTH" version:1 labellen:1 label n:1 keyid:8*n
+//	client hello  "KRTH" version:1 labellen:1 label n:1 keyid:8*n namelen:1 name
 //	server hello  "KRTH" version:1 status:1 chosen:1 proof:32
 //	client proof  proof:32                       (shared-key mode only)
 //
 // keyid = HKDF-SHA256(key, info "karuta data channel v2 key id")[:8] for
 // each of the client's keys in its order; in certificate mode n is 0. The
 // server picks the first offered id it holds (so the client's first key
-// wins), or answers with a status saying why it cannot. Each proof is
+// wins), or answers with a status saying why it cannot. name is the
+// caller's node name: the callee counts the caller's sessions against it
+// when it names a current member, so nodes sharing an address are told
+// apart (in certificate mode the certificate's name counts instead). Each
+// proof is
 //
 //	HMAC-SHA256(HKDF-SHA256(key, info "karuta data channel v2 proof"),
 //	            TLS-Exporter("EXPORTER-karuta-data-channel-v2",
@@ -57,11 +61,12 @@ import (
 // the certificates (or nothing) authenticate.
 const (
 	helloMagic      = "KRTH"
-	protocolVersion = 2
+	protocolVersion = 3
 	keyIDSize       = 8
 	proofSize       = sha256.Size
 	maxKeys         = 16
 	maxLabel        = 255
+	maxName         = 255
 	exporterLabel   = "EXPORTER-karuta-data-channel-v2"
 	keyIDInfo       = "karuta data channel v2 key id"
 	proofKeyInfo    = "karuta data channel v2 proof"
@@ -111,9 +116,10 @@ func newSharedKey(secret []byte) (sharedKey, error) {
 type clientHello struct {
 	label string
 	ids   [][keyIDSize]byte
+	name  string
 }
 
-func appendClientHello(b []byte, label string, keys []sharedKey) []byte {
+func appendClientHello(b []byte, label string, keys []sharedKey, name string) []byte {
 	b = append(b, helloMagic...)
 	b = append(b, protocolVersion, byte(len(label))) //nolint:gosec // G115: NewTCP caps the label at maxLabel (255)
 	b = append(b, label...)
@@ -121,14 +127,15 @@ func appendClientHello(b []byte, label string, keys []sharedKey) []byte {
 	for _, k := range keys {
 		b = append(b, k.id[:]...)
 	}
-	return b
+	b = append(b, byte(len(name))) //nolint:gosec // G115: NewTCP caps the name at maxName (255)
+	return append(b, name...)
 }
 
 // readClientHello reads and parses a client hello, returning its raw
 // bytes for the proof context. It reads at most what the header allows.
 func readClientHello(r io.Reader) (clientHello, []byte, error) {
 	var h clientHello
-	raw := make([]byte, len(helloMagic)+2, len(helloMagic)+2+maxLabel+1+maxKeys*keyIDSize)
+	raw := make([]byte, len(helloMagic)+2, len(helloMagic)+2+maxLabel+1+maxKeys*keyIDSize+1+maxName)
 	if n, err := io.ReadFull(r, raw); err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
 			return h, nil, errSilent
@@ -152,13 +159,20 @@ func readClientHello(r io.Reader) (clientHello, []byte, error) {
 		return h, nil, fmt.Errorf("handshake: client offers %d keys; at most %d allowed", n, maxKeys)
 	}
 	start := len(raw)
-	raw = raw[:start+n*keyIDSize]
+	raw = raw[:start+n*keyIDSize+1]
 	if _, err := io.ReadFull(r, raw[start:]); err != nil {
 		return h, nil, fmt.Errorf("handshake: client hello: %w", err)
 	}
-	for p := raw[start:]; len(p) > 0; p = p[keyIDSize:] {
+	for p := raw[start : len(raw)-1]; len(p) > 0; p = p[keyIDSize:] {
 		h.ids = append(h.ids, [keyIDSize]byte(p[:keyIDSize]))
 	}
+	nl := int(raw[len(raw)-1])
+	start = len(raw)
+	raw = raw[:start+nl]
+	if _, err := io.ReadFull(r, raw[start:]); err != nil {
+		return h, nil, fmt.Errorf("handshake: client hello: %w", err)
+	}
+	h.name = string(raw[start:])
 	return h, raw, nil
 }
 
@@ -203,13 +217,17 @@ func prove(cs tls.ConnectionState, k sharedKey, ctx []byte) ([]byte, error) {
 // handshake runs TLS and the exchange on nc as the client (dialing the
 // member name at addr; name is empty outside certificate mode) or the
 // server, and returns the session and, on the server, whom its sessions
-// are counted against: the node its certificate names, or in shared-key
-// mode the remote host. It gives up after the handshake timeout or at
-// Close.
+// are counted against: the node its certificate names, otherwise the node
+// its hello names if that is a current member, otherwise the remote host.
+// It gives up after the handshake timeout or at Close.
 func (t *TCP) handshake(nc net.Conn, client bool, name string) (s *tcpSession, peer string, err error) {
 	stop := context.AfterFunc(t.ctx, func() { nc.Close() })
 	defer stop()
-	if err := nc.SetDeadline(time.Now().Add(t.opts.HandshakeTimeout)); err != nil {
+	deadline := time.Now().Add(t.opts.HandshakeTimeout)
+	if sc, ok := nc.(*slotConn); ok {
+		deadline = sc.deadline // counted from the accept
+	}
+	if err := nc.SetDeadline(deadline); err != nil {
 		return nil, "", err
 	}
 	var tc *tls.Conn
@@ -217,11 +235,15 @@ func (t *TCP) handshake(nc net.Conn, client bool, name string) (s *tcpSession, p
 		tc = tls.Client(nc, t.clientConfig(name))
 		err = t.clientExchange(tc)
 	} else {
-		remote := remoteHost(nc)
-		tc = tls.Server(nc, t.serverConfig(remote, &peer))
-		err = t.serverExchange(tc)
-		if peer == "" {
-			peer = remote.String()
+		tc = tls.Server(nc, t.serverConfig(&peer))
+		var claimed string
+		claimed, err = t.serverExchange(tc)
+		switch {
+		case peer != "": // named by its certificate
+		case claimed != "" && t.opts.Members.IsMember(claimed):
+			peer = "node " + claimed
+		default:
+			peer = remoteHost(nc).String()
 		}
 	}
 	if err != nil {
@@ -248,12 +270,12 @@ func (t *TCP) clientExchange(tc *tls.Conn) error {
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 			return fmt.Errorf("handshake: the node closed the connection before TLS completed "+
-				"(it does not count this node's address as a member's yet, or it has too many handshakes pending; "+
+				"(it had too many connections pending, or this one said nothing in time; "+
 				"its log and karuta_cluster_data_rejected_total say which): %w", err)
 		}
 		return fmt.Errorf("handshake: tls: %w", err)
 	}
-	hello := appendClientHello(nil, t.opts.Label, t.keys)
+	hello := appendClientHello(nil, t.opts.Label, t.keys, t.opts.Name)
 	if _, err := tc.Write(hello); err != nil {
 		return fmt.Errorf("handshake: %w", err)
 	}
@@ -302,16 +324,19 @@ func (t *TCP) clientExchange(tc *tls.Conn) error {
 	return nil
 }
 
-func (t *TCP) serverExchange(tc *tls.Conn) error {
+// serverExchange runs the callee's side and returns the name the caller
+// gave in its hello, which only the key proof (or certificate) vouches
+// for.
+func (t *TCP) serverExchange(tc *tls.Conn) (string, error) {
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, io.EOF) {
-			return errSilent
+			return "", errSilent
 		}
-		return fmt.Errorf("handshake: tls: %w", err)
+		return "", fmt.Errorf("handshake: tls: %w", err)
 	}
 	h, hello, err := readClientHello(tc)
 	if err != nil {
-		return err
+		return "", err
 	}
 	sh := make([]byte, 0, serverHelloSize)
 	sh = append(sh, helloMagic...)
@@ -348,28 +373,28 @@ func (t *TCP) serverExchange(tc *tls.Conn) error {
 	proof := make([]byte, proofSize)
 	if refuse == nil && len(t.keys) > 0 {
 		if proof, err = prove(cs, key, proofContext(hello, sh[:7], "server")); err != nil {
-			return err
+			return "", err
 		}
 	}
 	sh = append(sh, proof...)
 	if _, err := tc.Write(sh); err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return "", fmt.Errorf("handshake: %w", err)
 	}
 	if refuse != nil || len(t.keys) == 0 {
-		return refuse
+		return h.name, refuse
 	}
 	want, err := prove(cs, key, proofContext(hello, sh[:7], "client"))
 	if err != nil {
-		return err
+		return "", err
 	}
 	got := make([]byte, proofSize)
 	if _, err := io.ReadFull(tc, got); err != nil {
-		return fmt.Errorf("handshake: client proof: %w", err)
+		return "", fmt.Errorf("handshake: client proof: %w", err)
 	}
 	if !hmac.Equal(want, got) {
-		return errBadProof
+		return "", errBadProof
 	}
-	return nil
+	return h.name, nil
 }
 
 // baseTLS is what both sides' configs share: TLS 1.3 only and no
@@ -413,8 +438,9 @@ func (t *TCP) clientConfig(name string) *tls.Config {
 }
 
 // serverConfig checks, in certificate mode, that the client's certificate
-// names a current member known at remote, and stores that name in *name.
-func (t *TCP) serverConfig(remote netip.Addr, name *string) *tls.Config {
+// names a current member, and stores that name in *name. Where the
+// member connects from does not matter: its certificate is the proof.
+func (t *TCP) serverConfig(name *string) *tls.Config {
 	c := baseTLS()
 	if t.certs == nil {
 		c.Certificates = []tls.Certificate{t.ephemeral}
@@ -432,8 +458,8 @@ func (t *TCP) serverConfig(remote netip.Addr, name *string) *tls.Config {
 		if err != nil {
 			return err
 		}
-		if !t.opts.Members.IsAt(got, remote) {
-			return fmt.Errorf("%w: certificate names %q, which is not a member at %s", errNotMember, got, remote)
+		if !t.opts.Members.IsMember(got) {
+			return fmt.Errorf("%w: the certificate names %q", errNotMember, got)
 		}
 		*name = got
 		return nil

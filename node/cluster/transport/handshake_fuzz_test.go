@@ -24,12 +24,13 @@ func FuzzHandshake(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(appendClientHello(nil, trLabel, []sharedKey{k1, k2}))
-	f.Add(appendClientHello(nil, "", nil))
-	f.Add(append(appendClientHello(nil, "x", []sharedKey{k1}), "trailing"...))
-	f.Add([]byte("KRTH\x02\xff"))
-	f.Add([]byte("KRTH\x02\x00\x11"))
-	f.Add(append([]byte("KRTH\x02\x00\x00"), make([]byte, proofSize)...))
+	f.Add(appendClientHello(nil, trLabel, []sharedKey{k1, k2}, "n1"))
+	f.Add(appendClientHello(nil, "", nil, ""))
+	f.Add(append(appendClientHello(nil, "x", []sharedKey{k1}, "a-node"), "trailing"...))
+	f.Add([]byte("KRTH\x03\xff"))
+	f.Add([]byte("KRTH\x03\x00\x11"))
+	f.Add([]byte("KRTH\x03\x00\x00\xff"))
+	f.Add(append([]byte("KRTH\x03\x00\x00"), make([]byte, proofSize)...))
 	f.Add([]byte("GET / HTTP/1.1\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
@@ -42,11 +43,11 @@ func FuzzHandshake(f *testing.F) {
 			for i, id := range h.ids {
 				keys[i].id = id
 			}
-			if again := appendClientHello(nil, h.label, keys); !bytes.Equal(again, raw) {
+			if again := appendClientHello(nil, h.label, keys, h.name); !bytes.Equal(again, raw) {
 				t.Fatalf("client hello %x encodes back to %x", raw, again)
 			}
-			if len(h.ids) > maxKeys || len(h.label) > maxLabel {
-				t.Fatalf("accepted %d keys and a %d-byte label", len(h.ids), len(h.label))
+			if len(h.ids) > maxKeys || len(h.label) > maxLabel || len(h.name) > maxName {
+				t.Fatalf("accepted %d keys, a %d-byte label and a %d-byte name", len(h.ids), len(h.label), len(h.name))
 			}
 		}
 		sh, err := parseServerHello(b)

@@ -5,9 +5,10 @@ import "github.com/prometheus/client_golang/prometheus"
 // Reasons a connection or frame was refused, the values of the reason
 // label of karuta_cluster_data_rejected_total.
 const (
-	reasonNotMember     = "not_member"      // from an address no member is at
-	reasonPendingLimit  = "pending_limit"   // too many handshakes in total
-	reasonSourceLimit   = "source_limit"    // too many handshakes from its address
+	reasonNotMember     = "not_member"      // a certificate naming no current member
+	reasonPendingLimit  = "pending_limit"   // closed to make room: too many connections before authentication
+	reasonSourceLimit   = "source_limit"    // closed to make room: too many from one unknown source
+	reasonSilent        = "silent"          // sent nothing within the handshake timeout
 	reasonHandshake     = "handshake"       // TLS, label, key or certificate refused
 	reasonTimeout       = "timeout"         // the handshake did not finish in time
 	reasonSessionLimit  = "session_limit"   // the peer has too many sessions
@@ -27,7 +28,7 @@ func newTCPMetrics(reg prometheus.Registerer) *tcpMetrics {
 	m := &tcpMetrics{
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "data_rejected_total",
-			Help: "Data channel connections and frames refused, by reason: not_member, pending_limit, source_limit, handshake, timeout, session_limit, frame_too_large, bad_frame.",
+			Help: "Data channel connections and frames refused, by reason: not_member, pending_limit, source_limit, silent, handshake, timeout, session_limit, frame_too_large, bad_frame.",
 		}, []string{"reason"}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "data_handshakes_pending",
@@ -38,7 +39,7 @@ func newTCPMetrics(reg prometheus.Registerer) *tcpMetrics {
 			Help: "Authenticated data channel connections, both directions.",
 		}),
 	}
-	for _, r := range []string{reasonNotMember, reasonPendingLimit, reasonSourceLimit, reasonHandshake, reasonTimeout, reasonSessionLimit, reasonFrameTooLarge, reasonBadFrame} {
+	for _, r := range []string{reasonNotMember, reasonPendingLimit, reasonSourceLimit, reasonSilent, reasonHandshake, reasonTimeout, reasonSessionLimit, reasonFrameTooLarge, reasonBadFrame} {
 		m.rejected.WithLabelValues(r)
 	}
 	if reg != nil {

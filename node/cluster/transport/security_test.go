@@ -221,7 +221,7 @@ func (r *keyRewriter) relay(cc, up *tls.Conn) {
 		r.rewrites++
 	}
 	r.mu.Unlock()
-	if _, err := up.Write(appendClientHello(nil, h.label, keys)); err != nil {
+	if _, err := up.Write(appendClientHello(nil, h.label, keys, h.name)); err != nil {
 		return
 	}
 	done := make(chan struct{})
@@ -293,7 +293,7 @@ func TestServerChoosesClientsFirstKey(t *testing.T) {
 			key1, _ := newSharedKey(tc.client[1])
 			tc2 := rawTLS(t, srv)
 			defer tc2.Close()
-			if _, err := tc2.Write(appendClientHello(nil, trLabel, []sharedKey{key0, key1})); err != nil {
+			if _, err := tc2.Write(appendClientHello(nil, trLabel, []sharedKey{key0, key1}, "")); err != nil {
 				t.Fatal(err)
 			}
 			b := make([]byte, serverHelloSize)

@@ -35,50 +35,46 @@ func (t *TCP) accept(ln net.Listener, h Handler) {
 			continue
 		}
 		backoff = 0
-		remote := remoteHost(nc)
-		if reason, err := t.admit(remote); err != nil {
-			nc.Close()
-			t.reject(reason, nc.RemoteAddr().String(), err)
-			continue
-		}
-		if !t.goTracked(func() { t.serveConn(nc, remote, h) }) {
-			t.release(remote)
-			nc.Close()
-			return
-		}
+		t.admit(nc, h)
 	}
 }
 
-// admit decides, before any handshake, whether a connection from remote
-// may try one: it must come from a member's address and find a pending
-// slot, per source and in total. On success the slot is the caller's,
-// to give back with release.
-func (t *TCP) admit(remote netip.Addr) (reason string, err error) {
-	if !remote.IsValid() || !t.opts.Members.HostIsMember(remote) {
-		return reasonNotMember, errors.New("not from the address of a current member")
+// admit takes an accepted connection into the pre-authentication pool,
+// closing others to make room as preauth.go says, and serves it.
+func (t *TCP) admit(nc net.Conn, h Handler) {
+	remote := remoteHost(nc)
+	now := time.Now()
+	known := t.knownSource(remote, now)
+	pc, reason, out := t.pre.add(nc, remote, known, now)
+	for _, e := range out {
+		e.c.nc.Close()
+		t.reject(e.reason, e.c.nc.RemoteAddr().String(), fmt.Errorf("closed to make room, after %s, %s", now.Sub(e.c.at).Round(time.Millisecond), talkingWord(e.c)))
 	}
-	t.pendMu.Lock()
-	defer t.pendMu.Unlock()
-	if t.pending >= t.opts.MaxPending {
-		return reasonPendingLimit, fmt.Errorf("%d connections in handshake, the most allowed", t.pending)
+	if pc == nil {
+		nc.Close()
+		t.reject(reason, nc.RemoteAddr().String(), errors.New("no connection could make room"))
+		return
 	}
-	if t.perSource[remote] >= t.opts.MaxPendingPerSource {
-		return reasonSourceLimit, fmt.Errorf("%d connections from this address in handshake, the most allowed", t.perSource[remote])
+	if !t.goTracked(func() { t.serveConn(pc, h) }) {
+		t.pre.remove(pc)
+		nc.Close()
 	}
-	t.pending++
-	t.perSource[remote]++
-	t.metrics.pending.Inc()
-	return "", nil
 }
 
-func (t *TCP) release(remote netip.Addr) {
-	t.pendMu.Lock()
-	defer t.pendMu.Unlock()
-	t.pending--
-	if t.perSource[remote]--; t.perSource[remote] <= 0 {
-		delete(t.perSource, remote)
+// talkingWord says whether an evicted connection had sent anything, for
+// the log.
+func talkingWord(c *pendingConn) string {
+	if c.talking {
+		return "in its handshake"
 	}
-	t.metrics.pending.Dec()
+	return "silent"
+}
+
+// knownSource reports whether connections from remote go first: a
+// current member is known at it, or a handshake from it succeeded
+// lately.
+func (t *TCP) knownSource(remote netip.Addr, now time.Time) bool {
+	return remote.IsValid() && (t.opts.Members.HostIsMember(remote) || t.proven.has(remote, now))
 }
 
 // reject counts a refused connection or frame and logs it at a sane rate.
@@ -91,22 +87,36 @@ func (t *TCP) reject(reason, remote string, err error) {
 
 // serveConn authenticates one admitted connection and answers its
 // requests.
-func (t *TCP) serveConn(nc net.Conn, remote netip.Addr, h Handler) {
-	s, peer, err := t.handshake(nc, false, "")
-	t.release(remote)
+func (t *TCP) serveConn(pc *pendingConn, h Handler) {
+	nc := pc.nc
+	sc := &slotConn{Conn: nc, t: t, pc: pc, deadline: pc.at.Add(t.opts.HandshakeTimeout)}
+	s, peer, err := t.handshake(sc, false, "")
+	sc.finish()
+	if !t.pre.remove(pc) {
+		// The pool closed it to make room and counted why.
+		if s != nil {
+			s.close()
+		}
+		return
+	}
 	if err != nil {
 		nc.Close()
 		switch {
 		case errors.Is(err, errSilent):
 			// Closed before saying anything: a port probe or health check.
 			t.log.Debug("data channel: connection closed before handshake", zap.String("remote", nc.RemoteAddr().String()))
+		case errors.Is(err, os.ErrDeadlineExceeded) && !sc.talked:
+			t.reject(reasonSilent, nc.RemoteAddr().String(), fmt.Errorf("nothing sent within %s", t.opts.HandshakeTimeout))
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			t.reject(reasonTimeout, nc.RemoteAddr().String(), fmt.Errorf("no handshake within %s", t.opts.HandshakeTimeout))
+		case errors.Is(err, errNotMember):
+			t.reject(reasonNotMember, nc.RemoteAddr().String(), err)
 		default:
 			t.reject(reasonHandshake, nc.RemoteAddr().String(), err)
 		}
 		return
 	}
+	t.proven.add(pc.src, time.Now())
 	if err := t.track(s, peer); err != nil {
 		s.close()
 		if errors.Is(err, errSessionLimit) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -46,16 +47,19 @@ const (
 	minMaxFrame = 4 << 10
 	maxMaxFrame = 1 << 30
 
-	// DefaultHandshakeTimeout bounds a handshake on both sides: TLS and
+	// DefaultHandshakeTimeout bounds the time from accepting a
+	// connection, or dialling one, to the end of its handshake: TLS and
 	// the key exchange take a few round trips, so a second is generous on
-	// a LAN and short enough that silent connections free their slot soon.
+	// a LAN and short enough that silent connections go soon.
 	DefaultHandshakeTimeout = time.Second
-	// DefaultMaxPending bounds connections accepted but not yet
-	// authenticated, in total; past it new connections are closed at once.
-	DefaultMaxPending = 64
-	// DefaultMaxPendingPerSource bounds them per source address, so one
-	// host cannot take the whole pool.
-	DefaultMaxPendingPerSource = 4
+	// DefaultMaxPending bounds connections accepted and not yet
+	// authenticated, in total: what peers that have proven nothing can
+	// make the node hold (a descriptor and a few KB each). When it is
+	// full, older ones yield to a new one (preauth.go).
+	DefaultMaxPending = 1024
+	// DefaultMaxPendingPerSource bounds them per unknown source address
+	// (one no member is known at and no handshake succeeded from lately).
+	DefaultMaxPendingPerSource = 8
 	// DefaultMaxSessionsPerPeer bounds the authenticated connections from
 	// one peer (a node keeps ConnsPerPeer, normally 2, to each other).
 	DefaultMaxSessionsPerPeer = 8
@@ -95,13 +99,14 @@ var (
 // block.
 type Members interface {
 	// HostIsMember reports whether ip is an address a current member is
-	// known at. Connections from other addresses are closed before any
-	// handshake.
+	// known at. It decides nothing: a member is whoever proves it in the
+	// handshake, from any address. Connections from such addresses only
+	// go first when connections must wait or yield (preauth.go).
 	HostIsMember(ip netip.Addr) bool
 	// NameAt returns the member whose data channel is at addr.
 	NameAt(addr string) (name string, ok bool)
-	// IsAt reports whether name is a current member known at ip.
-	IsAt(name string, ip netip.Addr) bool
+	// IsMember reports whether name is a current member.
+	IsMember(name string) bool
 }
 
 // TCPOptions configure a TCP transport. Zero values take the defaults
@@ -110,6 +115,16 @@ type Members interface {
 type TCPOptions struct {
 	// Bind is the host:port Serve listens on; port 0 picks a free port.
 	Bind string
+	// LocalAddr is the IP address connections to other nodes leave from;
+	// empty lets the kernel choose. Set it to the address this node is
+	// known at when the host has several, so a peer sees the address it
+	// expects (the handshake, not the address, decides either way).
+	LocalAddr string
+	// Name is this node's name, which the handshake tells the other side
+	// so that its sessions are counted per node even when several nodes
+	// share an address. In certificate mode the certificate names the
+	// node instead. At most 255 bytes.
+	Name string
 	// Certs selects certificate mode: every node presents a certificate
 	// for its name from the cluster CA, and checks the other side's. The
 	// files are read again when they change, and on Reload.
@@ -122,8 +137,8 @@ type TCPOptions struct {
 	// then move it first everywhere, then remove the old one. With Certs
 	// they are not used here.
 	Keys [][]byte
-	// Insecure allows neither Certs nor Keys: connections are still TLS
-	// and still only from member addresses, but any host there can call.
+	// Insecure allows neither Certs nor Keys: connections are still TLS,
+	// but any host that reaches the port can call.
 	Insecure bool
 	// Members says who may connect and whom an address belongs to;
 	// required.
@@ -140,7 +155,7 @@ type TCPOptions struct {
 	// (default 5s).
 	DialTimeout time.Duration
 	// HandshakeTimeout bounds the TLS handshake and key proof on both
-	// sides (default DefaultHandshakeTimeout).
+	// sides, from accepting or dialling (default DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration
 	// IdleTimeout is how long a connection with no calls in flight stays
 	// open (default 2m). Servers wait twice as long, so the calling side,
@@ -156,6 +171,10 @@ type TCPOptions struct {
 	// connections (defaults DefaultMaxPending, DefaultMaxPendingPerSource,
 	// DefaultMaxSessionsPerPeer).
 	MaxPending, MaxPendingPerSource, MaxSessionsPerPeer int
+	// MaxHandshakes bounds the handshakes the node works on at once
+	// (default twice GOMAXPROCS, at least 4); connections waiting for
+	// their peer hold none.
+	MaxHandshakes int
 	// MaxInflight bounds the bytes of requests being decoded or handled
 	// at once (default DefaultMaxInflight, at least MaxFrame).
 	MaxInflight int
@@ -186,9 +205,10 @@ type TCP struct {
 	stopping bool
 	wg       sync.WaitGroup
 
-	pendMu    sync.Mutex
-	pending   int                // connections in handshake
-	perSource map[netip.Addr]int // of pending, by source address
+	localAddr *net.TCPAddr // nil: the kernel chooses
+	pre       *preauthPool
+	slots     *handshakeSlots
+	proven    *provenSources
 
 	mu       sync.Mutex
 	closed   bool
@@ -213,6 +233,7 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 		{"max pending", int64(opts.MaxPending)},
 		{"max pending per source", int64(opts.MaxPendingPerSource)},
 		{"max sessions per peer", int64(opts.MaxSessionsPerPeer)},
+		{"max handshakes", int64(opts.MaxHandshakes)},
 		{"max inflight", int64(opts.MaxInflight)},
 	} {
 		if f.val < 0 {
@@ -228,11 +249,15 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 	setDefault(&opts.MaxPendingPerSource, DefaultMaxPendingPerSource)
 	setDefault(&opts.MaxSessionsPerPeer, DefaultMaxSessionsPerPeer)
 	setDefault(&opts.MaxInflight, DefaultMaxInflight)
+	setDefault(&opts.MaxHandshakes, max(4, 2*runtime.GOMAXPROCS(0)))
 	if opts.MaxFrame < minMaxFrame || opts.MaxFrame > min(opts.MaxInflight, maxMaxFrame) {
 		return nil, fmt.Errorf("transport: tcp: max frame %d is out of range; want %d to %d and at most max inflight (%d)", opts.MaxFrame, minMaxFrame, maxMaxFrame, opts.MaxInflight)
 	}
 	if len(opts.Label) > maxLabel {
 		return nil, fmt.Errorf("transport: tcp: label is %d bytes; want at most %d", len(opts.Label), maxLabel)
+	}
+	if len(opts.Name) > maxName {
+		return nil, fmt.Errorf("transport: tcp: name is %d bytes; want at most %d", len(opts.Name), maxName)
 	}
 	if len(opts.Keys) > maxKeys {
 		return nil, fmt.Errorf("transport: tcp: %d keys; want at most %d", len(opts.Keys), maxKeys)
@@ -240,15 +265,29 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 	if opts.Members == nil {
 		return nil, errors.New("transport: tcp: no Members: the transport must know who may connect")
 	}
+	var local *net.TCPAddr
+	if opts.LocalAddr != "" {
+		ip, err := netip.ParseAddr(opts.LocalAddr)
+		if err != nil {
+			return nil, fmt.Errorf("transport: tcp: local address %q: %w", opts.LocalAddr, err)
+		}
+		local = net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, 0))
+	}
+	metrics := newTCPMetrics(opts.Registerer)
 	t := &TCP{
+		localAddr: local,
+		pre: newPreauthPool(opts.MaxPending, opts.MaxPendingPerSource, func(d int) {
+			metrics.pending.Add(float64(d))
+		}),
+		slots:     newHandshakeSlots(opts.MaxHandshakes),
+		proven:    newProvenSources(),
 		log:       opts.Log,
 		rejectLog: ratelog.New(10 * time.Second),
 		frameLog:  ratelog.New(10 * time.Second),
 		acceptLog: ratelog.New(10 * time.Second),
 		reloadLog: ratelog.New(10 * time.Second),
-		metrics:   newTCPMetrics(opts.Registerer),
+		metrics:   metrics,
 		inflight:  semaphore.NewWeighted(int64(opts.MaxInflight)),
-		perSource: map[netip.Addr]int{},
 		pools:     map[string]*tcpPool{},
 		sessions:  map[*tcpSession]struct{}{},
 		perPeer:   map[string]int{},

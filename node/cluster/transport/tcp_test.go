@@ -34,23 +34,23 @@ const trLabel = "test-cluster"
 type testMembers struct {
 	mu    sync.Mutex
 	hosts map[netip.Addr]bool
-	names map[string]string     // data address → member name
-	at    map[string]netip.Addr // member name → host
+	names map[string]string // data address → member name
+	at    map[string]bool   // member names
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
 // loopbackMembers admits 127.0.0.1 and knows no names.
 func loopbackMembers() *testMembers {
-	return &testMembers{hosts: map[netip.Addr]bool{loopback: true}, names: map[string]string{}, at: map[string]netip.Addr{}}
+	return &testMembers{hosts: map[netip.Addr]bool{loopback: true}, names: map[string]string{}, at: map[string]bool{}}
 }
 
-// add makes name a member at 127.0.0.1 whose data channel is at addr.
+// add makes name a member whose data channel is at addr.
 func (m *testMembers) add(name, addr string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.names[addr] = name
-	m.at[name] = loopback
+	m.at[name] = true
 }
 
 func (m *testMembers) HostIsMember(ip netip.Addr) bool {
@@ -66,11 +66,10 @@ func (m *testMembers) NameAt(addr string) (string, bool) {
 	return n, ok
 }
 
-func (m *testMembers) IsAt(name string, ip netip.Addr) bool {
+func (m *testMembers) IsMember(name string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	h, ok := m.at[name]
-	return ok && h == ip
+	return m.at[name]
 }
 
 // newTestTCP returns a shared-key transport on 127.0.0.1 with a free
@@ -272,7 +271,7 @@ func TestTCPRawClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hello := appendClientHello(nil, trLabel, []sharedKey{key})
+	hello := appendClientHello(nil, trLabel, []sharedKey{key}, "raw")
 	for _, tc := range []struct {
 		name string
 		// talk misbehaves on a connection to the server. Its writes may
