@@ -124,12 +124,27 @@ type VisibilityResult struct {
 	ByPath map[string]*PathResult `json:"by_path,omitempty"`
 	// ByPair[a][b] is the p99 from node a to node b, in µs.
 	ByPair [][]float64 `json:"by_pair_p99_us"`
+	// Slowest are the slowest rounds, slowest first, timeouts included.
+	Slowest []VisRound `json:"slowest"`
 	// PlacementNote says why there is no breakdown by path, if there is
 	// none.
 	PlacementNote  string       `json:"placement_note,omitempty"`
 	Nodes          []NodeReport `json:"nodes,omitempty"`
 	Invalid        bool         `json:"invalid"`
 	InvalidReasons []string     `json:"invalid_reasons,omitempty"`
+}
+
+// VisRound is one round of a visibility run: from writer to reader (nodes
+// numbered from 1, in the order of the URLs), the path, the time until
+// the reader handed the peer out (or gave up), and the reader's
+// announces.
+type VisRound struct {
+	From     int     `json:"from"`
+	To       int     `json:"to"`
+	Path     string  `json:"path,omitempty"`
+	US       float64 `json:"us"`
+	Polls    int     `json:"polls"`
+	TimedOut bool    `json:"timed_out,omitempty"`
 }
 
 // PathResult is the part of a visibility run that took one path.
@@ -147,6 +162,7 @@ type visBook struct {
 	byPath   map[string]*Histogram
 	pathTO   map[string]int
 	byPair   []Histogram // a*n+b
+	slowest  []VisRound  // the slowest rounds seen, slowest first
 	timeouts int
 	errs     int
 	polls    int
@@ -163,6 +179,7 @@ func (b *visBook) add(a, r int, path string, seen bool, d time.Duration, polls i
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.polls += polls
+	b.keepSlow(VisRound{From: a + 1, To: r + 1, Path: path, US: float64(d) / float64(time.Microsecond), Polls: polls, TimedOut: !seen})
 	if !seen {
 		b.timeouts++
 		if path != "" {
@@ -179,6 +196,29 @@ func (b *visBook) add(a, r int, path string, seen bool, d time.Duration, polls i
 			b.byPath[path] = h
 		}
 		h.Record(d)
+	}
+}
+
+// keepSlowest is how many of the slowest rounds a result lists.
+const keepSlowest = 20
+
+// keepSlow keeps r if it is among the slowest rounds so far.
+func (b *visBook) keepSlow(r VisRound) {
+	i, _ := slices.BinarySearchFunc(b.slowest, r.US, func(x VisRound, us float64) int {
+		switch {
+		case x.US > us:
+			return -1
+		case x.US < us:
+			return 1
+		}
+		return 0
+	})
+	if i >= keepSlowest {
+		return
+	}
+	b.slowest = slices.Insert(b.slowest, i, r)
+	if len(b.slowest) > keepSlowest {
+		b.slowest = b.slowest[:keepSlowest]
 	}
 }
 
@@ -199,7 +239,8 @@ func (b *visBook) failures() int {
 func (b *visBook) result() *VisibilityResult {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	r := &VisibilityResult{Seen: int(b.all.Count()), Timeouts: b.timeouts, Errors: b.errs, Latency: latencyOf(&b.all)}
+	r := &VisibilityResult{Seen: int(b.all.Count()), Timeouts: b.timeouts, Errors: b.errs, Latency: latencyOf(&b.all),
+		Slowest: slices.Clone(b.slowest)}
 	if n := r.Seen + r.Timeouts; n > 0 {
 		r.Polls = float64(b.polls) / float64(n)
 	}
@@ -682,6 +723,17 @@ func (r *VisibilityResult) WriteTable(w io.Writer) error {
 	}
 	if worst > 0 {
 		fmt.Fprintf(w, "slowest pair at p99: node %d → node %d, %s\n", wa+1, wb+1, us(worst))
+	}
+	if len(r.Slowest) > 0 {
+		fmt.Fprint(w, "slowest rounds:")
+		for _, sr := range r.Slowest[:min(len(r.Slowest), 5)] {
+			path := ""
+			if sr.Path != "" {
+				path = " " + sr.Path
+			}
+			fmt.Fprintf(w, " %d→%d%s %s (%d announces);", sr.From, sr.To, path, us(sr.US), sr.Polls)
+		}
+		fmt.Fprintln(w)
 	}
 	return (&Result{Nodes: r.Nodes, Invalid: r.Invalid, InvalidReasons: r.InvalidReasons}).writeVerdict(w)
 }

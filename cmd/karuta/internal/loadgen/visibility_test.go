@@ -76,6 +76,10 @@ func TestVisBook(t *testing.T) {
 	if r.ByPair[0][1] < 98e3 || r.ByPair[1][2] != 500 || r.ByPair[2][0] != 0 {
 		t.Errorf("by pair %v", r.ByPair)
 	}
+	if len(r.Slowest) != keepSlowest || !r.Slowest[0].TimedOut || r.Slowest[0].From != 3 || r.Slowest[1].US != 100e3 ||
+		r.Slowest[keepSlowest-1].US != 82e3 || r.Slowest[1].Path != PathBoth || r.Slowest[1].Polls != 2 {
+		t.Errorf("slowest rounds %+v; want the timeout, then 100 ms down to 82 ms", r.Slowest)
+	}
 	if reasons := invalidReasons(&Result{Timeouts: uint64(r.Timeouts), Errors: uint64(r.Errors)}); len(reasons) != 2 {
 		t.Errorf("reasons %v; a timeout and a failed round make a run invalid", reasons)
 	}
