@@ -119,6 +119,7 @@ func visibilityCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signa
 	fs.DurationVar(&cfg.Wait, "wait", cfg.Wait, "how long a round waits for the peer before it counts as a timeout")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "how long one request waits for its answer (tried three times)")
 	fs.IntVar(&cfg.MaxFailed, "max-failed", cfg.MaxFailed, "stop after this many rounds timed out or failed")
+	fs.BoolVar(&cfg.Existing, "existing", cfg.Existing, "make each swarm one the reader already serves (a resident peer announced at it and handed out first), so the new peer joins an existing swarm")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "with --metrics: how long to wait at the end for the nodes' queues to empty")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "picks the run's infohashes; 0 draws new ones")
 	strict := fs.Bool("strict", false, "exit with status 1 when the run is INVALID (a timeout, a failed round, or a node dropped anything)")

@@ -27,7 +27,10 @@
 # against every shape in turn (one node first), so noise on the machine
 # falls on all shapes alike; then ROUNDS rounds in open loop over UDP at
 # RATE requests/s, the same offered load for every shape, for latency;
-# then `karuta bench visibility` on every cluster of a size in VISIBILITY.
+# then `karuta bench visibility` on every cluster of a size in VISIBILITY,
+# for new peers in new swarms and in swarms the reading node already
+# serves, with the cluster's nodes free to run on both cores (as on their
+# own hosts; VIS_PINNED=1 keeps them on core 0 and the probe on core 1).
 # Every run passes each node's metrics URL to the bench, which marks it
 # INVALID if any node dropped, refused, failed or could not drain
 # anything, or any request failed or timed out.
@@ -80,6 +83,7 @@ TIMEOUT=${TIMEOUT:-5s}
 RATE=${RATE:-20000}
 VISIBILITY=${VISIBILITY-3 6}
 VIS_ROUNDS=${VIS_ROUNDS:-3000}
+VIS_PINNED=${VIS_PINNED:-}
 SYSCALLS=${SYSCALLS:-}
 PROFILE=${PROFILE:-}
 STRICT=${STRICT:-}
@@ -275,13 +279,22 @@ for zipf in $ZIPF; do
 	fi
 	for k in "${!labels[@]}"; do
 		case " $VISIBILITY " in *" ${sizes[$k]} "*) ;; *) continue ;; esac
-		say "$wl: visibility across ${labels[$k]}"
-		# shellcheck disable=SC2086 # lists of flags
-		taskset -c 1 "$karuta" bench visibility --json ${urls_udp[$k]} ${metrics[$k]} \
-			--rounds "$VIS_ROUNDS" >"$OUT/$wl-vis-$k.json" 2>"$OUT/bench.log" || [ -s "$OUT/$wl-vis-$k.json" ] || {
-			cat "$OUT/bench.log" >&2
-			exit 1
-		}
+		pin=(taskset -c 1)
+		if [ -z "$VIS_PINNED" ]; then
+			# As on their own hosts: the nodes no longer share one core.
+			for p in ${shape_pids[$k]//,/ }; do taskset -a -p -c 0,1 "$p" >/dev/null; done
+			pin=()
+		fi
+		for kind in new existing; do
+			say "$wl: visibility across ${labels[$k]}, $kind swarms"
+			# shellcheck disable=SC2086 # lists of flags
+			"${pin[@]}" "$karuta" bench visibility --json ${urls_udp[$k]} ${metrics[$k]} --rounds "$VIS_ROUNDS" \
+				$([ "$kind" = existing ] && echo --existing) >"$OUT/$wl-vis$kind-$k.json" 2>"$OUT/bench.log" ||
+				[ -s "$OUT/$wl-vis$kind-$k.json" ] || {
+				cat "$OUT/bench.log" >&2
+				exit 1
+			}
+		done
 	done
 	cleanup
 	pids=()

@@ -4,8 +4,9 @@
 
 Reads OUT/meta.json (the run's settings and shapes) and the bench's JSON
 of every run: OUT/WORKLOAD-PROTO-SHAPE-ROUND.json for closed loop,
-WORKLOAD-open-SHAPE-ROUND.json for open loop, WORKLOAD-vis-SHAPE.json for
-visibility and WORKLOAD-udp-SHAPE-ROUND.perf for system call counts.
+WORKLOAD-open-SHAPE-ROUND.json for open loop, WORKLOAD-visnew-SHAPE.json
+and WORKLOAD-visexisting-SHAPE.json for visibility, and
+WORKLOAD-udp-SHAPE-ROUND.perf for system call counts.
 Ratios compare each shape with the single node of the same round, so
 noise that moved the machine between rounds cancels out.
 """
@@ -181,20 +182,22 @@ class Report:
     def visibility(self, wl):
         rows = []
         for k, s in enumerate(self.shapes):
-            v = load(os.path.join(self.out, f"{wl}-vis-{k}.json"))
-            if not v:
-                continue
-            paths = ", ".join(f"{p} {ms(d['latency_us']['p99'])}" for p, d in (v.get("by_path") or {}).items())
-            rows.append(f"| {s['label']} | {v['seen'] + v['timeouts'] + v['errors']} | {ms(v['latency_us']['p50'])} "
-                        f"| **{ms(v['latency_us']['p99'])}** | {ms(v['latency_us']['max'])} "
-                        f"| {v['timeouts'] + v['errors']} | {paths or '-'} | {'valid' if not v['invalid'] else '**INVALID**'} |")
-            p99 = v["latency_us"]["p99"] / 1e3
-            self.targets.append((wl, "visibility p99", s["label"], f"{ms(v['latency_us']['p99'])} ms", "≤ 2 ms",
-                                 "**INVALID**" if v["invalid"] else ("met" if p99 <= 2 else "**missed**")))
+            for kind in ("new", "existing"):
+                v = load(os.path.join(self.out, f"{wl}-vis{kind}-{k}.json"))
+                if not v:
+                    continue
+                paths = ", ".join(f"{p} {ms(d['latency_us']['p99'])}" for p, d in (v.get("by_path") or {}).items())
+                rows.append(f"| {s['label']} | {kind} | {v['seen'] + v['timeouts'] + v['errors']} | {ms(v['latency_us']['p50'])} "
+                            f"| **{ms(v['latency_us']['p99'])}** | {ms(v['latency_us']['max'])} "
+                            f"| {v['timeouts'] + v['errors']} | {paths or '-'} | {'valid' if not v['invalid'] else '**INVALID**'} |")
+                p99 = v["latency_us"]["p99"] / 1e3
+                self.targets.append((wl, f"visibility p99, {kind} swarms", s["label"], f"{ms(v['latency_us']['p99'])} ms", "≤ 2 ms",
+                                     "**INVALID**" if v["invalid"] else ("met" if p99 <= 2 else "**missed**")))
         if rows:
-            print("\nA peer announced at one node handed out by another (`karuta bench visibility`, UDP, every ordered pair, idle cluster; ms):\n")
-            print("| shape | rounds | p50 | p99 | max | timeouts+errors | p99 by path | run |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            print("\nA peer announced at one node handed out by another (`karuta bench visibility`, UDP, every ordered pair, "
+                  "idle cluster; in a new swarm, or in one the reading node already serves; ms):\n")
+            print("| shape | swarms | rounds | p50 | p99 | max | timeouts+errors | p99 by path | run |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             print("\n".join(rows))
 
     def summary(self):

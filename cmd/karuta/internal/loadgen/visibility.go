@@ -50,6 +50,11 @@ type VisibilityConfig struct {
 	// Seed picks the run's infohashes; 0 draws one, so every run uses
 	// swarms no earlier run announced.
 	Seed uint64
+	// Existing makes each round's swarm one that B already serves: a
+	// resident peer announces it at B, and B is polled until it hands that
+	// peer out, before the seeder announces at A. The seeder is then a
+	// new peer in a swarm B holds a copy of, as most announces are.
+	Existing bool
 }
 
 // DefaultVisibility returns 3000 rounds, one at a time, polling every
@@ -107,6 +112,8 @@ var pathNames = []string{PathBoth, PathReader, PathWriter, PathNeither}
 type VisibilityResult struct {
 	URLs   []string `json:"urls"`
 	Rounds int      `json:"rounds"`
+	// Existing: each new peer joined a swarm the reader already served.
+	Existing bool `json:"existing"`
 	// Stopped says the run ended early, after MaxFailed failed rounds.
 	Stopped  bool    `json:"stopped,omitempty"`
 	Parallel int     `json:"parallel"`
@@ -126,6 +133,10 @@ type VisibilityResult struct {
 	ByPair [][]float64 `json:"by_pair_p99_us"`
 	// Slowest are the slowest rounds, slowest first, timeouts included.
 	Slowest []VisRound `json:"slowest"`
+	// PerMS[i] counts the rounds seen after i to i+1 ms; the last bucket
+	// holds every round of 30 ms or more. A wait of fixed length shows as
+	// a hump.
+	PerMS []int `json:"per_ms"`
 	// PlacementNote says why there is no breakdown by path, if there is
 	// none.
 	PlacementNote  string       `json:"placement_note,omitempty"`
@@ -163,6 +174,7 @@ type visBook struct {
 	pathTO   map[string]int
 	byPair   []Histogram // a*n+b
 	slowest  []VisRound  // the slowest rounds seen, slowest first
+	perMS    [visHistMS + 1]int
 	timeouts int
 	errs     int
 	polls    int
@@ -188,6 +200,7 @@ func (b *visBook) add(a, r int, path string, seen bool, d time.Duration, polls i
 		return
 	}
 	b.all.Record(d)
+	b.perMS[min(int(d/time.Millisecond), visHistMS)]++
 	b.byPair[a*b.n+r].Record(d)
 	if path != "" {
 		h := b.byPath[path]
@@ -198,6 +211,9 @@ func (b *visBook) add(a, r int, path string, seen bool, d time.Duration, polls i
 		h.Record(d)
 	}
 }
+
+// visHistMS is the last bucket of VisibilityResult.PerMS.
+const visHistMS = 30
 
 // keepSlowest is how many of the slowest rounds a result lists.
 const keepSlowest = 20
@@ -240,7 +256,7 @@ func (b *visBook) result() *VisibilityResult {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	r := &VisibilityResult{Seen: int(b.all.Count()), Timeouts: b.timeouts, Errors: b.errs, Latency: latencyOf(&b.all),
-		Slowest: slices.Clone(b.slowest)}
+		Slowest: slices.Clone(b.slowest), PerMS: b.perMS[:]}
 	if n := r.Seen + r.Timeouts; n > 0 {
 		r.Polls = float64(b.polls) / float64(n)
 	}
@@ -287,11 +303,12 @@ func visInfoHash(seed uint64, i int) bittorrent.InfoHash {
 	return h
 }
 
-// visPorts are a round's seeder and leecher ports: distinct for the
-// rounds that may run at once, so B's answer names this round's seeder.
-func visPorts(i int) (seeder, leecher uint16) {
-	k := uint16(i % 30000)
-	return 2000 + 2*k, 2001 + 2*k
+// visPorts are a round's seeder, leecher and resident ports: distinct for
+// the rounds that may run at once, so B's answer names this round's
+// peers.
+func visPorts(i int) (seeder, leecher, resident uint16) {
+	k := uint16(i % 20000)
+	return 2000 + 3*k, 2001 + 3*k, 2002 + 3*k
 }
 
 // placement says which nodes own a swarm, as the cluster's ring does.
@@ -484,6 +501,7 @@ func RunVisibility(ctx context.Context, cfg VisibilityConfig, progress io.Writer
 	}
 	res := book.result()
 	res.URLs, res.Rounds, res.Parallel, res.Stopped = cfg.URLs, cfg.Rounds, cfg.Parallel, stopped.Load()
+	res.Existing = cfg.Existing
 	res.PollUS = float64(cfg.Poll) / float64(time.Microsecond)
 	if place == nil {
 		res.PlacementNote = note
@@ -562,22 +580,40 @@ const visTries = 3
 // is handed the seeder or cfg.Wait passes. It returns whether the seeder
 // was seen, after how long, and how many announces b took.
 func (w *visWorker) round(ctx context.Context, cfg *VisibilityConfig, ih bittorrent.InfoHash, i, a, b int) (bool, time.Duration, int, error) {
-	sPort, lPort := visPorts(i)
+	sPort, lPort, rPort := visPorts(i)
+	leecher := announce{infoHash: ih, left: 1, event: eventStarted, numWant: 200, port: lPort, key: uint32(i) + 1}
+	copy(leecher.peerID[:], fmt.Sprintf("-KV0001-l%011d", i%1e11))
+	if cfg.Existing {
+		// A resident peer first, until b hands it out: b then holds the
+		// swarm as it holds any swarm its clients announce in.
+		resident := announce{infoHash: ih, left: 0, event: eventStarted, numWant: 0, port: rPort, key: uint32(i) + 2}
+		copy(resident.peerID[:], fmt.Sprintf("-KV0001-r%011d", i%1e11))
+		if _, err := w.nodes[b].announce(ctx, &resident); err != nil {
+			return false, 0, 0, fmt.Errorf("resident at node %d: %w", b, err)
+		}
+		seen, _, _, err := w.poll(ctx, cfg, b, &leecher, rPort, time.Now())
+		if err != nil || !seen {
+			return false, 0, 0, fmt.Errorf("resident peer at node %d not handed out: %w", b, errors.Join(err, errUnanswered))
+		}
+	}
 	seeder := announce{infoHash: ih, left: 0, event: eventStarted, numWant: 0, port: sPort, key: uint32(i)}
 	copy(seeder.peerID[:], fmt.Sprintf("-KV0001-s%011d", i%1e11))
 	if _, err := w.nodes[a].announce(ctx, &seeder); err != nil {
 		return false, 0, 0, fmt.Errorf("seeder at node %d: %w", a, err)
 	}
-	t0 := time.Now()
-	leecher := announce{infoHash: ih, left: 1, event: eventStarted, numWant: 200, port: lPort, key: uint32(i) + 1}
-	copy(leecher.peerID[:], fmt.Sprintf("-KV0001-l%011d", i%1e11))
+	return w.poll(ctx, cfg, b, &leecher, sPort, time.Now())
+}
+
+// poll announces leecher at node b every cfg.Poll until the answer holds
+// a peer on port, or cfg.Wait has passed since t0.
+func (w *visWorker) poll(ctx context.Context, cfg *VisibilityConfig, b int, leecher *announce, port uint16, t0 time.Time) (bool, time.Duration, int, error) {
 	for polls := 1; ; polls++ {
-		peers, err := w.nodes[b].announce(ctx, &leecher)
+		peers, err := w.nodes[b].announce(ctx, leecher)
 		if err != nil {
 			return false, 0, polls, fmt.Errorf("leecher at node %d: %w", b, err)
 		}
 		d := time.Since(t0)
-		if hasPort(peers, sPort) {
+		if hasPort(peers, port) {
 			return true, d, polls, nil
 		}
 		if d > cfg.Wait {
@@ -693,8 +729,12 @@ func (c *visClient) announce(ctx context.Context, a *announce) ([]byte, error) {
 
 // WriteTable writes r for people.
 func (r *VisibilityResult) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "cross-node visibility over %d nodes: %d rounds (%d at a time), polling every %s\n\n",
-		len(r.URLs), r.Rounds, r.Parallel, us(r.PollUS))
+	swarms := "a new swarm each"
+	if r.Existing {
+		swarms = "each in a swarm the reader already serves"
+	}
+	fmt.Fprintf(w, "cross-node visibility over %d nodes: %d rounds (%d at a time), %s, polling every %s\n\n",
+		len(r.URLs), r.Rounds, r.Parallel, swarms, us(r.PollUS))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tSEEN\tTIMEOUTS\tP50\tP90\tP99\tP99.9\tMAX\t")
 	row := func(name string, seen, timeouts int, l Latency) {

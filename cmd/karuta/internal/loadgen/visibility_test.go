@@ -40,10 +40,10 @@ func TestVisRoundsAreDistinct(t *testing.T) {
 	ports := map[uint16]bool{}
 	for i := range 1000 {
 		hashes[visInfoHash(42, i)] = true
-		s, l := visPorts(i)
-		ports[s], ports[l] = true, true
+		s, l, r := visPorts(i)
+		ports[s], ports[l], ports[r] = true, true, true
 	}
-	if len(hashes) != 1000 || len(ports) != 2000 {
+	if len(hashes) != 1000 || len(ports) != 3000 {
 		t.Errorf("%d infohashes and %d ports for 1000 rounds; want all distinct", len(hashes), len(ports))
 	}
 	if visInfoHash(42, 1) == visInfoHash(43, 1) {
@@ -75,6 +75,9 @@ func TestVisBook(t *testing.T) {
 	}
 	if r.ByPair[0][1] < 98e3 || r.ByPair[1][2] != 500 || r.ByPair[2][0] != 0 {
 		t.Errorf("by pair %v", r.ByPair)
+	}
+	if r.PerMS[0] != 1 || r.PerMS[1] != 1 || r.PerMS[29] != 1 || r.PerMS[visHistMS] != 71 {
+		t.Errorf("per ms %v; want 1 under 1 ms, one each ms up to 29, 71 at 30 ms and more", r.PerMS)
 	}
 	if len(r.Slowest) != keepSlowest || !r.Slowest[0].TimedOut || r.Slowest[0].From != 3 || r.Slowest[1].US != 100e3 ||
 		r.Slowest[keepSlowest-1].US != 82e3 || r.Slowest[1].Path != PathBoth || r.Slowest[1].Polls != 2 {
@@ -248,6 +251,16 @@ func TestRunVisibility(t *testing.T) {
 	if res.ByPair[0][1] == 0 || res.ByPair[1][0] == 0 || res.ByPair[0][0] != 0 {
 		t.Errorf("by pair %v; want both directions measured", res.ByPair)
 	}
+
+	cfg.Existing = true
+	res, err = RunVisibility(context.Background(), cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Seen != 40 || res.Timeouts+res.Errors != 0 || res.Latency.P50 < 3000 {
+		t.Fatalf("existing swarms: seen %d, timeouts %d, errors %d, p50 %.0fµs; want 40 seen after the lag", res.Seen, res.Timeouts, res.Errors, res.Latency.P50)
+	}
+	cfg.Existing = false
 
 	s.mu.Lock()
 	s.lag = time.Hour
