@@ -162,17 +162,21 @@ type actionRecorder struct {
 	duration           prometheus.Observer
 }
 
-// For returns the recorder for the named frontend ("http" or "udp").
+// results lists the results each action can have, indexed like actions:
+// a connect is answered or refused as malformed, never failed by the
+// tracker, and a request for no known action is always the client's
+// error. Series for the others would never move, so they do not exist.
+var results = [len(actions)][]string{
+	{ResultOK, ResultClientError},
+	{ResultOK, ResultClientError, ResultError},
+	{ResultOK, ResultClientError, ResultError},
+	{ResultClientError},
+}
+
+// For returns the recorder for a datagram frontend ("udp"): every action,
+// and every reason to drop a datagram unanswered.
 func (m *Metrics) For(frontend string) *Recorder {
-	r := &Recorder{}
-	for i, a := range actions {
-		r.byAction[i] = actionRecorder{
-			ok:        m.requests.WithLabelValues(frontend, a, ResultOK),
-			clientErr: m.requests.WithLabelValues(frontend, a, ResultClientError),
-			err:       m.requests.WithLabelValues(frontend, a, ResultError),
-			duration:  m.duration.WithLabelValues(frontend, a),
-		}
-	}
+	r := m.recorder(frontend, actions[:])
 	for i, reason := range dropReasons {
 		r.dropped[i] = m.dropped.WithLabelValues(frontend, reason)
 	}
@@ -180,10 +184,12 @@ func (m *Metrics) For(frontend string) *Recorder {
 }
 
 // ForConnections returns the recorder for a frontend that serves
-// connections ("http"): For's metrics plus open and refused connections
-// and full scrapes.
+// connections ("http"): announces, scrapes and requests for neither (a
+// connection-oriented tracker has no connect), open and refused
+// connections and full scrapes. It drops no request unanswered: what it
+// refuses, it refuses as a whole connection.
 func (m *Metrics) ForConnections(frontend string) *Recorder {
-	r := m.For(frontend)
+	r := m.recorder(frontend, actions[1:])
 	r.conns = m.conns.WithLabelValues(frontend)
 	for i, reason := range refusedReasons {
 		r.refused[i] = m.refused.WithLabelValues(frontend, reason)
@@ -191,6 +197,29 @@ func (m *Metrics) ForConnections(frontend string) *Recorder {
 	// Only a connection-oriented frontend (HTTP) answers full scrapes.
 	for i, res := range fullScrapeResults {
 		r.full[i] = m.full.WithLabelValues(frontend, res)
+	}
+	return r
+}
+
+// recorder resolves the request series of frontend for acts, every
+// result each can have at zero.
+func (m *Metrics) recorder(frontend string, acts []string) *Recorder {
+	r := &Recorder{}
+	for _, a := range acts {
+		i := actionIndex(a)
+		ar := &r.byAction[i]
+		ar.duration = m.duration.WithLabelValues(frontend, a)
+		for _, res := range results[i] {
+			c := m.requests.WithLabelValues(frontend, a, res)
+			switch res {
+			case ResultOK:
+				ar.ok = c
+			case ResultClientError:
+				ar.clientErr = c
+			default:
+				ar.err = c
+			}
+		}
 	}
 	return r
 }
@@ -205,31 +234,38 @@ func actionIndex(action string) int {
 }
 
 // Record counts one request of action with result and observes its
-// duration since start. A nil Recorder records nothing.
+// duration since start. A nil Recorder records nothing, and neither does
+// one asked for an action or result its frontend cannot have.
 func (r *Recorder) Record(action, result string, start time.Time) {
 	if r == nil {
 		return
 	}
 	ar := &r.byAction[actionIndex(action)]
+	var c prometheus.Counter
 	switch result {
 	case ResultOK:
-		ar.ok.Inc()
+		c = ar.ok
 	case ResultClientError:
-		ar.clientErr.Inc()
+		c = ar.clientErr
 	default:
-		ar.err.Inc()
+		c = ar.err
 	}
+	if c == nil {
+		return // a result this frontend's action cannot have (see results)
+	}
+	c.Inc()
 	ar.duration.Observe(time.Since(start).Seconds())
 }
 
 // Drop counts one request dropped for reason, one of the Drop constants;
-// other reasons are not counted. A nil Recorder records nothing.
+// other reasons are not counted, and neither is any by a recorder made by
+// ForConnections. A nil Recorder records nothing.
 func (r *Recorder) Drop(reason string) {
 	if r == nil {
 		return
 	}
 	for i, d := range dropReasons {
-		if d == reason {
+		if d == reason && r.dropped[i] != nil {
 			r.dropped[i].Inc()
 			return
 		}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,8 @@ type clustered struct {
 
 	mu sync.Mutex
 	m  *ring.Membership // set by start
+
+	names nameCheck // members sharing a name; see names.go
 }
 
 // membershipViews gives the data plane a view before gossip starts (this
@@ -51,7 +54,15 @@ type membershipViews struct {
 	changed chan struct{}
 	stop    chan struct{}
 	done    sync.WaitGroup
+	// check runs after every change and every checkEvery, on the
+	// follower's goroutine; it must not block.
+	check func()
 }
+
+// checkEvery is how often the follower runs check without a change: a
+// member joining under a name already taken does not always change the
+// view.
+const checkEvery = 5 * time.Second
 
 func (v *membershipViews) View() *ring.View {
 	if m := v.m.Load(); m != nil {
@@ -69,12 +80,18 @@ func (v *membershipViews) follow(m *ring.Membership) {
 	v.done.Add(1)
 	go func() {
 		defer v.done.Done()
+		tick := time.NewTicker(checkEvery)
+		defer tick.Stop()
 		for {
 			select {
 			case <-v.stop:
 				return
 			case <-m.Changed():
 				v.signal()
+			case <-tick.C:
+			}
+			if v.check != nil {
+				v.check()
 			}
 		}
 	}()
@@ -111,6 +128,7 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 		Keys:       keys,
 		Insecure:   len(keys) == 0 && !cc.TLS.Enabled(),
 		Members:    dataMembers{c},
+		Refused:    c.refusedFrom,
 		Label:      cc.Label,
 		Log:        c.log.Named("data"),
 		Registerer: n.reg,
@@ -127,6 +145,7 @@ func newClustered(cfg Config, n *Node) (*clustered, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	c.views = &membershipViews{alone: alone, changed: make(chan struct{}, 1), stop: make(chan struct{})}
+	c.views.check = func() { c.names.check(c.membership().Members(), time.Now(), c.log) }
 	c.data, err = cluster.New(cc.Data, cluster.Options{Store: n.store, Transport: c.tr, Views: c.views, Registerer: n.reg, Log: c.log})
 	if err != nil {
 		_ = c.tr.Close()
@@ -291,17 +310,80 @@ func (c *clustered) waitNotOwner(ctx context.Context) error {
 
 // ClusterStatus is what /cluster serves.
 type ClusterStatus struct {
-	Node    string              `json:"node"`
-	Members []ring.MemberStatus `json:"members"`
-	Ring    cluster.Status      `json:"ring"`
+	Node string `json:"node"`
+	// Health is "ok", or "degraded" when Problems lists something.
+	Health string `json:"health"`
+	// Problems says what keeps the cluster from acting as one tracker, as
+	// this node sees it: members whose data channel fails (their writes
+	// and reads do not get through, whatever gossip says) and members
+	// sharing a name.
+	Problems []string            `json:"problems,omitempty"`
+	Members  []ring.MemberStatus `json:"members"`
+	Ring     cluster.Status      `json:"ring"`
 }
+
+// Health values of ClusterStatus.
+const (
+	healthOK       = "ok"
+	healthDegraded = "degraded"
+)
 
 func (c *clustered) status() ClusterStatus {
 	st := ClusterStatus{Node: c.id.Name, Ring: c.data.Status()}
 	if m := c.membership(); m != nil {
 		st.Members = m.Members()
 	}
+	st.Health, st.Problems = c.health(st.Members)
 	return st
+}
+
+// health says whether the cluster acts as one tracker, as this node sees
+// it, given the gossip members, and if not, why.
+func (c *clustered) health(members []ring.MemberStatus) (string, []string) {
+	var problems []string
+	for _, m := range c.data.FailingLinks() {
+		problems = append(problems, fmt.Sprintf("data channel to %s (%s) failing: %s", m.Name, m.Data, m.LinkError))
+	}
+	for _, d := range sharedNames(members) {
+		problems = append(problems, d.String())
+	}
+	if len(problems) > 0 {
+		return healthDegraded, problems
+	}
+	return healthOK, nil
+}
+
+// degraded lists the cluster's problems in one line, or returns "" when
+// there are none.
+func (c *clustered) degraded() string {
+	var members []ring.MemberStatus
+	if m := c.membership(); m != nil {
+		members = m.Members()
+	}
+	_, problems := c.health(members)
+	return strings.Join(problems, "; ")
+}
+
+// refusedFrom tells the data plane of a connection the data channel
+// refused, when the source address is the host of exactly one other
+// member. Members sharing a host cannot be told apart by address, and a
+// refusal from anywhere else (a port scan) must not make the node look
+// degraded.
+func (c *clustered) refusedFrom(ip netip.Addr, reason string, err error) {
+	self := c.tr.Addr()
+	from := ""
+	for _, s := range (dataMembers{c}).current() {
+		if s.DataAddr == self || !atHost(s, ip) {
+			continue
+		}
+		if from != "" {
+			return
+		}
+		from = s.DataAddr
+	}
+	if from != "" {
+		c.data.RefusedFrom(from, fmt.Sprintf("%s: %v", reason, err))
+	}
 }
 
 func (c *clustered) serveStatus(w http.ResponseWriter, _ *http.Request) {

@@ -117,14 +117,21 @@ func metricValue(text, name, label string) float64 {
 // that is not a member and, in the second case, from the very address the
 // members connect from, while clients announce to every node. Every
 // forward arrives, none is counted unreachable, and the flood is counted
-// where it landed.
+// where it landed; under the flood from the members' address no read
+// fails either.
 func TestClusterDataChannelFlood(t *testing.T) {
 	for _, tc := range []struct {
 		name, source string
 		rounds       int64 // flood connections closed before the announces
+		// reads says no read may fail. The outsider's flood reconnects at
+		// once, thousands of times a second, in this process beside the
+		// nodes, and on a busy machine starves their gossip enough to move
+		// swarms; TestRealClusterFloods checks reads under it from another
+		// process.
+		reads bool
 	}{
-		{"outsider", "127.0.0.2", 1000},
-		{"member's address", "127.0.0.1", 600},
+		{"outsider", "127.0.0.2", 1000, false},
+		{"member's address", "127.0.0.1", 600, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nodes := startConverged(t, "f1", "f2")
@@ -170,11 +177,9 @@ func TestClusterDataChannelFlood(t *testing.T) {
 				if v := metricValue(m, "karuta_cluster_forwarded_changes_total", `result="ok"`); v <= 0 {
 					t.Errorf("%s forwarded %v changes; want some", name, v)
 				}
-				// Reads are not checked here: the flood runs in this
-				// process, beside the nodes, and on a busy machine starves
-				// their gossip enough to move swarms. The real-process
-				// test (TestRealClusterFloods) checks them.
-				t.Logf("%s: reads failed %v", name, metricValue(m, "karuta_cluster_reads_total", `result="failed"`))
+				if v := metricValue(m, "karuta_cluster_reads_total", `result="failed"`); tc.reads && v > 0 {
+					t.Errorf("%s counted %v failed reads during the flood; want 0", name, v)
+				}
 			}
 			m := scrapeMetrics(t, nodes[1].Addrs().Metrics)
 			var refused float64

@@ -182,6 +182,9 @@ func (c Config) Validate() error {
 	if err := c.Cluster.checkSecure(); err != nil {
 		return err
 	}
+	if err := checkListeners(c); err != nil {
+		return err
+	}
 	if c.Frontends.HTTP.Addr == "" && c.Frontends.UDP.Addr == "" {
 		return errors.New("config: frontends: both frontends.http.addr and frontends.udp.addr are empty; enable at least one")
 	}

@@ -184,6 +184,7 @@ func (n *Node) Start() error {
 		n.swarms.start()
 	}
 	n.ready.Store(true)
+	logListeners(n.log, n.Addrs())
 	n.log.Info("node started", zap.Any("addrs", n.Addrs()))
 	return nil
 }
@@ -307,6 +308,17 @@ func (n *Node) startOps(addr string, pprofOn bool) error {
 		if !n.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
+		}
+		// Ready means the node serves clients. A degraded cluster does
+		// not make it unready: taking it out of rotation would not mend
+		// the cluster, and when every node is degraded (a bad CA
+		// everywhere) it would take the whole tracker down. It is said
+		// here, in /cluster and in karuta_cluster_data_link_up.
+		if n.cl != nil {
+			if note := n.cl.degraded(); note != "" {
+				_, _ = fmt.Fprintf(w, "ready; cluster degraded: %s\n", note)
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})

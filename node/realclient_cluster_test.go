@@ -104,6 +104,7 @@ type karutaProc struct {
 	gossip  string
 	data    string
 	logPath string
+	nofile  int // file descriptor limit; 0: inherited
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd.Wait has returned, into waitErr
 	waitErr error
@@ -136,7 +137,7 @@ func startProcCluster(t *testing.T, bin string, names ...string) []*karutaProc {
 	for i, name := range names {
 		specs[i] = procSpec{name: name, host: "127.0.0.1"}
 	}
-	return startProcClusterAt(t, bin, specs, "")
+	return startProcClusterAt(t, bin, specs, procOptions{})
 }
 
 // procSpec says where one process listens.
@@ -147,18 +148,31 @@ type procSpec struct {
 	host, dataHost string
 }
 
+// procOptions adjust every process of a cluster.
+type procOptions struct {
+	// profile is cluster.profile (default local).
+	profile string
+	// cluster and http are YAML added to each node's cluster and
+	// frontends.http sections, indented as there.
+	cluster, http string
+	// nofile is the processes' file descriptor limit; 0 inherits the
+	// test's.
+	nofile int
+}
+
 // startProcClusterAt starts one process per spec, every one listing every
-// gossip address as a seed; clusterExtra is YAML added to each one's
-// cluster section. Each process's stderr goes to its own log file, whose
-// tail is logged if the test fails. Processes still running at the end of
-// the test are killed.
-func startProcClusterAt(t *testing.T, bin string, specs []procSpec, clusterExtra string) []*karutaProc {
+// gossip address as a seed. Each process's stderr goes to its own log
+// file, whose tail is logged if the test fails. Processes still running at
+// the end of the test are killed.
+func startProcClusterAt(t *testing.T, bin string, specs []procSpec, opts procOptions) []*karutaProc {
 	t.Helper()
 	dir := t.TempDir()
 	nodes := make([]*karutaProc, len(specs))
 	var seeds []string
+	free := &freePorts{t: t}
+	defer free.release()
 	for i, s := range specs {
-		ports := freePortsAt(t, s.host, 3)
+		ports := free.take(s.host, 3)
 		dataHost := s.dataHost
 		if dataHost == "" {
 			dataHost = s.host
@@ -166,9 +180,10 @@ func startProcClusterAt(t *testing.T, bin string, specs []procSpec, clusterExtra
 		at := func(host string, p int) string { return net.JoinHostPort(host, strconv.Itoa(p)) }
 		nodes[i] = &karutaProc{
 			name: s.name, client: at(s.host, ports[0]), metrics: at(s.host, ports[1]), gossip: at(s.host, ports[2]),
-			data:    at(dataHost, freePortsAt(t, dataHost, 1)[0]),
+			data:    at(dataHost, free.take(dataHost, 1)[0]),
 			logPath: filepath.Join(dir, s.name+".log"),
 			exited:  make(chan struct{}),
+			nofile:  opts.nofile,
 		}
 		seeds = append(seeds, fmt.Sprintf("%q", nodes[i].gossip))
 	}
@@ -182,6 +197,10 @@ func startProcClusterAt(t *testing.T, bin string, specs []procSpec, clusterExtra
 			t.Logf("last %d lines of %s's log (%s):\n%s", procLogTail, n.name, n.logPath, fileTail(n.logPath, procLogTail))
 		}
 	})
+	if opts.profile == "" {
+		opts.profile = "local"
+	}
+	free.release()
 	for _, n := range nodes {
 		cfg := fmt.Sprintf(`node:
   name: %q
@@ -191,7 +210,7 @@ log:
 frontends:
   http:
     addr: %q
-  udp:
+%s  udp:
     addr: %q
     connection_id_keys: ["karuta-realclient-connection-id-key"]
 metrics:
@@ -201,11 +220,11 @@ cluster:
   data_bind: %q
   join: [%s]
   replicas: 2
-  profile: local
+  profile: %s
   join_retry: 500ms
   secret_keys: [%q]
   label: %q
-%s`, n.name, n.client, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), testClusterKey, "karuta-"+t.Name(), clusterExtra)
+%s`, n.name, n.client, opts.http, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), opts.profile, testClusterKey, "karuta-"+t.Name(), opts.cluster)
 		cfgPath := filepath.Join(dir, n.name+".yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -223,7 +242,13 @@ func (p *karutaProc) start(t *testing.T, bin, cfgPath string) {
 	}
 	defer logFile.Close() // the child has its own descriptor
 	shutdown := procShutdownTimeout - 5*time.Second
-	p.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--shutdown-timeout", shutdown.String())
+	args := []string{"serve", "--config", cfgPath, "--shutdown-timeout", shutdown.String()}
+	if p.nofile > 0 {
+		// The shell sets the limit, soft and hard, then becomes karuta.
+		args = append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, p.nofile), bin}, args...)
+		bin = "/bin/sh"
+	}
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = logFile
 	p.cmd.Stderr = logFile
 	if err := p.cmd.Start(); err != nil {
@@ -351,36 +376,44 @@ func describeClusterStatus(st ClusterStatus) string {
 		strings.Join(members, " "), st.Ring.Epoch, strings.Join(ring, " "), st.Ring.Settled)
 }
 
-// freePortsAt returns n distinct ports free on host for both TCP and UDP
-// (gossip and the frontends use both). All are held until all are found,
-// so none is handed out twice; another process may still take one before
-// the node binds it, which is rare enough for a test.
-func freePortsAt(t *testing.T, host string, n int) []int {
-	t.Helper()
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
+// freePorts finds ports free on a host for both TCP and UDP (gossip and
+// the frontends use both). It holds every port it has handed out until
+// release, so none is handed out twice; another process may still take
+// one before the node binds it, which is rare enough for a test.
+type freePorts struct {
+	t    *testing.T
+	held []io.Closer
+}
+
+// take returns n distinct ports free on host.
+func (f *freePorts) take(host string, n int) []int {
+	f.t.Helper()
 	var ports []int
 	for attempt := 0; len(ports) < n; attempt++ {
 		if attempt > 10*n {
-			t.Fatalf("found only %d of %d free ports on %s", len(ports), n, host)
+			f.t.Fatalf("found only %d of %d free ports on %s", len(ports), n, host)
 		}
 		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
-			t.Fatal(err)
+			f.t.Fatal(err)
 		}
-		held = append(held, l)
+		f.held = append(f.held, l)
 		u, err := net.ListenPacket("udp", l.Addr().String())
 		if err != nil {
 			continue // taken over UDP; the TCP listener stays held so the port is not offered again
 		}
-		held = append(held, u)
+		f.held = append(f.held, u)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
+}
+
+// release lets the nodes bind the ports.
+func (f *freePorts) release() {
+	for _, c := range f.held {
+		c.Close()
+	}
+	f.held = nil
 }
 
 // fileTail returns the last n lines of the file at path, or why it could

@@ -57,6 +57,12 @@ func newSwarmFile(cfg store.Config, st *store.Memory, reg prometheus.Registerer,
 		}),
 		stop: make(chan struct{}),
 	}
+	for _, r := range []string{"ok", "error"} {
+		f.writes.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "missing", "bad"} {
+		f.loads.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{f.writes, f.loads, f.took} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

@@ -512,6 +512,12 @@ func (m *Membership) publish() error {
 	if err != nil {
 		return err
 	}
+	if v.Self >= 0 && v.Boots[v.Self] != m.opts.Self.Boot {
+		// Another live process has this node's name and a later boot:
+		// placement knows one process per name, so this one is not a
+		// member (node.name must be unique; the node reports it).
+		v.Self = -1
+	}
 	m.epoch++
 	m.view = v
 	m.updateGauge()

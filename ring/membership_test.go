@@ -318,6 +318,30 @@ func TestMembershipRestartUnderSameName(t *testing.T) {
 	})
 }
 
+// Two live processes configured with one name: placement keeps the later
+// boot, and the earlier process knows it is not a member (its view has no
+// Self), rather than owning swarms nobody routes to it.
+func TestMembershipSharedName(t *testing.T) {
+	first := startMember(t, "node-a", nil)
+	later := func(_ *Config, o *MembershipOptions) { o.Self.Boot, o.Self.DataAddr = "boot-node-a-2", "127.0.0.1:2a" }
+	second := startMember(t, "node-a", []string{first.Addr()}, later)
+	eventually.True(t, 10*time.Second, "both see the later process as node-a", func() bool {
+		for _, m := range []*Membership{first, second} {
+			v := m.View()
+			if memberNames(v) != "node-a" || v.Boots[0] != "boot-node-a-2" {
+				return false
+			}
+		}
+		return true
+	})
+	if s := first.View().Self; s != -1 {
+		t.Errorf("the earlier process's view has Self %d; want -1, it is not the member named node-a", s)
+	}
+	if s := second.View().Self; s != 0 {
+		t.Errorf("the later process's view has Self %d; want 0", s)
+	}
+}
+
 func TestNewestBoots(t *testing.T) {
 	in := []NodeInfo{
 		{Member: Member{Name: "x"}, Boot: "0001"},

@@ -48,7 +48,7 @@ func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	listHashes := fs.Bool("list-infohashes", false, "print the population's infohashes in hex, one a line (a whitelist for trackers that need one), and exit")
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "karuta: bench: unexpected argument %q\n", fs.Arg(0))

@@ -28,6 +28,10 @@ const clusterTLSUsage = `usage:
 // CA and node certificates of the data channel's certificate mode. Keys are
 // written 0600 and existing files are never overwritten.
 func clusterTLSCmd(args []string, stdout, stderr io.Writer) int {
+	if isHelp(args) {
+		fmt.Fprint(stdout, clusterTLSUsage)
+		return exitOK
+	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, clusterTLSUsage)
 		return exitUsage
@@ -74,7 +78,7 @@ func tlsCA(args []string, stdout, stderr io.Writer) int {
 	f := newTLSFlags(fs, 3650)
 	name := fs.String("name", "Karuta cluster CA", "the CA's common `name`")
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "karuta: cluster tls ca: unexpected argument %q\n%s", fs.Arg(0), clusterTLSUsage)
@@ -120,7 +124,7 @@ func tlsCert(args []string, stdout, stderr io.Writer) int {
 		node, args = args[0], args[1:]
 	}
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseExit(err)
 	}
 	if node == "" && fs.NArg() > 0 {
 		node = fs.Arg(0)

@@ -36,11 +36,16 @@ Usage:
   karuta config check FILE         validate a config file
   karuta cluster status [--addr HOST:PORT] [--json]
                                    show a node's view of its cluster
+  karuta cluster keygen            print a new random key for cluster.secret_keys
   karuta cluster tls ca|cert ...   create the data channel's CA and node certificates
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
   karuta bench visibility --url URL --url URL [flags]
                                    time a peer announced at one node to show at another
-  karuta version                   print the version
+  karuta version                   print the version (also --version)
+  karuta help                      print this help (also -h, --help)
+
+Each command takes -h for its own flags. Documentation: README.md and docs/
+in the source tree.
 `
 
 func main() {
@@ -55,6 +60,15 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	cmd := "serve"
 	if len(args) > 0 && (args[0] == "" || args[0][0] != '-') {
 		cmd, args = args[0], args[1:]
+	} else if len(args) > 0 {
+		// Flags before any command: the help and version flags people
+		// try first are commands of their own; anything else is serve's.
+		switch args[0] {
+		case "-h", "-help", "--help":
+			cmd = "help"
+		case "-version", "--version":
+			cmd = "version"
+		}
 	}
 	switch cmd {
 	case "serve":
@@ -68,7 +82,7 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	case "version":
 		fmt.Fprintf(stdout, "karuta %s\n", version)
 		return exitOK
-	case "help", "-h", "--help":
+	case "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
@@ -76,8 +90,18 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	return exitUsage
 }
 
+// isHelp reports whether args ask for a command's help.
+func isHelp(args []string) bool {
+	return len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help")
+}
+
+const configUsage = "usage: karuta config defaults | karuta config check FILE\n"
+
 func configCmd(args []string, stdout, stderr io.Writer) int {
 	switch {
+	case isHelp(args):
+		fmt.Fprint(stdout, configUsage)
+		return exitOK
 	case len(args) == 1 && args[0] == "defaults":
 		_, _ = stdout.Write(node.DefaultsYAML())
 		return exitOK
@@ -89,7 +113,7 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: ok\n", args[1])
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "karuta: usage: karuta config defaults | karuta config check FILE\n")
+	fmt.Fprint(stderr, "karuta: "+configUsage)
 	return exitUsage
 }
 
@@ -99,7 +123,7 @@ func serve(args []string, stderr io.Writer, sigs <-chan os.Signal) int {
 	configPath := fs.String("config", "", "config `file` (YAML); embedded defaults when empty")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown may take")
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "karuta: unexpected argument %q\n", fs.Arg(0))
@@ -153,6 +177,15 @@ func serve(args []string, stderr io.Writer, sigs <-chan os.Signal) int {
 		return exitOK
 	}
 	return exitOK
+}
+
+// parseExit is the exit code for a flag parse error: 0 when the user
+// asked for the help that the flag package has just printed.
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	return exitUsage
 }
 
 func reload(n *node.Node, path string, log *zap.Logger) {

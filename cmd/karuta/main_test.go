@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"net"
 	"net/http"
 	"os"
@@ -23,9 +24,60 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 }
 
 func TestVersion(t *testing.T) {
-	code, out, _ := runCLI(t, "version")
-	if code != exitOK || out != "karuta dev\n" {
-		t.Errorf("version = %d %q", code, out)
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
+		code, out, _ := runCLI(t, args...)
+		if code != exitOK || out != "karuta dev\n" {
+			t.Errorf("karuta %s = %d %q", strings.Join(args, " "), code, out)
+		}
+	}
+}
+
+// TestHelp checks that the ways people ask for help print the commands
+// to stdout and exit 0, for karuta and its commands.
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}, {"-help"}} {
+		code, out, errOut := runCLI(t, args...)
+		if code != exitOK || !strings.Contains(out, "karuta cluster status") || !strings.Contains(out, "karuta config check FILE") || errOut != "" {
+			t.Errorf("karuta %s = %d, stdout %q, stderr %q; want 0 and the commands on stdout", strings.Join(args, " "), code, out, errOut)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // in stdout or stderr (flag's own help goes to stderr)
+	}{
+		{[]string{"serve", "-h"}, "-config"},
+		{[]string{"config", "--help"}, "karuta config check FILE"},
+		{[]string{"cluster", "-h"}, "karuta cluster status"},
+		{[]string{"cluster", "status", "-h"}, "-addr"},
+		{[]string{"cluster", "tls", "--help"}, "karuta cluster tls ca"},
+		{[]string{"cluster", "tls", "ca", "-h"}, "-days"},
+		{[]string{"bench", "-h"}, "-url"},
+	} {
+		code, out, errOut := runCLI(t, tc.args...)
+		if code != exitOK || !strings.Contains(out+errOut, tc.want) {
+			t.Errorf("karuta %s = %d, output %q; want 0 and %q", strings.Join(tc.args, " "), code, out+errOut, tc.want)
+		}
+	}
+	// A flag that is not help still belongs to serve, and a wrong one is
+	// a usage error.
+	if code, _, errOut := runCLI(t, "--frobnicate"); code != exitUsage || !strings.Contains(errOut, "frobnicate") {
+		t.Errorf("karuta --frobnicate = %d %q; want %d", code, errOut, exitUsage)
+	}
+}
+
+func TestClusterKeygen(t *testing.T) {
+	code, out, errOut := runCLI(t, "cluster", "keygen")
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out))
+	if code != exitOK || err != nil || len(key) != 32 {
+		t.Fatalf("cluster keygen = %d %q %q; want a base64 key of 32 bytes", code, out, errOut)
+	}
+	_, again, _ := runCLI(t, "cluster", "keygen")
+	if again == out {
+		t.Error("two keys from cluster keygen are the same")
+	}
+	cfg := "cluster: {bind: '127.0.0.1:7946', secret_keys: [" + strings.TrimSpace(out) + "]}\nfrontends: {udp: {connection_id_keys: [" + strings.TrimSpace(again) + "]}}\n"
+	if _, err := node.Parse([]byte(cfg)); err != nil {
+		t.Errorf("a config with generated keys does not parse: %v", err)
 	}
 }
 
@@ -61,6 +113,12 @@ func TestConfigCheck(t *testing.T) {
 	code, _, errOut := runCLI(t, "config", "check", bad)
 	if code != exitUsage || !strings.Contains(errOut, "frontends.udp.batch_size") {
 		t.Errorf("check bad = %d %q, want exit 2 naming frontends.udp.batch_size", code, errOut)
+	}
+	clash := filepath.Join(dir, "clash.yaml")
+	writeFile(t, clash, "frontends: {http: {addr: '127.0.0.1:6880'}}\n")
+	code, _, errOut = runCLI(t, "config", "check", clash)
+	if code != exitUsage || !strings.Contains(errOut, "metrics.addr") || !strings.Contains(errOut, "frontends.http.addr") {
+		t.Errorf("check http and metrics on one port = %d %q, want exit 2 naming both keys", code, errOut)
 	}
 	if code, _, _ := runCLI(t, "config", "check", filepath.Join(dir, "missing.yaml")); code != exitUsage {
 		t.Errorf("check missing file = %d, want 2", code)

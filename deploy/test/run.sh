@@ -18,7 +18,11 @@
 #  6. stopping n2 fires KarutaNodeDown in that Prometheus, starting it again
 #     resolves it, and n2 comes back with the swarm file it wrote on SIGTERM;
 #  7. every expression of every panel of the Grafana dashboard returns data,
-#     its variables resolved as Grafana does (deploy/test/deploycheck).
+#     its variables resolved as Grafana does (deploy/test/deploycheck);
+#  8. the systemd unit passes `systemd-analyze verify` (any warning fails)
+#     and `systemd-analyze security` scores it at most 2.0 (installs
+#     Debian's systemd, which needs not be running: CI's container has no
+#     systemd as PID 1).
 #
 # Everything it starts (containers, network, image, Prometheus) is removed
 # on exit, pass or fail. Needs root or sudo for apt-get when prometheus is
@@ -101,6 +105,26 @@ promtool test rules deploy/prometheus/alerts_test.yml
 say "building the image $image"
 IMAGE=$image deploy/docker/build.sh >/dev/null
 karuta="$root/deploy/docker/karuta"
+
+# --- 8. The systemd unit (early: it needs only the binary) -------------------
+# verify checks that ExecReload's /bin/kill exists too (Debian's procps).
+if ! command -v systemd-analyze >/dev/null || [[ ! -x /bin/kill ]]; then
+	say "installing Debian's systemd and procps (systemd-analyze, kill)"
+	sudo=""
+	[[ $(id -u) == 0 ]] || sudo=sudo
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd procps >/dev/null
+fi
+say "systemd-analyze: verify and security of deploy/systemd/karuta.service"
+mkdir -p "$tmp/unit"
+# The unit names the installed binary; point it at the one just built.
+sed "s#/usr/local/bin/karuta#$karuta#" deploy/systemd/karuta.service >"$tmp/unit/karuta.service"
+grep -q "ExecStart=$karuta serve" "$tmp/unit/karuta.service" || fail "could not point the test copy of karuta.service at $karuta"
+verify=$(systemd-analyze verify "$tmp/unit/karuta.service" 2>&1) || fail "systemd-analyze verify: $verify"
+[[ -z $verify ]] || fail "systemd-analyze verify warns about karuta.service: $verify"
+systemd-analyze security --offline=true --threshold=20 "$tmp/unit/karuta.service" >"$tmp/unit/security" 2>&1 ||
+	{ cat "$tmp/unit/security" >&2; fail "karuta.service is less hardened than systemd-analyze security 2.0"; }
+say "$(tail -n 1 "$tmp/unit/security" | tr -d '→')"
 
 # --- 2. Kubernetes ----------------------------------------------------------
 say "rendering deploy/kubernetes"

@@ -111,19 +111,19 @@ func parseAnnounce(q []byte, req *bittorrent.AnnounceRequest) (port uint16, err 
 		case pPeerID:
 			err = unescapeHash(req.PeerID[:], v, errBadPeerID)
 		case pPort:
-			p, err = parseUint(v, errBadPort)
+			p, err = parseUint(v, errBadPort, errBadPort)
 			if err == nil && (p == 0 || p > math.MaxUint16) {
 				err = errBadPort
 			}
 		case pUploaded:
-			req.Uploaded, err = parseUint(v, ErrBadUploaded)
+			req.Uploaded, err = parseUint(v, ErrBadUploaded, ErrBigUploaded)
 		case pDownloaded:
-			req.Downloaded, err = parseUint(v, ErrBadDownloaded)
+			req.Downloaded, err = parseUint(v, ErrBadDownloaded, ErrBigDownloaded)
 		case pLeft:
-			req.Left, err = parseUint(v, ErrBadLeft)
+			req.Left, err = parseUint(v, ErrBadLeft, ErrBigLeft)
 		case pNumWant:
 			var n uint64
-			n, err = parseUint(v, ErrBadNumWant)
+			n, err = parseUint(v, ErrBadNumWant, ErrBigNumWant)
 			// The chain caps numwant far lower; clamping keeps huge values
 			// from wrapping to small ones.
 			req.NumWant, req.NumWantSet = uint32(min(n, math.MaxUint32)), true
@@ -187,26 +187,43 @@ func unescapeHash(dst []byte, v []byte, errLen error) error {
 }
 
 // parseUint reads a non-negative decimal integer that fits in 64 bits from
-// the escaped value v, returning errBad for anything else.
-func parseUint(v []byte, errBad error) (uint64, error) {
+// the escaped value v. It returns errBig for a longer run of digits and
+// errBad for anything else.
+func parseUint(v []byte, errBad, errBig error) (uint64, error) {
 	var buf [24]byte
 	n, ok := unescapeQuery(buf[:], v)
 	if !ok {
 		return 0, ErrBadEscape
 	}
-	if n == 0 || n > len(buf) {
+	if n == 0 {
 		return 0, errBad
 	}
-	var u uint64
+	if n > len(buf) {
+		// Too long to be read here; a run of plain digits is a number
+		// too large, anything else is not a number.
+		for _, c := range v {
+			if c < '0' || c > '9' {
+				return 0, errBad
+			}
+		}
+		return 0, errBig
+	}
+	var (
+		u   uint64
+		big bool
+	)
 	for _, c := range buf[:n] {
 		if c < '0' || c > '9' {
 			return 0, errBad
 		}
 		d := uint64(c - '0')
 		if u > (math.MaxUint64-d)/10 {
-			return 0, errBad
+			big = true // keep looking: "99…9x" is bad, not big
 		}
 		u = u*10 + d
+	}
+	if big {
+		return 0, errBig
 	}
 	return u, nil
 }

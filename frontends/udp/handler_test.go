@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -145,6 +146,10 @@ func TestHandleAnnounce(t *testing.T) {
 			bittorrent.Params{Path: "/announce/abc", Query: "x=1"}},
 		{"v6 wanting more than fit", "[2001:db8::5]:5000", 500, nil, "[2001:db8::5]:6881", 67, peer6Len, 67, bittorrent.Params{}},
 		{"v4 wanting more than fit", "192.0.2.1:5000", 500, nil, "192.0.2.1:6881", 202, peer4Len, 202, bittorrent.Params{}},
+		// num_want is a signed 32-bit field: its largest value is only
+		// capped, and any negative one means the default, as -1 does.
+		{"v4 largest numwant", "192.0.2.1:5000", math.MaxInt32, nil, "192.0.2.1:6881", 202, peer4Len, 202, bittorrent.Params{}},
+		{"v4 other negative numwant", "192.0.2.1:5000", math.MinInt32, nil, "192.0.2.1:6881", 50, peer4Len, 0, bittorrent.Params{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

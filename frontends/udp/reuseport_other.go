@@ -10,3 +10,7 @@ const reusePort = false
 
 // controlReusePort does nothing where SO_REUSEPORT does not exist.
 func controlReusePort(_, _ string, _ syscall.RawConn) error { return nil }
+
+// checkPortFree does nothing: without SO_REUSEPORT the bind itself fails
+// when the port is taken.
+func checkPortFree(string) error { return nil }

@@ -154,8 +154,12 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// listen binds n sockets to addr sharing one port through SO_REUSEPORT.
+// listen binds n sockets to addr sharing one port through SO_REUSEPORT,
+// after checking that no other socket holds the port.
 func listen(addr string, n int) ([]*net.UDPConn, error) {
+	if err := checkPortFree(addr); err != nil {
+		return nil, err
+	}
 	lc := net.ListenConfig{Control: controlReusePort}
 	conns := make([]*net.UDPConn, 0, n)
 	for range n {

@@ -174,8 +174,18 @@ func newHook(cfg Config, reg prometheus.Registerer, now func() int64) (*Hook, er
 	if h.evictions, err = register(reg, h.evictions); err != nil {
 		return nil, err
 	}
-	h.limitedIP = limited.WithLabelValues("ip")
-	h.limitedSubnet = limited.WithLabelValues("subnet")
+	// Series for the limits in force only, at zero from the start: a
+	// limit that is off never moves its series.
+	if h.ip != nil {
+		h.limitedIP = limited.WithLabelValues("ip")
+		h.entries.WithLabelValues("ip")
+		h.evictions.WithLabelValues("ip")
+	}
+	if h.subnet != nil {
+		h.limitedSubnet = limited.WithLabelValues("subnet")
+		h.entries.WithLabelValues("subnet")
+		h.evictions.WithLabelValues("subnet")
+	}
 	return h, nil
 }
 

@@ -66,6 +66,7 @@ type Cluster struct {
 	dests  map[string]*dest // by data address
 
 	cache readCache
+	links links // each member's data channel: see links.go
 
 	// stream numbers this node's forwards (see dedupe.go); nextSeq hands
 	// each dest its range; applied skips forwards received twice.
@@ -115,7 +116,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		opts.Clock = realClock{}
 	}
 	c := &Cluster{
-		cfg: cfg, store: opts.Store, tr: opts.Transport, views: opts.Views, log: opts.Log,
+		cfg: cfg, store: opts.Store, views: opts.Views, log: opts.Log,
 		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
 		rebalance:  make(chan struct{}, 1),
@@ -126,6 +127,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		stop:       make(chan struct{}),
 		stream:     rand.Uint64() | 1, // never 0, which means unnumbered
 	}
+	c.tr = watchedTransport{Transport: opts.Transport, links: &c.links, clock: opts.Clock}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.cache.init()
 	c.trust.adopt(opts.Views.View(), c.clock.Now())
@@ -133,7 +135,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	viewCh := make(chan struct{})
 	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
-		for _, col := range append(c.m.collectors(), queueCollector{c}, cacheCollector{c}) {
+		for _, col := range append(c.m.collectors(), queueCollector{c}, linkCollector{c}, cacheCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
 				return nil, fmt.Errorf("cluster: register metrics: %w", err)
 			}
@@ -147,10 +149,11 @@ func (c *Cluster) Start() error {
 	if err := c.tr.Serve(c); err != nil {
 		return fmt.Errorf("cluster: serve data channel: %w", err)
 	}
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go c.watchLoop()
 	go c.handoffLoop()
 	go c.cacheLoop()
+	go c.probeLoop()
 	c.log.Info("data channel serving", zap.String("addr", c.tr.Addr()))
 	return nil
 }
@@ -264,7 +267,7 @@ func (c *Cluster) Close() error {
 		}
 		err = c.tr.Close()
 		if c.reg != nil {
-			for _, col := range append(c.m.collectors(), queueCollector{c}, cacheCollector{c}) {
+			for _, col := range append(c.m.collectors(), queueCollector{c}, linkCollector{c}, cacheCollector{c}) {
 				c.reg.Unregister(col)
 			}
 		}
@@ -390,6 +393,10 @@ type MemberStatus struct {
 	Data       string  `json:"data"`
 	Share      float64 `json:"share"`
 	Queue      int     `json:"queue"`
+	// Link is the member's data channel as this node sees it (links.go);
+	// empty for this node itself. LinkError says why a failing one fails.
+	Link      LinkState `json:"link,omitempty"`
+	LinkError string    `json:"link_error,omitempty"`
 }
 
 // Status is the data plane as this node sees it.
@@ -397,12 +404,18 @@ type Status struct {
 	Epoch    uint64 `json:"epoch"`
 	Self     string `json:"self,omitempty"`
 	Replicas int    `json:"replicas"`
-	Settled  bool   `json:"settled"`
-	// Whole says the node answers every swarm it owns from its own copy:
-	// no swarm it gained in a membership change is still waiting for its
-	// handoff (see localAlone).
-	Whole   bool           `json:"whole"`
-	Members []MemberStatus `json:"members"`
+	// Owners is how many members own each swarm: Replicas, or more under
+	// full_replication (every member) or every_datacenter.
+	Owners  int  `json:"owners"`
+	Settled bool `json:"settled"`
+	// Whole says the node's copies of the swarms it owns are complete: no
+	// swarm it gained in a membership change is still waiting for its
+	// handoff (see localAlone), and no member's data channel is failing,
+	// whose writes would be missing here.
+	Whole bool `json:"whole"`
+	// FailingLinks counts the members whose data channel is failing.
+	FailingLinks int            `json:"failing_links"`
+	Members      []MemberStatus `json:"members"`
 }
 
 // shareSamples is how many infohashes Status places to estimate each
@@ -413,7 +426,7 @@ const shareSamples = 1 << 14
 // swarms (as one of their owners) and the forward queues.
 func (c *Cluster) Status() Status {
 	v := c.view.Load()
-	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Settled: c.settled.Load() == v, Whole: c.Trusted()}
+	st := Status{Epoch: v.Epoch, Replicas: v.Replicas, Owners: v.OwnerCount(v.Replicas), Settled: c.settled.Load() == v, Whole: c.Trusted()}
 	if v.Self >= 0 {
 		st.Self = v.Members()[v.Self].Name
 	}
@@ -428,11 +441,17 @@ func (c *Cluster) Status() Status {
 		}
 	}
 	depths := c.QueueDepths()
+	now := c.clock.Now()
 	for i, m := range v.Members() {
+		link, why := c.linkStatus(v, i, now)
+		if link == LinkFailing {
+			st.FailingLinks++
+		}
 		st.Members = append(st.Members, MemberStatus{
 			Name: m.Name, Datacenter: m.Datacenter, Zone: m.Zone, Data: v.DataAddrs[i],
-			Share: float64(counts[i]) / shareSamples, Queue: depths[m.Name],
+			Share: float64(counts[i]) / shareSamples, Queue: depths[m.Name], Link: link, LinkError: why,
 		})
 	}
+	st.Whole = st.Whole && st.FailingLinks == 0
 	return st
 }

@@ -31,6 +31,14 @@ func newMetrics() *metrics {
 	m.readLocal, m.readCached = m.reads.WithLabelValues("local"), m.reads.WithLabelValues("cached")
 	m.readFetched, m.readStale = m.reads.WithLabelValues("fetched"), m.reads.WithLabelValues("stale")
 	m.readFailed = m.reads.WithLabelValues("failed")
+	// Every result and direction exists at zero from the start, so rate()
+	// and increase() see the first drop.
+	for _, r := range []string{"ok", "queue_full", "unreachable", "rejected", "no_owner"} {
+		m.forwarded.WithLabelValues(r)
+	}
+	for _, d := range []string{"sent", "received", "dropped"} {
+		m.handoff.WithLabelValues(d)
+	}
 	return m
 }
 

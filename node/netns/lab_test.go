@@ -80,9 +80,26 @@ type proc struct {
 	waitErr  error
 	logPath  string
 	cfgPath  string
+
+	// home is the node's second address when multiHome gave it one: the
+	// address it advertises, on an interface of its own, while its
+	// route to the others leaves through eth0 with eth0's address.
+	// homeBound says gossip binds it (and the data channel the
+	// wildcard), rather than gossip binding the wildcard and advertising
+	// it.
+	home      string
+	homeBound bool
 }
 
 func (p *proc) clusterIP() string { return fmt.Sprintf("10.77.%s.%d", p.dc[len(p.dc)-1:], 10+p.idx) }
+
+// gossipIP is the address the others reach p's gossip at.
+func (p *proc) gossipIP() string {
+	if p.home != "" {
+		return p.home
+	}
+	return p.clusterIP()
+}
 func (p *proc) clientAddr() string {
 	return net.JoinHostPort(fmt.Sprintf("10.78.0.%d", 10+p.idx), strconv.Itoa(trackerPort))
 }
@@ -289,7 +306,7 @@ func (l *lab) start(p *proc) {
 	l.mu.Lock()
 	for _, name := range l.order {
 		if o := l.nodes[name]; o != p {
-			seeds = append(seeds, strconv.Quote(net.JoinHostPort(o.clusterIP(), strconv.Itoa(gossipPort))))
+			seeds = append(seeds, strconv.Quote(net.JoinHostPort(o.gossipIP(), strconv.Itoa(gossipPort))))
 		}
 	}
 	l.mu.Unlock()
@@ -308,8 +325,7 @@ frontends:
 metrics:
   addr: "0.0.0.0:%d"
 cluster:
-  bind: "%s:%d"
-  join: [%s]
+%s  join: [%s]
   replicas: 2
   every_datacenter: %v
   profile: %s
@@ -318,7 +334,7 @@ cluster:
   read_timeout: 250ms
   secret_keys: [%q]
   label: karuta-netns
-`, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.clusterIP(), gossipPort, strings.Join(seeds, ", "), l.every, *profile, clusterKey)
+`, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.bindConfig(), strings.Join(seeds, ", "), l.every, *profile, clusterKey)
 	p.cfgPath = filepath.Join(l.dir, p.name+".yaml")
 	if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 		l.t.Fatal(err)
@@ -340,6 +356,36 @@ cluster:
 		p.waitErr = cmd.Wait()
 		close(exited)
 	}()
+}
+
+// bindConfig is p's cluster.bind, and what goes with it for a
+// multi-homed node.
+func (p *proc) bindConfig() string {
+	switch {
+	case p.home == "":
+		return fmt.Sprintf("  bind: \"%s:%d\"\n", p.clusterIP(), gossipPort)
+	case p.homeBound:
+		return fmt.Sprintf("  bind: \"%s:%d\"\n  data_bind: \"0.0.0.0:%d\"\n", p.home, gossipPort, gossipPort+1)
+	default:
+		return fmt.Sprintf("  bind: \"0.0.0.0:%d\"\n  advertise: \"%s:%d\"\n", gossipPort, p.home, gossipPort)
+	}
+}
+
+// multiHome gives p a second address, 10.79.0.<10+idx>, on an interface
+// of its own, which the router reaches through p's eth0; p advertises it
+// (binding its gossip to it when bound), while its route to the other
+// nodes still leaves through eth0, whose address the kernel picks as the
+// source of what p sends unless p binds another.
+func (l *lab) multiHome(p *proc, bound bool) {
+	l.t.Helper()
+	p.home, p.homeBound = fmt.Sprintf("10.79.0.%d", 10+p.idx), bound
+	// A veth pair kept inside the namespace: an interface that only
+	// carries the address (the kernel here has no dummy interfaces).
+	l.run("ip", "-n", p.ns, "link", "add", "home", "type", "veth", "peer", "name", "home-peer")
+	l.run("ip", "-n", p.ns, "addr", "add", p.home+"/32", "dev", "home")
+	l.run("ip", "-n", p.ns, "link", "set", "home-peer", "up")
+	l.run("ip", "-n", p.ns, "link", "set", "home", "up")
+	l.run("ip", "-n", l.prefix+"r", "route", "add", p.home+"/32", "via", p.clusterIP())
 }
 
 // kill ends p with SIGKILL, as a crash would.

@@ -4,6 +4,8 @@ package netns
 
 import (
 	"fmt"
+	"io"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -259,4 +261,87 @@ func TestJoinLeaveRollingRestart(t *testing.T) {
 	lu, lf, lo := pr.lost()
 	t.Logf("REPORT membership: %s", strings.Join(steps, "; "))
 	verdict(t, res, lu, lf, lo)
+}
+
+// TestMultiHomedNodes is case 2 of issue 17 on a real network: two of
+// four nodes have a second address on an interface of their own, which
+// they advertise, while their route to the other nodes leaves through
+// their datacenter link. n2 binds gossip to the wildcard and advertises
+// its second address (its connections leave from the address it
+// advertises); n3 binds gossip to its second address and its data channel
+// to the wildcard, so the kernel sends its data connections from its
+// link's address, which no member advertises. Every answer holds every
+// peer, every forward is delivered and no read fails.
+func TestMultiHomedNodes(t *testing.T) {
+	l := newLab(t, "mh", []string{"dc1"}, false)
+	n1, n2, n3, n4 := l.addNode("n1", "dc1"), l.addNode("n2", "dc1"), l.addNode("n3", "dc1"), l.addNode("n4", "dc1")
+	l.multiHome(n2, false)
+	l.multiHome(n3, true)
+	nodes := []*proc{n1, n2, n3, n4}
+	l.cluster(nodes...)
+	pr := newProbe(l, 2)
+	pr.seed(nodes...)
+	time.Sleep(3 * steadyFor)
+	res := pr.halt()
+	lu, lf, lo := pr.lost()
+	verdict(t, res, lu, lf, lo)
+
+	// The premise: n3's data connections reach the others from its link
+	// address, not the one it advertises.
+	out, err := exec.Command("ip", "netns", "exec", n1.ns, "ss", "-Htn", "state", "established", fmt.Sprintf("( sport = :%d )", gossipPort+1)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss in %s: %v\n%s", n1.ns, err, out)
+	}
+	if !strings.Contains(string(out), n3.clusterIP()+"]:") && !strings.Contains(string(out), n3.clusterIP()+":") {
+		t.Errorf("no data connection from n3's link address %s at n1; n1's data connections:\n%s", n3.clusterIP(), out)
+	}
+	var forwarded, remote float64
+	for _, p := range nodes {
+		m, err := l.metrics(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forwarded += m["karuta_cluster_forwarded_changes_total{result=\"ok\"}"]
+		remote += m["karuta_cluster_reads_total{result=\"fetched\"}"] + m["karuta_cluster_reads_total{result=\"cached\"}"]
+		for _, key := range []string{
+			`karuta_cluster_forwarded_changes_total{result="unreachable"}`, `karuta_cluster_forwarded_changes_total{result="rejected"}`,
+			`karuta_cluster_forwarded_changes_total{result="queue_full"}`, `karuta_cluster_reads_total{result="failed"}`,
+			`karuta_cluster_data_rejected_total{reason="not_member"}`, `karuta_cluster_data_rejected_total{reason="handshake"}`,
+			`karuta_cluster_data_rejected_total{reason="session_limit"}`,
+		} {
+			if m[key] != 0 {
+				t.Errorf("%s: %s %v; want 0", p.name, key, m[key])
+			}
+		}
+	}
+	if forwarded == 0 || remote == 0 {
+		t.Errorf("%v changes forwarded and %v reads from other nodes; the test meant both", forwarded, remote)
+	}
+	t.Logf("REPORT multi-homed: %v changes forwarded, %v reads answered from other nodes; probe %s", forwarded, remote, res)
+}
+
+// metrics reads p's /metrics into a map from sample (name and labels, as
+// printed) to value.
+func (l *lab) metrics(p *proc) (map[string]float64, error) {
+	resp, err := l.http.Get("http://" + p.metricsAddr() + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		var v float64
+		if _, err := fmt.Sscan(line[i+1:], &v); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, nil
 }

@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -213,8 +214,12 @@ func extractK8sConfig(rendered, outFile string) error {
 	return os.WriteFile(outFile, config, 0o600)
 }
 
-// freePorts returns n distinct ports free for both TCP and UDP on
-// 127.0.0.1 at the time of asking.
+// freePorts returns n distinct ports free for both TCP and UDP on every
+// address at the time of asking. Docker publishes them on 0.0.0.0 a
+// little later, so they are taken below the kernel's ephemeral range: the
+// tests running beside this stage open thousands of client connections,
+// each on an ephemeral port, and one of those must not take a port chosen
+// here before Docker binds it.
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	var held []io.Closer
@@ -223,17 +228,22 @@ func freePorts(n int) ([]int, error) {
 			_ = c.Close() // a probe socket: nothing to lose
 		}
 	}()
+	lo, hi := portsBelowEphemeral()
 	for tries := 0; len(ports) < n; tries++ {
 		if tries > 20*n {
 			return nil, errors.New("ports: could not find enough ports free for TCP and UDP")
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		want := 0 // the kernel's choice, when there is no room below its range
+		if hi > lo {
+			want = lo + mrand.IntN(hi-lo) //nolint:gosec // G404: a port to try, not a secret
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", want))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		held = append(held, ln)
 		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", port))
 		if err != nil {
 			continue
 		}
@@ -241,6 +251,25 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+// portsBelowEphemeral returns a range of ports under the kernel's
+// ephemeral range (net.ipv4.ip_local_port_range), or an empty one where
+// that cannot be read or leaves no room.
+func portsBelowEphemeral() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first <= 11000 {
+		return 0, 0
+	}
+	return 10000, first
 }
 
 // writeJWTKey makes an Ed25519 key pair for the jwt hook: DIR/jwt.seed

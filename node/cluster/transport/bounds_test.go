@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/karuta-tracker/karuta/hooks/eventually"
 )
 
@@ -357,7 +359,16 @@ func TestTCPMemberFromAnyAddress(t *testing.T) {
 	trNoLeaks(t)
 	h := &trHandler{}
 	elsewhere := &testMembers{hosts: map[netip.Addr]bool{netip.MustParseAddr("192.0.2.9"): true}}
-	srv := tcpServe(t, func(o *TCPOptions) { o.Members = elsewhere }, h)
+	var mu sync.Mutex
+	var told []string
+	srv := tcpServe(t, func(o *TCPOptions) {
+		o.Members = elsewhere
+		o.Refused = func(remote netip.Addr, reason string, _ error) {
+			mu.Lock()
+			told = append(told, remote.String()+" "+reason)
+			mu.Unlock()
+		}
+	}, h)
 	cl := newTestTCP(t, nil)
 	if _, err := cl.Call(trCtx(t, 5*time.Second), srv.Addr(), &ApplyRequest{Changes: manyChanges(1)}); err != nil {
 		t.Fatalf("a key holder from an unadvertised address: %v", err)
@@ -373,6 +384,23 @@ func TestTCPMemberFromAnyAddress(t *testing.T) {
 		t.Fatal("the handler was called for a caller without the key")
 	}
 	eventually.True(t, 2*time.Second, "refusal counted", func() bool { return rejected(srv, reasonHandshake) >= 1 })
+	eventually.True(t, 2*time.Second, "the node told", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(told) > 0 && told[0] == "127.0.0.1 handshake"
+	})
+	// A silent connection from the same address is counted, and the
+	// node is not told: it says nothing of the member there.
+	silent := dialFrom(t, "127.0.0.1", srv.Addr())
+	defer silent.Close()
+	eventually.True(t, 5*time.Second, "silent connection counted", func() bool { return rejected(srv, reasonSilent) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range told {
+		if r != "127.0.0.1 handshake" {
+			t.Fatalf("the node was told of %q; want only the failed handshakes", r)
+		}
+	}
 }
 
 // TestTCPMembersShareAddress is case 1 of issue 17: nine nodes on one
@@ -432,5 +460,53 @@ func TestTCPLocalAddr(t *testing.T) {
 	}
 	if _, err := NewTCP(TCPOptions{LocalAddr: "not-an-ip", Keys: [][]byte{trKeyOld}, Members: loopbackMembers()}); err == nil || !strings.Contains(err.Error(), "local address") {
 		t.Fatalf("NewTCP with a bad local address: %v; want an error naming it", err)
+	}
+}
+
+// TestTCPDialFailuresCounted checks that this node's failed connections
+// to others are counted by why, so an operator sees a node refusing it.
+func TestTCPDialFailuresCounted(t *testing.T) {
+	trNoLeaks(t)
+	dialFailures := func(tr *TCP, reason string) int {
+		return int(testutil.ToFloat64(tr.metrics.dialFailed.WithLabelValues(reason)))
+	}
+	// unreachable: nothing listens.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	cl := newTestTCP(t, func(o *TCPOptions) { o.Log = nil; o.ConnsPerPeer = 1 })
+	if _, err := cl.Call(trCtx(t, 5*time.Second), dead, &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("call to nothing: %v", err)
+	}
+	// refused: the node closes the connection at once, as a full pool would.
+	closer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	go func() {
+		for {
+			nc, err := closer.Accept()
+			if err != nil {
+				return
+			}
+			nc.Close()
+		}
+	}()
+	if _, err := cl.Call(trCtx(t, 5*time.Second), closer.Addr().String(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("call to a node that hangs up: %v", err)
+	}
+	// handshake: the node holds other keys.
+	other := tcpServe(t, func(o *TCPOptions) { o.Keys = [][]byte{trKeyNew}; o.Log = nil }, &trHandler{})
+	if _, err := cl.Call(trCtx(t, 5*time.Second), other.Addr(), &ApplyRequest{}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("call to a node with other keys: %v", err)
+	}
+	for reason, want := range map[string]int{dialUnreachable: 1, dialRefused: 1, dialHandshake: 1, dialTimeout: 0} {
+		if got := dialFailures(cl, reason); got != want {
+			t.Errorf("dial failures %s: %d; want %d", reason, got, want)
+		}
 	}
 }

@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -190,6 +193,9 @@ func (t *TCP) dial(addr string) (*tcpClientConn, error) {
 	}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
+		if t.ctx.Err() == nil {
+			t.metrics.dialFailed.WithLabelValues(dialUnreachable).Inc()
+		}
 		return nil, err
 	}
 	var name string
@@ -203,8 +209,11 @@ func (t *TCP) dial(addr string) (*tcpClientConn, error) {
 	s, _, err := t.handshake(nc, true, name)
 	if err != nil {
 		nc.Close()
+		if t.ctx.Err() == nil {
+			t.metrics.dialFailed.WithLabelValues(dialFailure(err)).Inc()
+		}
 		if n, ok := t.rejectLog.Allow(); ok {
-			t.log.Warn("data channel: handshake with node failed", zap.String("addr", addr), zap.String("node", name), zap.Error(err), zap.Uint64("events", n))
+			t.log.Warn("data channel: handshake with node failed", zap.String("addr", addr), zap.String("peer", name), zap.Error(err), zap.Uint64("events", n))
 		}
 		return nil, err
 	}
@@ -223,6 +232,18 @@ func (t *TCP) dial(addr string) (*tcpClientConn, error) {
 		return nil, errTransportClosed
 	}
 	return c, nil
+}
+
+// dialFailure classifies a failed handshake with a node for
+// karuta_cluster_data_dial_failures_total.
+func dialFailure(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return dialTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
+		return dialRefused
+	}
+	return dialHandshake
 }
 
 // tcpClientConn is the calling side of a session: it matches replies to

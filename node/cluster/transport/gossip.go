@@ -124,7 +124,7 @@ func NewGossip(opts GossipOptions) (*Gossip, error) {
 	if g.log == nil {
 		g.log = zap.NewNop()
 	}
-	g.pre = newPreauthPool(opts.MaxStreams, opts.MaxStreamsPerSource, func(d int) { g.metrics.streams.Add(float64(d)) })
+	g.pre = newPreauthPool(opts.MaxStreams, opts.MaxStreamsPerSource, false, func(d int) { g.metrics.streams.Add(float64(d)) })
 	if opts.LocalAddr != "" {
 		ip, err := netip.ParseAddr(opts.LocalAddr)
 		if err != nil {

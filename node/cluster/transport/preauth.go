@@ -39,7 +39,13 @@ import (
 type preauthPool struct {
 	max       int // connections in total
 	perSource int // connections from one unknown source
-	onChange  func(delta int)
+	// silentPerSource counts only silent connections against perSource:
+	// the data channel's talking ones are handshakes, bounded in time
+	// and CPU and in total, and may be members behind one unadvertised
+	// address starting at once. The gossip listener counts all, as
+	// memberlist holds a stream that talked for its whole timeout.
+	silentPerSource bool
+	onChange        func(delta int)
 
 	mu       sync.Mutex
 	n        int
@@ -63,17 +69,19 @@ type pendingConn struct {
 	talking, held bool
 }
 
-// evicted is a connection the pool closed to make room, and why.
+// evicted is a connection the pool closed to make room, why, and
+// whether it had talked (read under the pool's lock, for the log).
 type evicted struct {
-	c      *pendingConn
-	reason string
+	c       *pendingConn
+	reason  string
+	talking bool
 }
 
-func newPreauthPool(total, perSource int, onChange func(int)) *preauthPool {
+func newPreauthPool(total, perSource int, silentPerSource bool, onChange func(int)) *preauthPool {
 	if onChange == nil {
 		onChange = func(int) {}
 	}
-	return &preauthPool{max: total, perSource: perSource, onChange: onChange, bySource: map[netip.Addr]*poolSource{}}
+	return &preauthPool{max: total, perSource: perSource, silentPerSource: silentPerSource, onChange: onChange, bySource: map[netip.Addr]*poolSource{}}
 }
 
 // add takes nc into the pool, closing others to make room as the order
@@ -90,14 +98,16 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 	}
 	s.known = known // a source becomes known (or stops being) as members come and go
 	var out []evicted
-	if !known && len(s.conns) >= p.perSource {
-		v := oldestYielding(s.conns, true)
-		if v == nil {
+	if !known && p.sourceFull(s) {
+		switch v := oldestYielding(s.conns, !p.silentPerSource); {
+		case v != nil:
+			p.removeLocked(v)
+			out = append(out, evicted{v, reasonSourceLimit, v.talking})
+		case !p.silentPerSource:
 			p.dropIfEmpty(src, s)
 			return nil, reasonSourceLimit, nil
 		}
-		p.removeLocked(v)
-		out = append(out, evicted{v, reasonSourceLimit})
+		// Otherwise the ones counted silent turned out to be talking.
 	}
 	if p.n >= p.max {
 		v := p.victim(known)
@@ -106,7 +116,7 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 			return nil, reasonPendingLimit, out
 		}
 		p.removeLocked(v)
-		out = append(out, evicted{v, reasonPendingLimit})
+		out = append(out, evicted{v, reasonPendingLimit, v.talking})
 	}
 	// Making room may have emptied, and so dropped, the source's entry.
 	if p.bySource[src] != s {
@@ -117,6 +127,21 @@ func (p *preauthPool) add(nc net.Conn, src netip.Addr, known bool, now time.Time
 	p.n++
 	p.onChange(1)
 	return c, "", out
+}
+
+// sourceFull reports whether an unknown source holds its share: of all
+// its connections, or of those silent as far as the pool knows.
+func (p *preauthPool) sourceFull(s *poolSource) bool {
+	if !p.silentPerSource {
+		return len(s.conns) >= p.perSource
+	}
+	n := 0
+	for _, c := range s.conns {
+		if !c.talking && !c.held {
+			n++
+		}
+	}
+	return n >= p.perSource
 }
 
 // silent reports whether c has sent nothing, looking at its socket: a
@@ -341,8 +366,9 @@ func (h *handshakeSlots) acquire(src netip.Addr, known bool, deadline time.Time,
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if w.granted {
-		h.releaseLocked(known)
-		return err
+		// Granted as the wait ended: the slot is the caller's all the
+		// same.
+		return nil
 	}
 	q.remove(src, w)
 	return err

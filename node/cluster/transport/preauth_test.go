@@ -64,11 +64,11 @@ func TestPreauthPoolOrder(t *testing.T) {
 			[]conn{{src: a, known: true, held: true}, {src: u, held: true}},
 			conn{src: a, known: true}, -1, reasonPendingLimit},
 		{"unknown source at its limit: its own oldest silent", 10,
-			[]conn{{src: u, talking: true}, {src: u}, {src: u}},
+			[]conn{{src: u, talking: true}, {src: u}, {src: u}, {src: u}},
 			conn{src: u}, 1, reasonSourceLimit},
-		{"unknown source at its limit, all talking: its own oldest", 10,
-			[]conn{{src: v}, {src: u, talking: true}, {src: u, talking: true}, {src: u, talking: true}},
-			conn{src: u}, 1, reasonSourceLimit},
+		{"talking connections do not count against an unknown source's limit", 10,
+			[]conn{{src: v}, {src: u, talking: true}, {src: u, talking: true}, {src: u, talking: true}, {src: u}},
+			conn{src: u}, -1, ""},
 		{"the new connection's source loses its last one", 2,
 			[]conn{{src: u}, {src: a, known: true, talking: true}},
 			conn{src: u}, 0, reasonPendingLimit},
@@ -78,7 +78,7 @@ func TestPreauthPoolOrder(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var gauge int
-			p := newPreauthPool(tc.max, 3, func(d int) { gauge += d })
+			p := newPreauthPool(tc.max, 3, true, func(d int) { gauge += d })
 			var entries []*pendingConn
 			now := time.Unix(1000, 0)
 			for i, c := range tc.have {
@@ -143,10 +143,10 @@ func TestHandshakeSlotsOrder(t *testing.T) {
 		h := newHandshakeSlots(2) // unknown sources: 1
 		a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 		u := netip.MustParseAddr("192.0.2.1")
-		deadline := time.Now().Add(time.Second)
 		var mu sync.Mutex
 		var order []string
 		take := func(name string, src netip.Addr, known bool) {
+			deadline := time.Now().Add(time.Second)
 			go func() {
 				if err := h.acquire(src, known, deadline, nil); err != nil {
 					mu.Lock()
@@ -196,7 +196,7 @@ func TestHandshakeSlotsOrder(t *testing.T) {
 		if n := len(got()); n != 6 {
 			t.Fatalf("granted %v; u2 must wait while u1 holds the unknown share", got())
 		}
-		time.Sleep(time.Until(deadline) + time.Millisecond)
+		time.Sleep(time.Second + time.Millisecond)
 		synctest.Wait()
 		if want := "u2 timed out"; got()[6] != want {
 			t.Fatalf("granted %v; want %q last", got(), want)
@@ -292,9 +292,9 @@ func TestTCPSlowHandshakesHoldNoSlot(t *testing.T) {
 			})
 		}
 	}
-	// The outsider keeps DefaultMaxPendingPerSource of its 40; the
-	// member's address, a known source, keeps all of its own.
-	eventually.True(t, 5*time.Second, "every slow connection kept has talked", func() bool {
+	// Talking connections do not count against a source's limit: all 80
+	// are kept, and none holds a slot.
+	eventually.True(t, 5*time.Second, "every slow connection has talked", func() bool {
 		srv.pre.mu.Lock()
 		defer srv.pre.mu.Unlock()
 		n := 0
@@ -305,7 +305,7 @@ func TestTCPSlowHandshakesHoldNoSlot(t *testing.T) {
 				}
 			}
 		}
-		return n == 40+DefaultMaxPendingPerSource && srv.pre.n == n
+		return n == len(stalled) && srv.pre.n == n
 	})
 	eventually.True(t, 5*time.Second, "no slot held while waiting for the peers", func() bool {
 		srv.slots.mu.Lock()
@@ -339,5 +339,29 @@ func TestProvenSourcesBounded(t *testing.T) {
 	}
 	if p.has(addr(4), now.Add(provenFor+5*time.Second)) {
 		t.Fatal("a source is still known after provenFor")
+	}
+}
+
+// TestPreauthPoolGossipSourceLimit checks the gossip listener's pool,
+// which counts every stream of an unknown source against its limit
+// (memberlist holds one that talked for its whole timeout): the oldest
+// that may yield goes, and when all are in memberlist's hands the new one
+// is refused.
+func TestPreauthPoolGossipSourceLimit(t *testing.T) {
+	u := netip.MustParseAddr("192.0.2.1")
+	p := newPreauthPool(100, 2, false, nil)
+	now := time.Unix(1000, 0)
+	first, _, _ := p.add(&fakeConn{name: "1"}, u, false, now)
+	second, _, _ := p.add(&fakeConn{name: "2"}, u, false, now)
+	p.talk(first)
+	p.talk(second)
+	third, _, out := p.add(&fakeConn{name: "3"}, u, false, now)
+	if third == nil || len(out) != 1 || out[0].c != first || out[0].reason != reasonSourceLimit {
+		t.Fatalf("want the oldest talking stream closed for the third; got %v closed", out)
+	}
+	p.hold(second)
+	p.hold(third)
+	if c, reason, out := p.add(&fakeConn{name: "4"}, u, false, now); c != nil || reason != reasonSourceLimit || len(out) != 0 {
+		t.Fatalf("with both held, want the fourth refused for source_limit; got taken %v, %q, %d closed", c != nil, reason, len(out))
 	}
 }

@@ -48,7 +48,7 @@ func (t *TCP) admit(nc net.Conn, h Handler) {
 	pc, reason, out := t.pre.add(nc, remote, known, now)
 	for _, e := range out {
 		e.c.nc.Close()
-		t.reject(e.reason, e.c.nc.RemoteAddr().String(), fmt.Errorf("closed to make room, after %s, %s", now.Sub(e.c.at).Round(time.Millisecond), talkingWord(e.c)))
+		t.reject(e.reason, e.c.nc.RemoteAddr().String(), fmt.Errorf("closed to make room, after %s, %s", now.Sub(e.c.at).Round(time.Millisecond), talkingWord(e.talking)))
 	}
 	if pc == nil {
 		nc.Close()
@@ -63,8 +63,8 @@ func (t *TCP) admit(nc net.Conn, h Handler) {
 
 // talkingWord says whether an evicted connection had sent anything, for
 // the log.
-func talkingWord(c *pendingConn) string {
-	if c.talking {
+func talkingWord(talking bool) string {
+	if talking {
 		return "in its handshake"
 	}
 	return "silent"
@@ -80,9 +80,19 @@ func (t *TCP) knownSource(remote netip.Addr, now time.Time) bool {
 // reject counts a refused connection or frame and logs it at a sane rate.
 func (t *TCP) reject(reason, remote string, err error) {
 	t.metrics.rejected.WithLabelValues(reason).Inc()
+	if ap, perr := netip.ParseAddrPort(remote); perr == nil && t.opts.Refused != nil && !floodReason(reason) {
+		t.opts.Refused(ap.Addr().Unmap(), reason, err)
+	}
 	if n, ok := t.rejectLog.Allow(); ok {
 		t.log.Warn("data channel: connection refused", zap.String("reason", reason), zap.String("remote", remote), zap.Error(err), zap.Uint64("events", n))
 	}
+}
+
+// floodReason reports whether reason closes connections that had proven
+// nothing and tried nothing: they say nothing of whoever else uses the
+// address.
+func floodReason(reason string) bool {
+	return reason == reasonPendingLimit || reason == reasonSourceLimit || reason == reasonSilent
 }
 
 // serveConn authenticates one admitted connection and answers its

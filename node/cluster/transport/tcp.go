@@ -57,8 +57,9 @@ const (
 	// make the node hold (a descriptor and a few KB each). When it is
 	// full, older ones yield to a new one (preauth.go).
 	DefaultMaxPending = 1024
-	// DefaultMaxPendingPerSource bounds them per unknown source address
-	// (one no member is known at and no handshake succeeded from lately).
+	// DefaultMaxPendingPerSource bounds those that have sent nothing per
+	// unknown source address (one no member is known at and no handshake
+	// succeeded from lately).
 	DefaultMaxPendingPerSource = 8
 	// DefaultMaxSessionsPerPeer bounds the authenticated connections from
 	// one peer (a node keeps ConnsPerPeer, normally 2, to each other).
@@ -151,6 +152,16 @@ type TCPOptions struct {
 	Log *zap.Logger
 	// Registerer receives the transport's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// Refused, if set, hears of every connection refused after its peer
+	// tried to prove itself (a failed or late handshake, a certificate
+	// naming no member, a session over the limit, a bad frame), with its
+	// source address, the reason (a value of the reason label of
+	// karuta_cluster_data_rejected_total) and the error, so the node can
+	// tell a member whose connections fail. Connections closed to make
+	// room or for silence say nothing of any member (a flood may come
+	// from a member's own address) and are only counted. It must not
+	// block.
+	Refused func(remote netip.Addr, reason string, err error)
 	// DialTimeout bounds connecting to a node, handshake excluded
 	// (default 5s).
 	DialTimeout time.Duration
@@ -276,7 +287,7 @@ func NewTCP(opts TCPOptions) (*TCP, error) {
 	metrics := newTCPMetrics(opts.Registerer)
 	t := &TCP{
 		localAddr: local,
-		pre: newPreauthPool(opts.MaxPending, opts.MaxPendingPerSource, func(d int) {
+		pre: newPreauthPool(opts.MaxPending, opts.MaxPendingPerSource, true, func(d int) {
 			metrics.pending.Add(float64(d))
 		}),
 		slots:     newHandshakeSlots(opts.MaxHandshakes),
