@@ -113,10 +113,15 @@ class Report:
 
     def closed(self, wl, proto):
         print(f"\nClosed loop over {proto.upper()}, {self.meta['concurrency']} clients (medians of {len(self.rounds)} rounds, range in brackets):\n")
+        if proto == "udp" and any(os.path.exists(os.path.join(self.out, f"{wl}-udp-0-{r}.perf")) for r in self.rounds):
+            print("(Datagrams per recvmmsg: perf counts the threads a node has when the run starts, so a figure above 32 means some calls went uncounted.)\n")
         perf = proto == "udp" and any(
             os.path.exists(os.path.join(self.out, f"{wl}-udp-0-{r}.perf")) for r in self.rounds)
         head = "| shape | responses/s | server CPU per response (µs) | vs one node | p50 / p99 (ms) | peers per announce | errors+timeouts | drops | peak RSS (MiB) |"
         if perf:
+            # perf stat -p counts the threads that exist when it starts; a
+            # cluster node's threads started later are missed, which can
+            # push a cluster's figure above the batch size.
             head += " datagrams per recvmmsg (empty calls) |"
         head += " run |"
         print(head)

@@ -136,8 +136,9 @@ func nodeReport(url string, before, after metricPage) NodeReport {
 // a cluster of Nodes with Replicas owners a swarm should hold
 // Replicas/Nodes of the whole on each node, cached copies included.
 type Memory struct {
-	// Whole is the peers in the population (--peers), all in the tracker
-	// once a run has primed it.
+	// Whole is the distinct peers of the population (--peers, less the
+	// port collisions of swarms over 65535 peers), all in the tracker once
+	// a run has primed it.
 	Whole    float64 `json:"whole"`
 	Nodes    int     `json:"nodes"`
 	Replicas int     `json:"replicas"`

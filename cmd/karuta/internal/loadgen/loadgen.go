@@ -406,7 +406,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 			if rerr != nil {
 				return res, errors.Join(err, rerr)
 			}
-			res.Memory = memoryOf(res.Nodes, float64(cfg.Peers), replicas)
+			res.Memory = memoryOf(res.Nodes, float64(w.held()), replicas)
 		}
 	}
 	res.SocketDrops = socks.finish()

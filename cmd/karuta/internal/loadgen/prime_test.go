@@ -7,6 +7,23 @@ import (
 	"time"
 )
 
+func TestHeld(t *testing.T) {
+	if h := testWorkload(100, 1000, 1.1).held(); h != 1000 {
+		t.Errorf("1000 peers in 100 swarms: %d held, want all", h)
+	}
+	// Zipf(1.1) over 100 swarms puts more than 65535 of 300 000 peers in
+	// the first swarms; on one address those share 65535 ports, as a
+	// tracker keying peers by address and port sees them.
+	w := testWorkload(100, 300000, 1.1)
+	distinct := map[[2]int]bool{}
+	for p := range w.peers() {
+		distinct[[2]int{w.swarmOf(p), int(peerPort(p))}] = true
+	}
+	if w.first[1]-w.first[0] <= 65535 || w.held() != len(distinct) {
+		t.Errorf("%d held, %d distinct swarm and port pairs; want them equal, with the first swarm over 65535", w.held(), len(distinct))
+	}
+}
+
 func TestSwarmOf(t *testing.T) {
 	for _, z := range []float64{0, 1.1} {
 		w := testWorkload(100, 1000, z)

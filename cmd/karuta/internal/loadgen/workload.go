@@ -94,6 +94,18 @@ func (w *workload) fillAnnounce(r *rand.Rand, a *announce) {
 // peers returns the size of the population.
 func (w *workload) peers() int { return w.first[len(w.first)-1] }
 
+// held returns how many distinct peers a tracker holds once every peer
+// has announced: on loopback all peers share one address, so a swarm's
+// peers are told apart by port alone, and a swarm of more than 65535
+// peers holds 65535 (see peerPort).
+func (w *workload) held() int {
+	n := 0
+	for s := range len(w.first) - 1 {
+		n += min(w.first[s+1]-w.first[s], 65535)
+	}
+	return n
+}
+
 // swarmOf returns the swarm of peer p.
 func (w *workload) swarmOf(p int) int {
 	// first is ascending: the last swarm whose first peer is at or below p.
