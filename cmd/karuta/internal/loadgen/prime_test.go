@@ -2,6 +2,9 @@ package loadgen
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -103,6 +106,55 @@ func TestPrimeAnnouncesEveryPeer(t *testing.T) {
 		}
 		if swarmOf[id] != infoHash(w.swarmOf(p)) {
 			t.Errorf("peer %d announced in the wrong swarm", p)
+		}
+	}
+}
+
+// TestPrimeOverHTTP primes a population through the HTTP driver against
+// a tracker that fails every fifth peer's first announce: every peer is
+// announced, numwant 0, the failed ones once more.
+func TestPrimeOverHTTP(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if q.Get("numwant") != "0" || q.Get("event") != "started" {
+			t.Errorf("prime announce %s: want numwant 0 and event started", r.URL.RawQuery)
+		}
+		id := q.Get("peer_id")
+		mu.Lock()
+		seen[id]++
+		n := seen[id]
+		mu.Unlock()
+		if n == 1 && id[19]%5 == 0 {
+			_, _ = io.WriteString(w, "d14:failure reason4:busye")
+			return
+		}
+		_, _ = io.WriteString(w, "d8:intervali1800e5:peers0:e")
+	}))
+	t.Cleanup(srv.Close)
+	cfg := Default()
+	cfg.Concurrency, cfg.Timeout = 4, 2*time.Second
+	tgt, err := cfg.target(srv.URL + "/announce")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := testWorkload(10, 200, 0)
+	d := newHTTPDriver(tgt, []int{0, 1, 2, 3}, &cfg, &stats{})
+	defer d.Close()
+	p := &plan{mode: modePrime, w: w, clients: cfg.Concurrency}
+	d.drive(context.Background(), p)
+	if res := p.primeResult(time.Second); res.Peers != 200 || res.Failed != 0 {
+		t.Errorf("prime = %+v, want 200 peers, none failed", res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 200 {
+		t.Errorf("%d peers announced, want 200", len(seen))
+	}
+	for id, n := range seen {
+		if want := 1 + map[bool]int{true: 1}[id[19]%5 == 0]; n != want {
+			t.Errorf("peer %q announced %d times, want %d", id, n, want)
 		}
 	}
 }
