@@ -35,6 +35,10 @@ type PeerRanker interface {
 	RankPeers(req *bittorrent.AnnounceRequest, peers []bittorrent.Peer, n int) []bittorrent.Peer
 }
 
+// ErrReservedAddr refuses an HTTP or UDP announce from the WebRTC prefix
+// (bittorrent.IsWebRTC), which only WebSocket peers are stored under.
+var ErrReservedAddr = bittorrent.ClientError("announces from 100::/64 are refused: the prefix is reserved")
+
 // Responder is the last PreHook: it fills an announce's peers and counts,
 // and a scrape's counts, from a PeerSource.
 type Responder struct {
@@ -54,6 +58,12 @@ func NewResponder(src PeerSource, rankers ...PeerRanker) *Responder {
 // swarm only after the answer (by the swarm-write PostHook), the counts are
 // adjusted here to include the announcer as it will be once applied.
 func (r *Responder) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRequest, resp *bittorrent.AnnounceResponse) error {
+	if bittorrent.IsWebRTC(req.Addr) && !req.Source.IsValid() {
+		// Only the WebSocket frontend, which sets Source, may store a
+		// peer under a WebRTC address: a real host in that prefix
+		// (behind a proxy's header, say) would pose as someone's socket.
+		return ErrReservedAddr
+	}
 	n := int(req.NumWant)
 	if req.Event == bittorrent.EventStopped {
 		n = 0 // a peer that is leaving needs no peers

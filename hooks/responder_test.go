@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"testing"
@@ -259,5 +260,17 @@ func TestChainPrefetch(t *testing.T) {
 	pf.Prefetch(ihs)
 	if len(src.got) != 2 || src.got[0] != ihs[0] || src.got[1] != ihs[1] {
 		t.Errorf("source prefetched %x, want %x", src.got, ihs)
+	}
+}
+
+func TestResponderRefusesWebRTCPrefixWithoutSource(t *testing.T) {
+	r := NewResponder(&fakeSource{})
+	req := &bittorrent.AnnounceRequest{Addr: bittorrent.WebRTCAddr(1, 2)}
+	if err := r.HandleAnnounce(context.Background(), req, &bittorrent.AnnounceResponse{}); !errors.Is(err, ErrReservedAddr) {
+		t.Errorf("announce from the WebRTC prefix without a source: %v; want ErrReservedAddr", err)
+	}
+	req.Source = netip.MustParseAddr("192.0.2.1")
+	if err := r.HandleAnnounce(context.Background(), req, &bittorrent.AnnounceResponse{}); err != nil {
+		t.Errorf("WebSocket announce: %v", err)
 	}
 }

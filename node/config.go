@@ -13,6 +13,7 @@ import (
 
 	httpfront "github.com/karuta-tracker/karuta/frontends/http"
 	"github.com/karuta-tracker/karuta/frontends/udp"
+	"github.com/karuta-tracker/karuta/frontends/webtorrent"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/node/cluster"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
@@ -76,6 +77,8 @@ type LogConfig struct {
 type FrontendsConfig struct {
 	HTTP httpfront.Config `yaml:"http"`
 	UDP  udp.Config       `yaml:"udp"`
+	// WebTorrent is off unless its addr is set.
+	WebTorrent webtorrent.Config `yaml:"webtorrent"`
 }
 
 // MetricsConfig is the operations listener: /metrics, /healthz, /readyz,
@@ -96,8 +99,9 @@ func Default() Config {
 	return Config{
 		Log: LogConfig{Format: "json", Level: "info"},
 		Frontends: FrontendsConfig{
-			HTTP: httpfront.DefaultConfig(),
-			UDP:  udp.DefaultConfig(),
+			HTTP:       httpfront.DefaultConfig(),
+			UDP:        udp.DefaultConfig(),
+			WebTorrent: webtorrent.DefaultConfig(),
 		},
 		Tracker: hooks.DefaultConfig(),
 		Store:   store.DefaultConfig(),
@@ -161,6 +165,7 @@ func (c Config) Validate() error {
 		{"log.", c.Log.validate},
 		{"frontends.http.", c.Frontends.HTTP.Validate},
 		{"frontends.udp.", c.Frontends.UDP.Validate},
+		{"frontends.webtorrent.", c.Frontends.WebTorrent.Validate},
 		{"tracker.", c.Tracker.Validate},
 		{"store.", c.Store.Validate},
 		{"metrics.", c.Metrics.validate},
@@ -185,8 +190,8 @@ func (c Config) Validate() error {
 	if err := checkListeners(c); err != nil {
 		return err
 	}
-	if c.Frontends.HTTP.Addr == "" && c.Frontends.UDP.Addr == "" {
-		return errors.New("config: frontends: both frontends.http.addr and frontends.udp.addr are empty; enable at least one")
+	if c.Frontends.HTTP.Addr == "" && c.Frontends.UDP.Addr == "" && c.Frontends.WebTorrent.Addr == "" {
+		return errors.New("config: frontends: frontends.http.addr, frontends.udp.addr and frontends.webtorrent.addr are all empty; enable at least one")
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ func listeners(cfg Config) []listener {
 	}
 	add("frontends.http.addr", cfg.Frontends.HTTP.Addr, true, false)
 	add("frontends.udp.addr", cfg.Frontends.UDP.Addr, false, true)
+	add("frontends.webtorrent.addr", cfg.Frontends.WebTorrent.Addr, true, false)
 	add("metrics.addr", cfg.Metrics.Addr, true, false)
 	if cfg.Cluster.Bind != "" {
 		add("cluster.bind", cfg.Cluster.Bind, true, true)
@@ -115,6 +116,7 @@ func logListeners(log *zap.Logger, a Addrs) {
 	for _, l := range []struct{ name, addr string }{
 		{"http frontend", a.HTTP},
 		{"udp frontend", a.UDP},
+		{"webtorrent frontend", a.WebTorrent},
 		{"operations (metrics, health, /cluster; no authentication)", a.Metrics},
 		{"cluster gossip", a.Gossip},
 		{"cluster data channel", a.Data},

@@ -28,6 +28,9 @@ func TestListenersMustNotShareAPort(t *testing.T) {
 		{"explicit data_bind on http", keys + ", bind: '127.0.0.1:7946', data_bind: '127.0.0.1:6969'}\n",
 			[]string{"cluster.data_bind", `"127.0.0.1:6969"`, "frontends.http.addr"}},
 
+		{"webtorrent on the http port", "frontends: {http: {addr: '127.0.0.1:6969'}, webtorrent: {addr: '127.0.0.1:6969'}}\n",
+			[]string{"frontends.webtorrent.addr", "frontends.http.addr", "TCP port 6969"}},
+
 		{"defaults", "", nil},
 		{"http and udp share a number, not a protocol", "frontends: {http: {addr: ':7000'}, udp: {addr: ':7000'}}\n", nil},
 		{"different hosts", "frontends: {http: {addr: '127.0.0.2:6880'}}\n", nil},

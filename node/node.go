@@ -24,6 +24,7 @@ import (
 	"github.com/karuta-tracker/karuta/frontends"
 	httpfront "github.com/karuta-tracker/karuta/frontends/http"
 	"github.com/karuta-tracker/karuta/frontends/udp"
+	"github.com/karuta-tracker/karuta/frontends/webtorrent"
 	"github.com/karuta-tracker/karuta/hooks"
 	"github.com/karuta-tracker/karuta/store"
 )
@@ -50,6 +51,7 @@ type Node struct {
 	chain  *hooks.Chain
 	http   *httpfront.Server
 	udp    *udp.Server
+	wt     *webtorrent.Server
 	cl     *clustered // nil on a single node
 	hooks  builtHooks
 	ops    *http.Server
@@ -149,7 +151,33 @@ func New(cfg Config, opts Options) (_ *Node, err error) {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
+	if err := n.newWebTorrent(cfg, metrics); err != nil {
+		return nil, err
+	}
 	return n, nil
+}
+
+// newWebTorrent builds the WebTorrent frontend when it is enabled. In a
+// cluster its signals for other nodes' sockets go through the cluster.
+func (n *Node) newWebTorrent(cfg Config, metrics *frontends.Metrics) error {
+	if cfg.Frontends.WebTorrent.Addr == "" {
+		return nil
+	}
+	wm, err := webtorrent.NewMetrics(n.reg)
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	var relay webtorrent.Relay = webtorrent.NewLocalRelay()
+	if n.cl != nil {
+		relay = n.cl.data
+	}
+	if n.wt, err = webtorrent.New(cfg.Frontends.WebTorrent, n.chain, relay, metrics.ForConnections("webtorrent"), wm, n.log.Named("webtorrent")); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	if n.cl != nil {
+		n.cl.data.SetSignalSink(n.wt)
+	}
+	return nil
 }
 
 // Start opens the listeners and marks the node ready. On error, whatever
@@ -180,6 +208,12 @@ func (n *Node) Start() error {
 			return fmt.Errorf("node: start udp frontend: %w", err)
 		}
 	}
+	if n.wt != nil {
+		if err := n.wt.Start(); err != nil {
+			_ = n.Shutdown(context.Background())
+			return fmt.Errorf("node: start webtorrent frontend: %w", err)
+		}
+	}
 	if n.swarms != nil {
 		n.swarms.start()
 	}
@@ -191,9 +225,11 @@ func (n *Node) Start() error {
 
 // Addrs are the addresses a started node listens on; empty when disabled.
 type Addrs struct {
-	HTTP    string `json:"http,omitempty"`
-	UDP     string `json:"udp,omitempty"`
-	Metrics string `json:"metrics,omitempty"`
+	HTTP string `json:"http,omitempty"`
+	UDP  string `json:"udp,omitempty"`
+	// WebTorrent is the WebSocket listener, when enabled.
+	WebTorrent string `json:"webtorrent,omitempty"`
+	Metrics    string `json:"metrics,omitempty"`
 	// Gossip and Data are the cluster listeners, when clustered.
 	Gossip string `json:"gossip,omitempty"`
 	Data   string `json:"data,omitempty"`
@@ -207,6 +243,9 @@ func (n *Node) Addrs() Addrs {
 	}
 	if n.udp != nil && n.udp.Addr() != nil {
 		a.UDP = n.udp.Addr().String()
+	}
+	if n.wt != nil {
+		a.WebTorrent = n.wt.Addr()
 	}
 	if n.opsLn != nil {
 		a.Metrics = n.opsLn.Addr().String()
@@ -248,6 +287,9 @@ func (n *Node) shutdown(ctx context.Context) error {
 	}
 	if n.udp != nil {
 		errs = append(errs, n.udp.Shutdown(ctx))
+	}
+	if n.wt != nil {
+		errs = append(errs, n.wt.Shutdown(ctx))
 	}
 	// Write the swarm file once every answered announce is applied, and
 	// before a clustered node hands its swarms away, so it holds what this

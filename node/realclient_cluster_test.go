@@ -100,6 +100,7 @@ func TestRealClientCluster(t *testing.T) {
 type karutaProc struct {
 	name    string
 	client  string // host:port of both the HTTP and the UDP frontend
+	ws      string // host:port of the WebTorrent frontend
 	metrics string
 	gossip  string
 	data    string
@@ -180,7 +181,7 @@ func startProcClusterAt(t *testing.T, bin string, specs []procSpec, opts procOpt
 		at := func(host string, p int) string { return net.JoinHostPort(host, strconv.Itoa(p)) }
 		nodes[i] = &karutaProc{
 			name: s.name, client: at(s.host, ports[0]), metrics: at(s.host, ports[1]), gossip: at(s.host, ports[2]),
-			data:    at(dataHost, free.take(dataHost, 1)[0]),
+			data: at(dataHost, free.take(dataHost, 1)[0]), ws: at(s.host, free.take(s.host, 1)[0]),
 			logPath: filepath.Join(dir, s.name+".log"),
 			exited:  make(chan struct{}),
 			nofile:  opts.nofile,
@@ -213,6 +214,8 @@ frontends:
 %s  udp:
     addr: %q
     connection_id_keys: ["karuta-realclient-connection-id-key"]
+  webtorrent:
+    addr: %q
 metrics:
   addr: %q
 cluster:
@@ -224,7 +227,7 @@ cluster:
   join_retry: 500ms
   secret_keys: [%q]
   label: %q
-%s`, n.name, n.client, opts.http, n.client, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), opts.profile, testClusterKey, "karuta-"+t.Name(), opts.cluster)
+%s`, n.name, n.client, opts.http, n.client, n.ws, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), opts.profile, testClusterKey, "karuta-"+t.Name(), opts.cluster)
 		cfgPath := filepath.Join(dir, n.name+".yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

@@ -7,13 +7,19 @@ import (
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
 
+// FamilyWebRTC is Family's answer for a WebRTC address.
+const FamilyWebRTC = 1
+
 // Family is the address family whose peers an announcer is given: 4 for
-// IPv4, including IPv4-mapped IPv6 addresses, 6 for IPv6, and 0 for an
-// invalid address, which is given none.
+// IPv4, including IPv4-mapped IPv6 addresses, 6 for IPv6, FamilyWebRTC
+// for a WebRTC address (bittorrent.IsWebRTC), and 0 for an invalid
+// address, which is given none.
 func Family(announcer netip.AddrPort) int {
 	switch ip := announcer.Addr().Unmap(); {
 	case ip.Is4():
 		return 4
+	case bittorrent.IsWebRTCIP(ip):
+		return FamilyWebRTC
 	case ip.Is6():
 		return 6
 	}

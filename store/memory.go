@@ -37,6 +37,7 @@ type Memory struct {
 	seed     maphash.Seed
 	fam4     family
 	fam6     family
+	famRTC   family
 	shards   []shard
 	shardMsk uint64
 	metrics  *metrics
@@ -60,28 +61,50 @@ type shard struct {
 	mu     sync.RWMutex
 	swarms map[bittorrent.InfoHash]*swarm
 	nswarm atomic.Int64
-	npeers [4]atomic.Int64 // indexed by kindIndex
+	npeers [6]atomic.Int64 // indexed by kindIndex
 }
 
-// kindIndex numbers the (family, seeder) combinations for shard totals.
-func kindIndex(v6, seeder bool) int {
-	i := 0
-	if v6 {
-		i = 2
-	}
+// kindIndex numbers the (family, seeder) combinations for shard totals:
+// IPv4, IPv6 and WebRTC seeders, each followed by its leechers.
+func kindIndex(f *family, seeder bool) int {
+	i := 2 * int(f.kind)
 	if !seeder {
 		i++
 	}
 	return i
 }
 
-// swarm is one torrent's peers. The IPv6 set is allocated only when an IPv6
-// peer arrives, since most swarms have none; only the garbage collector
-// drops it again, so it can keep a pointer to it while it yields the lock.
+// swarm is one torrent's peers. The IPv6 and WebRTC sets are allocated
+// only when such a peer arrives, since most swarms have none; only the
+// garbage collector drops them again, so it can keep a pointer to one
+// while it yields the lock.
 type swarm struct {
 	v4       peerSet
 	v6       *peerSet
+	rtc      *peerSet
 	snatches uint32
+}
+
+// set returns the swarm's set of family f, nil if it has none.
+func (sw *swarm) set(f *family) *peerSet {
+	switch f.kind {
+	case kindV6:
+		return sw.v6
+	case kindRTC:
+		return sw.rtc
+	}
+	return &sw.v4
+}
+
+// newSet allocates the (missing) set of family f.
+func (sw *swarm) newSet(f *family) *peerSet {
+	s := &peerSet{}
+	if f.kind == kindRTC {
+		sw.rtc = s
+	} else {
+		sw.v6 = s
+	}
+	return s
 }
 
 //nolint:gosec // G115: a set's counts are non-negative int32s
@@ -91,9 +114,11 @@ func (sw *swarm) counts() bittorrent.Counts {
 		Leechers: uint32(sw.v4.leechers()),
 		Snatches: sw.snatches,
 	}
-	if sw.v6 != nil {
-		c.Seeders += uint32(sw.v6.seeders())
-		c.Leechers += uint32(sw.v6.leechers())
+	for _, s := range [2]*peerSet{sw.v6, sw.rtc} {
+		if s != nil {
+			c.Seeders += uint32(s.seeders())
+			c.Leechers += uint32(s.leechers())
+		}
 	}
 	return c
 }
@@ -127,6 +152,7 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	m.epoch = m.now().Add(-time.Duration(m.lifetime) * time.Second)
 	m.fam4 = newFamily(false, m.seed)
 	m.fam6 = newFamily(true, m.seed)
+	m.famRTC = newRTCFamily(m.seed)
 	for i := range m.shards {
 		m.shards[i].swarms = make(map[bittorrent.InfoHash]*swarm)
 	}
@@ -178,7 +204,10 @@ func (m *Memory) shard(ih *bittorrent.InfoHash) *shard {
 }
 
 func (m *Memory) family(k *addrKey) *family {
-	if k.v6() {
+	switch {
+	case k.rtc:
+		return &m.famRTC
+	case k.v6():
 		return &m.fam6
 	}
 	return &m.fam4
@@ -222,21 +251,18 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		sh.swarms[c.InfoHash] = sw
 		sh.nswarm.Add(1)
 	}
-	set := &sw.v4
-	if f.v6 {
-		if sw.v6 == nil {
-			if c.Op == bittorrent.OpRemove {
-				return
-			}
-			sw.v6 = &peerSet{}
+	set := sw.set(f)
+	if set == nil {
+		if c.Op == bittorrent.OpRemove {
+			return
 		}
-		set = sw.v6
+		set = sw.newSet(f)
 	}
 	i := set.find(f, k.bytes())
 
 	if c.Op == bittorrent.OpRemove {
 		if i >= 0 {
-			sh.npeers[kindIndex(f.v6, i < set.seeders())].Add(-1)
+			sh.npeers[kindIndex(f, i < set.seeders())].Add(-1)
 			set.remove(f, i)
 			set.shrink(f)
 		}
@@ -256,14 +282,14 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 	}
 	if i < 0 {
 		set.add(f, k.bytes(), &c.Peer.ID, now, seeder)
-		sh.npeers[kindIndex(f.v6, seeder)].Add(1)
+		sh.npeers[kindIndex(f, seeder)].Add(1)
 		return
 	}
 	set.update(f, i, &c.Peer.ID, now, seeder)
 	if was := i < set.seeders(); was != seeder {
 		set.setSeeder(f, i, seeder)
-		sh.npeers[kindIndex(f.v6, was)].Add(-1)
-		sh.npeers[kindIndex(f.v6, seeder)].Add(1)
+		sh.npeers[kindIndex(f, was)].Add(-1)
+		sh.npeers[kindIndex(f, seeder)].Add(1)
 	}
 }
 
@@ -282,11 +308,9 @@ func (m *Memory) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort,
 		return dst, counts, bittorrent.Absent
 	}
 	f := m.family(&k)
-	set := &sw.v4
-	if f.v6 {
-		if set = sw.v6; set == nil {
-			return dst, counts, bittorrent.Absent
-		}
+	set := sw.set(f)
+	if set == nil {
+		return dst, counts, bittorrent.Absent
 	}
 	self := -1
 	if k.port() != 0 {
@@ -330,6 +354,8 @@ func (m *Memory) Stats() Stats {
 		st.Leechers4 += int(sh.npeers[1].Load())
 		st.Seeders6 += int(sh.npeers[2].Load())
 		st.Leechers6 += int(sh.npeers[3].Load())
+		st.SeedersRTC += int(sh.npeers[4].Load())
+		st.LeechersRTC += int(sh.npeers[5].Load())
 	}
 	return st
 }
@@ -394,7 +420,13 @@ func (m *Memory) gcShard(sh *shard, cutoff uint32) (peers, swarms int) {
 				sw.v6 = nil
 			}
 		}
-		if sw.v4.n == 0 && sw.v6 == nil {
+		if sw.rtc != nil {
+			peers += m.gcSet(sh, &m.famRTC, sw.rtc, cutoff, &budget)
+			if sw.rtc.n == 0 {
+				sw.rtc = nil
+			}
+		}
+		if sw.v4.n == 0 && sw.v6 == nil && sw.rtc == nil {
 			delete(sh.swarms, ih)
 			sh.nswarm.Add(-1)
 			swarms++
@@ -423,7 +455,7 @@ func (m *Memory) gcSet(sh *shard, f *family, s *peerSet, cutoff uint32, budget *
 	}()
 	for i := 0; i < int(s.n); {
 		if s.seenAt(f, i) < cutoff {
-			sh.npeers[kindIndex(f.v6, i < s.seeders())].Add(-1)
+			sh.npeers[kindIndex(f, i < s.seeders())].Add(-1)
 			s.remove(f, i)
 			removed++
 		} else {

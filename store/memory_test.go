@@ -289,7 +289,10 @@ func TestMetrics(t *testing.T) {
 		{InfoHash: ih2, Peer: peer("10.0.0.9:1"), Op: 42},
 	})
 	clk.set(t0.Add(time.Hour))
-	m.Apply([]bittorrent.Change{{InfoHash: ih2, Peer: peer("[2001:db8::2]:1"), Op: bittorrent.OpPut}})
+	m.Apply([]bittorrent.Change{
+		{InfoHash: ih2, Peer: peer("[2001:db8::2]:1"), Op: bittorrent.OpPut},
+		{InfoHash: ih2, Peer: bittorrent.Peer{Addr: bittorrent.WebRTCAddr(7, 9)}, Op: bittorrent.OpPut, Seeder: true},
+	})
 	m.GC(t0.Add(time.Hour))
 
 	want := `
@@ -303,12 +306,14 @@ karuta_store_gc_removed_swarms_total 1
 # TYPE karuta_store_ignored_changes_total counter
 karuta_store_ignored_changes_total{reason="invalid_address"} 1
 karuta_store_ignored_changes_total{reason="unknown_op"} 1
-# HELP karuta_store_peers Peers held, by address family (ipv4, ipv6) and kind (seeder, leecher).
+# HELP karuta_store_peers Peers held, by address family (ipv4, ipv6, webrtc) and kind (seeder, leecher).
 # TYPE karuta_store_peers gauge
 karuta_store_peers{family="ipv4",kind="leecher"} 0
 karuta_store_peers{family="ipv4",kind="seeder"} 0
 karuta_store_peers{family="ipv6",kind="leecher"} 1
 karuta_store_peers{family="ipv6",kind="seeder"} 0
+karuta_store_peers{family="webrtc",kind="leecher"} 0
+karuta_store_peers{family="webrtc",kind="seeder"} 1
 # HELP karuta_store_swarms Swarms held, including those emptied since the last garbage collection.
 # TYPE karuta_store_swarms gauge
 karuta_store_swarms 1

@@ -72,7 +72,7 @@ func newSizeCollector(m *Memory) *sizeCollector {
 		swarms: prometheus.NewDesc("karuta_store_swarms",
 			"Swarms held, including those emptied since the last garbage collection.", nil, nil),
 		peers: prometheus.NewDesc("karuta_store_peers",
-			"Peers held, by address family (ipv4, ipv6) and kind (seeder, leecher).",
+			"Peers held, by address family (ipv4, ipv6, webrtc) and kind (seeder, leecher).",
 			[]string{"family", "kind"}, nil),
 	}
 }
@@ -95,6 +95,8 @@ func (c *sizeCollector) Collect(ch chan<- prometheus.Metric) {
 		{"ipv4", "leecher", st.Leechers4},
 		{"ipv6", "seeder", st.Seeders6},
 		{"ipv6", "leecher", st.Leechers6},
+		{"webrtc", "seeder", st.SeedersRTC},
+		{"webrtc", "leecher", st.LeechersRTC},
 	} {
 		ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(p.n), p.family, p.kind)
 	}

@@ -57,16 +57,34 @@ type family struct {
 	addrLen int
 	stride  int
 	v6      bool
+	kind    familyKind
 	// seed keys the index hash per store, so clients cannot choose
 	// addresses that collide.
 	seed maphash.Seed
 }
 
+// familyKind tells a store's families apart. WebRTC peers are packed like
+// IPv6 peers (their addresses are IPv6, see bittorrent.WebRTCAddr) but kept
+// in sets of their own.
+type familyKind uint8
+
+const (
+	kindV4 familyKind = iota
+	kindV6
+	kindRTC
+)
+
 func newFamily(v6 bool, seed maphash.Seed) family {
 	if v6 {
-		return family{addrLen: addrLen6, stride: stride6, v6: true, seed: seed}
+		return family{addrLen: addrLen6, stride: stride6, v6: true, kind: kindV6, seed: seed}
 	}
 	return family{addrLen: addrLen4, stride: stride4, seed: seed}
+}
+
+func newRTCFamily(seed maphash.Seed) family {
+	f := newFamily(true, seed)
+	f.kind = kindRTC
+	return f
 }
 
 func (f *family) hash(addr []byte) uint64 { return maphash.Bytes(f.seed, addr) }
@@ -88,6 +106,7 @@ func (f *family) decode(p *bittorrent.Peer, r []byte) {
 type addrKey struct {
 	buf [addrLen6]byte
 	n   uint8
+	rtc bool // a WebRTC address (bittorrent.IsWebRTC)
 }
 
 // makeKey encodes ap, unmapping IPv4-mapped IPv6 addresses and dropping any
@@ -105,6 +124,7 @@ func makeKey(ap netip.AddrPort) (addrKey, bool) {
 		a := ip.As16()
 		copy(k.buf[:], a[:])
 		k.n = addrLen6
+		k.rtc = bittorrent.IsWebRTCIP(ip)
 	default:
 		return k, false
 	}

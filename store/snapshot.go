@@ -23,6 +23,9 @@ func (m *Memory) Swarm(ih bittorrent.InfoHash, maxPerFamily int, dst []bittorren
 	if sw.v6 != nil {
 		dst = sw.v6.appendSnapshot(&m.fam6, dst, ih, maxPerFamily)
 	}
+	if sw.rtc != nil {
+		dst = sw.rtc.appendSnapshot(&m.famRTC, dst, ih, maxPerFamily)
+	}
 	return dst, sw.counts(), true
 }
 
@@ -105,11 +108,11 @@ func (m *Memory) Drop(ih bittorrent.InfoHash) {
 	if sw == nil {
 		return
 	}
-	sh.npeers[kindIndex(false, true)].Add(-int64(sw.v4.seeders()))
-	sh.npeers[kindIndex(false, false)].Add(-int64(sw.v4.leechers()))
-	if sw.v6 != nil {
-		sh.npeers[kindIndex(true, true)].Add(-int64(sw.v6.seeders()))
-		sh.npeers[kindIndex(true, false)].Add(-int64(sw.v6.leechers()))
+	for _, f := range []*family{&m.fam4, &m.fam6, &m.famRTC} {
+		if s := sw.set(f); s != nil {
+			sh.npeers[kindIndex(f, true)].Add(-int64(s.seeders()))
+			sh.npeers[kindIndex(f, false)].Add(-int64(s.leechers()))
+		}
 	}
 	delete(sh.swarms, ih)
 	sh.nswarm.Add(-1)

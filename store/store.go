@@ -12,8 +12,9 @@ import (
 // Store holds swarms. Implementations are safe for concurrent use.
 //
 // A peer's identity within a swarm is its IP address and port; an
-// IPv4-mapped IPv6 address is the IPv4 address it maps. IPv4 and IPv6 peers
-// are kept apart: an announcer is only ever given peers of its own family.
+// IPv4-mapped IPv6 address is the IPv4 address it maps. IPv4, IPv6 and
+// WebRTC peers (bittorrent.IsWebRTC) are kept apart: an announcer is only
+// ever given peers of its own family, while counts include all three.
 type Store interface {
 	// Apply applies changes in order. Changes to an unknown swarm create it,
 	// except removes, which create nothing. A put for a peer already present
@@ -102,4 +103,8 @@ type Stats struct {
 	Leechers4 int
 	Seeders6  int
 	Leechers6 int
+	// SeedersRTC and LeechersRTC count WebRTC peers, reached through the
+	// WebSocket of the node holding them (bittorrent.WebRTCAddr).
+	SeedersRTC  int
+	LeechersRTC int
 }

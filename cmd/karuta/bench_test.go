@@ -73,8 +73,12 @@ func TestBenchOpenLoop(t *testing.T) {
 		t.Run(url[:strings.Index(url, ":")], func(t *testing.T) {
 			res := runBench(t, "--url", url, "--duration", "1s", "--rate", "500", "--concurrency", "16",
 				"--swarms", "1000", "--peers", "10000")
-			if res.Mode != "open" || res.RequestsPerSec < 300 || res.RequestsPerSec > 600 {
-				t.Errorf("mode %s at %.0f requests/s; want open at 300..600", res.Mode, res.RequestsPerSec)
+			// Above the rate means the schedule is not kept; far below it
+			// means requests are not sent on it. The lower bound is loose:
+			// make test runs this beside the netns and deploy stages, and a
+			// loaded 2-core machine answered 251/s of 500 once.
+			if res.Mode != "open" || res.RequestsPerSec < 150 || res.RequestsPerSec > 600 {
+				t.Errorf("mode %s at %.0f requests/s; want open at 150..600", res.Mode, res.RequestsPerSec)
 			}
 			if res.Errors != 0 || res.Timeouts != 0 {
 				t.Errorf("errors %d, timeouts %d; want none", res.Errors, res.Timeouts)

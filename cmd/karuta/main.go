@@ -41,6 +41,7 @@ Usage:
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
   karuta bench visibility --url URL --url URL [flags]
                                    time a peer announced at one node to show at another
+  karuta bench-ws --url URL [flags]  load-test a WebTorrent (WebSocket) tracker
   karuta version                   print the version (also --version)
   karuta help                      print this help (also -h, --help)
 
@@ -79,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return clusterCmd(args, stdout, stderr)
 	case "bench":
 		return benchCmd(args, stdout, stderr, sigs)
+	case "bench-ws":
+		return benchWSCmd(args, stdout, stderr, sigs)
 	case "version":
 		fmt.Fprintf(stdout, "karuta %s\n", version)
 		return exitOK

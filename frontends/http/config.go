@@ -2,6 +2,7 @@ package http
 
 import (
 	"fmt"
+	"github.com/karuta-tracker/karuta/frontends"
 	"net"
 	"net/netip"
 	"strconv"
@@ -166,31 +167,7 @@ func validateAddr(addr string) error {
 	return nil
 }
 
-// parsePrefix reads an IP (as a single-address prefix) or a CIDR. Host bits
-// set in a CIDR are cleared, since "10.1.2.3/8" plainly means 10.0.0.0/8.
-// IPv4-mapped IPv6 is unmapped to match unmapped client addresses.
-func parsePrefix(s string) (netip.Prefix, bool) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, false
-		}
-		if p.Addr().Is4In6() {
-			bits := p.Bits() - 96
-			if bits < 0 {
-				return netip.Prefix{}, false
-			}
-			p = netip.PrefixFrom(p.Addr().Unmap(), bits)
-		}
-		return p.Masked(), true
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), true
-}
+func parsePrefix(s string) (netip.Prefix, bool) { return frontends.ParsePrefix(s) }
 
 // isToken reports whether s is an RFC 9110 token, the syntax of header names.
 func isToken(s string) bool {

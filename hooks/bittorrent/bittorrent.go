@@ -99,6 +99,18 @@ type AnnounceRequest struct {
 	// Params carries the request's extra parameters: the HTTP query and route
 	// parameters, or the BEP 41 URL data of a UDP announce.
 	Params Params
+	// Source is where the request came from when that is not Addr's IP:
+	// the client's IP behind a WebRTC peer's socket address (IsWebRTC).
+	// Hooks that limit or judge clients by IP use ClientIP.
+	Source netip.Addr
+}
+
+// ClientIP is the IP the request came from: Source if set, else Addr's.
+func (r *AnnounceRequest) ClientIP() netip.Addr {
+	if r.Source.IsValid() {
+		return r.Source
+	}
+	return r.Addr.Addr()
 }
 
 // Seeder reports whether the announcing peer has the whole torrent.

@@ -206,7 +206,7 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 
 // HandleAnnounce takes a token from the client's address and subnet.
 func (h *Hook) HandleAnnounce(_ context.Context, req *bittorrent.AnnounceRequest, _ *bittorrent.AnnounceResponse) error {
-	return h.allow(req.Addr.Addr())
+	return h.allow(req.ClientIP())
 }
 
 // HandleScrape takes a token like an announce.

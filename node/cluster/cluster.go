@@ -66,7 +66,8 @@ type Cluster struct {
 	dests  map[string]*dest // by data address
 
 	cache readCache
-	links links // each member's data channel: see links.go
+	links links       // each member's data channel: see links.go
+	sig   signalRelay // WebRTC signaling; see signal.go
 
 	// stream numbers this node's forwards (see dedupe.go); nextSeq hands
 	// each dest its range; applied skips forwards received twice.
@@ -132,6 +133,9 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	c.cache.init()
 	c.trust.adopt(opts.Views.View(), c.clock.Now())
 	c.view.Store(opts.Views.View())
+	if err := c.sig.init(opts.Views.View(), c.reg); err != nil {
+		return nil, fmt.Errorf("cluster: register metrics: %w", err)
+	}
 	viewCh := make(chan struct{})
 	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
@@ -154,6 +158,7 @@ func (c *Cluster) Start() error {
 	go c.handoffLoop()
 	go c.cacheLoop()
 	go c.probeLoop()
+	c.goOwned(c.signalLoop)
 	c.log.Info("data channel serving", zap.String("addr", c.tr.Addr()))
 	return nil
 }
@@ -342,6 +347,9 @@ func (c *Cluster) Handle(_ context.Context, req transport.Request) (transport.Re
 		return &transport.Ack{}, nil
 	case *transport.ScrapeRequest:
 		return c.scrapePageFor(r), nil
+	case *transport.SignalRequest:
+		c.receiveSignals(r)
+		return &transport.Ack{}, nil
 	}
 	return nil, fmt.Errorf("cluster: unknown request %T", req)
 }

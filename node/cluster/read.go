@@ -201,7 +201,7 @@ func mergeReplies(a, b *transport.FetchReply, maxPerFamily int) *transport.Fetch
 		Snatches: max(a.Counts.Snatches, b.Counts.Snatches),
 	}}
 	seen := make(map[netip.AddrPort]bool, len(a.Peers)+len(b.Peers))
-	var perFamily [2]int
+	var perFamily [3]int
 	for _, list := range [2][]transport.SwarmPeer{a.Peers, b.Peers} {
 		for _, p := range list {
 			key := netip.AddrPortFrom(p.Addr.Addr().Unmap(), p.Addr.Port())

@@ -15,8 +15,8 @@ import (
 type snapshot struct {
 	at     time.Time
 	counts bittorrent.Counts
-	// fams[0] is IPv4, fams[1] IPv6.
-	fams [2]snapFamily
+	// fams[0] is IPv4, fams[1] IPv6, fams[2] WebRTC.
+	fams [3]snapFamily
 }
 
 type snapFamily struct {
@@ -26,7 +26,7 @@ type snapFamily struct {
 
 func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 	s := &snapshot{at: at, counts: r.Counts}
-	var size [2]int
+	var size [3]int
 	for _, p := range r.Peers {
 		fam := familyOf(p.Addr)
 		size[fam]++
@@ -34,7 +34,7 @@ func newSnapshot(r *transport.FetchReply, at time.Time) *snapshot {
 			s.fams[fam].seeders++
 		}
 	}
-	var next [2][2]int // next[family]: where the next seeder and leecher go
+	var next [3][2]int // next[family]: where the next seeder and leecher go
 	for fam := range s.fams {
 		s.fams[fam].peers = make([]bittorrent.Peer, size[fam])
 		next[fam] = [2]int{0, s.fams[fam].seeders}
@@ -63,8 +63,11 @@ func (s *snapshot) with(r *transport.FetchReply, maxPerFamily int) *snapshot {
 
 // familyOf is the index into snapshot.fams of a's family.
 func familyOf(a netip.AddrPort) int {
-	if store.Family(a) == 6 {
+	switch store.Family(a) {
+	case 6:
 		return 1
+	case store.FamilyWebRTC:
+		return 2
 	}
 	return 0
 }

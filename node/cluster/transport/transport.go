@@ -38,7 +38,7 @@ type Handler interface {
 var ErrUnreachable = errors.New("transport: node unreachable")
 
 // Request is one of *ApplyRequest, *FetchRequest, *FetchManyRequest,
-// *MergeRequest or *ScrapeRequest.
+// *MergeRequest, *ScrapeRequest or *SignalRequest.
 type Request interface{ isRequest() }
 
 // Reply is one of *Ack, *FetchReply, *FetchManyReply or *ScrapeReply.

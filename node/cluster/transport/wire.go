@@ -19,6 +19,7 @@ import (
 //	MergeRequest      0x03 count:uvarint swarm*count
 //	ScrapeRequest     0x04 cursor:uvarint max:varint
 //	FetchManyRequest  0x05 maxpeers:varint count:uvarint infohash:20*count (count ≤ MaxFetchMany)
+//	SignalRequest     0x30 count:uvarint signal*count (see signal.go)
 //	Ack               0x81
 //	FetchReply        0x82 fetched
 //	error reply       0x83 len:uvarint message:len
@@ -42,6 +43,7 @@ const (
 	kindMerge       byte = 0x03
 	kindScrape      byte = 0x04
 	kindFetchMany   byte = 0x05
+	kindSignal      byte = 0x30
 	kindAck         byte = 0x81
 	kindFetchReply  byte = 0x82
 	kindError       byte = 0x83
@@ -137,6 +139,11 @@ func appendRequest(dst []byte, req Request) ([]byte, error) {
 			}
 		}
 		return dst, nil
+	case *SignalRequest:
+		if r == nil {
+			break
+		}
+		return appendSignalRequest(dst, r)
 	case *ScrapeRequest:
 		if r == nil {
 			break
@@ -327,6 +334,8 @@ func decodeRequest(b []byte) (Request, error) {
 			}
 		}
 		req = r
+	case kindSignal:
+		req = d.signalRequest()
 	case kindScrape:
 		r := &ScrapeRequest{Cursor: d.uvarint()}
 		v := d.varint()

@@ -108,6 +108,13 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "fetch many", req: &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(2), bittorrent.InfoHash(allOnes)}, MaxPeers: -1}},
 		{name: "fetch many most", req: &FetchManyRequest{InfoHashes: make([]bittorrent.InfoHash, MaxFetchMany), MaxPeers: math.MaxInt}},
 		{name: "scrape first page", req: &ScrapeRequest{Max: 8192}},
+		{name: "signal nil", req: &SignalRequest{}},
+		{name: "signal empty", req: &SignalRequest{Signals: []bittorrent.Signal{}}, want: &SignalRequest{}},
+		{name: "signal offer and answer", req: testSignals()},
+		{name: "signal longest offer id", req: &SignalRequest{Signals: []bittorrent.Signal{{
+			Kind: bittorrent.SignalAnswer, OfferID: strings.Repeat("x", bittorrent.MaxOfferIDLen), SDP: []byte("{}"),
+			From: bittorrent.WebRTCAddr(0xffffffff, 0xffffffff), To: bittorrent.WebRTCAddr(0, 0),
+		}}}},
 		{name: "scrape extremes", req: &ScrapeRequest{Cursor: math.MaxUint64, Max: math.MinInt}},
 		{name: "merge nil", req: &MergeRequest{}},
 		{name: "merge empty", req: &MergeRequest{Swarms: []Swarm{}}, want: &MergeRequest{}},
@@ -252,6 +259,11 @@ func TestEncodeRejects(t *testing.T) {
 		{name: "unknown op", req: &ApplyRequest{Changes: []bittorrent.Change{{Op: 0}}}},
 		{name: "zoned address", req: &ApplyRequest{Changes: []bittorrent.Change{{Op: bittorrent.OpPut, Peer: zoned}}}},
 		{name: "zoned swarm peer", req: &MergeRequest{Swarms: []Swarm{{Peers: []SwarmPeer{{Peer: zoned}}}}}},
+		{name: "typed nil signal", req: (*SignalRequest)(nil)},
+		{name: "unknown signal kind", req: &SignalRequest{Signals: []bittorrent.Signal{{Kind: 9}}}},
+		{name: "offer id too long", req: &SignalRequest{Signals: []bittorrent.Signal{{Kind: bittorrent.SignalOffer, OfferID: strings.Repeat("x", bittorrent.MaxOfferIDLen+1)}}}},
+		{name: "sdp too long", req: &SignalRequest{Signals: []bittorrent.Signal{{Kind: bittorrent.SignalOffer, SDP: make([]byte, MaxSignalSDP+1)}}}},
+		{name: "zoned signal", req: &SignalRequest{Signals: []bittorrent.Signal{{Kind: bittorrent.SignalOffer, From: zoned.Addr}}}},
 		{name: "nil reply", reply: true},
 		{name: "typed nil ack", reply: true, rep: (*Ack)(nil)},
 		{name: "typed nil fetch reply", reply: true, rep: (*FetchReply)(nil)},
@@ -309,6 +321,7 @@ func goldenCases() []struct {
 				{InfoHash: testInfoHash(0xc0), Counts: bittorrent.Counts{Seeders: 300, Leechers: 2, Snatches: 1}},
 			}})
 		}},
+		{"signal", func() ([]byte, error) { return appendRequest(nil, testSignals()) }},
 		{"fetch many", func() ([]byte, error) {
 			return appendRequest(nil, &FetchManyRequest{InfoHashes: []bittorrent.InfoHash{testInfoHash(1), testInfoHash(0xc0)}, MaxPeers: 200})
 		}},
@@ -525,4 +538,20 @@ func TestDecodeAllocationBound(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testSignals is an offer and its answer between sockets on two nodes.
+func testSignals() *SignalRequest {
+	return &SignalRequest{Signals: []bittorrent.Signal{
+		{
+			Kind: bittorrent.SignalOffer, InfoHash: testInfoHash(0xd0),
+			From: bittorrent.WebRTCAddr(1, 2), FromID: bittorrent.PeerID{0x41}, To: bittorrent.WebRTCAddr(3, 4), ToID: bittorrent.PeerID{0x42},
+			OfferID: "offer\x00\xff", SDP: []byte(`{"type":"offer","sdp":"v=0"}`),
+		},
+		{
+			Kind: bittorrent.SignalAnswer, InfoHash: testInfoHash(0xd0),
+			From: bittorrent.WebRTCAddr(3, 4), FromID: bittorrent.PeerID{0x42}, To: bittorrent.WebRTCAddr(1, 2), ToID: bittorrent.PeerID{0x41},
+			OfferID: "offer\x00\xff", SDP: []byte(`{"type":"answer","sdp":"v=0"}`),
+		},
+	}}
 }

@@ -59,7 +59,7 @@ func Answer(req transport.Request) (transport.Reply, error) {
 			reply.Swarms[i] = *fetchAnswer(ih, r.MaxPeers)
 		}
 		return reply, nil
-	case *transport.ApplyRequest, *transport.MergeRequest:
+	case *transport.ApplyRequest, *transport.MergeRequest, *transport.SignalRequest:
 		return &transport.Ack{}, nil
 	case *transport.ScrapeRequest:
 		return &transport.ScrapeReply{Next: r.Cursor + 1, Done: r.Max == 0, Files: []bittorrent.Scrape{
@@ -165,6 +165,10 @@ func Run(t *testing.T, env Env) {
 				*fetchAnswer(infoHash(3), 50), *fetchAnswer(infoHash(6), 50),
 			}}},
 			{"merge", &transport.MergeRequest{Swarms: []transport.Swarm{{InfoHash: infoHash(4), Snatches: 9, Peers: swarmPeers(3)}, {InfoHash: infoHash(5)}}}, &transport.Ack{}},
+			{"signal", &transport.SignalRequest{Signals: []bittorrent.Signal{{
+				Kind: bittorrent.SignalOffer, InfoHash: infoHash(8), OfferID: "o1", SDP: []byte(`{"type":"offer"}`),
+				From: bittorrent.WebRTCAddr(1, 2), FromID: bittorrent.PeerID{1}, To: bittorrent.WebRTCAddr(3, 4), ToID: bittorrent.PeerID{2},
+			}}}, &transport.Ack{}},
 			{"scrape", &transport.ScrapeRequest{Cursor: 7, Max: 100}, &transport.ScrapeReply{Next: 8, Files: []bittorrent.Scrape{
 				{InfoHash: bittorrent.InfoHash{7}, Counts: bittorrent.Counts{Seeders: 100}},
 			}}},
