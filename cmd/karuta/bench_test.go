@@ -3,17 +3,20 @@ package main
 import (
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/karuta-tracker/karuta/cmd/karuta/internal/loadgen"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/eventually"
 	"github.com/karuta-tracker/karuta/node"
 )
 
@@ -103,6 +106,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bad pid", []string{"--url", "udp://127.0.0.1:6969", "--pid", "12,x"}, `"x" is not a process ID`},
 		{"zero pid", []string{"--url", "udp://127.0.0.1:6969", "--pid", "0"}, `"0" is not a process ID`},
 		{"no swarms to list", []string{"--list-infohashes", "--swarms", "0"}, "--swarms must be at least 1"},
+		{"bad metrics URL", []string{"--url", "udp://127.0.0.1:6969", "--metrics", "127.0.0.1:6880"}, "want a node's metrics URL"},
+		{"zero duration without prime", []string{"--url", "udp://127.0.0.1:6969", "--duration", "0s"}, "zero with --prime"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,4 +191,84 @@ func freeUDPPort(t *testing.T) string {
 	}
 	defer pc.Close()
 	return pc.LocalAddr().String()
+}
+
+// TestBenchChecksNodes primes a node and loads it with --metrics and
+// --strict: a clean run exits 0 and reports the node's store against the
+// population; a node that drops connects over its connect_rate makes the
+// run INVALID, naming the counter, and --strict exits 1.
+func TestBenchChecksNodes(t *testing.T) {
+	n := startNode(t, func(c *node.Config) { c.Frontends.UDP.ConnectRate = 0 })
+	res := runBench(t, "--url", "udp://"+n.Addrs().UDP+"/announce", "--metrics", "http://"+n.Addrs().Metrics+"/metrics",
+		"--prime", "--strict", "--duration", "300ms", "--concurrency", "4", "--swarms", "100", "--peers", "1000")
+	if res.Invalid || len(res.Nodes) != 1 || res.Nodes[0].StoredPeers != 1000 {
+		t.Errorf("clean run: invalid %v %v, nodes %+v; want valid, 1000 peers stored", res.Invalid, res.InvalidReasons, res.Nodes)
+	}
+	if m := res.Memory; m == nil || m.Whole != 1000 || m.MaxHeld != 1000 || m.Share != 1 {
+		t.Errorf("memory = %+v; want the single node holding the whole population", m)
+	}
+
+	limited := startNode(t, func(c *node.Config) {
+		c.Frontends.UDP.ConnectRate, c.Frontends.UDP.ConnectBurst = 0.01, 1
+	})
+	code, out, errOut := runCLI(t, "bench", "--url", "udp://"+limited.Addrs().UDP+"/announce", "--metrics", "http://"+limited.Addrs().Metrics+"/metrics",
+		"--strict", "--duration", "300ms", "--warmup", "0s", "--timeout", "100ms", "--concurrency", "4", "--swarms", "100", "--peers", "1000")
+	if code != exitFailure || !strings.Contains(errOut, "INVALID") ||
+		!strings.Contains(out, `karuta_frontend_dropped_total{frontend="udp",reason="connect_rate"} +`) {
+		t.Errorf("exit %d, stdout:\n%s\nstderr: %s\nwant exit 1 and the connect_rate drops named", code, out, errOut)
+	}
+}
+
+// TestBenchVisibility runs `karuta bench visibility` over a three-node
+// cluster without full replication: every round must see its peer, and
+// with --metrics the rounds are broken down by which nodes own the swarm.
+func TestBenchVisibility(t *testing.T) {
+	var nodes []*node.Node
+	for i, name := range []string{"v1", "v2", "v3"} {
+		nodes = append(nodes, startNode(t, func(c *node.Config) {
+			c.Node.Name = name
+			c.Cluster.Bind, c.Cluster.DataBind = "127.0.0.1:0", "127.0.0.1:0"
+			c.Cluster.Profile, c.Cluster.FullReplication = "local", 0
+			c.Cluster.SecretKeys = []string{"a2FydXRhLWNsaS10ZXN0LWtleS0zMi1ieXRlcy1vayE="}
+			if i > 0 {
+				c.Cluster.Join = []string{nodes[0].Addrs().Gossip}
+			}
+		}))
+	}
+	eventually.NoError(t, 15*time.Second, "three-node cluster settles", func() error {
+		for _, n := range nodes {
+			if st, _ := n.ClusterStatus(); len(st.Ring.Members) != 3 || !st.Ring.Settled {
+				return fmt.Errorf("status %+v", st.Ring)
+			}
+		}
+		return nil
+	})
+	args := []string{"bench", "visibility", "--json", "--rounds", "60", "--wait", "5s"}
+	for _, n := range nodes {
+		args = append(args, "--url", "udp://"+n.Addrs().UDP+"/announce", "--metrics", "http://"+n.Addrs().Metrics+"/metrics")
+	}
+	code, out, errOut := runCLI(t, args...)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var res loadgen.VisibilityResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("output does not parse: %v\n%s", err, out)
+	}
+	if res.Seen != 60 || res.Timeouts != 0 || res.Errors != 0 {
+		t.Errorf("seen %d, timeouts %d, errors %d; want every round seen", res.Seen, res.Timeouts, res.Errors)
+	}
+	seen := 0
+	for _, p := range res.ByPath {
+		seen += p.Seen
+	}
+	if len(res.ByPath) < 2 || seen != 60 || res.PlacementNote != "" {
+		t.Errorf("by path %v (%s); want the rounds spread over paths by placement", res.ByPath, res.PlacementNote)
+	}
+	if len(res.Nodes) != 3 {
+		t.Errorf("%d node reports, want 3", len(res.Nodes))
+	}
+	if code, _, errOut := runCLI(t, "bench", "visibility", "--url", "udp://127.0.0.1:1/announce"); code != exitUsage || !strings.Contains(errOut, "two or more") {
+		t.Errorf("one URL: exit %d, %q", code, errOut)
+	}
 }

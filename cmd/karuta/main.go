@@ -39,6 +39,8 @@ Usage:
   karuta cluster keygen            print a new random key for cluster.secret_keys
   karuta cluster tls ca|cert ...   create the data channel's CA and node certificates
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
+  karuta bench visibility --url URL --url URL [flags]
+                                   time a peer announced at one node to show at another
   karuta bench-ws --url URL [flags]  load-test a WebTorrent (WebSocket) tracker
   karuta version                   print the version (also --version)
   karuta help                      print this help (also -h, --help)

@@ -4,19 +4,14 @@
 # falls on both sides alike. Prints markdown tables of medians.
 #
 #   deploy/bench/compare.sh opentracker   # karuta vs Debian's opentracker, UDP and HTTP
-#   deploy/bench/compare.sh cluster       # one node vs two 3-node clusters, UDP and HTTP
+#   deploy/bench/compare.sh cluster       # the scale-out curve: one node vs clusters of NODES
 #
-# The cluster mode measures two shapes against the single node: three nodes
-# with replicas 2 and the load spread evenly over them (`--url` thrice), and
-# three nodes with replicas 1 and all the load sent to one of them. Server
-# CPU is summed over each cluster's processes. Then every target runs in
-# open loop over UDP at RATE requests/s, for latency at the same load.
+# The cluster mode is deploy/bench/cluster.sh; its header lists its
+# settings (NODES="1 3 4 6 9", ZIPF="0 1.1", CONCURRENCY, ...).
 #
 # Environment: ROUNDS (3), DURATION (10s), WARMUP (3s), SWARMS (100000),
 # PEERS (1000000), ZIPF (1.1; 0 is uniform), RATE (20000; 0 skips the
-# open-loop runs), FULL (the clusters' full_replication; unset keeps the
-# default, 0 makes nodes fetch swarms they do not own), FORWARD_DELAY (the
-# clusters' forward_delay; unset keeps the default), PROFILE (unset; 1 saves a 6 s CPU profile of every
+# open-loop runs), PROFILE (unset; 1 saves a 6 s CPU profile of every
 # karuta process during the last closed-loop UDP round, as NAME.pprof),
 # OUT (a new temporary directory; keeps every run's JSON).
 # Needs Linux, taskset, curl (PROFILE only), python3 and two or more cores;
@@ -26,7 +21,8 @@ set -euo pipefail
 
 mode=${1:-}
 case $mode in
-opentracker | cluster) ;;
+opentracker) ;;
+cluster) exec "$(dirname "$0")/cluster.sh" ;;
 *)
 	echo "usage: $0 opentracker|cluster" >&2
 	exit 2
@@ -41,8 +37,6 @@ PEERS=${PEERS:-1000000}
 ZIPF=${ZIPF:-1.1}
 RATE=${RATE:-20000}
 PROFILE=${PROFILE:-}
-FULL=${FULL:-}
-FORWARD_DELAY=${FORWARD_DELAY:-}
 OUT=${OUT:-$(mktemp -d /tmp/karuta-compare.XXXXXX)}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
@@ -94,20 +88,6 @@ EOF
 	pids+=("$started")
 }
 
-# cluster PREFIX BASE REPLICAS: three nodes PREFIX1..3 answering on
-# 127.0.0.1:BASE+1..3 and gossiping on 127.0.0.i:BASE-23 (their data
-# channels one port above). Sets $ports, $all (pids) and $members.
-cluster() {
-	local prefix=$1 base=$2 replicas=$3 i gossip=$(($2 - 23)) full=
-	ports=() all=() members=()
-	if [ -n "$FULL" ]; then full=", full_replication: $FULL"; fi
-	if [ -n "$FORWARD_DELAY" ]; then full="$full, forward_delay: $FORWARD_DELAY"; fi
-	for i in 1 2 3; do
-		node "$prefix$i" $((base + i)) "cluster: {bind: \"127.0.0.$i:$gossip\", join: [\"127.0.0.1:$gossip\"], replicas: $replicas$full, profile: local, secret_keys: [\"$key\"]}"
-		ports+=("127.0.0.1:$((base + i))") all+=("$started") members+=("$prefix$i")
-	done
-}
-
 # wait_udp PORT: waits until a tracker answers on the port.
 wait_udp() {
 	for _ in $(seq 50); do
@@ -140,25 +120,10 @@ EOF
 	node karuta 16969
 	labels+=(karuta opentracker) hosts+=(127.0.0.1:16969 127.0.0.1:26969) measured+=("$started" "$ot") names+=(karuta "")
 	;;
-cluster)
-	node single 16969
-	labels+=("1 node") hosts+=(127.0.0.1:16969) measured+=("$started") names+=(single)
-	key=$(head -c 32 /dev/urandom | base64)
-	cluster s 17969 2
-	labels+=("3 nodes, replicas 2, spread") hosts+=("${ports[*]}") names+=("${members[*]}")
-	measured+=("$(IFS=, && echo "${all[*]}")")
-	cluster o 18969 1
-	labels+=("3 nodes, replicas 1, one entry") hosts+=("${ports[0]}") names+=("${members[*]}")
-	measured+=("$(IFS=, && echo "${all[*]}")")
-	;;
 esac
 for hs in "${hosts[@]}"; do
 	for h in $hs; do wait_udp "${h#*:}"; done
 done
-# Let a cluster settle its ring, and outlast the 10 s after a view change
-# in which an owner still asks the others about swarms it holds nothing of
-# (see docs/cluster.md): the figures are for a cluster in steady state.
-sleep 12
 
 # bench OUTFILE PROTO TARGET [FLAGS...]: one run of the bench against
 # target TARGET from core 1.

@@ -140,7 +140,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	viewCh := make(chan struct{})
 	c.viewCh.Store(&viewCh)
 	if c.reg != nil {
-		for _, col := range append(c.m.collectors(), queueCollector{c}, linkCollector{c}) {
+		for _, col := range append(c.m.collectors(), queueCollector{c}, linkCollector{c}, cacheCollector{c}) {
 			if err := c.reg.Register(col); err != nil {
 				return nil, fmt.Errorf("cluster: register metrics: %w", err)
 			}
@@ -274,7 +274,7 @@ func (c *Cluster) Close() error {
 		}
 		err = c.tr.Close()
 		if c.reg != nil {
-			for _, col := range append(c.m.collectors(), queueCollector{c}, linkCollector{c}) {
+			for _, col := range append(c.m.collectors(), queueCollector{c}, linkCollector{c}, cacheCollector{c}) {
 				c.reg.Unregister(col)
 			}
 		}

@@ -24,6 +24,7 @@ type metrics struct {
 	handoffFails                                              prometheus.Counter
 	queueDepth                                                *prometheus.Desc
 	ae                                                        aeMetrics
+	cacheSwarms, cachePeers                                   *prometheus.Desc
 }
 
 func newMetrics() *metrics {
@@ -90,6 +91,10 @@ func newMetricVecs() *metrics {
 		queueDepth: prometheus.NewDesc(ns+"_"+sub+"_forward_queue_depth",
 			"Changes waiting to be forwarded, by destination node.", []string{"peer"}, nil),
 		ae: newAEMetrics(ns, sub),
+		cacheSwarms: prometheus.NewDesc(ns+"_"+sub+"_read_cache_swarms",
+			"Swarms this node holds a copy of in its read cache, fresh or kept as a fallback.", nil, nil),
+		cachePeers: prometheus.NewDesc(ns+"_"+sub+"_read_cache_peers",
+			"Peers held in the read cache's copies of swarms owned elsewhere, fresh or kept as a fallback.", nil, nil),
 	}
 }
 
@@ -107,4 +112,20 @@ func (q queueCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, depth := range q.c.QueueDepths() {
 		ch <- prometheus.MustNewConstMetric(q.c.m.queueDepth, prometheus.GaugeValue, float64(depth), name)
 	}
+}
+
+// cacheCollector reports the read cache's size at scrape time, so the
+// read path keeps no gauge up to date. A scrape walks the cache's entries
+// under each shard's lock in turn.
+type cacheCollector struct{ c *Cluster }
+
+func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cc.c.m.cacheSwarms
+	ch <- cc.c.m.cachePeers
+}
+
+func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	swarms, peers := cc.c.cache.held()
+	ch <- prometheus.MustNewConstMetric(cc.c.m.cacheSwarms, prometheus.GaugeValue, float64(swarms))
+	ch <- prometheus.MustNewConstMetric(cc.c.m.cachePeers, prometheus.GaugeValue, float64(peers))
 }

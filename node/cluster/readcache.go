@@ -121,6 +121,23 @@ func (rc *readCache) expire(now time.Time, maxAge time.Duration) {
 	}
 }
 
+// held returns the swarms and peers the cache holds copies of, fresh or
+// stale: the memory a node spends on swarms it does not own.
+func (rc *readCache) held() (swarms, peers int) {
+	for i := range rc.shards {
+		sh := &rc.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.m {
+			if e.snap != nil {
+				swarms++
+				peers += len(e.snap.fams[0].peers) + len(e.snap.fams[1].peers)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return swarms, peers
+}
+
 // cacheLoop keeps stale snapshots for a while, as a fallback when owners
 // do not answer, then lets them go.
 func (c *Cluster) cacheLoop() {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -16,6 +17,7 @@ type httpDriver struct {
 	cfg    *Config
 	st     *stats
 	tgt    target
+	ids    []int // the global indexes of its clients
 	client *http.Client
 }
 
@@ -23,7 +25,7 @@ type httpDriver struct {
 // is under 4 KiB.
 const maxBody = 64 << 10
 
-func newHTTPDriver(tgt target, cfg *Config, st *stats) *httpDriver {
+func newHTTPDriver(tgt target, ids []int, cfg *Config, st *stats) *httpDriver {
 	tr := &http.Transport{
 		Proxy:               nil, // measure the tracker, not a proxy
 		DialContext:         (&net.Dialer{Timeout: cfg.Timeout}).DialContext,
@@ -32,10 +34,20 @@ func newHTTPDriver(tgt target, cfg *Config, st *stats) *httpDriver {
 		DisableCompression:  true,
 		ForceAttemptHTTP2:   false,
 	}
-	return &httpDriver{cfg: cfg, st: st, tgt: tgt, client: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
+	return &httpDriver{cfg: cfg, st: st, tgt: tgt, ids: ids, client: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
 }
 
-func (d *httpDriver) session(int) session {
+// drive runs a goroutine per client, each with its own keep-alive
+// connection.
+func (d *httpDriver) drive(ctx context.Context, p *plan) {
+	var wg sync.WaitGroup
+	for _, id := range d.ids {
+		wg.Go(func() { sessionLoop(ctx, d.session(), p, d.cfg.Seed, id) })
+	}
+	wg.Wait()
+}
+
+func (d *httpDriver) session() *httpSession {
 	return &httpSession{d: d, url: make([]byte, 0, 512), body: make([]byte, 0, 4096)}
 }
 
@@ -51,7 +63,7 @@ type httpSession struct {
 	body []byte
 }
 
-func (c *httpSession) announce(ctx context.Context, a *announce, start time.Time) {
+func (c *httpSession) announce(ctx context.Context, a *announce, start time.Time) (outcome, bool) {
 	u := append(c.url[:0], c.d.tgt.announce...)
 	u = append(u, "info_hash="...)
 	u = appendEscaped(u, a.infoHash[:])
@@ -71,10 +83,10 @@ func (c *httpSession) announce(ctx context.Context, a *announce, start time.Time
 		u = append(u, "&event=started"...)
 	}
 	c.url = u
-	c.do(ctx, actAnnounce, start)
+	return c.do(ctx, actAnnounce, start)
 }
 
-func (c *httpSession) scrape(ctx context.Context, hashes [][20]byte, start time.Time) {
+func (c *httpSession) scrape(ctx context.Context, hashes [][20]byte, start time.Time) (outcome, bool) {
 	u := append(c.url[:0], c.d.tgt.scrape...)
 	for i := range hashes {
 		if i > 0 {
@@ -84,15 +96,15 @@ func (c *httpSession) scrape(ctx context.Context, hashes [][20]byte, start time.
 		u = appendEscaped(u, hashes[i][:])
 	}
 	c.url = u
-	c.do(ctx, actScrape, start)
+	return c.do(ctx, actScrape, start)
 }
 
-// do sends the request in c.url and records its outcome.
-func (c *httpSession) do(ctx context.Context, a action, start time.Time) {
+// do sends the request in c.url, records its outcome and returns it.
+func (c *httpSession) do(ctx context.Context, a action, start time.Time) (outcome, bool) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(c.url), nil)
 	if err != nil {
 		c.d.st.record(a, netError, 0, 0)
-		return
+		return netError, true
 	}
 	resp, err := c.d.client.Do(req)
 	if err == nil {
@@ -101,16 +113,16 @@ func (c *httpSession) do(ctx context.Context, a action, start time.Time) {
 	}
 	at := time.Now()
 	if ctx.Err() != nil {
-		return
+		return netError, false
 	}
 	if err != nil {
+		o := netError
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			c.d.st.record(a, timeout, 0, 0)
-		} else {
-			c.d.st.record(a, netError, 0, 0)
+			o = timeout
 		}
-		return
+		c.d.st.record(a, o, 0, 0)
+		return o, true
 	}
 	failure, entries, perr := scanReply(c.body, a)
 	o := ok
@@ -121,6 +133,7 @@ func (c *httpSession) do(ctx context.Context, a action, start time.Time) {
 		o = malformed
 	}
 	c.d.st.record(a, o, at.Sub(start), entries)
+	return o, true
 }
 
 // readBody appends up to maxBody bytes of r to b, reading to the end so

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"strconv"
@@ -65,6 +67,25 @@ type Config struct {
 	PIDs []int `yaml:"pids"`
 	// Seed makes the request sequence reproducible.
 	Seed uint64 `yaml:"seed"`
+	// Metrics are the tracker nodes' metrics URLs. Their fault counters
+	// (drops, refusals, failed reads, undelivered forwards) are read
+	// before the run and after it, once the nodes have drained their
+	// queues; any increase makes the run invalid. Their store and read
+	// cache gauges give the memory each node holds.
+	Metrics []string `yaml:"metrics"`
+	// DrainTimeout bounds the wait, after the load, for the nodes' post
+	// and forward queues to empty; what is left then makes the run
+	// invalid. It outlasts a forward's retries (forward_retry, 10 s).
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Prime announces every peer of the population once before the
+	// warmup, so the tracker holds all of it: the measured phase then
+	// updates peers as a tracker in steady state does, and the whole
+	// population is the reference for the memory each node holds. With
+	// Duration zero the run only primes.
+	Prime bool `yaml:"prime"`
+	// Primed says an earlier run primed the tracker with this
+	// population (same Swarms, Peers, Zipf and Seeders).
+	Primed bool `yaml:"primed"`
 }
 
 // Default returns a closed-loop run of 10 s with 64 clients over a
@@ -85,6 +106,7 @@ func Default() Config {
 		Timeout:      time.Second,
 		ConnIDTTL:    time.Minute,
 		Seed:         1,
+		DrainTimeout: 15 * time.Second,
 	}
 }
 
@@ -103,8 +125,8 @@ func (c *Config) Validate() error {
 	switch {
 	case err != nil:
 		return err
-	case c.Duration <= 0:
-		return errors.New("--duration must be positive")
+	case c.Duration < 0 || c.Duration == 0 && !c.Prime:
+		return errors.New("--duration must be positive (or zero with --prime, to prime only)")
 	case c.Warmup < 0:
 		return errors.New("--warmup must not be negative")
 	case c.Concurrency < 1:
@@ -136,9 +158,25 @@ func (c *Config) Validate() error {
 	case c.ConnIDTTL <= 0:
 		return errors.New("--conn-id-ttl must be positive")
 	}
+	if err := c.validateMetrics(); err != nil {
+		return err
+	}
 	for _, pid := range c.PIDs {
 		if pid <= 0 {
 			return fmt.Errorf("--pid %d: must be a positive process ID", pid)
+		}
+	}
+	return nil
+}
+
+// validateMetrics checks Metrics and DrainTimeout.
+func (c *Config) validateMetrics() error {
+	if c.DrainTimeout < 0 {
+		return errors.New("--drain-timeout must not be negative")
+	}
+	for _, m := range c.Metrics {
+		if u, err := url.Parse(m); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--metrics %q: want a node's metrics URL, e.g. http://127.0.0.1:6880/metrics", m)
 		}
 	}
 	return nil
@@ -207,10 +245,10 @@ func withQuery(u *url.URL) string {
 
 // driver sends requests to a tracker in one protocol.
 type driver interface {
-	// session returns simulated client i. Sessions are used by one
-	// goroutine each.
-	session(i int) session
-	// Close stops the driver once no session is in use.
+	// drive runs the driver's clients by p until ctx is done or, when
+	// priming, until every peer is announced.
+	drive(ctx context.Context, p *plan)
+	// Close releases the driver once drive has returned.
 	Close() error
 }
 
@@ -220,25 +258,58 @@ type spread []driver
 
 func newSpread(tgts []target, cfg *Config, st *stats) (spread, error) {
 	var s spread
-	for i, t := range tgts {
-		// Target i serves clients i, i+n, i+2n, …
-		clients := (cfg.Concurrency - i + len(tgts) - 1) / len(tgts)
+	for t, tgt := range tgts {
+		var ids []int // target t serves clients t, t+n, t+2n, …
+		for i := t; i < cfg.Concurrency; i += len(tgts) {
+			ids = append(ids, i)
+		}
 		var d driver
-		if t.udp {
+		if tgt.udp {
 			var err error
-			if d, err = newUDPDriver(t.host, clients, cfg, st); err != nil {
+			if d, err = newUDPDriver(tgt.host, ids, cfg, st); err != nil {
 				_ = s.Close()
 				return nil, err
 			}
 		} else {
-			d = newHTTPDriver(t, cfg, st)
+			d = newHTTPDriver(tgt, ids, cfg, st)
 		}
 		s = append(s, d)
 	}
 	return s, nil
 }
 
-func (s spread) session(i int) session { return s[i%len(s)].session(i / len(s)) }
+// drive runs every driver by p and waits for them.
+func (s spread) drive(ctx context.Context, p *plan) {
+	var wg sync.WaitGroup
+	for _, d := range s {
+		wg.Go(func() { d.drive(ctx, p) })
+	}
+	wg.Wait()
+}
+
+// udpAddrs groups the UDP addresses whose kernel drops a run reports:
+// each tracker's, and the bench's own sockets together.
+func (s spread) udpAddrs() []socketGroup {
+	var out []socketGroup
+	client := socketGroup{name: "the bench's sockets", side: "client"}
+	for _, d := range s {
+		u, isUDP := d.(*udpDriver)
+		if !isUDP {
+			continue
+		}
+		out = append(out, socketGroup{name: u.raddr.String(), side: "server", addrs: []netip.AddrPort{u.raddr}})
+		for _, sk := range u.socks {
+			if la, isAddr := sk.conn.LocalAddr().(*net.UDPAddr); isAddr {
+				ap := la.AddrPort()
+				client.addrs = append(client.addrs, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
+		}
+	}
+	if len(client.addrs) > 0 {
+		out = append(out, client)
+	}
+	return out
+}
 
 func (s spread) Close() error {
 	var err error
@@ -248,17 +319,20 @@ func (s spread) Close() error {
 	return err
 }
 
-// session is one simulated client. Its methods send one request, wait for
-// the answer or the timeout, and record the outcome with latency from
-// start; they return early, recording nothing, when ctx is done.
+// session is one simulated HTTP client. Its methods send one request,
+// wait for the answer or the timeout, record the outcome with latency
+// from start and return it; they return early, recording nothing and
+// reporting false, when ctx is done.
 type session interface {
-	announce(ctx context.Context, a *announce, start time.Time)
-	scrape(ctx context.Context, hashes [][20]byte, start time.Time)
+	announce(ctx context.Context, a *announce, start time.Time) (outcome, bool)
+	scrape(ctx context.Context, hashes [][20]byte, start time.Time) (outcome, bool)
 }
 
 // Run sends the configured load until the duration ends or ctx is done,
 // writing a progress line to progress each second (overwritten in place
-// when tty), and returns what it measured.
+// when tty), and returns what it measured. With Metrics it reads the
+// nodes before the load and after they drained, and marks the result
+// invalid if anything was lost (see invalidReasons).
 func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -269,47 +343,105 @@ func Run(ctx context.Context, cfg Config, progress io.Writer, tty bool) (*Result
 			return nil, fmt.Errorf("--pid: %w", err)
 		}
 	}
+	var (
+		nodes  *nodeClient
+		before []metricPage
+	)
+	if len(cfg.Metrics) > 0 {
+		nodes = newNodeClient(cfg.Metrics)
+		var err error
+		if before, err = nodes.scrape(ctx); err != nil {
+			return nil, err
+		}
+	}
 	w := newWorkload(cfg.Swarms, cfg.Peers, cfg.Zipf, &cfg)
 	st := &stats{}
 	drv, err := newSpread(tgts, &cfg, st)
 	if err != nil {
 		return nil, err
 	}
+	socks := watchSockets(drv.udpAddrs())
 
+	var prime *PrimeResult
+	if cfg.Prime {
+		p := &plan{mode: modePrime, w: w, clients: cfg.Concurrency}
+		began := time.Now()
+		drv.drive(ctx, p)
+		pr := p.primeResult(time.Since(began))
+		prime = &pr
+		if progress != nil {
+			fmt.Fprintf(progress, "primed %d peers in %.1f s, %d not announced\n", pr.Peers, pr.Seconds, pr.Failed)
+		}
+	}
+	res := &Result{}
+	if cfg.Duration > 0 && ctx.Err() == nil {
+		res, err = load(ctx, &cfg, drv, w, st, progress, tty)
+	}
+	err = errors.Join(err, drv.Close())
+	if res == nil {
+		return nil, err
+	}
+	res.URLs, res.Protocol = cfg.URLs, "http"
+	if tgts[0].udp {
+		res.Protocol = "udp"
+	}
+	res.Mode, res.Concurrency, res.Rate = "closed", cfg.Concurrency, cfg.Rate
+	switch {
+	case cfg.Duration == 0:
+		res.Mode, res.Rate = "prime", 0
+	case cfg.Rate > 0:
+		res.Mode = "open"
+	}
+	res.Prime = prime
+	if nodes != nil {
+		after, derr := nodes.drain(context.WithoutCancel(ctx), cfg.DrainTimeout)
+		if derr != nil {
+			return res, errors.Join(err, derr)
+		}
+		for i, u := range cfg.Metrics {
+			res.Nodes = append(res.Nodes, nodeReport(u, before[i], after[i]))
+		}
+		if cfg.Prime || cfg.Primed {
+			replicas, rerr := nodes.replicas(context.WithoutCancel(ctx))
+			if rerr != nil {
+				return res, errors.Join(err, rerr)
+			}
+			res.Memory = memoryOf(res.Nodes, float64(w.held()), replicas)
+		}
+	}
+	res.SocketDrops = socks.finish()
+	res.InvalidReasons = invalidReasons(res)
+	res.Invalid = len(res.InvalidReasons) > 0
+	return res, err
+}
+
+// load runs the clients for the warmup and the measured duration.
+func load(ctx context.Context, cfg *Config, drv spread, w *workload, st *stats, progress io.Writer, tty bool) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := range cfg.Concurrency {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
-			s := drv.session(i)
-			if cfg.Rate > 0 {
-				openLoop(ctx, s, w, r, start, i, cfg.Concurrency, cfg.Rate)
-			} else {
-				closedLoop(ctx, s, w, r)
-			}
-		})
+	p := &plan{mode: modeClosed, w: w, start: time.Now(), rate: cfg.Rate, clients: cfg.Concurrency}
+	if cfg.Rate > 0 {
+		p.mode = modeOpen
 	}
-
-	p := newProgress(progress, tty, st, start, cfg.Warmup)
-	res, err := measure(ctx, &cfg, st, p)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		drv.drive(ctx, p)
+	}()
+	pr := newProgress(progress, tty, st, p.start, cfg.Warmup)
+	res, err := measure(ctx, cfg, st, pr)
 	st.recording.Store(false)
 	cancel()
-	wg.Wait()
-	p.done()
-	err = errors.Join(err, drv.Close())
-	if res != nil {
-		res.URLs, res.Protocol = cfg.URLs, "http"
-		if tgts[0].udp {
-			res.Protocol = "udp"
-		}
-		res.Mode, res.Concurrency, res.Rate = "closed", cfg.Concurrency, cfg.Rate
-		if cfg.Rate > 0 {
-			res.Mode = "open"
-		}
-	}
+	<-done
+	pr.done()
 	return res, err
+}
+
+// PrimeResult is what priming the tracker took.
+type PrimeResult struct {
+	Peers   int     `json:"peers"`
+	Failed  int     `json:"failed"`
+	Seconds float64 `json:"seconds"`
 }
 
 // measure waits out the warmup, records for the duration (or until ctx is
@@ -356,6 +488,37 @@ func measure(ctx context.Context, cfg *Config, st *stats, p *progress) (*Result,
 			res.Server = serverUse(cfg.PIDs, before, after, res.Responses)
 		}
 		return res, nil
+	}
+}
+
+// sessionLoop runs one HTTP client by p: client id of p.clients.
+func sessionLoop(ctx context.Context, s session, p *plan, seed uint64, id int) {
+	r := rand.New(rand.NewPCG(seed, uint64(id)))
+	switch p.mode {
+	case modePrime:
+		primeLoop(ctx, s, p)
+	case modeOpen:
+		openLoop(ctx, s, p.w, r, p.start, id, p.clients, p.rate)
+	default:
+		closedLoop(ctx, s, p.w, r)
+	}
+}
+
+// primeLoop announces peers handed out by p until none are left.
+func primeLoop(ctx context.Context, s session, p *plan) {
+	var a announce
+	for ctx.Err() == nil {
+		i, more := p.nextPeer()
+		if !more {
+			return
+		}
+		p.w.fillPrime(i, &a)
+		for tries := 0; ; {
+			o, live := s.announce(ctx, &a, time.Now())
+			if !live || p.primed(&tries, o) {
+				break
+			}
+		}
 	}
 }
 

@@ -35,6 +35,21 @@ type Result struct {
 	PeersPerAnnounce float64                  `json:"peers_per_announce"`
 	Actions          map[string]*ActionResult `json:"actions"`
 	Server           *Server                  `json:"server,omitempty"`
+	// Prime is what priming the tracker took (--prime).
+	Prime *PrimeResult `json:"prime,omitempty"`
+	// Nodes are the nodes' reports (--metrics), in the order given.
+	Nodes []NodeReport `json:"nodes,omitempty"`
+	// Memory compares the peers each node holds with its share of the
+	// whole, when the population is known to be in the tracker.
+	Memory *Memory `json:"memory,omitempty"`
+	// SocketDrops are the datagrams the kernel dropped at the tracker's
+	// UDP sockets and the bench's own, where this host can see them.
+	SocketDrops []SocketDrops `json:"socket_drops,omitempty"`
+	// Invalid says the figures cannot be trusted, for InvalidReasons:
+	// errors, timeouts, or anything a node dropped, refused or could not
+	// drain (see invalidReasons).
+	Invalid        bool     `json:"invalid"`
+	InvalidReasons []string `json:"invalid_reasons,omitempty"`
 }
 
 // ActionResult is the part of a Result for one action.
@@ -51,6 +66,7 @@ type ActionResult struct {
 // Latency holds percentiles of answer latency in microseconds.
 type Latency struct {
 	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
 	P99  float64 `json:"p99"`
 	P999 float64 `json:"p999"`
 	Max  float64 `json:"max"`
@@ -78,8 +94,14 @@ func (r *Result) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// WriteTable writes r for people: a header, a row per action and a total.
+// WriteTable writes r for people: a header, a row per action and a total,
+// then what the nodes and the kernel reported and whether the run is
+// valid.
 func (r *Result) WriteTable(w io.Writer) error {
+	if r.Mode == "prime" {
+		fmt.Fprintf(w, "%s (%s), priming only\n", strings.Join(r.URLs, " "), r.Protocol)
+		return r.writeChecks(w)
+	}
 	mode := fmt.Sprintf("closed loop, %d clients", r.Concurrency)
 	if r.Mode == "open" {
 		mode = fmt.Sprintf("open loop at %.0f req/s, up to %d in flight", r.Rate, r.Concurrency)
@@ -115,6 +137,56 @@ func (r *Result) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "server %s %s: %.2f s CPU (%s), %.2f µs CPU per response, peak RSS %.1f MiB\n",
 			label, strings.Join(pids, ","), s.CPUSeconds, s.CPUSource, s.CPUPerRequestUS, float64(s.PeakRSSBytes)/(1<<20))
 	}
+	return r.writeChecks(w)
+}
+
+// writeChecks writes the priming, the nodes' memory, the kernel's drops
+// and the verdict: VALID, or INVALID with every reason.
+func (r *Result) writeChecks(w io.Writer) error {
+	if p := r.Prime; p != nil {
+		fmt.Fprintf(w, "primed: %d peers in %.1f s, %d not announced\n", p.Peers, p.Seconds, p.Failed)
+	}
+	for _, n := range r.Nodes {
+		cached := "no read cache gauge"
+		if n.CachedPeers >= 0 {
+			cached = fmt.Sprintf("%.0f cached", n.CachedPeers)
+		}
+		fmt.Fprintf(w, "node %s: %.0f peers stored, %s\n", n.Metrics, n.StoredPeers, cached)
+	}
+	if m := r.Memory; m != nil {
+		fmt.Fprintf(w, "memory: the fullest node holds %.0f peers, %.3f of the %.0f in all; its share with %d of %d owners is %.3f (%.2f×); %.2f copies of each peer in all\n",
+			m.MaxHeld, m.MaxHeldShare, m.Whole, m.Replicas, m.Nodes, m.Share, m.Ratio, m.TotalHeld/m.Whole)
+	}
+	if len(r.SocketDrops) > 0 {
+		var server, client uint64
+		var servers int
+		for _, d := range r.SocketDrops {
+			if d.Side == "server" {
+				server += d.Drops
+				servers++
+			} else {
+				client += d.Drops
+			}
+		}
+		fmt.Fprintf(w, "kernel UDP drops: %d at the tracker's sockets (%d addresses seen), %d at the bench's\n", server, servers, client)
+	}
+	return r.writeVerdict(w)
+}
+
+// writeVerdict writes VALID, or INVALID with every reason.
+func (r *Result) writeVerdict(w io.Writer) error {
+	if !r.Invalid {
+		checked := "errors and timeouts"
+		if len(r.Nodes) > 0 {
+			checked += fmt.Sprintf(", %d nodes' drop counters", len(r.Nodes))
+		}
+		_, err := fmt.Fprintf(w, "VALID: no loss seen (checked %s)\n", checked)
+		return err
+	}
+	fmt.Fprintln(w, "INVALID:")
+	for _, why := range r.InvalidReasons {
+		fmt.Fprintf(w, "  %s\n", why)
+	}
 	return nil
 }
 
@@ -142,7 +214,13 @@ type progress struct {
 }
 
 func newProgress(w io.Writer, tty bool, st *stats, start time.Time, warmup time.Duration) *progress {
-	return &progress{w: w, tty: tty, st: st, start: start, warmup: warmup, lastAt: start}
+	p := &progress{w: w, tty: tty, st: st, start: start, warmup: warmup, lastAt: start}
+	for a := range nActions {
+		for o := range nOutcomes {
+			p.last[a][o] = st.live[a][o].Load() // priming's, if any, are not this run's
+		}
+	}
+	return p
 }
 
 // line prints the rates since the previous line.

@@ -104,6 +104,7 @@ func latencyOf(h *Histogram) Latency {
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	return Latency{
 		P50:  us(h.Quantile(0.50)),
+		P90:  us(h.Quantile(0.90)),
 		P99:  us(h.Quantile(0.99)),
 		P999: us(h.Quantile(0.999)),
 		Max:  us(h.Max()),

@@ -1,135 +1,139 @@
 package loadgen
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
-// udpDriver spreads clients over a few connected UDP sockets. Each socket
-// has a reader goroutine that hands replies to the waiting client, found by
-// transaction ID: the top 16 bits are the client's slot on the socket, the
-// low 16 a per-client sequence number.
+// udpDriver runs its clients over a few connected UDP sockets, one
+// goroutine each. That goroutine is the event loop of the socket's
+// clients: it reads answers in batches, records them, and sends each
+// client's next request as soon as its answer is in (closed loop), when it
+// falls due (open loop) or until the population is announced (priming),
+// writing requests in batches. There is no goroutine, channel or timer per
+// client, so the load generator's cost per request stays small however
+// many clients are in flight, and it can offer a tracker more than the
+// tracker serves: the tracker's reads then find full batches, as a busy
+// tracker's do.
+//
+// Transaction IDs route answers: the top 16 bits are the client's slot
+// on its socket, the low 16 a per-client sequence number.
 type udpDriver struct {
 	cfg   *Config
 	st    *stats
+	raddr netip.AddrPort // the tracker's
 	v6    bool
 	socks []*udpSock
-	wg    sync.WaitGroup
 }
+
+// udpBatch is how many datagrams one system call reads or writes.
+const udpBatch = 64
 
 type udpSock struct {
-	conn *net.UDPConn
-	// slots is fixed before the reader starts.
-	slots []*udpSession
+	d       *udpDriver
+	conn    *net.UDPConn
+	io      *batchConn
+	clients []*udpClient // by slot
+
+	// Owned by run: the plan, the clients to send for now, the open
+	// loop's clients waiting for their due time, and the clients not done.
+	p      *plan
+	ready  []*udpClient
+	due    dueHeap
+	active int
 }
 
-// udpDelivery is a reply handed from a reader to its client.
-type udpDelivery struct {
-	r   udpReply
-	err error
-	at  time.Time
-}
-
-// newUDPDriver opens cfg.Workers sockets to host for clients sessions.
-func newUDPDriver(host string, clients int, cfg *Config, st *stats) (*udpDriver, error) {
+// newUDPDriver opens cfg.Workers sockets to host for the clients with
+// global indexes ids.
+func newUDPDriver(host string, ids []int, cfg *Config, st *stats) (*udpDriver, error) {
 	raddr, err := net.ResolveUDPAddr("udp", host)
 	if err != nil {
 		return nil, fmt.Errorf("--url: %w", err)
 	}
-	d := &udpDriver{cfg: cfg, st: st, v6: raddr.IP.To4() == nil}
-	for range cfg.Workers {
+	ap := raddr.AddrPort()
+	d := &udpDriver{cfg: cfg, st: st, raddr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), v6: raddr.IP.To4() == nil}
+	for range min(cfg.Workers, max(len(ids), 1)) {
 		conn, err := net.DialUDP("udp", nil, raddr)
 		if err != nil {
 			_ = d.Close()
 			return nil, fmt.Errorf("udp socket to %s: %w", raddr, err)
 		}
 		_ = conn.SetReadBuffer(4 << 20)
-		d.socks = append(d.socks, &udpSock{conn: conn})
+		_ = conn.SetWriteBuffer(1 << 20)
+		bc, err := newBatchConn(conn, udpBatch)
+		if err != nil {
+			_ = conn.Close()
+			_ = d.Close()
+			return nil, err
+		}
+		d.socks = append(d.socks, &udpSock{d: d, conn: conn, io: bc})
 	}
-	for i := range clients {
+	for i, id := range ids {
 		s := d.socks[i%len(d.socks)]
-		s.slots = append(s.slots, &udpSession{
-			d: d, sock: s, slot: uint32(len(s.slots)),
-			replies: make(chan udpDelivery, 1),
-			buf:     make([]byte, 0, announceLen+74*hashLen),
+		s.clients = append(s.clients, &udpClient{
+			id: id, slot: uint32(len(s.clients)),
+			rng: rand.New(rand.NewPCG(cfg.Seed, uint64(id))),
+			buf: make([]byte, 0, announceLen+74*hashLen),
 		})
-	}
-	for _, s := range d.socks {
-		d.wg.Go(func() { d.read(s) })
 	}
 	return d, nil
 }
 
-func (d *udpDriver) session(i int) session {
-	return d.socks[i%len(d.socks)].slots[i/len(d.socks)]
+// drive runs every socket's clients by p until ctx is done or p ends.
+func (d *udpDriver) drive(ctx context.Context, p *plan) {
+	var wg sync.WaitGroup
+	for _, s := range d.socks {
+		wg.Go(func() { s.run(ctx, p) })
+	}
+	wg.Wait()
 }
 
-// Close closes the sockets and waits for the readers.
+// Close closes the sockets; call it once drive has returned.
 func (d *udpDriver) Close() error {
 	var err error
 	for _, s := range d.socks {
 		err = errors.Join(err, s.conn.Close())
 	}
-	d.wg.Wait()
 	return err
 }
 
-// read hands each reply on s to the client awaiting its transaction ID.
-// Replies nobody awaits (late, after a timeout, or unknown) are dropped.
-func (d *udpDriver) read(s *udpSock) {
-	buf := make([]byte, replyBufLen)
-	for {
-		n, err := s.conn.Read(buf)
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil || n < 8 {
-			// ICMP errors (ECONNREFUSED) cannot be matched to a request;
-			// those requests time out.
-			continue
-		}
-		tx := be.Uint32(buf[4:])
-		slot := tx >> 16
-		if int(slot) >= len(s.slots) {
-			continue
-		}
-		c := s.slots[slot]
-		if !c.want.CompareAndSwap(tx, 0) {
-			continue
-		}
-		// The swap orders this read after the client's write of action,
-		// and the client writes it again only after taking this reply.
-		r, err := parseReply(buf[:n], c.action, d.v6)
-		c.replies <- udpDelivery{r: r, err: err, at: time.Now()}
-	}
-}
-
-// udpSession is one simulated UDP client: one connection ID, reused until
-// it is ConnIDTTL old or the tracker answers an error.
-type udpSession struct {
-	d    *udpDriver
-	sock *udpSock
-	slot uint32
+// udpClient is one simulated client: one connection ID, reused until it
+// is ConnIDTTL old or the tracker answers an error, and at most one
+// request in flight.
+type udpClient struct {
+	id   int    // global index: the open loop's schedule
+	slot uint32 // index on its socket
 	seq  uint16
-	// action is the action of the awaited reply; want is its transaction
-	// ID, zero when nothing is awaited. The reader takes a reply by
-	// swapping want to zero, after which it alone sends on replies.
-	action  uint32
-	want    atomic.Uint32
-	replies chan udpDelivery
+	rng  *rand.Rand
 
 	connID uint64
 	connAt time.Time
-	buf    []byte
-	timer  *time.Timer
+
+	// The request in hand. busy: sent and awaited, with transaction ID
+	// want, for wire action waiting (connect while connecting for it).
+	act     action
+	ann     announce
+	hashes  [][20]byte
+	start   time.Time // latency runs from here: when it was drawn or due
+	busy    bool
+	waiting uint32
+	want    uint32
+	sentAt  time.Time
+	buf     []byte
+
+	k    int // open loop: the schedule index of the next request
+	try  int // priming: attempts at the peer so far
+	done bool
 }
 
-func (c *udpSession) nextTx() uint32 {
+func (c *udpClient) nextTx() uint32 {
 	c.seq++
 	if c.seq == 0 {
 		c.seq = 1
@@ -137,96 +141,213 @@ func (c *udpSession) nextTx() uint32 {
 	return c.slot<<16 | uint32(c.seq)
 }
 
-// exchange sends pkt, carrying transaction ID tx, and waits for the reply
-// to action. ok reports whether the request ended other than by ctx.
-func (c *udpSession) exchange(ctx context.Context, tx uint32, action uint32, pkt []byte) (udpDelivery, outcome, bool) {
-	c.action = action
-	c.want.Store(tx)
-	if _, err := c.sock.conn.Write(pkt); err != nil {
-		if c.want.CompareAndSwap(tx, 0) {
-			return udpDelivery{err: err, at: time.Now()}, netError, ctx.Err() == nil
-		}
-		m := <-c.replies // answered all the same
-		return m, classify(m), true
+// packet builds what c sends next: a connect if it holds no live
+// connection ID, else its request.
+func (c *udpClient) packet(now time.Time, ttl time.Duration) []byte {
+	tx := c.nextTx()
+	c.want, c.sentAt, c.busy = tx, now, true
+	if c.connID == 0 || now.Sub(c.connAt) >= ttl {
+		c.connID, c.waiting = 0, actionConnect
+		c.buf = appendConnect(c.buf[:0], tx)
+		return c.buf
 	}
-	if c.timer == nil {
-		c.timer = time.NewTimer(c.d.cfg.Timeout)
+	if c.act == actScrape {
+		c.waiting = actionScrape
+		c.buf = appendScrape(c.buf[:0], c.connID, tx, c.hashes)
 	} else {
-		c.timer.Reset(c.d.cfg.Timeout)
+		c.waiting = actionAnnounce
+		c.buf = appendAnnounce(c.buf[:0], c.connID, tx, &c.ann)
 	}
-	select {
-	case m := <-c.replies:
-		c.timer.Stop()
-		return m, classify(m), true
-	case <-c.timer.C:
-	case <-ctx.Done():
-		c.timer.Stop()
-	}
-	if c.want.CompareAndSwap(tx, 0) {
-		return udpDelivery{at: time.Now()}, timeout, ctx.Err() == nil
-	}
-	m := <-c.replies // the reader took it just now
-	return m, classify(m), true
+	return c.buf
 }
 
-func classify(m udpDelivery) outcome {
+// run is the event loop of s's clients.
+func (s *udpSock) run(ctx context.Context, p *plan) {
+	var (
+		ttl  = s.d.cfg.ConnIDTTL
+		wait = s.d.cfg.Timeout
+		// scan is how often requests are checked for timeouts: each
+		// times out between Timeout and Timeout+scan after it was sent.
+		scan  = min(max(wait/20, time.Millisecond), 10*time.Millisecond)
+		pkts  = make([][]byte, 0, len(s.clients))
+		sent  = make([]*udpClient, 0, len(s.clients))
+		bufs  = make([][]byte, udpBatch)
+		sizes = make([]int, udpBatch)
+	)
+	for i := range bufs {
+		bufs[i] = make([]byte, replyBufLen)
+	}
+	s.p, s.ready, s.due, s.active = p, s.ready[:0], s.due[:0], len(s.clients)
+	now := time.Now()
+	for _, c := range s.clients {
+		c.k, c.busy, c.done = c.id, false, false
+		s.line(c, now)
+	}
+	lastScan := now
+	for ctx.Err() == nil && s.active > 0 {
+		now = time.Now()
+		for s.due.Len() > 0 && !s.due[0].start.After(now) {
+			s.ready = append(s.ready, heap.Pop(&s.due).(*udpClient))
+		}
+		pkts, sent = pkts[:0], sent[:0]
+		for _, c := range s.ready {
+			pkts = append(pkts, c.packet(now, ttl))
+			sent = append(sent, c)
+		}
+		s.ready = s.ready[:0]
+		if len(pkts) > 0 {
+			failed, err := s.io.write(pkts)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			for _, i := range failed { // refused by the kernel: ends at once
+				s.d.st.record(sent[i].statAction(), netError, 0, 0)
+				s.idle(sent[i], netError, now)
+			}
+		}
+		if now.Sub(lastScan) >= scan {
+			lastScan = now
+			for _, c := range s.clients {
+				if c.busy && now.Sub(c.sentAt) >= wait {
+					// BEP 15 clients retry with the connection ID they hold.
+					s.d.st.record(c.statAction(), timeout, 0, 0)
+					s.idle(c, timeout, now)
+				}
+			}
+		}
+		if len(s.ready) > 0 {
+			continue
+		}
+		wake := lastScan.Add(scan)
+		if s.due.Len() > 0 && s.due[0].start.Before(wake) {
+			wake = s.due[0].start
+		}
+		_ = s.conn.SetReadDeadline(wake)
+		n, err := s.io.read(bufs, sizes)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue // the deadline, or an ICMP error: those requests time out
+		}
+		at := time.Now()
+		for i := range n {
+			s.answer(bufs[i][:sizes[i]], at)
+		}
+	}
+}
+
+// line draws c's next request and queues it: to send now, or when due
+// in open loop. A client with nothing left to send is done.
+func (s *udpSock) line(c *udpClient, now time.Time) {
+	p := s.p
+	switch p.mode {
+	case modePrime:
+		i, more := p.nextPeer()
+		if !more {
+			c.done = true
+			s.active--
+			return
+		}
+		c.act, c.try, c.start = actAnnounce, 0, now
+		p.w.fillPrime(i, &c.ann)
+	case modeOpen:
+		c.start = p.due(c.k)
+		c.k += p.clients
+		c.draw(p.w)
+		heap.Push(&s.due, c)
+		return
+	default:
+		c.start = now
+		c.draw(p.w)
+	}
+	s.ready = append(s.ready, c)
+}
+
+// idle takes c back once its request ended with o.
+func (s *udpSock) idle(c *udpClient, o outcome, now time.Time) {
+	c.busy = false
+	if s.p.mode == modePrime && !s.p.primed(&c.try, o) {
+		s.ready = append(s.ready, c) // the same peer again
+		return
+	}
+	s.line(c, now)
+}
+
+// draw fills c's next request from the workload.
+func (c *udpClient) draw(w *workload) {
+	if w.isScrape(c.rng) {
+		c.act, c.hashes = actScrape, w.fillScrape(c.rng, c.hashes[:0])
+		return
+	}
+	c.act = actAnnounce
+	w.fillAnnounce(c.rng, &c.ann)
+}
+
+// statAction is what c's awaited answer counts as.
+func (c *udpClient) statAction() action {
+	if c.waiting == actionConnect {
+		return actConnect
+	}
+	return c.act
+}
+
+// answer hands one datagram to the client awaiting it. Answers nobody
+// awaits (late, after a timeout, or unknown) are dropped.
+func (s *udpSock) answer(b []byte, at time.Time) {
+	if len(b) < 8 {
+		return
+	}
+	tx := be.Uint32(b[4:])
+	slot := tx >> 16
+	if int(slot) >= len(s.clients) {
+		return
+	}
+	c := s.clients[slot]
+	if !c.busy || c.want != tx {
+		return
+	}
+	r, err := parseReply(b, c.waiting, s.d.v6)
+	o := classify(r, err)
+	if c.waiting == actionConnect {
+		s.d.st.record(actConnect, o, at.Sub(c.sentAt), 0)
+		if o != ok {
+			s.idle(c, o, at) // the request it was for is not sent
+			return
+		}
+		// The request itself leaves with the next batch.
+		c.connID, c.connAt, c.busy = r.connID, c.sentAt, false
+		s.ready = append(s.ready, c)
+		return
+	}
+	if o == trackerError || o == malformed {
+		c.connID = 0 // the likely cause is its expiry
+	}
+	s.d.st.record(c.act, o, at.Sub(c.start), r.entries)
+	s.idle(c, o, at)
+}
+
+func classify(r udpReply, err error) outcome {
 	switch {
-	case m.err != nil:
+	case err != nil:
 		return malformed
-	case m.r.action == actionError:
+	case r.action == actionError:
 		return trackerError
 	}
 	return ok
 }
 
-// connected makes sure the client holds a live connection ID, connecting
-// if needed, and reports whether it does.
-func (c *udpSession) connected(ctx context.Context) bool {
-	if c.connID != 0 && time.Since(c.connAt) < c.d.cfg.ConnIDTTL {
-		return true
-	}
-	c.connID = 0
-	sent := time.Now()
-	tx := c.nextTx()
-	m, o, live := c.exchange(ctx, tx, actionConnect, appendConnect(c.buf[:0], tx))
-	if !live {
-		return false
-	}
-	c.d.st.record(actConnect, o, m.at.Sub(sent), 0)
-	if o != ok {
-		return false
-	}
-	c.connID, c.connAt = m.r.connID, sent
-	return true
-}
+// dueHeap orders open-loop clients by when their next request is due.
+type dueHeap []*udpClient
 
-func (c *udpSession) announce(ctx context.Context, a *announce, start time.Time) {
-	if !c.connected(ctx) {
-		return
-	}
-	tx := c.nextTx()
-	m, o, live := c.exchange(ctx, tx, actionAnnounce, appendAnnounce(c.buf[:0], c.connID, tx, a))
-	c.finish(actAnnounce, m, o, live, start)
-}
-
-func (c *udpSession) scrape(ctx context.Context, hashes [][20]byte, start time.Time) {
-	if !c.connected(ctx) {
-		return
-	}
-	tx := c.nextTx()
-	m, o, live := c.exchange(ctx, tx, actionScrape, appendScrape(c.buf[:0], c.connID, tx, hashes))
-	c.finish(actScrape, m, o, live, start)
-}
-
-// finish records a request and drops the connection ID after an error
-// answer, as the likely cause is its expiry. A timeout keeps it: BEP 15
-// clients retry with the ID they hold.
-func (c *udpSession) finish(a action, m udpDelivery, o outcome, live bool, start time.Time) {
-	if !live {
-		return
-	}
-	if o == trackerError || o == malformed {
-		c.connID = 0
-	}
-	c.d.st.record(a, o, m.at.Sub(start), m.r.entries)
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].start.Before(h[j].start) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(*udpClient)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return c
 }

@@ -88,7 +88,32 @@ func (w *workload) isScrape(r *rand.Rand) bool {
 // Seeders are a fixed share of the peers, chosen by peer index.
 func (w *workload) fillAnnounce(r *rand.Rand, a *announce) {
 	s := w.pickSwarm(r)
-	p := w.pickPeer(r, s)
+	w.fillPeer(s, w.pickPeer(r, s), a)
+}
+
+// peers returns the size of the population.
+func (w *workload) peers() int { return w.first[len(w.first)-1] }
+
+// held returns how many distinct peers a tracker holds once every peer
+// has announced: on loopback all peers share one address, so a swarm's
+// peers are told apart by port alone, and a swarm of more than 65535
+// peers holds 65535 (see peerPort).
+func (w *workload) held() int {
+	n := 0
+	for s := range len(w.first) - 1 {
+		n += min(w.first[s+1]-w.first[s], 65535)
+	}
+	return n
+}
+
+// swarmOf returns the swarm of peer p.
+func (w *workload) swarmOf(p int) int {
+	// first is ascending: the last swarm whose first peer is at or below p.
+	return sort.SearchInts(w.first[1:], p+1)
+}
+
+// fillPeer sets a to an announce by peer p of swarm s.
+func (w *workload) fillPeer(s, p int, a *announce) {
 	a.infoHash = infoHash(s)
 	a.peerID = peerID(p)
 	a.port = peerPort(p)
