@@ -159,6 +159,8 @@ type procOptions struct {
 	// nofile is the processes' file descriptor limit; 0 inherits the
 	// test's.
 	nofile int
+	// top is YAML added at the top level of each node's config.
+	top string
 }
 
 // startProcClusterAt starts one process per spec, every one listing every
@@ -227,7 +229,7 @@ cluster:
   join_retry: 500ms
   secret_keys: [%q]
   label: %q
-%s`, n.name, n.client, opts.http, n.client, n.ws, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), opts.profile, testClusterKey, "karuta-"+t.Name(), opts.cluster)
+%s%s`, n.name, n.client, opts.http, n.client, n.ws, n.metrics, n.gossip, n.data, strings.Join(seeds, ", "), opts.profile, testClusterKey, "karuta-"+t.Name(), opts.cluster, opts.top)
 		cfgPath := filepath.Join(dir, n.name+".yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

@@ -104,7 +104,7 @@ wait_udp() {
 case $mode in
 opentracker)
 	if ! command -v opentracker >/dev/null; then
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opentracker >/dev/null
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq opentracker >/dev/null
 	fi
 	"$karuta" bench --list-infohashes --swarms "$SWARMS" >"$OUT/whitelist.txt"
 	chmod 644 "$OUT/whitelist.txt"

@@ -89,8 +89,8 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 	say "installing Debian's prometheus (prometheus, promtool)"
 	sudo=""
 	[[ $(id -u) == 0 ]] || sudo=sudo
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+	$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 go build -o "$tmp/deploycheck" ./deploy/test/deploycheck
 check="$tmp/deploycheck"
@@ -112,8 +112,8 @@ if ! command -v systemd-analyze >/dev/null || [[ ! -x /bin/kill ]]; then
 	say "installing Debian's systemd and procps (systemd-analyze, kill)"
 	sudo=""
 	[[ $(id -u) == 0 ]] || sudo=sudo
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd procps >/dev/null
+	$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends systemd procps >/dev/null
 fi
 say "systemd-analyze: verify and security of deploy/systemd/karuta.service"
 mkdir -p "$tmp/unit"
