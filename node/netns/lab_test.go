@@ -335,10 +335,10 @@ cluster:
   profile: %s
   join_retry: 200ms
   repair_interval: 3s
-  read_timeout: 250ms
+  read_timeout: %s
   secret_keys: [%q]
   label: karuta-netns
-`, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.bindConfig(), strings.Join(seeds, ", "), l.every, *profile, clusterKey)
+`, p.name, p.dc, p.name, trackerPort, trackerPort, metricsPort, p.bindConfig(), strings.Join(seeds, ", "), l.every, *profile, readTimeout, clusterKey)
 	p.cfgPath = filepath.Join(l.dir, p.name+".yaml")
 	if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 		l.t.Fatal(err)

@@ -64,14 +64,22 @@ func (pr *probe) seed(nodes ...*proc) {
 	time.Sleep(steadyFor)
 }
 
-// verdict fails the test on any answer that lacked an expected peer, any
+// readTimeout is the nodes' cluster.read_timeout.
+const readTimeout = 250 * time.Millisecond
+
+// verdict fails the test on any answer that lacked an expected peer (but
+// for the rare one that took longer than readTimeout), any
 // request a serving node left unanswered, and any peer lost that was not
 // in flight through a killed node.
 func verdict(t *testing.T, res probeResult, lostUncertain, inFlight, lostOther int) {
 	t.Helper()
 	t.Logf("probe: %s", res)
 	t.Logf("lost: %d of the %d peers announced through a killed node within %s of the kill; %d others", lostUncertain, inFlight, deliveryLag, lostOther)
-	if res.fails > 0 {
+	// docs/cluster.md promises whole answers while owners answer within
+	// read_timeout; an answer that waited longer was served from the last
+	// copy, as documented, and happens on a machine too loaded to keep
+	// the deadline. Those are allowed, but only as rare exceptions.
+	if timely := res.fails - res.late; timely > 0 || res.late*100 > res.answers {
 		t.Errorf("answers were not whole: %s", res)
 	}
 	if len(res.errs) > 0 {

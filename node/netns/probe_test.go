@@ -123,6 +123,7 @@ type probe struct {
 	seq     int
 	worst   moment
 	fails   int // answers missing an expected peer
+	late    int // of which answers slower than readTimeout, outside the promise
 	answers int
 	latency []time.Duration // of every answer checked
 	errs    []string
@@ -348,6 +349,9 @@ func (pr *probe) check(n string, swarm int, got map[uint16]bool, sent, now time.
 		return
 	}
 	pr.fails++
+	if now.Sub(sent) > readTimeout {
+		pr.late++
+	}
 	m := moment{at: sent, node: n, swarm: swarm, missing: missing, want: len(want), when: pr.relative(sent), took: now.Sub(sent)}
 	m.first = pr.story(swarm, missing[0])
 	if len(missing) > len(pr.worst.missing) {
@@ -621,12 +625,13 @@ func (pr *probe) halt() probeResult {
 	if n := len(pr.latency); n > 0 {
 		p50, p99, worst = pr.latency[n/2], pr.latency[n*99/100], pr.latency[n-1]
 	}
-	return probeResult{p50: p50, p99: p99, slowest: worst, answers: pr.answers, fails: pr.fails, worst: pr.worst, samples: slices.Clone(pr.samples), errs: slices.Clone(pr.errs), peers: len(pr.peers)}
+	return probeResult{p50: p50, p99: p99, slowest: worst, answers: pr.answers, fails: pr.fails, late: pr.late, worst: pr.worst, samples: slices.Clone(pr.samples), errs: slices.Clone(pr.errs), peers: len(pr.peers)}
 }
 
 type probeResult struct {
 	p50, p99, slowest     time.Duration
 	answers, fails, peers int
+	late                  int
 	worst                 moment
 	samples               []moment
 	errs                  []string
@@ -636,6 +641,7 @@ func (r probeResult) String() string {
 	s := fmt.Sprintf("%d answers checked (latency p50 %s, p99 %s, max %s), %d peers announced, %d answers missing an expected peer",
 		r.answers, r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.slowest.Round(time.Millisecond), r.peers, r.fails)
 	if r.fails > 0 {
+		s += fmt.Sprintf(" (%d of them in answers slower than read_timeout)", r.late)
 		s += fmt.Sprintf("; worst %s; first %v", r.worst, r.samples)
 	}
 	if len(r.errs) > 0 {
