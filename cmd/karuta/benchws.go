@@ -60,6 +60,9 @@ func benchWSCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) 
 		_ = enc.Encode(res)
 	} else {
 		fmt.Fprintf(stdout, "mode %s: %d of %d sockets open (%d failed, %d closed by the tracker)\n", res.Mode, res.Open, res.Sockets, res.Failed, res.Closed)
+		if len(res.Refused) > 0 {
+			fmt.Fprintf(stdout, "INVALID: the tracker refused requests: %v\n", res.Refused)
+		}
 		if res.Mode == wsload.ModeIdle {
 			fmt.Fprintf(stdout, "tracker RSS %.1f MiB -> %.1f MiB: %.0f bytes per peer\n", float64(res.RSSBefore)/(1<<20), float64(res.RSSAfter)/(1<<20), res.BytesPerPeer)
 		} else {

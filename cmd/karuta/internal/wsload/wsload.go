@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -111,12 +112,15 @@ func (c Config) Validate() error {
 
 // Result is what a run measured.
 type Result struct {
-	Mode    string  `json:"mode"`
-	Sockets int     `json:"sockets"`
-	Open    int     `json:"open"`
-	Failed  int     `json:"failed_dials"`
-	Closed  int64   `json:"closed_by_tracker"`
-	Seconds float64 `json:"seconds"`
+	Mode    string `json:"mode"`
+	Sockets int    `json:"sockets"`
+	Open    int    `json:"open"`
+	Failed  int    `json:"failed_dials"`
+	Closed  int64  `json:"closed_by_tracker"`
+	// Refused counts the tracker's failure answers (a limit, a hook), by
+	// reason; a run with any is not a measurement of the relay.
+	Refused map[string]int64 `json:"refused,omitempty"`
+	Seconds float64          `json:"seconds"`
 	// Idle mode.
 	RSSBefore    uint64  `json:"rss_before_bytes,omitempty"`
 	RSSAfter     uint64  `json:"rss_after_bytes,omitempty"`
@@ -153,6 +157,9 @@ type run struct {
 	cfg    Config
 	sdp    string
 	closed atomic.Int64
+	// refusedMu guards refused, the failure reasons the tracker sent.
+	refusedMu sync.Mutex
+	refused   map[string]int64
 	// counting is set during the measurement.
 	counting  atomic.Bool
 	offersIn  atomic.Int64
@@ -194,9 +201,30 @@ func Run(ctx context.Context, cfg Config, log io.Writer) (*Result, error) {
 			res.BytesPerPeer = float64(res.RSSAfter-before) / float64(res.Open)
 		}
 		res.Closed = r.closed.Load()
-		return res, nil
+		return res, r.checkRefused(res)
 	}
-	return r.relay(ctx, peers, res, log)
+	res, err := r.relay(ctx, peers, res, log)
+	if err != nil {
+		return res, err
+	}
+	return res, r.checkRefused(res)
+}
+
+// checkRefused copies the failure answers into res and makes them the
+// run's error: a run the tracker refused in part measured its limits, not
+// its relay.
+func (r *run) checkRefused(res *Result) error {
+	r.refusedMu.Lock()
+	defer r.refusedMu.Unlock()
+	if len(r.refused) == 0 {
+		return nil
+	}
+	res.Refused = maps.Clone(r.refused)
+	var total int64
+	for _, n := range r.refused {
+		total += n
+	}
+	return fmt.Errorf("wsload: the tracker refused %d requests (%v); raise its limits for the bench", total, res.Refused)
 }
 
 // open dials every socket and announces each peer once.
@@ -307,6 +335,7 @@ type incoming struct {
 	OfferID string          `json:"offer_id"`
 	Offer   json.RawMessage `json:"offer"`
 	Answer  json.RawMessage `json:"answer"`
+	Failure string          `json:"failure reason"`
 }
 
 // read handles one socket's messages: a seeder answers every offer, a
@@ -323,6 +352,13 @@ func (r *run) read(p *peer) {
 			continue
 		}
 		switch {
+		case m.Failure != "":
+			r.refusedMu.Lock()
+			if r.refused == nil {
+				r.refused = map[string]int64{}
+			}
+			r.refused[m.Failure]++
+			r.refusedMu.Unlock()
 		case m.Offer != nil:
 			if r.counting.Load() {
 				r.offersIn.Add(1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +40,7 @@ func TestRunAgainstANode(t *testing.T) {
 	cfg.Frontends.HTTP.Addr, cfg.Frontends.UDP.Addr, cfg.Metrics.Addr = "", "", ""
 	cfg.Frontends.WebTorrent.Addr = "127.0.0.1:0"
 	cfg.Frontends.WebTorrent.MaxConnectionsPerIP = 1000
+	cfg.RateLimit.PerIP.Rate = 0 // the bench sends far more than a browser
 	n, err := node.New(cfg, node.Options{Log: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -68,5 +70,36 @@ func TestRunAgainstANode(t *testing.T) {
 	}
 	if res.Open != 50 || res.RSSAfter == 0 {
 		t.Errorf("idle run measured %+v", res)
+	}
+}
+
+// A run the tracker refused in part is an error that names the reason,
+// not a slow measurement: here each address may announce twice.
+func TestRunReportsRefusals(t *testing.T) {
+	cfg := node.Default()
+	cfg.Node.Name = "wsload"
+	cfg.Frontends.HTTP.Addr, cfg.Frontends.UDP.Addr, cfg.Metrics.Addr = "", "", ""
+	cfg.Frontends.WebTorrent.Addr = "127.0.0.1:0"
+	cfg.Frontends.WebTorrent.MaxConnectionsPerIP = 1000
+	cfg.RateLimit.PerIP.Rate, cfg.RateLimit.PerIP.Burst = 0.001, 2
+	n, err := node.New(cfg, node.Options{Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Shutdown(context.Background()) })
+
+	relay := Default()
+	relay.URLs, relay.Sockets, relay.Swarms, relay.Offers = []string{"ws://" + n.Addrs().WebTorrent + "/announce"}, 20, 2, 5
+	relay.Sources = 1
+	relay.Warmup, relay.Duration, relay.PIDs = 100*time.Millisecond, 300*time.Millisecond, []int{os.Getpid()}
+	res, err := Run(t.Context(), relay, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Run = %v; want an error naming the refusals", err)
+	}
+	if res == nil || res.Refused["rate limit exceeded"] == 0 {
+		t.Errorf("refusals counted %+v; want rate limit exceeded", res)
 	}
 }
