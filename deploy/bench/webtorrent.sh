@@ -48,20 +48,20 @@ if [[ $what == cluster || $what == all ]]; then
 	start deploy/bench/webtorrent-cluster-1.yaml; p1=$pid
 	start deploy/bench/webtorrent-cluster-2.yaml; p2=$pid
 	for _ in $(seq 100); do # until node 1 sees node 2
-		curl -s 127.0.0.1:18001/cluster | grep -q '"name": "wsbench2"' && break
+		curl -s 127.0.1.1:18001/cluster | grep -q '"name": "wsbench2"' && break
 		sleep 0.2
 	done
-	curl -s 127.0.0.1:18001/cluster | grep -q '"name": "wsbench2"' || { echo "the two nodes did not form a cluster" >&2; exit 1; }
+	curl -s 127.0.1.1:18001/cluster | grep -q '"name": "wsbench2"' || { echo "the two nodes did not form a cluster" >&2; exit 1; }
 	for r in $(seq "$ROUNDS"); do
 		echo "== round $r: relays within node 1 (both nodes measured)"
-		out=$(bench --url ws://127.0.0.1:18000/announce --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2")
+		out=$(bench --url ws://127.0.1.1:18000/announce --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2")
 		echo "$out"
 		same=$(awk '/per CPU-second/ {print $(NF-4)}' <<<"$out")
 		echo "== round $r: relays across nodes (leechers on node 1, seeders on node 2)"
-		out=$(bench --url ws://127.0.0.1:18000/announce --url ws://127.0.0.1:18010/announce --split --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2")
+		out=$(bench --url ws://127.0.1.1:18000/announce --url ws://127.0.1.2:18010/announce --split --mode relay --sockets "$RELAY_SOCKETS" --swarms 100 --duration "$DURATION" --pid "$p1,$p2")
 		echo "$out"
 		cross=$(awk '/per CPU-second/ {print $(NF-4)}' <<<"$out")
-		echo "signals node 1 sent to node 2 so far: $(curl -s 127.0.0.1:18001/metrics | awk '/^karuta_cluster_signals_total\{result="sent"\}/ {print $2}')"
+		echo "signals node 1 sent to node 2 so far: $(curl -s 127.0.1.1:18001/metrics | awk '/^karuta_cluster_signals_total\{result="sent"\}/ {print $2}')"
 
 		awk -v s="$same" -v c="$cross" 'BEGIN { printf "round CPU per relayed message, cross-node / same-node: %.2f\n", s / c }'
 	done
