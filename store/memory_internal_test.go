@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
@@ -171,7 +172,7 @@ func checkSet(f *family, s *peerSet) error {
 		return fmt.Errorf("index has %d entries for %d peers", used, n)
 	}
 	for i := range n {
-		if _, pos, _ := s.idx.lookup(s, f, s.addrAt(f, i), f.hash(s.addrAt(f, i))); pos != i {
+		if _, pos, _ := s.idx.lookup(s, f, s.addrAt(f, i), s.idx.hash(f, s.addrAt(f, i))); pos != i {
 			return fmt.Errorf("index finds position %d at %d", i, pos)
 		}
 	}
@@ -539,6 +540,67 @@ func TestIndexThresholds(t *testing.T) {
 	}
 	if s := set(); s.recs != nil {
 		t.Errorf("empty set keeps %d bytes", cap(s.recs))
+	}
+}
+
+// TestIndexFollowsPerSourceLimit checks that a big swarm's index hashes
+// whole addresses while max_peers_per_source is off, so many ports of one
+// address do not share a probe run, and by source while it is on; that the
+// limit holds in the meantime, when the index was built the other way; and
+// that the next change rebuilds it.
+func TestIndexFollowsPerSourceLimit(t *testing.T) {
+	now := epoch
+	m := testMemory(t, 1, &now) // max_peers_per_source off
+	ih := bittorrent.InfoHash{0x51}
+	put := func(addr string) {
+		m.Apply([]bittorrent.Change{{InfoHash: ih, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(addr)}, Op: bittorrent.OpPut}})
+	}
+	set := func() *peerSet {
+		sh := &m.shards[0]
+		s := sh.set(sh.tab.get(&ih, hashInfo(m.seed, &ih)), &m.fam4)
+		return &s
+	}
+	for p := 1; p <= 100; p++ {
+		put(fmt.Sprintf("10.0.0.1:%d", p))
+	}
+	if s := set(); s.idx == nil || !s.idx.whole {
+		t.Fatalf("without a per-source limit: index %+v, want one by whole address", s.idx)
+	}
+	if err := m.checkInvariants(); err != nil {
+		t.Fatal(err)
+	}
+
+	m.SetLimits(Limits{MaxPeersPerSource: 100})
+	for _, tc := range []struct {
+		addr string
+		want error
+	}{
+		{"10.0.0.1:101", ErrTooManyForSource}, // counted by a scan: the index cannot
+		{"10.0.0.1:50", nil},
+		{"10.0.0.2:1", nil},
+	} {
+		if err := m.Admit(ih, netip.MustParseAddrPort(tc.addr)); !errors.Is(err, tc.want) {
+			t.Errorf("limit on, index by address: Admit(%s) = %v, want %v", tc.addr, err, tc.want)
+		}
+	}
+	put("10.0.0.1:101") // refused, but rebuilds the index by source
+	if s := set(); s.n != 100 || s.idx == nil || s.idx.whole {
+		t.Fatalf("after a change with the limit on: %d peers, index %+v; want 100 and an index by source", s.n, s.idx)
+	}
+	if err := m.Admit(ih, netip.MustParseAddrPort("10.0.0.1:102")); !errors.Is(err, ErrTooManyForSource) {
+		t.Errorf("limit on, index by source: Admit = %v, want %v", err, ErrTooManyForSource)
+	}
+	if err := m.checkInvariants(); err != nil {
+		t.Fatal(err)
+	}
+
+	m.SetLimits(Limits{})
+	put("10.0.0.1:101")
+	if s := set(); s.n != 101 || s.idx == nil || !s.idx.whole {
+		t.Fatalf("limit off again: %d peers, index %+v; want 101 and an index by address", s.n, s.idx)
+	}
+	if err := m.checkInvariants(); err != nil {
+		t.Fatal(err)
 	}
 }
 
