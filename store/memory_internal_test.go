@@ -726,6 +726,53 @@ func TestPeerSetChurn(t *testing.T) {
 	}
 }
 
+// TestPeerSetFindScan pins what a scan of a small set reports: the
+// position of a peer present, and the other peers of the key's source it
+// passed, for peers that differ only in a port byte, only in an address
+// byte, or by the peer ID stored just after the address.
+func TestPeerSetFindScan(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		f := newFamily(v6, maphash.MakeSeed())
+		addr := func(last byte, port uint16) []byte {
+			a := netip.AddrFrom4([4]byte{10, 0, 0, last})
+			if v6 {
+				a = netip.AddrFrom16([16]byte{0x20, 0x01, 15: last})
+			}
+			k, _ := makeKey(netip.AddrPortFrom(a, port))
+			return k.bytes()
+		}
+		var s peerSet
+		stored := [][]byte{addr(1, 1), addr(1, 0x100), addr(2, 1), addr(1, 0x101), addr(3, 0xffff)}
+		for i, k := range stored {
+			id := bittorrent.PeerID{0xff, 0xff, 0xff, byte(i)} // right after the address: must not count
+			s.add(&f, k, &id, 0, false)
+		}
+		// In IPv6 a source is a /64, so 2001::1, ::2 and ::3 are one.
+		for _, tc := range []struct {
+			key          []byte
+			pos          int
+			same4, same6 int // the other peers of the key's source passed
+		}{
+			{addr(1, 1), 0, 0, 0},
+			{addr(1, 0x100), 1, 1, 1},
+			{addr(2, 1), 2, 0, 2},
+			{addr(1, 0x101), 3, 2, 3},
+			{addr(3, 0xffff), 4, 0, 4},
+			{addr(1, 2), -1, 3, 5},
+			{addr(4, 1), -1, 0, 5},
+			{addr(1, 0xff00), -1, 3, 5},
+		} {
+			want := tc.same4
+			if v6 {
+				want = tc.same6
+			}
+			if pos, same := s.find(&f, tc.key); pos != tc.pos || same != want {
+				t.Errorf("v6=%v: find(%x) = %d, %d; want %d, %d", v6, tc.key, pos, same, tc.pos, want)
+			}
+		}
+	}
+}
+
 // TestIndexDeleteWrap builds probe runs that wrap around the end of a
 // 64-slot index and deletes from them in every order of a few shuffles:
 // the cases of deleteSlot that random churn rarely reaches.
