@@ -599,13 +599,10 @@ func (m *Memory) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort,
 		self, _ = set.find(f, k.bytes())
 	}
 	w, state := Choose(set.seeders(), int(set.n), self, seeder, n)
-	var buf [32]int
+	var buf [maxAppend]int
 	for {
 		pos := w.Fill(buf[:])
-		for _, i := range pos {
-			dst = append(dst, bittorrent.Peer{})
-			f.decode(&dst[len(dst)-1], set.rec(f, i))
-		}
+		dst = set.appendPeers(f, pos, dst)
 		if len(pos) < len(buf) {
 			break
 		}

@@ -773,6 +773,49 @@ func TestPeerSetFindScan(t *testing.T) {
 	}
 }
 
+// TestAppendPeers checks that appendPeers builds the same peers as decode,
+// whichever records it is given, in both families.
+func TestAppendPeers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, v6 := range []bool{false, true} {
+		f := newFamily(v6, maphash.MakeSeed())
+		var s peerSet
+		for i := range 100 {
+			var a [16]byte
+			for j := range a {
+				a[j] = byte(rng.Uint32())
+			}
+			ip := netip.AddrFrom16(a)
+			if !v6 {
+				ip = netip.AddrFrom4([4]byte(a[:4]))
+			}
+			k, _ := makeKey(netip.AddrPortFrom(ip, uint16(rng.Uint32()))) //nolint:gosec // G115: any port
+			var id bittorrent.PeerID
+			for j := range id {
+				id[j] = byte(rng.Uint32())
+			}
+			s.add(&f, k.bytes(), &id, uint32(i), false)
+		}
+		for range 50 {
+			pos := make([]int, rng.IntN(maxAppend+1))
+			for j := range pos {
+				pos[j] = rng.IntN(int(s.n))
+			}
+			got := s.appendPeers(&f, pos, []bittorrent.Peer{{}})
+			if len(got) != 1+len(pos) {
+				t.Fatalf("v6=%v: %d peers for %d positions onto 1", v6, len(got), len(pos))
+			}
+			for j, i := range pos {
+				var want bittorrent.Peer
+				f.decode(&want, s.rec(&f, i))
+				if got[1+j] != want {
+					t.Fatalf("v6=%v: record %d: got %v %x, want %v %x", v6, i, got[1+j].Addr, got[1+j].ID, want.Addr, want.ID)
+				}
+			}
+		}
+	}
+}
+
 // TestIndexDeleteWrap builds probe runs that wrap around the end of a
 // 64-slot index and deletes from them in every order of a few shuffles:
 // the cases of deleteSlot that random churn rarely reaches.

@@ -132,6 +132,47 @@ func (f *family) decode(p *bittorrent.Peer, r []byte) {
 	p.ID = bittorrent.PeerID(r[f.addrLen : f.addrLen+idLen])
 }
 
+// maxAppend is how many records appendPeers decodes at a time.
+const maxAppend = 32
+
+// appendPeers decodes the records at positions pos, at most maxAppend of
+// them, onto dst. In a big swarm the chosen records lie far apart, each
+// a cache miss; decoding one after another waits for each miss in turn.
+// So for IPv4, the answer's common case, a first pass loads the two words
+// of each record that cover its address and ID, loads that depend on
+// nothing, so their misses overlap, and the second pass builds the peers
+// from those words and the cache lines they brought in.
+func (s *peerSet) appendPeers(f *family, pos []int, dst []bittorrent.Peer) []bittorrent.Peer {
+	if f.v6 || len(pos) > maxAppend {
+		for _, i := range pos {
+			dst = append(dst, bittorrent.Peer{})
+			f.decode(&dst[len(dst)-1], s.rec(f, i))
+		}
+		return dst
+	}
+	// head: address, port and the ID's first 2 bytes; tail: the ID's
+	// last 8 bytes (the record's bytes 18 to 26).
+	const tailAt = addrLen4 + idLen - 8
+	var head, tail [maxAppend]uint64
+	for j, i := range pos {
+		r := s.recs[i*stride4 : i*stride4+stride4]
+		head[j] = binary.LittleEndian.Uint64(r)
+		tail[j] = binary.LittleEndian.Uint64(r[tailAt:])
+	}
+	for j, i := range pos {
+		r := s.recs[i*stride4 : i*stride4+stride4]
+		h := head[j]
+		dst = append(dst, bittorrent.Peer{})
+		p := &dst[len(dst)-1]
+		//nolint:gosec // G115: the bytes of a loaded word
+		p.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(h), byte(h >> 8), byte(h >> 16), byte(h >> 24)}),
+			uint16(byte(h>>32))<<8|uint16(byte(h>>40)))
+		copy(p.ID[:tailAt-addrLen4], r[addrLen4:tailAt])
+		binary.LittleEndian.PutUint64(p.ID[tailAt-addrLen4:], tail[j])
+	}
+	return dst
+}
+
 // addrKey is a peer's identity in record form.
 type addrKey struct {
 	buf [addrLen6]byte
