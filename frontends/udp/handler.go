@@ -64,6 +64,7 @@ type handler struct {
 	limit    *connectLimiter
 	limitLog *ratelog.Limiter
 
+	tally frontends.Tally       // the outcomes of the batch in hand
 	pf    hooks.Prefetcher      // nil unless something behind t prefetches
 	ihs   []bittorrent.InfoHash // prefetch scratch
 	mac   idMAC
@@ -260,9 +261,10 @@ func (h *handler) fail(s *slot, txID uint32, err error) {
 	s.reply = writeError(s.out, txID, reason, len(pkt))
 }
 
-// finish records s's outcome once its reply was sent (or not), and hands a
-// successful announce to the PostHooks; start is when the batch arrived.
-func (h *handler) finish(s *slot, start time.Time) {
+// finish tallies s's outcome once its reply was sent (or not), for the
+// reader to record with the rest of the batch, and hands a successful
+// announce to the PostHooks.
+func (h *handler) finish(s *slot) {
 	if s.drop != "" {
 		h.rec.Drop(s.drop)
 		return
@@ -274,7 +276,7 @@ func (h *handler) finish(s *slot, start time.Time) {
 	if s.unsent {
 		result = frontends.ResultError
 	}
-	h.rec.Record(s.action, result, start)
+	h.tally.Add(s.action, result)
 	if s.announced && !s.unsent {
 		h.t.AfterAnnounce(&s.req)
 	}
