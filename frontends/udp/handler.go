@@ -64,7 +64,11 @@ type handler struct {
 	limit    *connectLimiter
 	limitLog *ratelog.Limiter
 
-	tally frontends.Tally       // the outcomes of the batch in hand
+	tally frontends.Tally // the outcomes of the batch in hand
+	// bt is t when it takes announces a batch at a time, and after the
+	// batch's answered announces for it.
+	bt    hooks.BatchTracker
+	after []*bittorrent.AnnounceRequest
 	pf    hooks.Prefetcher      // nil unless something behind t prefetches
 	ihs   []bittorrent.InfoHash // prefetch scratch
 	mac   idMAC
@@ -78,7 +82,9 @@ type handler struct {
 // keys. failLog limits warnings about failed requests; share it between the
 // readers of a server so that they log one line per period between them.
 func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *ratelog.Limiter) *handler {
+	bt, _ := t.(hooks.BatchTracker)
 	return &handler{
+		bt:      bt,
 		pf:      hooks.PrefetcherOf(t),
 		ihs:     make([]bittorrent.InfoHash, 0, maxPrefetch),
 		t:       t,
@@ -278,7 +284,22 @@ func (h *handler) finish(s *slot) {
 	}
 	h.tally.Add(s.action, result)
 	if s.announced && !s.unsent {
-		h.t.AfterAnnounce(&s.req)
+		if h.bt == nil {
+			h.t.AfterAnnounce(&s.req)
+		} else {
+			h.after = append(h.after, &s.req)
+		}
+	}
+}
+
+// handOver passes the batch's answered announces to the PostHooks in one
+// go, when the tracker takes them so; finish passed them one by one
+// otherwise.
+func (h *handler) handOver() {
+	if len(h.after) > 0 {
+		h.bt.AfterAnnounceBatch(h.after)
+		clear(h.after) // keeps no pointers into the slots
+		h.after = h.after[:0]
 	}
 }
 

@@ -99,6 +99,7 @@ func (r *reader) run() {
 		for i := range batch {
 			r.h.finish(&batch[i])
 		}
+		r.h.handOver()
 		r.h.rec.RecordTally(&r.h.tally, elapsed)
 	}
 }
