@@ -16,7 +16,10 @@
 # for every workload of WORKLOADS, round after round, and prints Karuta's
 # CPU per response against the others' (the median of each round's ratio)
 # beside issue 21's targets: at most 0.9 x opentracker's and 1.2 x the
-# floor's.
+# floor's over UDP, at most 31 us over HTTP keep-alive. With BEFORE set to
+# a git revision, a node built from that revision ("before") runs in the
+# same rounds, so a change is measured against the code before it in one
+# run.
 #
 # Environment: ROUNDS (3), DURATION (10s), WARMUP (3s), WORKLOADS
 # ("20000:0 100000:0 100000:1.1": swarms:zipf pairs, zipf 0 is uniform),
@@ -24,9 +27,13 @@
 # WORKERS (4) sockets and CONCURRENCY (64) clients of the bench, RATE
 # (20000; 0 skips the open-loop runs, which use the last workload), PROFILE
 # (unset; 1 saves a 6 s CPU profile of the karuta node during the last
-# round's UDP run of each workload, as SWARMS-ZIPF-karuta.pprof), OUT (a
-# new temporary directory; keeps every run's JSON).
-# Needs Linux, taskset, curl (PROFILE only), python3 and two or more cores;
+# round's UDP run of each workload, as SWARMS-ZIPF-NAME.pprof), PERF
+# (unset; 1 records the same with `perf record -g`, kernel included, as
+# SWARMS-ZIPF-NAME.perf.data and a flat report SWARMS-ZIPF-NAME.perf.txt),
+# BEFORE (unset; a git revision to measure beside the working tree), OUT
+# (a new temporary directory; keeps every run's JSON).
+# Needs Linux, taskset, curl (PROFILE only), perf (PERF only), python3 and
+# two or more cores;
 # the opentracker mode installs Debian's opentracker when it is missing
 # (root, apt).
 set -euo pipefail
@@ -52,6 +59,8 @@ WORKERS=${WORKERS:-4}
 CONCURRENCY=${CONCURRENCY:-64}
 RATE=${RATE:-20000}
 PROFILE=${PROFILE:-}
+PERF=${PERF:-}
+BEFORE=${BEFORE:-}
 OUT=${OUT:-$(mktemp -d /tmp/karuta-compare.XXXXXX)}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
@@ -71,6 +80,12 @@ trap cleanup EXIT
 
 (cd "$root" && go build -trimpath -o "$OUT/karuta" ./cmd/karuta)
 karuta=$OUT/karuta
+if [ -n "$BEFORE" ]; then
+	mkdir -p "$OUT/before-src"
+	git -C "$root" archive "$BEFORE" | tar -x -C "$OUT/before-src"
+	(cd "$OUT/before-src" && go build -trimpath -o "$OUT/karuta-before" ./cmd/karuta)
+	echo "before: $(git -C "$root" rev-parse --short "$BEFORE"), after: $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD || echo ' with changes')" >&2
+fi
 
 # Each target: a label, its announce hosts (host:port, space-separated; the
 # bench spreads its clients over them), the pids to measure (commas) and
@@ -78,8 +93,9 @@ karuta=$OUT/karuta
 labels=() hosts=() measured=() names=() protos=()
 declare -A metrics_of
 
-# node NAME UDP_HTTP_PORT [EXTRA_YAML]: starts a karuta node on core 0 and
-# sets $started to its pid. Its metrics and pprof listen on PORT+20000.
+# node NAME UDP_HTTP_PORT [EXTRA_YAML]: starts a karuta node ($BIN, or the
+# working tree's) on core 0 and sets $started to its pid. Its metrics and
+# pprof listen on PORT+20000.
 # connect_rate, rate_limit and max_peers_per_source are off: every bench
 # client connects from 127.0.0.1, so the per-source limits (20 connects a
 # second after a burst of 200, 30 requests a second after 300, 64 peers
@@ -92,13 +108,13 @@ log: {level: warn}
 frontends:
   http: {addr: "127.0.0.1:$port"}
   udp: {addr: "127.0.0.1:$port", readers: 1, connect_rate: 0, connection_id_keys: ["compare-script-connection-id-key"]}
-metrics: {addr: "127.0.0.1:$((port + 20000))"}
+metrics: {addr: "127.0.0.1:$((port + 20000))"$([ -n "$PROFILE" ] && echo ", pprof: true")}
 rate_limit: {per_ip: {rate: 0}}
 store: {max_peers_per_source: 0}
 ${3:-}
 EOF
 	metrics_of[$name]=127.0.0.1:$((port + 20000))
-	taskset -c 0 "$karuta" serve --config "$OUT/$name.yaml" 2>"$OUT/$name.log" &
+	taskset -c 0 "${BIN:-$karuta}" serve --config "$OUT/$name.yaml" 2>"$OUT/$name.log" &
 	started=$!
 	pids+=("$started")
 }
@@ -140,6 +156,10 @@ EOF
 	node karuta 16969
 	labels+=(floor opentracker karuta) hosts+=(127.0.0.1:36969 127.0.0.1:26969 127.0.0.1:16969)
 	measured+=("$fl" "$ot" "$started") names+=("" "" karuta) protos+=(udp "udp http" "udp http")
+	if [ -n "$BEFORE" ]; then
+		BIN=$OUT/karuta-before node before 18969
+		labels+=(before) hosts+=(127.0.0.1:18969) measured+=("$started") names+=(before) protos+=("udp http")
+	fi
 	;;
 esac
 for hs in "${hosts[@]}"; do
@@ -162,18 +182,22 @@ bench() {
 	}
 }
 
-# profile NAMES FILE: in the background, once the warmup is over, saves a
-# CPU profile of each named node over 6 s, as FILE-NAME.pprof.
+# profile NAME PID FILE: in the background, once the warmup is over,
+# saves a CPU profile of the node over 6 s, as FILE-NAME.pprof (PROFILE)
+# and FILE-NAME.perf.data with its report FILE-NAME.perf.txt (PERF).
 profile() {
-	local n
 	sleep "${WARMUP%s}"
-	for n in $1; do
-		curl -s -o "$2-$n.pprof" "http://${metrics_of[$n]}/debug/pprof/profile?seconds=6" &
-	done
+	if [ -n "$PROFILE" ]; then
+		curl -s -o "$3-$1.pprof" "http://${metrics_of[$1]}/debug/pprof/profile?seconds=6" &
+	fi
+	if [ -n "$PERF" ]; then
+		perf record -q -e cpu-clock -g -p "$2" -o "$3-$1.perf.data" -- sleep 6 >/dev/null 2>&1 &&
+			perf report -i "$3-$1.perf.data" --no-children --sort dso,symbol -g none --percent-limit 0.4 2>/dev/null >"$3-$1.perf.txt" &
+	fi
 	wait
 }
 
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt" >&2
 for round in $(seq "$ROUNDS"); do
 	for w in "${workloads[@]}"; do
 		for proto in udp http; do
@@ -182,8 +206,8 @@ for round in $(seq "$ROUNDS"); do
 				if [[ " ${protos[$i]} " != *" $proto "* ]]; then continue; fi
 				echo "round $round, $w: ${labels[$i]} over $proto" >&2
 				prof=
-				if [ -n "$PROFILE" ] && [ "$round" = "$ROUNDS" ] && [ "$proto" = udp ] && [ -n "${names[$i]}" ]; then
-					profile "${names[$i]}" "$OUT/${w%%:*}-${w#*:}" &
+				if [ -n "$PROFILE$PERF" ] && [ "$round" = "$ROUNDS" ] && [ "$proto" = udp ] && [ -n "${names[$i]}" ]; then
+					profile "${names[$i]}" "${measured[$i]}" "$OUT/${w%%:*}-${w#*:}" &
 					prof=$!
 				fi
 				bench "$OUT/$proto-$w-$i-$round.json" "$proto" "$i" "$w"
@@ -200,7 +224,7 @@ if [ "$RATE" != 0 ]; then
 		done
 	done
 fi
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/loadavg.txt" >&2
 
 python3 - "$OUT" "$ROUNDS" "$RATE" "$WORKLOADS" "$HTTP_WORKLOADS" "${labels[@]}" <<'EOF'
 import json, os, statistics, sys
@@ -234,24 +258,34 @@ for w in workloads:
 print()
 print("Karuta's server CPU per response against the others', median of the rounds' ratios (range):")
 print()
-print("| workload | protocol | karuta / opentracker (target ≤ 0.9) | karuta / floor (target ≤ 1.2) |")
-print("| --- | --- | --- | --- |")
-k = labels.index("karuta")
-def ratio(proto, w, other, target):
-    if other not in labels:
+print("| workload | protocol | tracker | / opentracker (target ≤ 0.9) | / floor (target ≤ 1.2) | / before |")
+print("| --- | --- | --- | --- | --- | --- |")
+def ratio(proto, w, mine, other, target=None):
+    if other not in labels or mine not in labels or other == mine:
         return "–"
-    a, b = load(proto, w, k), load(proto, w, labels.index(other))
+    a, b = load(proto, w, labels.index(mine)), load(proto, w, labels.index(other))
     if a is None or b is None:
         return "–"
     rs = [x["server"]["cpu_per_request_us"] / y["server"]["cpu_per_request_us"] for x, y in zip(a, b)]
     m = statistics.median(rs)
-    verdict = "met" if m <= target else "NOT met"
-    return f"**{m:.2f}** ({min(rs):.2f}–{max(rs):.2f}) {verdict}"
+    verdict = "" if target is None else (" met" if m <= target else " NOT met")
+    return f"**{m:.2f}** ({min(rs):.2f}–{max(rs):.2f}){verdict}"
 for w in workloads:
     for proto in ("udp", "http"):
-        if load(proto, w, k) is None:
-            continue
-        print(f"| {name(w)} | {proto} | {ratio(proto, w, 'opentracker', 0.9)} | {ratio(proto, w, 'floor', 1.2) if proto == 'udp' else '–'} |")
+        for mine in ("karuta", "before"):
+            if mine not in labels or load(proto, w, labels.index(mine)) is None:
+                continue
+            floor = ratio(proto, w, mine, "floor", 1.2) if proto == "udp" else "–"
+            print(f"| {name(w)} | {proto} | {mine} | {ratio(proto, w, mine, 'opentracker', 0.9)} | {floor} | {ratio(proto, w, mine, 'before')} |")
+for w in http_workloads:
+    runs = load("http", w, labels.index("karuta"))
+    if runs:
+        cpu = statistics.median(r["server"]["cpu_per_request_us"] for r in runs)
+        print()
+        print(f"Karuta over HTTP keep-alive, {name(w)}: **{cpu:.1f} µs** of server CPU per response (target ≤ 31 µs): "
+              + ("met" if cpu <= 31 else "NOT met"))
+print()
+print("Load average before and after the runs: " + open(f"{out}/loadavg.txt").read().strip().replace("\n", "; "))
 if rate != "0":
     print()
     print(f"Open loop over UDP at {rate} requests/s (medians):")
