@@ -212,7 +212,7 @@ func TestChainAfterAnnounceBatch(t *testing.T) {
 	reqs := make([]bittorrent.AnnounceRequest, 8)
 	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
 	for i := range reqs {
-		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1)) //nolint:gosec // G115: i < 8
+		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))
 		ptrs[i] = &reqs[i]
 	}
 	// The worker takes the first and blocks in the hook.

@@ -789,7 +789,7 @@ func TestAppendPeers(t *testing.T) {
 			if !v6 {
 				ip = netip.AddrFrom4([4]byte(a[:4]))
 			}
-			k, _ := makeKey(netip.AddrPortFrom(ip, uint16(rng.Uint32()))) //nolint:gosec // G115: any port
+			k, _ := makeKey(netip.AddrPortFrom(ip, uint16(rng.Uint32())))
 			var id bittorrent.PeerID
 			for j := range id {
 				id[j] = byte(rng.Uint32())

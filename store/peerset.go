@@ -164,7 +164,6 @@ func (s *peerSet) appendPeers(f *family, pos []int, dst []bittorrent.Peer) []bit
 		h := head[j]
 		dst = append(dst, bittorrent.Peer{})
 		p := &dst[len(dst)-1]
-		//nolint:gosec // G115: the bytes of a loaded word
 		p.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(h), byte(h >> 8), byte(h >> 16), byte(h >> 24)}),
 			uint16(byte(h>>32))<<8|uint16(byte(h>>40)))
 		copy(p.ID[:tailAt-addrLen4], r[addrLen4:tailAt])

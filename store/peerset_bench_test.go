@@ -28,7 +28,7 @@ func BenchmarkPeerSetFind(b *testing.B) {
 					}
 					port := uint16(6881)
 					if oneSource {
-						a, port = keysSource(v6), 6881+uint16(i) //nolint:gosec // G115: i < 64
+						a, port = keysSource(v6), 6881+uint16(i)
 					}
 					keys[i], _ = makeKey(netip.AddrPortFrom(a, port))
 					s.add(&f, keys[i].bytes(), &id, 0, i%2 == 0)
