@@ -241,20 +241,70 @@ func (r *Recorder) Record(action, result string, start time.Time) {
 		return
 	}
 	ar := &r.byAction[actionIndex(action)]
-	var c prometheus.Counter
-	switch result {
-	case ResultOK:
-		c = ar.ok
-	case ResultClientError:
-		c = ar.clientErr
-	default:
-		c = ar.err
-	}
+	c := ar.counter(resultIndex(result))
 	if c == nil {
 		return // a result this frontend's action cannot have (see results)
 	}
 	c.Inc()
 	ar.duration.Observe(time.Since(start).Seconds())
+}
+
+// Tally holds the outcomes of a batch of requests until RecordTally counts
+// them: a frontend answering datagrams in batches then updates each series
+// once a batch rather than once a request, and reads the clock once. The
+// zero value is empty. Not safe for concurrent use.
+type Tally struct {
+	n [len(actions)][resultKinds]uint32 // by action, then resultIndex
+}
+
+// Add counts one request of action with result.
+func (t *Tally) Add(action, result string) { t.n[actionIndex(action)][resultIndex(result)]++ }
+
+// RecordTally counts the requests of t as Record would, each with duration
+// elapsed, and empties t. A nil Recorder only empties t.
+func (r *Recorder) RecordTally(t *Tally, elapsed time.Duration) {
+	if r != nil {
+		secs := elapsed.Seconds()
+		for a := range t.n {
+			ar := &r.byAction[a]
+			for res, n := range t.n[a] {
+				c := ar.counter(res)
+				if n == 0 || c == nil {
+					continue
+				}
+				c.Add(float64(n))
+				for range n {
+					ar.duration.Observe(secs)
+				}
+			}
+		}
+	}
+	*t = Tally{}
+}
+
+// resultKinds is the number of results; resultIndex numbers them.
+const resultKinds = 3
+
+func resultIndex(result string) int {
+	switch result {
+	case ResultOK:
+		return 0
+	case ResultClientError:
+		return 1
+	}
+	return 2
+}
+
+// counter returns the counter of the result numbered res, nil for one the
+// action cannot have.
+func (ar *actionRecorder) counter(res int) prometheus.Counter {
+	switch res {
+	case 0:
+		return ar.ok
+	case 1:
+		return ar.clientErr
+	}
+	return ar.err
 }
 
 // Drop counts one request dropped for reason, one of the Drop constants;

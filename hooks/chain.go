@@ -63,7 +63,7 @@ type Chain struct {
 	// full scrapes; nil otherwise.
 	lister SwarmLister
 
-	queue   chan bittorrent.AnnounceRequest
+	queue   *postQueue
 	dropped prometheus.Counter
 	dropLog *ratelog.Limiter
 	ctx     context.Context
@@ -83,7 +83,7 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 		pre:   pre,
 		post:  post,
 		log:   log,
-		queue: make(chan bittorrent.AnnounceRequest, cfg.PostQueueSize),
+		queue: newPostQueue(cfg.PostQueueSize),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "karuta", Subsystem: "hooks", Name: "post_dropped_total",
 			Help: "Answered announces dropped because the post-hook queue was full.",
@@ -106,11 +106,11 @@ func New(cfg Config, pre []PreHook, post []PostHook, reg prometheus.Registerer, 
 	depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "karuta", Subsystem: "hooks", Name: "post_queue_depth",
 		Help: "Answered announces waiting for the post hooks.",
-	}, func() float64 { return float64(len(c.queue)) })
+	}, func() float64 { return float64(c.queue.len()) })
 	capacity := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "karuta", Subsystem: "hooks", Name: "post_queue_capacity",
 		Help: "Size of the post-hook queue.",
-	}, func() float64 { return float64(cap(c.queue)) })
+	}, func() float64 { return float64(len(c.queue.ring)) })
 	for _, col := range []prometheus.Collector{c.dropped, depth, capacity} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("hooks: register metrics: %w", err)
@@ -202,22 +202,30 @@ func (c *Chain) Scrape(ctx context.Context, req *bittorrent.ScrapeRequest, resp 
 // AfterAnnounce queues a copy of req for the PostHooks without blocking.
 // After Close it drops and counts, so frontends must be stopped first.
 func (c *Chain) AfterAnnounce(req *bittorrent.AnnounceRequest) {
-	if c.closed.Load() {
-		c.drop()
+	one := [1]*bittorrent.AnnounceRequest{req}
+	c.AfterAnnounceBatch(one[:])
+}
+
+// AfterAnnounceBatch queues copies of reqs, in order, with one hand-off
+// to the workers; those that do not fit are dropped and counted.
+func (c *Chain) AfterAnnounceBatch(reqs []*bittorrent.AnnounceRequest) {
+	if len(reqs) == 0 {
 		return
 	}
-	select {
-	case c.queue <- *req:
-	default:
-		c.drop()
+	dropped := len(reqs)
+	if !c.closed.Load() {
+		dropped = c.queue.put(reqs)
+	}
+	if dropped > 0 {
+		c.drop(dropped)
 	}
 }
 
-func (c *Chain) drop() {
-	c.dropped.Inc()
-	if n, ok := c.dropLog.Allow(); ok {
+func (c *Chain) drop(n int) {
+	c.dropped.Add(float64(n))
+	if since, ok := c.dropLog.Allow(); ok {
 		c.log.Warn("post-hook queue full, dropping answered announces",
-			zap.Uint64("dropped_since_last_log", n), zap.Int("queue_size", cap(c.queue)))
+			zap.Uint64("dropped_since_last_log", since), zap.Int("queue_size", len(c.queue.ring)))
 	}
 }
 
@@ -225,34 +233,22 @@ func (c *Chain) work() {
 	defer c.wg.Done()
 	batch := make([]bittorrent.AnnounceRequest, 0, maxPostBatch)
 	for {
+		if batch = c.queue.take(batch[:0], maxPostBatch); len(batch) > 0 {
+			c.run(batch)
+			continue
+		}
 		select {
-		case req := <-c.queue:
-			batch = append(batch[:0], req)
+		case <-c.queue.wake:
 		case <-c.stop:
 			// Finish what was queued before Close, then exit.
 			for {
-				batch = c.fill(batch[:0])
-				if len(batch) == 0 {
+				if batch = c.queue.take(batch[:0], maxPostBatch); len(batch) == 0 {
 					return
 				}
 				c.run(batch)
 			}
 		}
-		c.run(c.fill(batch))
 	}
-}
-
-// fill appends queued announces to batch without waiting.
-func (c *Chain) fill(batch []bittorrent.AnnounceRequest) []bittorrent.AnnounceRequest {
-	for len(batch) < maxPostBatch {
-		select {
-		case r := <-c.queue:
-			batch = append(batch, r)
-		default:
-			return batch
-		}
-	}
-	return batch
 }
 
 func (c *Chain) run(batch []bittorrent.AnnounceRequest) {

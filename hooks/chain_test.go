@@ -169,7 +169,7 @@ func TestChainFullQueueDropsAndCounts(t *testing.T) {
 	// fill the queue; the rest must drop without blocking.
 	req := bittorrent.AnnounceRequest{}
 	c.AfterAnnounce(&req)
-	eventually.True(t, 5*time.Second, "the worker takes the first announce", func() bool { return len(c.queue) == 0 })
+	eventually.True(t, 5*time.Second, "the worker takes the first announce", func() bool { return c.queue.len() == 0 })
 	done := make(chan struct{})
 	go func() {
 		for range 10 {
@@ -198,6 +198,87 @@ func TestChainFullQueueDropsAndCounts(t *testing.T) {
 	c.AfterAnnounce(&req) // after Close: counted, no panic
 	if got := testutil.ToFloat64(c.dropped); got != 7 {
 		t.Errorf("dropped after close = %v, want 7", got)
+	}
+}
+
+// TestChainAfterAnnounceBatch checks that a batch keeps its order among
+// single announces, and that a batch larger than the room left queues
+// what fits and drops and counts the rest, without blocking.
+func TestChainAfterAnnounceBatch(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PostQueueSize = 4
+	post := &collectingPost{gate: make(chan struct{})}
+	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
+	reqs := make([]bittorrent.AnnounceRequest, 8)
+	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
+	for i := range reqs {
+		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))
+		ptrs[i] = &reqs[i]
+	}
+	// The worker takes the first and blocks in the hook.
+	c.AfterAnnounce(ptrs[0])
+	eventually.True(t, 5*time.Second, "the worker takes the first announce", func() bool { return c.queue.len() == 0 })
+	c.AfterAnnounceBatch(ptrs[1:3])
+	c.AfterAnnounce(ptrs[3])
+	c.AfterAnnounceBatch(ptrs[4:8]) // room for one of four
+	if got := testutil.ToFloat64(c.dropped); got != 3 {
+		t.Errorf("dropped = %v, want 3", got)
+	}
+	c.AfterAnnounceBatch(nil)
+	close(post.gate)
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if post.count() != 5 {
+		t.Fatalf("post hook saw %d announces, want 5", post.count())
+	}
+	for i, r := range post.got {
+		if int(r.Addr.Port()) != i+1 {
+			t.Errorf("announce %d has port %d: order lost", i, r.Addr.Port())
+		}
+	}
+	c.AfterAnnounceBatch(ptrs[:2]) // after Close: counted, no panic
+	if got := testutil.ToFloat64(c.dropped); got != 5 {
+		t.Errorf("dropped after close = %v, want 5", got)
+	}
+}
+
+// TestChainManyWorkers has several workers drain a queue filled in
+// batches from several goroutines, and checks that every announce arrives
+// once, with the race detector watching the ring.
+func TestChainManyWorkers(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PostWorkers = 4
+	post := &collectingPost{}
+	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
+	const producers, batches, size = 4, 200, 16
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			reqs := make([]bittorrent.AnnounceRequest, size)
+			ptrs := make([]*bittorrent.AnnounceRequest, size)
+			for b := range batches {
+				for i := range reqs {
+					reqs[i].Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(p), byte(b), byte(i)}), 1)
+					ptrs[i] = &reqs[i]
+				}
+				c.AfterAnnounceBatch(ptrs)
+			}
+		})
+	}
+	wg.Wait()
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.AddrPort]bool{}
+	for _, r := range post.got {
+		if seen[r.Addr] {
+			t.Fatalf("%v seen twice", r.Addr)
+		}
+		seen[r.Addr] = true
+	}
+	if len(seen) != producers*batches*size {
+		t.Errorf("post hooks saw %d distinct announces, want %d", len(seen), producers*batches*size)
 	}
 }
 

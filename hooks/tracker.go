@@ -26,6 +26,17 @@ type Tracker interface {
 	AfterAnnounce(req *bittorrent.AnnounceRequest)
 }
 
+// BatchTracker is a Tracker that also takes answered announces a batch at
+// a time: a frontend holding several at once (a batch of datagrams) hands
+// them to the PostHooks in one go rather than one by one. *Chain
+// implements it.
+type BatchTracker interface {
+	Tracker
+	// AfterAnnounceBatch is AfterAnnounce for each of reqs, in order, and
+	// keeps none of them.
+	AfterAnnounceBatch(reqs []*bittorrent.AnnounceRequest)
+}
+
 // Prefetcher is implemented by Trackers and PeerSources whose reads may wait
 // on the network, such as a cluster node asking a swarm's owner. Prefetch
 // starts, without waiting, whatever the next announces and scrapes of ihs

@@ -322,6 +322,9 @@ func NewMemory(cfg Config, reg prometheus.Registerer, log *zap.Logger) (*Memory,
 	m.fam4 = newFamily(false, m.seed)
 	m.fam6 = newFamily(true, m.seed)
 	m.famRTC = newRTCFamily(m.seed)
+	for _, f := range m.families() {
+		f.perSource = &m.perSource
+	}
 	var err error
 	if m.metrics, err = newMetrics(m, reg); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -421,6 +424,9 @@ func (m *Memory) apply(c *bittorrent.Change, now uint32) {
 		}
 	}
 	set := sh.set(sw, f)
+	if set.fitIndex(f) {
+		sh.putSet(sw, f, set)
+	}
 	i, same := set.find(f, k.bytes())
 	if i < 0 && c.Op != bittorrent.OpRemove {
 		reason := ""
@@ -593,13 +599,10 @@ func (m *Memory) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort,
 		self, _ = set.find(f, k.bytes())
 	}
 	w, state := Choose(set.seeders(), int(set.n), self, seeder, n)
-	var buf [32]int
+	var buf [maxAppend]int
 	for {
 		pos := w.Fill(buf[:])
-		for _, i := range pos {
-			dst = append(dst, bittorrent.Peer{})
-			f.decode(&dst[len(dst)-1], set.rec(f, i))
-		}
+		dst = set.appendPeers(f, pos, dst)
 		if len(pos) < len(buf) {
 			break
 		}

@@ -120,7 +120,7 @@ func BenchmarkApply(b *testing.B) {
 // BenchmarkAnnouncePeers measures choosing 50 peers for a leecher in the
 // swarm, with a reused buffer.
 func BenchmarkAnnouncePeers(b *testing.B) {
-	for _, size := range []int{10, 10_000} {
+	for _, size := range []int{10, 10_000, 1_000_000} {
 		b.Run(fmt.Sprintf("swarm=%d", size), func(b *testing.B) {
 			m := benchMemory(b)
 			fill(m, 1, size, false)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
@@ -171,7 +172,7 @@ func checkSet(f *family, s *peerSet) error {
 		return fmt.Errorf("index has %d entries for %d peers", used, n)
 	}
 	for i := range n {
-		if _, pos, _ := s.idx.lookup(s, f, s.addrAt(f, i), f.hash(s.addrAt(f, i))); pos != i {
+		if _, pos, _ := s.idx.lookup(s, f, s.addrAt(f, i), s.idx.hash(f, s.addrAt(f, i))); pos != i {
 			return fmt.Errorf("index finds position %d at %d", i, pos)
 		}
 	}
@@ -542,6 +543,67 @@ func TestIndexThresholds(t *testing.T) {
 	}
 }
 
+// TestIndexFollowsPerSourceLimit checks that a big swarm's index hashes
+// whole addresses while max_peers_per_source is off, so many ports of one
+// address do not share a probe run, and by source while it is on; that the
+// limit holds in the meantime, when the index was built the other way; and
+// that the next change rebuilds it.
+func TestIndexFollowsPerSourceLimit(t *testing.T) {
+	now := epoch
+	m := testMemory(t, 1, &now) // max_peers_per_source off
+	ih := bittorrent.InfoHash{0x51}
+	put := func(addr string) {
+		m.Apply([]bittorrent.Change{{InfoHash: ih, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(addr)}, Op: bittorrent.OpPut}})
+	}
+	set := func() *peerSet {
+		sh := &m.shards[0]
+		s := sh.set(sh.tab.get(&ih, hashInfo(m.seed, &ih)), &m.fam4)
+		return &s
+	}
+	for p := 1; p <= 100; p++ {
+		put(fmt.Sprintf("10.0.0.1:%d", p))
+	}
+	if s := set(); s.idx == nil || !s.idx.whole {
+		t.Fatalf("without a per-source limit: index %+v, want one by whole address", s.idx)
+	}
+	if err := m.checkInvariants(); err != nil {
+		t.Fatal(err)
+	}
+
+	m.SetLimits(Limits{MaxPeersPerSource: 100})
+	for _, tc := range []struct {
+		addr string
+		want error
+	}{
+		{"10.0.0.1:101", ErrTooManyForSource}, // counted by a scan: the index cannot
+		{"10.0.0.1:50", nil},
+		{"10.0.0.2:1", nil},
+	} {
+		if err := m.Admit(ih, netip.MustParseAddrPort(tc.addr)); !errors.Is(err, tc.want) {
+			t.Errorf("limit on, index by address: Admit(%s) = %v, want %v", tc.addr, err, tc.want)
+		}
+	}
+	put("10.0.0.1:101") // refused, but rebuilds the index by source
+	if s := set(); s.n != 100 || s.idx == nil || s.idx.whole {
+		t.Fatalf("after a change with the limit on: %d peers, index %+v; want 100 and an index by source", s.n, s.idx)
+	}
+	if err := m.Admit(ih, netip.MustParseAddrPort("10.0.0.1:102")); !errors.Is(err, ErrTooManyForSource) {
+		t.Errorf("limit on, index by source: Admit = %v, want %v", err, ErrTooManyForSource)
+	}
+	if err := m.checkInvariants(); err != nil {
+		t.Fatal(err)
+	}
+
+	m.SetLimits(Limits{})
+	put("10.0.0.1:101")
+	if s := set(); s.n != 101 || s.idx == nil || !s.idx.whole {
+		t.Fatalf("limit off again: %d peers, index %+v; want 101 and an index by address", s.n, s.idx)
+	}
+	if err := m.checkInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNoAllocs pins that the request path allocates nothing once dst has
 // room and the peers exist.
 func TestNoAllocs(t *testing.T) {
@@ -661,6 +723,96 @@ func TestPeerSetChurn(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPeerSetFindScan pins what a scan of a small set reports: the
+// position of a peer present, and the other peers of the key's source it
+// passed, for peers that differ only in a port byte, only in an address
+// byte, or by the peer ID stored just after the address.
+func TestPeerSetFindScan(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		f := newFamily(v6, maphash.MakeSeed())
+		addr := func(last byte, port uint16) []byte {
+			a := netip.AddrFrom4([4]byte{10, 0, 0, last})
+			if v6 {
+				a = netip.AddrFrom16([16]byte{0x20, 0x01, 15: last})
+			}
+			k, _ := makeKey(netip.AddrPortFrom(a, port))
+			return k.bytes()
+		}
+		var s peerSet
+		stored := [][]byte{addr(1, 1), addr(1, 0x100), addr(2, 1), addr(1, 0x101), addr(3, 0xffff)}
+		for i, k := range stored {
+			id := bittorrent.PeerID{0xff, 0xff, 0xff, byte(i)} // right after the address: must not count
+			s.add(&f, k, &id, 0, false)
+		}
+		// In IPv6 a source is a /64, so 2001::1, ::2 and ::3 are one.
+		for _, tc := range []struct {
+			key          []byte
+			pos          int
+			same4, same6 int // the other peers of the key's source passed
+		}{
+			{addr(1, 1), 0, 0, 0},
+			{addr(1, 0x100), 1, 1, 1},
+			{addr(2, 1), 2, 0, 2},
+			{addr(1, 0x101), 3, 2, 3},
+			{addr(3, 0xffff), 4, 0, 4},
+			{addr(1, 2), -1, 3, 5},
+			{addr(4, 1), -1, 0, 5},
+			{addr(1, 0xff00), -1, 3, 5},
+		} {
+			want := tc.same4
+			if v6 {
+				want = tc.same6
+			}
+			if pos, same := s.find(&f, tc.key); pos != tc.pos || same != want {
+				t.Errorf("v6=%v: find(%x) = %d, %d; want %d, %d", v6, tc.key, pos, same, tc.pos, want)
+			}
+		}
+	}
+}
+
+// TestAppendPeers checks that appendPeers builds the same peers as decode,
+// whichever records it is given, in both families.
+func TestAppendPeers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, v6 := range []bool{false, true} {
+		f := newFamily(v6, maphash.MakeSeed())
+		var s peerSet
+		for i := range 100 {
+			var a [16]byte
+			for j := range a {
+				a[j] = byte(rng.Uint32())
+			}
+			ip := netip.AddrFrom16(a)
+			if !v6 {
+				ip = netip.AddrFrom4([4]byte(a[:4]))
+			}
+			k, _ := makeKey(netip.AddrPortFrom(ip, uint16(rng.Uint32())))
+			var id bittorrent.PeerID
+			for j := range id {
+				id[j] = byte(rng.Uint32())
+			}
+			s.add(&f, k.bytes(), &id, uint32(i), false)
+		}
+		for range 50 {
+			pos := make([]int, rng.IntN(maxAppend+1))
+			for j := range pos {
+				pos[j] = rng.IntN(int(s.n))
+			}
+			got := s.appendPeers(&f, pos, []bittorrent.Peer{{}})
+			if len(got) != 1+len(pos) {
+				t.Fatalf("v6=%v: %d peers for %d positions onto 1", v6, len(got), len(pos))
+			}
+			for j, i := range pos {
+				var want bittorrent.Peer
+				f.decode(&want, s.rec(&f, i))
+				if got[1+j] != want {
+					t.Fatalf("v6=%v: record %d: got %v %x, want %v %x", v6, i, got[1+j].Addr, got[1+j].ID, want.Addr, want.ID)
+				}
+			}
+		}
 	}
 }
 

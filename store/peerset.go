@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 )
@@ -65,6 +66,10 @@ type family struct {
 	// seed keys the index hash per store, so clients cannot choose
 	// addresses that collide.
 	seed maphash.Seed
+	// perSource is the store's max_peers_per_source (0: no limit), or nil
+	// for a limit always on. Without a limit, indexes built from then on
+	// hash whole addresses (see index.whole).
+	perSource *atomic.Int64
 }
 
 // familyKind tells a store's families apart. WebRTC peers are packed like
@@ -107,6 +112,10 @@ func newRTCFamily(seed maphash.Seed) family {
 // gets; the keyed hash keeps clients from choosing sources that collide.
 func (f *family) hash(addr []byte) uint64 { return maphash.Bytes(f.seed, addr[:f.srcLen]) }
 
+// limited reports whether max_peers_per_source is in force, so finds must
+// count a source's peers.
+func (f *family) limited() bool { return f.perSource == nil || f.perSource.Load() > 0 }
+
 // sameSource reports whether two addresses (or records) share a source.
 func (f *family) sameSource(a, b []byte) bool { return string(a[:f.srcLen]) == string(b[:f.srcLen]) }
 
@@ -121,6 +130,46 @@ func (f *family) decode(p *bittorrent.Peer, r []byte) {
 	}
 	p.Addr = netip.AddrPortFrom(ip, binary.BigEndian.Uint16(r[f.addrLen-2:f.addrLen]))
 	p.ID = bittorrent.PeerID(r[f.addrLen : f.addrLen+idLen])
+}
+
+// maxAppend is how many records appendPeers decodes at a time.
+const maxAppend = 32
+
+// appendPeers decodes the records at positions pos, at most maxAppend of
+// them, onto dst. In a big swarm the chosen records lie far apart, each
+// a cache miss; decoding one after another waits for each miss in turn.
+// So for IPv4, the answer's common case, a first pass loads the two words
+// of each record that cover its address and ID, loads that depend on
+// nothing, so their misses overlap, and the second pass builds the peers
+// from those words and the cache lines they brought in.
+func (s *peerSet) appendPeers(f *family, pos []int, dst []bittorrent.Peer) []bittorrent.Peer {
+	if f.v6 || len(pos) > maxAppend {
+		for _, i := range pos {
+			dst = append(dst, bittorrent.Peer{})
+			f.decode(&dst[len(dst)-1], s.rec(f, i))
+		}
+		return dst
+	}
+	// head: address, port and the ID's first 2 bytes; tail: the ID's
+	// last 8 bytes (the record's bytes 18 to 26).
+	const tailAt = addrLen4 + idLen - 8
+	var head, tail [maxAppend]uint64
+	for j, i := range pos {
+		r := s.recs[i*stride4 : i*stride4+stride4]
+		head[j] = binary.LittleEndian.Uint64(r)
+		tail[j] = binary.LittleEndian.Uint64(r[tailAt:])
+	}
+	for j, i := range pos {
+		r := s.recs[i*stride4 : i*stride4+stride4]
+		h := head[j]
+		dst = append(dst, bittorrent.Peer{})
+		p := &dst[len(dst)-1]
+		p.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(h), byte(h >> 8), byte(h >> 16), byte(h >> 24)}),
+			uint16(byte(h>>32))<<8|uint16(byte(h>>40)))
+		copy(p.ID[:tailAt-addrLen4], r[addrLen4:tailAt])
+		binary.LittleEndian.PutUint64(p.ID[tailAt-addrLen4:], tail[j])
+	}
+	return dst
 }
 
 // addrKey is a peer's identity in record form.
@@ -210,17 +259,26 @@ func (s *peerSet) leechers() int { return int(s.n - s.nseed) }
 // what max_peers_per_source is checked against.
 func (s *peerSet) find(f *family, key []byte) (pos, same int) {
 	if s.idx != nil {
-		_, pos, same = s.idx.lookup(s, f, key, f.hash(key))
+		_, pos, same = s.idx.lookup(s, f, key, s.idx.hash(f, key))
+		if pos < 0 && s.idx.whole && f.limited() {
+			// The limit came back since the index was built: count
+			// by scanning, until the next change rebuilds the index
+			// (fitIndex).
+			same = s.countSource(f, key)
+		}
 		return pos, same
 	}
 	// Compare the source first, as one word: calling the generic byte
 	// comparison for every record costs more than the rest of the scan.
 	if !f.v6 {
-		want := binary.LittleEndian.Uint32(key)
-		for i, o := 0, 0; i < int(s.n); i, o = i+1, o+f.stride {
-			r := s.recs[o : o+f.addrLen]
-			if binary.LittleEndian.Uint32(r) == want {
-				if string(r) == string(key) {
+		// An IPv4 address and port are 6 bytes; a record is longer than
+		// 8, so one load and a mask compare both, and the low 32 bits
+		// alone the source. Many ports of one address (a NAT, or every
+		// client of a benchmark on loopback) then cost no call each.
+		want := uint64(binary.LittleEndian.Uint32(key)) | uint64(binary.LittleEndian.Uint16(key[4:]))<<32
+		for i, o := 0, 0; i < int(s.n); i, o = i+1, o+stride4 {
+			if x := binary.LittleEndian.Uint64(s.recs[o:o+8]) ^ want; uint32(x) == 0 {
+				if x&(1<<48-1) == 0 {
 					return i, same
 				}
 				same++
@@ -243,6 +301,28 @@ func (s *peerSet) find(f *family, key []byte) (pos, same int) {
 	return -1, same
 }
 
+// countSource returns how many peers of key's source the set holds.
+func (s *peerSet) countSource(f *family, key []byte) (same int) {
+	for i := range int(s.n) {
+		if f.sameSource(s.addrAt(f, i), key) {
+			same++
+		}
+	}
+	return same
+}
+
+// fitIndex rebuilds the index if it hashes the other way than
+// max_peers_per_source now asks for: by source while a limit is in force,
+// by whole address without one, and reports whether it did. Called with
+// the set writable.
+func (s *peerSet) fitIndex(f *family) bool {
+	if s.idx == nil || s.idx.whole != f.limited() {
+		return false
+	}
+	s.buildIndex(f)
+	return true
+}
+
 // add appends a peer that is not in the set yet.
 func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32, seeder bool) {
 	i := int(s.n)
@@ -259,7 +339,7 @@ func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32,
 	s.n++
 	switch {
 	case s.idx != nil:
-		s.idx.insert(i, f.hash(key))
+		s.idx.insert(i, s.idx.hash(f, key))
 		if 2*int(s.n) > len(s.idx.slots) {
 			s.buildIndex(f)
 		}
@@ -379,9 +459,9 @@ func (s *peerSet) buildIndex(f *family) {
 	for size < 3*int(s.n) {
 		size *= 2
 	}
-	x := &index{slots: make([]uint32, size)}
+	x := &index{slots: make([]uint32, size), whole: !f.limited()}
 	for i := range int(s.n) {
-		x.insert(i, f.hash(s.addrAt(f, i)))
+		x.insert(i, x.hash(f, s.addrAt(f, i)))
 	}
 	s.idx = x
 }
@@ -391,13 +471,29 @@ func (s *peerSet) buildIndex(f *family) {
 // kept at most half full, so a lookup probes about two slots.
 type index struct {
 	slots []uint32 // length is a power of two
+	// whole: addresses hash whole, port included, rather than by source.
+	// Hashing by source lets a lookup count a source's peers on its way,
+	// which max_peers_per_source needs, but makes all of a source's peers
+	// one probe run: without the limit, many clients behind one address
+	// (a NAT, a benchmark on loopback) would make every lookup in a big
+	// swarm walk them all.
+	whole bool
+}
+
+// hash places addr in the index: by whole address or by source (see whole).
+func (x *index) hash(f *family, addr []byte) uint64 {
+	if x.whole {
+		return maphash.Bytes(f.seed, addr[:f.addrLen])
+	}
+	return f.hash(addr)
 }
 
 // lookup returns the slot holding key and its position, or the empty slot
 // where the probe ended and -1, and the peers of key's source it passed.
-// Every peer of a source hashes to the same home slot, and linear probing
-// keeps an entry between its home and the next empty slot, so a probe
-// that ends empty has passed all of them.
+// In an index by source, every peer of a source hashes to the same home
+// slot, and linear probing keeps an entry between its home and the next
+// empty slot, so a probe that ends empty has passed all of them; an index
+// of whole addresses counts none.
 func (x *index) lookup(s *peerSet, f *family, key []byte, h uint64) (slot, pos, same int) {
 	mask := uint64(len(x.slots) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
@@ -409,7 +505,7 @@ func (x *index) lookup(s *peerSet, f *family, key []byte, h uint64) (slot, pos, 
 		if string(a) == string(key) {
 			return int(i), int(v - 1), same
 		}
-		if f.sameSource(a, key) {
+		if !x.whole && f.sameSource(a, key) {
 			same++
 		}
 	}
@@ -429,7 +525,7 @@ func (x *index) insert(pos int, h uint64) {
 func (x *index) slotOf(s *peerSet, f *family, pos int) int {
 	mask := uint64(len(x.slots) - 1)
 	want := uint32(pos + 1)
-	for i := f.hash(s.addrAt(f, pos)) & mask; ; i = (i + 1) & mask {
+	for i := x.hash(f, s.addrAt(f, pos)) & mask; ; i = (i + 1) & mask {
 		switch x.slots[i] {
 		case want:
 			return int(i)
@@ -443,7 +539,7 @@ func (x *index) slotOf(s *peerSet, f *family, pos int) int {
 // so lookups never need tombstones.
 func (x *index) deleteSlot(s *peerSet, f *family, i int) {
 	mask := uint64(len(x.slots) - 1)
-	deleteSlot(x.slots, i, func(v uint32) int { return int(f.hash(s.addrAt(f, int(v-1))) & mask) })
+	deleteSlot(x.slots, i, func(v uint32) int { return int(x.hash(f, s.addrAt(f, int(v-1))) & mask) })
 }
 
 // deleteSlot empties slot i of an open-addressing table with linear

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/karuta-tracker/karuta/cmd/karuta/internal/loadgen"
+	"github.com/karuta-tracker/karuta/frontends/udp"
 )
 
 // benchCmd runs `karuta bench`: load against any UDP or HTTP tracker, a
@@ -19,6 +20,9 @@ import (
 func benchCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	if len(args) > 0 && args[0] == "visibility" {
 		return visibilityCmd(args[1:], stdout, stderr, sigs)
+	}
+	if len(args) > 0 && args[0] == "floor" {
+		return floorCmd(args[1:], stderr, sigs)
 	}
 	cfg := loadgen.Default()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -158,6 +162,39 @@ func visibilityCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signa
 	}
 	if *strict && res.Invalid {
 		fmt.Fprintf(stderr, "karuta: bench visibility: run INVALID: %s\n", strings.Join(res.InvalidReasons, "; "))
+		return exitFailure
+	}
+	return exitOK
+}
+
+// floorCmd runs `karuta bench floor`: a UDP server that answers BEP 15
+// requests with fixed bytes over the UDP frontend's own socket path, until a
+// signal. Benchmarks measure a tracker's CPU per response against it, so the
+// cost of the sockets alone is always measured beside the tracker's
+// (deploy/bench/compare.sh). Not listed in the usage: it is no tracker.
+func floorCmd(args []string, stderr io.Writer, sigs <-chan os.Signal) int {
+	fs := flag.NewFlagSet("bench floor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:6969", "UDP address to answer on")
+	readers := fs.Int("readers", 1, "sockets, each with one reader goroutine (as frontends.udp.readers)")
+	batch := fs.Int("batch-size", udp.DefaultConfig().BatchSize, "datagrams per recvmmsg/sendmmsg call (as frontends.udp.batch_size)")
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "karuta: bench floor: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	f, err := udp.StartFloor(*addr, *readers, *batch)
+	if err != nil {
+		fmt.Fprintf(stderr, "karuta: bench floor: %v\n", err)
+		return exitFailure
+	}
+	ctx, cancel := signalContext(sigs)
+	defer cancel()
+	<-ctx.Done()
+	if err := f.Close(); err != nil {
+		fmt.Fprintf(stderr, "karuta: bench floor: %v\n", err)
 		return exitFailure
 	}
 	return exitOK

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -270,5 +271,35 @@ func TestBenchVisibility(t *testing.T) {
 	}
 	if code, _, errOut := runCLI(t, "bench", "visibility", "--url", "udp://127.0.0.1:1/announce"); code != exitUsage || !strings.Contains(errOut, "two or more") {
 		t.Errorf("one URL: exit %d, %q", code, errOut)
+	}
+}
+
+// TestBenchFloor starts `karuta bench floor`, checks that the bench gets an
+// answer to every request from it, and that a signal stops it.
+func TestBenchFloor(t *testing.T) {
+	addr := freeUDPPort(t)
+	sigs := make(chan os.Signal, 1)
+	done := make(chan int, 1)
+	var errOut strings.Builder
+	go func() { done <- run([]string{"bench", "floor", "--addr", addr}, io.Discard, &errOut, sigs) }()
+	url := "udp://" + addr + "/announce"
+	eventually.True(t, 5*time.Second, "the floor answers", func() bool {
+		code, _, _ := runCLI(t, "bench", "--url", url, "--duration", "100ms", "--warmup", "0s",
+			"--concurrency", "1", "--swarms", "1", "--peers", "1", "--timeout", "100ms")
+		return code == exitOK
+	})
+	res := runBench(t, "--url", url, "--duration", "500ms", "--concurrency", "8", "--swarms", "100", "--peers", "1000")
+	if res.Responses == 0 || res.Errors != 0 || res.Timeouts != 0 || res.PeersPerAnnounce != 50 {
+		t.Errorf("responses %d, errors %d, timeouts %d, peers per announce %v; want answers with 50 peers and no failures",
+			res.Responses, res.Errors, res.Timeouts, res.PeersPerAnnounce)
+	}
+	sigs <- os.Interrupt
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Errorf("bench floor exited %d: %s", code, errOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("bench floor did not stop on a signal")
 	}
 }

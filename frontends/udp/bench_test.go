@@ -50,7 +50,7 @@ func BenchmarkHandleAnnounce(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				h.handle(&s, testNow)
-				h.finish(&s, testNow)
+				h.finish(&s)
 			}
 		})
 	}

@@ -42,7 +42,7 @@ func FuzzParsePacket(f *testing.F) {
 		s.n = copy(s.buf, pkt) // a longer datagram is cut to the buffer, as by the kernel
 		s.from = from
 		h.handle(&s, testNow)
-		h.finish(&s, testNow)
+		h.finish(&s)
 		in := s.buf[:s.n]
 		switch {
 		case s.reply == nil:

@@ -64,6 +64,11 @@ type handler struct {
 	limit    *connectLimiter
 	limitLog *ratelog.Limiter
 
+	tally frontends.Tally // the outcomes of the batch in hand
+	// bt is t when it takes announces a batch at a time, and after the
+	// batch's answered announces for it.
+	bt    hooks.BatchTracker
+	after []*bittorrent.AnnounceRequest
 	pf    hooks.Prefetcher      // nil unless something behind t prefetches
 	ihs   []bittorrent.InfoHash // prefetch scratch
 	mac   idMAC
@@ -77,7 +82,9 @@ type handler struct {
 // keys. failLog limits warnings about failed requests; share it between the
 // readers of a server so that they log one line per period between them.
 func newHandler(ctx context.Context, t hooks.Tracker, rec *frontends.Recorder, keys *atomic.Pointer[keyring], log *zap.Logger, failLog *ratelog.Limiter) *handler {
+	bt, _ := t.(hooks.BatchTracker)
 	return &handler{
+		bt:      bt,
 		pf:      hooks.PrefetcherOf(t),
 		ihs:     make([]bittorrent.InfoHash, 0, maxPrefetch),
 		t:       t,
@@ -260,9 +267,10 @@ func (h *handler) fail(s *slot, txID uint32, err error) {
 	s.reply = writeError(s.out, txID, reason, len(pkt))
 }
 
-// finish records s's outcome once its reply was sent (or not), and hands a
-// successful announce to the PostHooks; start is when the batch arrived.
-func (h *handler) finish(s *slot, start time.Time) {
+// finish tallies s's outcome once its reply was sent (or not), for the
+// reader to record with the rest of the batch, and hands a successful
+// announce to the PostHooks.
+func (h *handler) finish(s *slot) {
 	if s.drop != "" {
 		h.rec.Drop(s.drop)
 		return
@@ -274,9 +282,24 @@ func (h *handler) finish(s *slot, start time.Time) {
 	if s.unsent {
 		result = frontends.ResultError
 	}
-	h.rec.Record(s.action, result, start)
+	h.tally.Add(s.action, result)
 	if s.announced && !s.unsent {
-		h.t.AfterAnnounce(&s.req)
+		if h.bt == nil {
+			h.t.AfterAnnounce(&s.req)
+		} else {
+			h.after = append(h.after, &s.req)
+		}
+	}
+}
+
+// handOver passes the batch's answered announces to the PostHooks in one
+// go, when the tracker takes them so; finish passed them one by one
+// otherwise.
+func (h *handler) handOver() {
+	if len(h.after) > 0 {
+		h.bt.AfterAnnounceBatch(h.after)
+		clear(h.after) // keeps no pointers into the slots
+		h.after = h.after[:0]
 	}
 }
 

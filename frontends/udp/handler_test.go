@@ -230,10 +230,10 @@ func TestHandleAllocs(t *testing.T) {
 			s := newSlot()
 			s.n, s.from = copy(s.buf, tt.pkt), from
 			h.handle(&s, testNow) // warm up: buffers grow to size once
-			h.finish(&s, testNow)
+			h.finish(&s)
 			if n := testing.AllocsPerRun(100, func() {
 				h.handle(&s, testNow)
-				h.finish(&s, testNow)
+				h.finish(&s)
 			}); n != 0 {
 				t.Errorf("%v allocations per request, want 0", n)
 			}

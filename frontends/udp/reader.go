@@ -93,9 +93,14 @@ func (r *reader) run() {
 			// spoofed broadcast address; the slot is counted as an error.
 			r.ioError("write", err)
 		}
+		// One clock read for the whole batch: every reply of it went out
+		// with the one sendmmsg.
+		elapsed := time.Since(start)
 		for i := range batch {
-			r.h.finish(&batch[i], start)
+			r.h.finish(&batch[i])
 		}
+		r.h.handOver()
+		r.h.rec.RecordTally(&r.h.tally, elapsed)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/karuta-tracker/karuta/frontends"
 	"github.com/karuta-tracker/karuta/hooks"
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/hooks/ratelog"
 )
 
@@ -133,6 +134,7 @@ func (s *Server) Start() error {
 		}
 		h := newHandler(s.ctx, s.t, s.rec, &s.keys, s.log, failLog)
 		h.limit, h.limitLog = limit, limitLog
+		h.after = make([]*bittorrent.AnnounceRequest, 0, batch)
 		rs[i] = &reader{
 			io:    pio,
 			h:     h,
