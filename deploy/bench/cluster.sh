@@ -15,7 +15,9 @@
 # large cluster does. Shape k's node i listens on 127.0.k.i: UDP and HTTP
 # on 16969, metrics on 16880, gossip on 17946, the data channel on 17947.
 # Every cluster has its own secret key; all nodes of a run share one UDP
-# connection-id key. Clients are spread evenly over a shape's nodes
+# connection-id key. The per-address limits (rate_limit.per_ip,
+# max_peers_per_source) are off, as in compare.sh: every bench client
+# comes from 127.0.0.1. Clients are spread evenly over a shape's nodes
 # (`--url` per node).
 #
 # Each workload (ZIPF, a list of popularity exponents: 0 is uniform) gets
@@ -159,7 +161,8 @@ log: {level: warn}
 frontends:
   http: {addr: "$a:16969", max_connections: $maxconn, max_connections_per_ip: $maxconn}
   udp: {addr: "$a:16969", readers: 1, connect_rate: 0, connection_id_keys: ["$connkey"]}
-store: {peer_lifetime: 6h}
+rate_limit: {per_ip: {rate: 0}}
+store: {peer_lifetime: 6h, max_peers_per_source: 0}
 metrics: {addr: "$a:16880"${PROFILE:+, pprof: true}}
 $cl
 EOF
