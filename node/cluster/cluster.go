@@ -131,7 +131,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	}
 	c.tr = watchedTransport{Transport: opts.Transport, links: &c.links, clock: opts.Clock}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.cache.init()
+	c.cache.init(cfg.ReadCacheTTL, cfg.ReadTimeout)
 	c.trust.adopt(opts.Views.View(), c.clock.Now())
 	c.view.Store(opts.Views.View())
 	if err := c.sig.init(opts.Views.View(), c.reg); err != nil {

@@ -13,7 +13,24 @@ import (
 
 // goFetch runs fetch on a goroutine Close waits for; once Close has begun
 // it fetches nothing and wakes the jobs' waiters at once.
+// Jobs that ask one member at a time (the steady state) and jobs that
+// merge every member's answer (a trust window) run as separate fetches,
+// so neither kind waits for the other's deadline.
 func (c *Cluster) goFetch(v *ring.View, jobs []fetchJob) {
+	split := slices.IndexFunc(jobs, func(j fetchJob) bool { return j.merge != jobs[0].merge })
+	if split > 0 {
+		var single, merge []fetchJob
+		for _, j := range jobs {
+			if j.merge {
+				merge = append(merge, j)
+			} else {
+				single = append(single, j)
+			}
+		}
+		c.goFetch(v, single)
+		c.goFetch(v, merge)
+		return
+	}
 	if !c.goOwned(func() { c.fetch(v, jobs) }) {
 		for _, j := range jobs {
 			c.cache.finish(j.ih, j.e, nil)
@@ -21,11 +38,15 @@ func (c *Cluster) goFetch(v *ring.View, jobs []fetchJob) {
 	}
 }
 
-// fetchJob is one swarm of a fetch: the members to ask, whether this node
-// owns the swarm, and the cache ticket to finish.
+// fetchJob is one swarm of a fetch: the members to ask (planRead's
+// route), whether to merge their answers, whether this node owns the
+// swarm, and the cache ticket to finish.
 type fetchJob struct {
 	ih      bittorrent.InfoHash
 	targets []int
+	// merge: ask every target at once and merge the answers; otherwise
+	// ask targets in turn, hedging (see runSingle).
+	merge bool
 	// own: this node owns ih but its copy may lack part of the swarm (it
 	// has just gained it), so its copy joins the answers.
 	own bool
@@ -56,15 +77,84 @@ func (c *Cluster) fetch(v *ring.View, jobs []fetchJob) {
 		held:   make([]bool, len(jobs)),
 		done:   make([]bool, len(jobs)),
 	}
-	dc := ""
-	if v.Self >= 0 {
-		dc = v.Members()[v.Self].Datacenter
+	if len(jobs) > 0 && !jobs[0].merge {
+		f.runSingle(ctx)
+	} else {
+		dc := ""
+		if v.Self >= 0 {
+			dc = v.Members()[v.Self].Datacenter
+		}
+		near := func(o int) bool { return v.Self < 0 || v.Members()[o].Datacenter == dc }
+		f.run(ctx, near)
+		f.run(ctx, func(o int) bool { return !near(o) })
 	}
-	near := func(o int) bool { return v.Self < 0 || v.Members()[o].Datacenter == dc }
-	f.run(ctx, near)
-	f.run(ctx, func(o int) bool { return !near(o) })
 	for i := range jobs {
 		f.finish(i)
+	}
+}
+
+// runSingle asks each job's first target, one request per member (per
+// MaxFetchMany swarms), and finishes each job with the first answer for
+// it. The jobs still unanswered when hedgeDelay has passed, or once every
+// request out has come back, are asked of their next target, and so on
+// until every job is answered, its targets are used up, or ctx ends. An
+// answer that comes late still counts. One goroutine per request and one
+// timer for the whole fetch, however many swarms it holds.
+func (f *fetchRound) runSingle(ctx context.Context) {
+	total := 0
+	for _, j := range f.jobs {
+		total += len(j.targets)
+	}
+	// Buffered for every request this fetch can make, so answers that
+	// come after it ended never block.
+	answers := make(chan memberAnswer, total)
+	out, step, left := 0, 0, len(f.jobs)
+	// send asks the next target of every job not answered; it returns
+	// false if no job had one.
+	send := func() bool {
+		groups := map[int][]int{}
+		for i, j := range f.jobs {
+			if !f.done[i] && step < len(j.targets) {
+				groups[j.targets[step]] = append(groups[j.targets[step]], i)
+			}
+		}
+		step++
+		for o, idx := range groups {
+			for chunk := range slices.Chunk(idx, transport.MaxFetchMany) {
+				out++
+				if !f.c.goOwned(func() { answers <- memberAnswer{o, chunk, f.askMany(ctx, f.v.DataAddrs[o], chunk)} }) {
+					answers <- memberAnswer{o: o, idx: chunk}
+				}
+			}
+		}
+		return len(groups) > 0
+	}
+	if !send() {
+		return
+	}
+	hedge := time.NewTimer(hedgeDelay(f.c.cfg.ReadTimeout))
+	defer hedge.Stop()
+	for left > 0 {
+		select {
+		case a := <-answers:
+			out--
+			for k, i := range a.idx {
+				if a.reps != nil && !f.done[i] {
+					f.merged[i] = &a.reps[k]
+					f.finish(i)
+					left--
+				}
+			}
+			if left > 0 && out == 0 && !send() {
+				return // every target asked has answered or failed
+			}
+		case <-hedge.C:
+			if send() {
+				hedge.Reset(hedgeDelay(f.c.cfg.ReadTimeout))
+			}
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 

@@ -188,11 +188,11 @@ func TestReadKeepsItsFetchAcrossAClear(t *testing.T) {
 	a := tc.start("a").c
 	ih := ihN(1)
 	now := a.clock.Now()
-	prefetch, fetch := a.cache.lookup(ih, now, a.cfg.ReadCacheTTL)
+	prefetch, fetch := a.cache.lookup(ih, now, true)
 	if !fetch {
 		t.Fatal("an empty cache did not ask for a fetch")
 	}
-	read, fetch := a.cache.lookup(ih, now, a.cfg.ReadCacheTTL)
+	read, fetch := a.cache.lookup(ih, now, false)
 	if fetch {
 		t.Fatal("a read started a second fetch while one is in flight")
 	}

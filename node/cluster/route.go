@@ -1,0 +1,101 @@
+package cluster
+
+import (
+	"time"
+
+	"github.com/karuta-tracker/karuta/hooks/bittorrent"
+	"github.com/karuta-tracker/karuta/ring"
+)
+
+// readRoute is where one read of a swarm goes, as planRead decides it.
+type readRoute struct {
+	// local: this node's own copy answers for the swarm alone.
+	local bool
+	// ask lists the members to ask, most preferred first; empty with
+	// local, and when no member can be asked (the read fails).
+	ask []int
+	// merge: ask every member of ask at once and merge their answers,
+	// because a copy may lack part of the swarm (the view changed within
+	// the trust window). Otherwise ask ask[0] alone, and the next member
+	// only once hedgeDelay has passed without an answer or the one asked
+	// has failed: every owner's copy is whole, so one answer is enough.
+	merge bool
+	// own: this node owns the swarm; its copy joins a merged answer.
+	own bool
+}
+
+// planRead is the read rule, in one place: for swarm ih, whose owners in
+// v are owners, it says whether this node answers from its own copy, and
+// otherwise whom to ask and how. It does no I/O and reads no clock: the
+// view, the trust state s (which copies are whole) and failing (whether a
+// member's data channel is failing now, as links judges it at the time
+// the caller passes in) go in. Members are indices into v.Members(); the
+// route's ask is appended to dst.
+//
+// In the steady state (nothing changed since the trusted view) every
+// owner's copy is whole, so a node that does not own ih asks one owner:
+// the first of the owners in this node's datacenter whose link is not
+// failing, in ring order, then the others in the same order, as hedges.
+// Within a trust window it asks every member that may hold part of the
+// swarm and merges (readTargets).
+func planRead(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int, failing func(o int) bool, dst []int) readRoute {
+	if localAloneIn(v, s, ih, owners) {
+		return readRoute{local: true}
+	}
+	own := isOwner(owners, v.Self)
+	if own || s == nil || !s.steady() || s.trusted != v {
+		return readRoute{ask: readTargetsIn(v, s, ih, owners, dst), merge: true, own: own}
+	}
+	dc := ""
+	if v.Self >= 0 {
+		dc = v.Members()[v.Self].Datacenter
+	}
+	// Best class first: near and working, far and working, near and
+	// failing, far and failing; ring order within a class.
+	start := len(dst)
+	for _, o := range owners {
+		if o != v.Self {
+			dst = append(dst, o)
+		}
+	}
+	class := func(o int) int {
+		k := 0
+		if v.Self >= 0 && v.Members()[o].Datacenter != dc {
+			k++
+		}
+		if failing(o) {
+			k += 2
+		}
+		return k
+	}
+	if len(dst)-start > 1 {
+		var buf [8]int
+		classes := buf[:0]
+		for _, o := range dst[start:] {
+			classes = append(classes, class(o))
+		}
+		// Insertion sort, stable: a handful of owners.
+		ask := dst[start:]
+		for i := 1; i < len(ask); i++ {
+			for j := i; j > 0 && classes[j] < classes[j-1]; j-- {
+				ask[j], ask[j-1] = ask[j-1], ask[j]
+				classes[j], classes[j-1] = classes[j-1], classes[j]
+			}
+		}
+	}
+	return readRoute{ask: dst}
+}
+
+// hedgeDelay is how long a read waits for the member it asked before it
+// asks the next: half the read timeout, so that the hedge still has the
+// other half.
+func hedgeDelay(readTimeout time.Duration) time.Duration { return readTimeout / 2 }
+
+// failingAt returns whether member o of v's data channel fails at now,
+// for planRead.
+func (c *Cluster) failingAt(v *ring.View, now time.Time) func(o int) bool {
+	return func(o int) bool {
+		l := c.links.snapshot(v.DataAddrs[o])
+		return l.state(now) == LinkFailing
+	}
+}
