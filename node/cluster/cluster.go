@@ -66,6 +66,10 @@ type Cluster struct {
 	dests  map[string]*dest // by data address
 
 	cache readCache
+	// batchers gather each member's fetches into shared requests
+	// (fetchbatch.go), by data address.
+	batchMu  sync.Mutex
+	batchers map[string]*fetchBatcher
 	links links       // each member's data channel: see links.go
 	sig   signalRelay // WebRTC signaling; see signal.go
 
@@ -121,6 +125,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		cfg: cfg, store: opts.Store, views: opts.Views, log: opts.Log,
 		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
+		batchers:   map[string]*fetchBatcher{},
 		rebalance:  make(chan struct{}, 1),
 		scrapePage: scrapePage,
 		dropLog:    ratelog.New(10 * time.Second),

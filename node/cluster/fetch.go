@@ -272,7 +272,8 @@ func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 }
 
 // askMany fetches the swarms of jobs idx from the member at addr, one
-// reply per job in order, or nil if it did not answer. A member that does
+// reply per job in order, or nil if it did not answer. The request is
+// shared with the other fetches waiting for that member (fetchBatcher). A member that does
 // not know FetchManyRequest (an older version, during a rolling upgrade)
 // is asked one swarm at a time.
 func (f *fetchRound) askMany(ctx context.Context, addr string, idx []int) []transport.FetchReply {
@@ -280,9 +281,9 @@ func (f *fetchRound) askMany(ctx context.Context, addr string, idx []int) []tran
 	for k, i := range idx {
 		req.InfoHashes[k] = f.jobs[i].ih
 	}
-	reply, err := f.c.tr.Call(ctx, addr, req)
-	if fr, ok := reply.(*transport.FetchManyReply); ok && err == nil && len(fr.Swarms) == len(idx) {
-		return fr.Swarms
+	reps, err := f.c.batcherFor(addr).fetch(ctx, req.InfoHashes)
+	if err == nil {
+		return reps
 	}
 	if !errors.As(err, new(transport.RemoteError)) {
 		return nil
