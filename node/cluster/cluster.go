@@ -70,8 +70,8 @@ type Cluster struct {
 	// (fetchbatch.go), by data address.
 	batchMu  sync.Mutex
 	batchers map[string]*fetchBatcher
-	links links       // each member's data channel: see links.go
-	sig   signalRelay // WebRTC signaling; see signal.go
+	links    links       // each member's data channel: see links.go
+	sig      signalRelay // WebRTC signaling; see signal.go
 
 	// stream numbers this node's forwards (see dedupe.go); nextSeq hands
 	// each dest its range; applied skips forwards received twice.
