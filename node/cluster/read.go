@@ -101,7 +101,10 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 		return // every swarm is owned here, whole
 	}
 	now := c.clock.Now()
-	var jobs []fetchJob
+	var (
+		jobs          []fetchJob
+		equal, single []int
+	)
 	for _, ih := range ihs {
 		var ask [16]int
 		rt := c.readRoute(v, ih, ask[:0])
@@ -109,8 +112,21 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 			continue
 		}
 		if e, fetch := c.cache.lookup(ih, now, true); fetch {
+			if !rt.merge {
+				single = append(single, len(jobs))
+			}
 			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(rt.ask), merge: rt.merge, own: rt.own, e: e})
+			equal = append(equal, rt.equal)
 		}
+	}
+	if len(single) > 1 {
+		// The batch's single-owner reads ask as few members as they can.
+		asks := make([][]int, len(single))
+		eq := make([]int, len(single))
+		for k, i := range single {
+			asks[k], eq[k] = jobs[i].targets, equal[i]
+		}
+		coverAsks(asks, eq)
 	}
 	if len(jobs) > 0 {
 		c.m.prefetches.Add(float64(len(jobs)))

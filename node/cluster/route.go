@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
@@ -22,6 +24,10 @@ type readRoute struct {
 	merge bool
 	// own: this node owns the swarm; its copy joins a merged answer.
 	own bool
+	// equal is how many members at the head of ask are equally good to
+	// ask first (same datacenter class, link state): a batch may ask
+	// any of them first (coverAsks).
+	equal int
 }
 
 // planRead is the read rule, in one place: for swarm ih, whose owners in
@@ -83,7 +89,77 @@ func planRead(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int,
 			}
 		}
 	}
-	return readRoute{ask: dst}
+	equal := min(1, len(dst)-start)
+	for equal < len(dst)-start && class(dst[start+equal]) == class(dst[start]) {
+		equal++
+	}
+	return readRoute{ask: dst, equal: equal}
+}
+
+// coverAsks chooses, for the single-owner reads of one batch, which of
+// each read's equally good members (asks[i][:equal[i]]) it asks first, so
+// the batch asks as few members as it can: each member asked costs a
+// round trip on the data channel whatever it is asked, while the reads of
+// a batch are spread over owners by the ring. With replicas 2 at four
+// nodes, every swarm a node does not own is held by two of the other
+// three, so two members can answer a whole batch, where asking each
+// swarm's first owner asks all three.
+//
+// Reads with one good member keep it, and the members they ask take every
+// other read they can answer; the rest go greedily to the member that
+// answers most of those left, the lowest index on a tie. The chosen
+// member is moved to the front of asks[i]; the others keep their order,
+// as hedges. It does no I/O.
+func coverAsks(asks [][]int, equal []int) {
+	asked := map[int]bool{}
+	left := 0
+	for i, a := range asks {
+		if equal[i] <= 1 {
+			if len(a) > 0 {
+				asked[a[0]] = true
+			}
+			continue
+		}
+		left++
+	}
+	if left == 0 {
+		return
+	}
+	done := make([]bool, len(asks))
+	take := func(o int) {
+		for i, a := range asks {
+			if done[i] || equal[i] <= 1 {
+				continue
+			}
+			if k := slices.Index(a[:equal[i]], o); k >= 0 {
+				copy(a[1:k+1], a[:k])
+				a[0] = o
+				done[i] = true
+				left--
+			}
+		}
+	}
+	for _, o := range slices.Sorted(maps.Keys(asked)) {
+		take(o)
+	}
+	counts := map[int]int{}
+	for left > 0 {
+		clear(counts)
+		for i, a := range asks {
+			if !done[i] && equal[i] > 1 {
+				for _, o := range a[:equal[i]] {
+					counts[o]++
+				}
+			}
+		}
+		best := -1
+		for o, n := range counts {
+			if best < 0 || n > counts[best] || n == counts[best] && o < best {
+				best = o
+			}
+		}
+		take(best)
+	}
 }
 
 // hedgeDelay is how long a read waits for the member it asked before it

@@ -140,3 +140,69 @@ func TestHedgeDelay(t *testing.T) {
 		t.Errorf("hedgeDelay(200ms) = %s; want half", got)
 	}
 }
+
+// distinctFirst counts the members a batch asks first.
+func distinctFirst(asks [][]int) int {
+	seen := map[int]bool{}
+	for _, a := range asks {
+		seen[a[0]] = true
+	}
+	return len(seen)
+}
+
+// At four nodes with replicas 2, the swarms a node does not own are held
+// by two of the other three; a batch that holds every pair asks two
+// members, not three, and every read still asks one of its own owners.
+func TestCoverAsksAsksFewMembers(t *testing.T) {
+	asks := [][]int{{1, 2}, {1, 3}, {2, 3}, {3, 1}, {2, 1}, {3, 2}}
+	owners := make([][]int, len(asks))
+	for i, a := range asks {
+		owners[i] = slices.Clone(a)
+	}
+	coverAsks(asks, []int{2, 2, 2, 2, 2, 2})
+	if n := distinctFirst(asks); n != 2 {
+		t.Errorf("the batch asks %d members first (%v); want 2", n, asks)
+	}
+	for i, a := range asks {
+		if !slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(owners[i]))) {
+			t.Errorf("read %d asks %v; want a reordering of its owners %v", i, a, owners[i])
+		}
+	}
+}
+
+// A read with one good member keeps it first, and the batch's other reads
+// that member can answer go to it; a member no better than the first is
+// never moved ahead of it, and the hedges keep their order.
+func TestCoverAsksKeepsPreference(t *testing.T) {
+	asks := [][]int{
+		{3, 1},    // only 3 is good (1 is far or failing)
+		{1, 3},    // either: 3 is already asked
+		{2, 4},    // 2 only
+		{1, 2, 4}, // 1, 2 or 4: 2 is already asked
+		{4, 1, 2}, // 4 or 1: neither asked yet; one is chosen
+	}
+	coverAsks(asks, []int{1, 2, 1, 3, 2})
+	want := [][]int{{3, 1}, {3, 1}, {2, 4}, {2, 1, 4}}
+	for i, w := range want {
+		if !slices.Equal(asks[i], w) {
+			t.Errorf("read %d asks %v; want %v", i, asks[i], w)
+		}
+	}
+	if a := asks[4]; !slices.Equal(a, []int{1, 4, 2}) && !slices.Equal(a, []int{4, 1, 2}) {
+		t.Errorf("read 4 asks %v; want 1 or 4 first, 2 last", a)
+	}
+}
+
+// planRead says how many of its first members are equally good.
+func TestPlanReadEqual(t *testing.T) {
+	members := []string{"a", "b", "c", "d", "e", "f"}
+	v := routeView(t, "a", members, 2, nil)
+	ih, owners := swarmOwnedBy(t, v, nil, []string{"a"})
+	if rt := planRead(v, steadyIn(v), ih, owners, noneFailing, nil); rt.equal != 2 {
+		t.Errorf("two working owners in one datacenter: equal %d; want 2", rt.equal)
+	}
+	first := func(o int) bool { return o == owners[0] }
+	if rt := planRead(v, steadyIn(v), ih, owners, first, nil); rt.equal != 1 || rt.ask[0] != owners[1] {
+		t.Errorf("with %d failing: %+v; want %d alone first", owners[0], rt, owners[1])
+	}
+}
