@@ -290,9 +290,8 @@ func (f *fetchRound) askMany(ctx context.Context, addr string, idx []int) []tran
 	}
 	out := make([]transport.FetchReply, len(idx))
 	for k, ih := range req.InfoHashes {
-		reply, err := f.c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: f.c.cfg.ReadMaxPeers})
-		fr, ok := reply.(*transport.FetchReply)
-		if !ok || err != nil {
+		fr := f.c.fetchOld(ctx, addr, ih)
+		if fr == nil {
 			return nil
 		}
 		out[k] = *fr
@@ -314,16 +313,94 @@ func (f *fetchRound) finish(i int) {
 		// gained the swarm) belongs in the answer too.
 		best = mergeReplies(best, f.c.localReply(j.ih, f.c.cfg.ReadMaxPeers), f.c.cfg.ReadMaxPeers)
 	}
-	var snap *snapshot
-	if best != nil {
-		at := f.c.clock.Now()
-		if size(best.Counts) == 0 {
-			// An empty swarm is most often one whose first announce is
-			// still on its way to the owners; keep the answer briefly so
-			// the peer shows up soon after it lands.
-			at = at.Add(-f.c.cfg.ReadCacheTTL + min(f.c.cfg.ReadCacheTTL, emptyTTL))
-		}
-		snap = newSnapshot(best, at)
+	f.c.cache.finish(j.ih, j.e, f.c.snapshotOf(best))
+}
+
+// snapshotOf is the copy a fetch's answer makes, or nil without one.
+func (c *Cluster) snapshotOf(best *transport.FetchReply) *snapshot {
+	if best == nil {
+		return nil
 	}
-	f.c.cache.finish(j.ih, j.e, snap)
+	at := c.clock.Now()
+	if size(best.Counts) == 0 {
+		// An empty swarm is most often one whose first announce is
+		// still on its way to the owners; keep the answer briefly so
+		// the peer shows up soon after it lands.
+		at = at.Add(-c.cfg.ReadCacheTTL + min(c.cfg.ReadCacheTTL, emptyTTL))
+	}
+	return newSnapshot(best, at)
+}
+
+// fetchDirect is the steady state's fetch of one swarm for a read that
+// was not prefetched (an HTTP announce, a UDP one its batch did not
+// cover), on the caller's goroutine: it asks the first of targets
+// through its member's batcher, the next once hedgeDelay has passed
+// without an answer or at once if the one asked failed, and takes the
+// first answer from any of them, until the fetch is read_timeout old. It
+// finishes the ticket e. No goroutine, context or channel per member
+// asked; one timer.
+func (c *Cluster) fetchDirect(v *ring.View, ih bittorrent.InfoHash, targets []int, e *cacheEntry) {
+	start := time.Now()
+	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
+	ihs := []bittorrent.InfoHash{ih}
+	notify := make(chan *batchedFetch, len(targets))
+	asked := make([]*batchedFetch, 0, len(targets))
+	next, out := 0, 0
+	ask := func() {
+		if next < len(targets) {
+			asked = append(asked, c.batcherFor(v.DataAddrs[targets[next]]).start(ihs, notify))
+			next++
+			out++
+		}
+	}
+	ask()
+	deadline := e.fl.started.Add(c.cfg.ReadTimeout)
+	wait := func() time.Duration {
+		if next < len(targets) {
+			return min(hedgeDelay(c.cfg.ReadTimeout), time.Until(deadline))
+		}
+		return time.Until(deadline)
+	}
+	timer := time.NewTimer(wait())
+	defer timer.Stop()
+	var best *transport.FetchReply
+	for out > 0 && best == nil {
+		select {
+		case bf := <-notify:
+			out--
+			switch {
+			case bf.err == nil:
+				best = &bf.reps[0]
+			case errors.As(bf.err, new(transport.RemoteError)):
+				// A member that does not know FetchManyRequest (an older
+				// version, during a rolling upgrade): ask it alone.
+				ctx, cancel := context.WithDeadline(c.ctx, deadline)
+				best = c.fetchOld(ctx, v.DataAddrs[targets[slices.Index(asked, bf)]], ih)
+				cancel()
+			}
+			if best == nil && out == 0 {
+				ask() // failed: the next at once
+				timer.Reset(wait())
+			}
+		case <-timer.C:
+			if next == len(targets) {
+				out = 0 // read_timeout: give up
+				break
+			}
+			ask()
+			timer.Reset(wait())
+		}
+	}
+	c.cache.finish(ih, e, c.snapshotOf(best))
+}
+
+// fetchOld asks the member at addr for ih alone with a FetchRequest, as a
+// member without FetchManyRequest (an older version) wants, or returns
+// nil.
+func (c *Cluster) fetchOld(ctx context.Context, addr string, ih bittorrent.InfoHash) *transport.FetchReply {
+	reply, err := c.tr.Call(ctx, addr, &transport.FetchRequest{InfoHash: ih, MaxPeers: c.cfg.ReadMaxPeers})
+	if fr, ok := reply.(*transport.FetchReply); ok && err == nil {
+		return fr
+	}
+	return nil
 }

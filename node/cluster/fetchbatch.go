@@ -39,6 +39,17 @@ type batchedFetch struct {
 	reps []transport.FetchReply // one per ihs once answered
 	err  error
 	done chan struct{} // closed once reps or err is set
+	// notify, if set, receives the fetch once it is done; it must have
+	// room, as delivery does not wait.
+	notify chan<- *batchedFetch
+}
+
+// wake closes done and notifies.
+func (bf *batchedFetch) wake() {
+	close(bf.done)
+	if bf.notify != nil {
+		bf.notify <- bf
+	}
 }
 
 // batcherFor returns the batcher for the member at addr.
@@ -81,12 +92,36 @@ func (b *fetchBatcher) fetch(ctx context.Context, ihs []bittorrent.InfoHash) ([]
 	if lead {
 		b.send()
 	}
+	return b.wait(ctx, bf)
+}
+
+// wait waits for bf, or for ctx to end.
+func (b *fetchBatcher) wait(ctx context.Context, bf *batchedFetch) ([]transport.FetchReply, error) {
 	select {
 	case <-bf.done:
 		return bf.reps, bf.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// start queues a fetch of ihs for the next request and returns at once:
+// notify receives the fetch when it is answered or has failed. If a
+// request slot is free, a goroutine takes it and sends what waits: the
+// caller never sends, so it can hedge while the request is out.
+func (b *fetchBatcher) start(ihs []bittorrent.InfoHash, notify chan<- *batchedFetch) *batchedFetch {
+	bf := &batchedFetch{ihs: ihs, done: make(chan struct{}), notify: notify}
+	b.mu.Lock()
+	b.waiting = append(b.waiting, bf)
+	lead := b.flying < fetchesInFlight
+	if lead {
+		b.flying++
+	}
+	b.mu.Unlock()
+	if lead && !b.c.goOwned(b.send) {
+		b.fail() // closing
+	}
+	return bf
 }
 
 // send sends one request with the fetches waiting, up to MaxFetchMany
@@ -145,7 +180,7 @@ func (b *fetchBatcher) deliver(batch []*batchedFetch, swarms int) {
 		}
 		bf.err = err
 		off += len(bf.ihs)
-		close(bf.done)
+		bf.wake()
 	}
 }
 
@@ -158,6 +193,6 @@ func (b *fetchBatcher) fail() {
 	b.mu.Unlock()
 	for _, bf := range batch {
 		bf.err = errClosing
-		close(bf.done)
+		bf.wake()
 	}
 }

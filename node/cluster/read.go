@@ -154,7 +154,12 @@ func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, rt readRoute) *sn
 		c.m.readCached.Inc()
 		return e.snap
 	}
-	if fetch {
+	switch {
+	case fetch && !rt.merge:
+		// One owner's answer is enough: the fetch runs here, without a
+		// goroutine of its own, and ends with the caller's wait.
+		c.fetchDirect(v, ih, rt.ask, e)
+	case fetch:
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
 		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(rt.ask), merge: rt.merge, own: rt.own, e: e}})

@@ -268,11 +268,54 @@ func (s silentTo) Call(ctx context.Context, addr string, req transport.Request) 
 // TestReadHedgesToTheNextOwner: with two owners and the first one not
 // answering, a read asks the second after half of read_timeout and
 // answers from it, without a failed read.
-func TestReadHedgesToTheNextOwner(t *testing.T) { synctest.Test(t, testReadHedgesToTheNextOwner) }
+func TestReadHedgesToTheNextOwner(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		took := readPastFirstOwner(t, func(tr transport.Transport, first string) transport.Transport {
+			return silentTo{Transport: tr, addr: first}
+		})
+		if took != hedgeDelay(hedgeReadTimeout) {
+			t.Errorf("answered after %s; want %s, the hedge delay (the fake clock runs only while every goroutine waits)", took, hedgeDelay(hedgeReadTimeout))
+		}
+	})
+}
 
-func testReadHedgesToTheNextOwner(t *testing.T) {
-	const readTimeout = 400 * time.Millisecond
-	tc := newTestCluster(t, 2, func(c *Config) { c.ReadTimeout = readTimeout })
+// failingTo is a transport whose calls to one address fail at once, as
+// to a node that refuses connections.
+type failingTo struct {
+	transport.Transport
+	addr string
+}
+
+func (f failingTo) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
+	if addr == f.addr {
+		return nil, fmt.Errorf("call %s: %w", addr, transport.ErrUnreachable)
+	}
+	return f.Transport.Call(ctx, addr, req)
+}
+
+// TestReadAsksTheNextOwnerOnFailure: a first owner whose fetch fails at
+// once does not cost the hedge delay: the next is asked at once.
+func TestReadAsksTheNextOwnerOnFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		took := readPastFirstOwner(t, func(tr transport.Transport, first string) transport.Transport {
+			return failingTo{Transport: tr, addr: first}
+		})
+		if took != 0 {
+			t.Errorf("answered after %s; want at once (the fake clock runs only while every goroutine waits)", took)
+		}
+	})
+}
+
+const hedgeReadTimeout = 400 * time.Millisecond
+
+// readPastFirstOwner starts four nodes with replicas 2, a's transport
+// wrapped by wrap (given the first owner's address) and read_timeout
+// hedgeReadTimeout, stores one peer at both owners of a swarm a does not
+// own, reads it through a, and returns how long the read took on the
+// fake clock. It fails the test unless the read got the peer, without a
+// failed read.
+func readPastFirstOwner(t *testing.T, wrap func(tr transport.Transport, first string) transport.Transport) time.Duration {
+	tc := newTestCluster(t, 2, func(c *Config) { c.ReadTimeout = hedgeReadTimeout })
 	all := []string{"a", "b", "c", "d"}
 	// Placement does not depend on the transport, so a's view, and so the
 	// swarm's first owner, can be known before a starts.
@@ -289,7 +332,7 @@ func testReadHedgesToTheNextOwner(t *testing.T) {
 		if name != "a" {
 			return tr
 		}
-		return silentTo{Transport: tr, addr: first}
+		return wrap(tr, first)
 	}
 	for _, n := range all {
 		tc.start(n)
@@ -309,10 +352,8 @@ func testReadHedgesToTheNextOwner(t *testing.T) {
 	if len(peers) != 1 {
 		t.Fatalf("got %v; want the peer, from %s", peers, second)
 	}
-	if took != hedgeDelay(readTimeout) {
-		t.Errorf("answered after %s; want %s, the hedge delay (the fake clock runs only while every goroutine waits)", took, hedgeDelay(readTimeout))
-	}
 	if got := testutil.ToFloat64(a.m.readFailed); got != 0 {
 		t.Errorf("%v failed reads; want 0", got)
 	}
+	return took
 }
