@@ -43,7 +43,7 @@ type readRoute struct {
 // the first of the owners in this node's datacenter whose link is not
 // failing, in ring order, then the others in the same order, as hedges.
 // Within a trust window it asks every member that may hold part of the
-// swarm and merges (readTargets).
+// swarm and merges (readTargetsIn).
 func planRead(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int, failing func(o int) bool, dst []int) readRoute {
 	if localAloneIn(v, s, ih, owners) {
 		return readRoute{local: true}

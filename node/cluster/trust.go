@@ -216,15 +216,10 @@ func (c *Cluster) heldBefore(v *ring.View, ih bittorrent.InfoHash, o int) bool {
 	return containsOwner(s.trusted, s.trusted.OwnersOf(ih, buf[:0]), ownerAt(v, o))
 }
 
-// readTargets appends to dst the members of v to ask for ih besides this
-// node: its other owners, and the owners it had in the trusted view that
-// are still members (they hold the swarm while a node that gained it waits
-// for their handoff).
-func (c *Cluster) readTargets(v *ring.View, ih bittorrent.InfoHash, owners, dst []int) []int {
-	return readTargetsIn(v, c.trust.cur.Load(), ih, owners, dst)
-}
-
-// readTargetsIn is readTargets by the trust state s.
+// readTargetsIn appends to dst the members of v to ask for ih besides
+// this node, by the trust state s: its other owners, and the owners it
+// had in the trusted view that are still members (they hold the swarm
+// while a node that gained it waits for their handoff).
 func readTargetsIn(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners, dst []int) []int {
 	dst = otherOwners(v, owners, dst)
 	if s == nil || s.trusted == nil || s.trusted == v || !isOwner(owners, v.Self) {
