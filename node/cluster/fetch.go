@@ -355,11 +355,12 @@ func (c *Cluster) fetchDirect(v *ring.View, ih bittorrent.InfoHash, targets []in
 	}
 	ask()
 	deadline := e.fl.started.Add(c.cfg.ReadTimeout)
+	left := func() time.Duration { return deadline.Sub(c.clock.Now()) }
 	wait := func() time.Duration {
 		if next < len(targets) {
-			return min(hedgeDelay(c.cfg.ReadTimeout), time.Until(deadline))
+			return min(hedgeDelay(c.cfg.ReadTimeout), left())
 		}
-		return time.Until(deadline)
+		return left()
 	}
 	timer := time.NewTimer(wait())
 	defer timer.Stop()
@@ -374,7 +375,7 @@ func (c *Cluster) fetchDirect(v *ring.View, ih bittorrent.InfoHash, targets []in
 			case errors.As(bf.err, new(transport.RemoteError)):
 				// A member that does not know FetchManyRequest (an older
 				// version, during a rolling upgrade): ask it alone.
-				ctx, cancel := context.WithDeadline(c.ctx, deadline)
+				ctx, cancel := context.WithTimeout(c.ctx, left())
 				best = c.fetchOld(ctx, v.DataAddrs[targets[slices.Index(asked, bf)]], ih)
 				cancel()
 			}
@@ -383,7 +384,7 @@ func (c *Cluster) fetchDirect(v *ring.View, ih bittorrent.InfoHash, targets []in
 				timer.Reset(wait())
 			}
 		case <-timer.C:
-			if next == len(targets) {
+			if next == len(targets) || left() <= 0 {
 				out = 0 // read_timeout: give up
 				break
 			}
