@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"maps"
 	"slices"
 	"time"
 
@@ -111,20 +110,21 @@ func planRead(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int,
 // member is moved to the front of asks[i]; the others keep their order,
 // as hedges. It does no I/O.
 func coverAsks(asks [][]int, equal []int) {
-	asked := map[int]bool{}
-	left := 0
+	// Members are small indices into the view: counts and the members
+	// already asked are slices by index, so a batch allocates two.
+	n, left := 0, 0
 	for i, a := range asks {
-		if equal[i] <= 1 {
-			if len(a) > 0 {
-				asked[a[0]] = true
-			}
-			continue
+		for _, o := range a {
+			n = max(n, o+1)
 		}
-		left++
+		if equal[i] > 1 {
+			left++
+		}
 	}
 	if left == 0 {
 		return
 	}
+	counts := make([]int, n)
 	done := make([]bool, len(asks))
 	take := func(o int) {
 		for i, a := range asks {
@@ -139,23 +139,28 @@ func coverAsks(asks [][]int, equal []int) {
 			}
 		}
 	}
-	for _, o := range slices.Sorted(maps.Keys(asked)) {
-		take(o)
+	// The members the batch asks anyway, in index order.
+	for i, a := range asks {
+		if equal[i] <= 1 && len(a) > 0 {
+			counts[a[0]] = 1
+		}
 	}
-	counts := map[int]int{}
+	for o, asked := range counts {
+		if asked > 0 {
+			take(o)
+		}
+	}
 	for left > 0 {
 		clear(counts)
+		best := -1
 		for i, a := range asks {
 			if !done[i] && equal[i] > 1 {
 				for _, o := range a[:equal[i]] {
 					counts[o]++
+					if best < 0 || counts[o] > counts[best] || counts[o] == counts[best] && o < best {
+						best = o
+					}
 				}
-			}
-		}
-		best := -1
-		for o, n := range counts {
-			if best < 0 || n > counts[best] || n == counts[best] && o < best {
-				best = o
 			}
 		}
 		take(best)
