@@ -15,7 +15,9 @@
 # large cluster does. Shape k's node i listens on 127.0.k.i: UDP and HTTP
 # on 16969, metrics on 16880, gossip on 17946, the data channel on 17947.
 # Every cluster has its own secret key; all nodes of a run share one UDP
-# connection-id key. Clients are spread evenly over a shape's nodes
+# connection-id key. The per-address limits (rate_limit.per_ip,
+# max_peers_per_source) are off, as in compare.sh: every bench client
+# comes from 127.0.0.1. Clients are spread evenly over a shape's nodes
 # (`--url` per node).
 #
 # Each workload (ZIPF, a list of popularity exponents: 0 is uniform) gets
@@ -49,6 +51,8 @@
 # ONE_ENTRY (unset; 1 adds 3 nodes with replicas 1 and all the load on
 # one, the shape of an older target), FULL and FORWARD_DELAY (unset keeps
 # the defaults; set the clusters' full_replication and forward_delay),
+# UDP_BATCH (unset keeps the default; sets every node's UDP batch_size,
+# one node's included),
 # ZIPF ("0 1.1"), SWARMS (100000), PEERS (1000000), PROTOS ("udp http"),
 # ROUNDS (3), DURATION (10s), WARMUP (3s), CONCURRENCY (1024), TIMEOUT (5s:
 # how long a request may wait; closed loop at 1024 clients queues requests
@@ -71,6 +75,7 @@ REPLICAS=${REPLICAS:-2}
 ONE_ENTRY=${ONE_ENTRY:-}
 FULL=${FULL:-}
 FORWARD_DELAY=${FORWARD_DELAY:-}
+UDP_BATCH=${UDP_BATCH:-}
 ZIPF=${ZIPF:-0 1.1}
 SWARMS=${SWARMS:-100000}
 PEERS=${PEERS:-1000000}
@@ -158,8 +163,9 @@ node: {name: $name}
 log: {level: warn}
 frontends:
   http: {addr: "$a:16969", max_connections: $maxconn, max_connections_per_ip: $maxconn}
-  udp: {addr: "$a:16969", readers: 1, connect_rate: 0, connection_id_keys: ["$connkey"]}
-store: {peer_lifetime: 6h}
+  udp: {addr: "$a:16969", readers: 1, connect_rate: 0, connection_id_keys: ["$connkey"]${UDP_BATCH:+, batch_size: $UDP_BATCH}}
+rate_limit: {per_ip: {rate: 0}}
+store: {peer_lifetime: 6h, max_peers_per_source: 0}
 metrics: {addr: "$a:16880"${PROFILE:+, pprof: true}}
 $cl
 EOF

@@ -270,13 +270,14 @@ func TestStrayWriteTimersSynctest(t *testing.T) {
 	})
 }
 
-// The read cache ages by the clock: a fetched copy answers until
-// read_cache_ttl has passed on it, and not a moment longer.
+// The read cache ages by the clock: with read_cache_ttl set, a fetched
+// copy answers until it has passed on it, and not a moment longer.
 func TestReadCacheAgesByTheClock(t *testing.T) {
 	clock := newManualClock()
 	net := transport.NewMemNet()
-	_, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil)
-	b, _ := newLoneCluster(t, net, "b", []string{"a", "b"}, clock)
+	ttl := func(c *Config) { c.ReadCacheTTL = 50 * time.Millisecond }
+	_, aStore := newLoneCluster(t, net, "a", []string{"a", "b"}, nil, ttl)
+	b, _ := newLoneCluster(t, net, "b", []string{"a", "b"}, clock, ttl)
 	ih := ownedBy(t, b.View(), "a")
 	put := func(addr string) {
 		aStore.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: bittorrent.Peer{Addr: netip.MustParseAddrPort(addr)}}})

@@ -66,8 +66,12 @@ type Cluster struct {
 	dests  map[string]*dest // by data address
 
 	cache readCache
-	links links       // each member's data channel: see links.go
-	sig   signalRelay // WebRTC signaling; see signal.go
+	// batchers gather each member's fetches into shared requests
+	// (fetchbatch.go), by data address.
+	batchMu  sync.Mutex
+	batchers map[string]*fetchBatcher
+	links    links       // each member's data channel: see links.go
+	sig      signalRelay // WebRTC signaling; see signal.go
 
 	// stream numbers this node's forwards (see dedupe.go); nextSeq hands
 	// each dest its range; applied skips forwards received twice.
@@ -121,6 +125,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 		cfg: cfg, store: opts.Store, views: opts.Views, log: opts.Log,
 		m: newMetrics(), reg: opts.Registerer, clock: opts.Clock,
 		dests:      map[string]*dest{},
+		batchers:   map[string]*fetchBatcher{},
 		rebalance:  make(chan struct{}, 1),
 		scrapePage: scrapePage,
 		dropLog:    ratelog.New(10 * time.Second),
@@ -131,7 +136,7 @@ func New(cfg Config, opts Options) (*Cluster, error) {
 	}
 	c.tr = watchedTransport{Transport: opts.Transport, links: &c.links, clock: opts.Clock}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.cache.init()
+	c.cache.init(cfg.ReadCacheTTL, cfg.ReadTimeout)
 	c.trust.adopt(opts.Views.View(), c.clock.Now())
 	c.view.Store(opts.Views.View())
 	if err := c.sig.init(opts.Views.View(), c.reg); err != nil {

@@ -621,7 +621,8 @@ func contains(s, sub string) bool {
 func TestApplyDuringViewChanges(t *testing.T) { synctest.Test(t, testApplyDuringViewChanges) }
 
 func testApplyDuringViewChanges(t *testing.T) {
-	tc := newTestCluster(t, 2, nil)
+	// 160 peers a swarm: a reader must be able to see every peer.
+	tc := newTestCluster(t, 2, func(c *Config) { c.ReadMaxPeers = 200 })
 	all := []string{"a", "b", "c"}
 	for _, n := range all {
 		tc.start(n)
@@ -637,7 +638,7 @@ func testApplyDuringViewChanges(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// 4 workers × 800 peers over 20 swarms stays under
-			// read_max_peers, so a reader can see every peer.
+			// read_max_peers (set above), so a reader can see every peer.
 			for i := 0; i < 800; i++ {
 				time.Sleep(200 * time.Microsecond) // fake clock: paced across the view flaps
 				select {

@@ -101,6 +101,7 @@ func (c *Cluster) retireDests(v *ring.View) {
 	for _, a := range v.DataAddrs {
 		live[a] = true
 	}
+	c.forgetBatchers(live)
 	var gone []*dest
 	c.destMu.Lock()
 	for addr, d := range c.dests {

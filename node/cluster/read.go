@@ -13,12 +13,12 @@ import (
 // emptyTTL is how long an empty answer from the owners is reused, at most.
 const emptyTTL = 5 * time.Millisecond
 
-// AnnouncePeers implements hooks.PeerSource. An owner whose copy is whole
-// (localAlone) answers from its own store, an empty swarm included; any
-// other node answers from a copy of the swarm fetched from the nearest
-// owners and kept for read_cache_ttl. An owner that has just gained the
-// swarm, whose handoff may still be on its way, asks the other and the
-// previous owners the same way and adds its own copy to their answers.
+// AnnouncePeers implements hooks.PeerSource. Where the read goes is
+// planRead's: an owner whose copy is whole answers from its own store, an
+// empty swarm included; any other node asks one owner (hedging to the
+// next after half of read_timeout), or, within a trust window, every
+// member that may hold part of the swarm, merging their answers and its
+// own copy. A copy is kept for read_cache_ttl, by default not at all.
 func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort, seeder bool, n int, dst []bittorrent.Peer) ([]bittorrent.Peer, bittorrent.Counts, bittorrent.PeerState) {
 	v := c.view.Load()
 	if ownsAll(v) && c.wholeIn(v) {
@@ -27,13 +27,13 @@ func (c *Cluster) AnnouncePeers(ih bittorrent.InfoHash, announcer netip.AddrPort
 		c.m.readLocal.Inc()
 		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 	}
-	var buf [8]int
-	owners := v.OwnersOf(ih, buf[:0])
-	if c.localAlone(v, ih, owners) {
+	var ask [16]int
+	rt := c.readRoute(v, ih, ask[:0])
+	if rt.local {
 		c.m.readLocal.Inc()
 		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 	}
-	snap := c.remote(v, ih, owners)
+	snap := c.remote(v, ih, rt)
 	if snap == nil {
 		return c.store.AnnouncePeers(ih, announcer, seeder, n, dst)
 	}
@@ -48,16 +48,24 @@ func (c *Cluster) Counts(ih bittorrent.InfoHash) bittorrent.Counts {
 		c.m.readLocal.Inc()
 		return c.store.Counts(ih)
 	}
-	var buf [8]int
-	owners := v.OwnersOf(ih, buf[:0])
-	if c.localAlone(v, ih, owners) {
+	var ask [16]int
+	rt := c.readRoute(v, ih, ask[:0])
+	if rt.local {
 		c.m.readLocal.Inc()
 		return c.store.Counts(ih)
 	}
-	if snap := c.remote(v, ih, owners); snap != nil {
+	if snap := c.remote(v, ih, rt); snap != nil {
 		return snap.counts
 	}
 	return c.store.Counts(ih)
+}
+
+// readRoute plans the read of ih by v, the trust state and the links as
+// they are now (planRead).
+func (c *Cluster) readRoute(v *ring.View, ih bittorrent.InfoHash, dst []int) readRoute {
+	var buf [8]int
+	owners := v.OwnersOf(ih, buf[:0])
+	return planRead(v, c.trust.cur.Load(), ih, owners, c.failingAt(v, c.clock.Now()), dst)
 }
 
 func isOwner(owners []int, self int) bool {
@@ -93,21 +101,32 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 		return // every swarm is owned here, whole
 	}
 	now := c.clock.Now()
-	var jobs []fetchJob
+	var (
+		jobs          []fetchJob
+		equal, single []int
+	)
 	for _, ih := range ihs {
-		var buf [8]int
-		var others [16]int
-		owners := v.OwnersOf(ih, buf[:0])
-		if c.localAlone(v, ih, owners) {
+		var ask [16]int
+		rt := c.readRoute(v, ih, ask[:0])
+		if rt.local || len(rt.ask) == 0 {
 			continue
 		}
-		targets := c.readTargets(v, ih, owners, others[:0])
-		if len(targets) == 0 {
-			continue
+		if e, fetch := c.cache.lookup(ih, now, true); fetch {
+			if !rt.merge {
+				single = append(single, len(jobs))
+			}
+			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(rt.ask), merge: rt.merge, own: rt.own, e: e})
+			equal = append(equal, rt.equal)
 		}
-		if e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL); fetch {
-			jobs = append(jobs, fetchJob{ih: ih, targets: slices.Clone(targets), own: isOwner(owners, v.Self), e: e})
+	}
+	if len(single) > 1 {
+		// The batch's single-owner reads ask as few members as they can.
+		asks := make([][]int, len(single))
+		eq := make([]int, len(single))
+		for k, i := range single {
+			asks[k], eq[k] = jobs[i].targets, equal[i]
 		}
+		coverAsks(asks, eq)
 	}
 	if len(jobs) > 0 {
 		c.m.prefetches.Add(float64(len(jobs)))
@@ -115,31 +134,37 @@ func (c *Cluster) Prefetch(ihs []bittorrent.InfoHash) {
 	}
 }
 
-// remote returns a fresh enough copy of the swarm from the members that
-// hold it (readTargets), fetching it if needed, or nil if none answered
-// and no copy exists; then the caller falls back to the local store. It
-// waits at most until the fetch it waits for is read_timeout old, so the
-// reads of a prefetched batch together wait at most read_timeout.
-func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, owners []int) *snapshot {
-	var others [16]int
-	targets := c.readTargets(v, ih, owners, others[:0])
-	if len(targets) == 0 {
+// remote returns a fresh enough copy of the swarm from the members its
+// route rt asks, fetching it if needed, or nil if none answered and no
+// copy exists; then the caller falls back to the local store. It waits at
+// most until the fetch it waits for is read_timeout old, so the reads of
+// a prefetched batch together wait at most read_timeout.
+func (c *Cluster) remote(v *ring.View, ih bittorrent.InfoHash, rt readRoute) *snapshot {
+	if len(rt.ask) == 0 {
 		c.m.readFailed.Inc()
 		return nil
 	}
 	now := c.clock.Now()
-	e, fetch := c.cache.lookup(ih, now, c.cfg.ReadCacheTTL)
-	if !fetch && e.snap != nil && now.Sub(e.snap.at) < c.cfg.ReadCacheTTL {
+	e, fetch := c.cache.lookup(ih, now, false)
+	switch {
+	case !fetch && e.handed:
+		c.m.readFetched.Inc() // the copy its batch's prefetch fetched
+		return e.snap
+	case !fetch && e.snap != nil:
 		c.m.readCached.Inc()
 		return e.snap
 	}
-	own := isOwner(owners, v.Self)
-	if fetch {
+	switch {
+	case fetch && !rt.merge:
+		// One owner's answer is enough: the fetch runs here, without a
+		// goroutine of its own, and ends with the caller's wait.
+		c.fetchDirect(v, ih, rt.ask, e)
+	case fetch:
 		// The fetch runs on its own so that a caller that gives up at
 		// read_timeout leaves it to finish and fill the cache for the next.
-		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(targets), own: own, e: e}})
+		c.goFetch(v, []fetchJob{{ih: ih, targets: slices.Clone(rt.ask), merge: rt.merge, own: rt.own, e: e}})
 	}
-	return c.await(ih, e, now, own)
+	return c.await(ih, e, now, rt.own)
 }
 
 // await waits for the fetch of ih that ticket e is for, at most until it
@@ -163,7 +188,7 @@ func (c *Cluster) await(ih bittorrent.InfoHash, e *cacheEntry, now time.Time, ow
 		snap = c.cache.current(ih)
 	}
 	switch {
-	case snap != nil && snap.at.After(now.Add(-c.cfg.ReadCacheTTL)):
+	case snap != nil && (snap.at.After(now.Add(-c.cfg.ReadCacheTTL)) || !snap.at.Before(now)):
 		c.m.readFetched.Inc()
 		return snap
 	case snap != nil:

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -188,11 +189,11 @@ func TestReadKeepsItsFetchAcrossAClear(t *testing.T) {
 	a := tc.start("a").c
 	ih := ihN(1)
 	now := a.clock.Now()
-	prefetch, fetch := a.cache.lookup(ih, now, a.cfg.ReadCacheTTL)
+	prefetch, fetch := a.cache.lookup(ih, now, true)
 	if !fetch {
 		t.Fatal("an empty cache did not ask for a fetch")
 	}
-	read, fetch := a.cache.lookup(ih, now, a.cfg.ReadCacheTTL)
+	read, fetch := a.cache.lookup(ih, now, false)
 	if fetch {
 		t.Fatal("a read started a second fetch while one is in flight")
 	}
@@ -211,4 +212,148 @@ func TestReadKeepsItsFetchAcrossAClear(t *testing.T) {
 	if got := testutil.ToFloat64(a.m.readFetched); got != 1 {
 		t.Errorf("%v fetched reads; want 1", got)
 	}
+}
+
+// TestConcurrentReadsShareRequests reads 64 swarms that one other node
+// owns, each from its own goroutine and without a prefetch, as HTTP's
+// connections do: the reads must share requests (fetchBatcher), not
+// send one each, and each must get its own swarm.
+func TestConcurrentReadsShareRequests(t *testing.T) {
+	tc, counter := countingCluster(t, nil)
+	a := tc.nodes["a"].c
+	v := a.View()
+	var ihs []bittorrent.InfoHash
+	for _, ih := range remoteOf(tc, 200) {
+		if v.Members()[v.OwnersOf(ih, nil)[0]].Name == "b" && len(ihs) < 64 {
+			ihs = append(ihs, ih)
+		}
+	}
+	for i, ih := range ihs {
+		tc.nodes["b"].store.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: testPeerN(i)}})
+	}
+	counter.reset()
+	tc.net.SetDelay(5 * time.Millisecond) // so the reads overlap
+	var wg sync.WaitGroup
+	for i, ih := range ihs {
+		wg.Go(func() {
+			peers, counts, _ := a.AnnouncePeers(ih, reader, false, 50, nil)
+			if len(peers) != 1 || peers[0] != testPeerN(i) || counts.Leechers != 1 {
+				t.Errorf("%x: peers %v, counts %+v; want its one peer %v", ih[:4], peers, counts, testPeerN(i))
+			}
+		})
+	}
+	wg.Wait()
+	calls := counter.reset()
+	if n := calls["b *transport.FetchManyRequest"]; n == 0 || n > len(ihs)/4 {
+		t.Errorf("%d requests to b for %d concurrent reads (%v); want them shared, at most %d", n, len(ihs), calls, len(ihs)/4)
+	}
+}
+
+// silentTo is a transport whose calls to one address never get an
+// answer: they wait until their context ends, as a node that is stuck,
+// or behind a link that drops packets, makes them.
+type silentTo struct {
+	transport.Transport
+	addr string
+}
+
+func (s silentTo) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
+	if addr == s.addr {
+		<-ctx.Done()
+		return nil, fmt.Errorf("call %s: %w", addr, transport.ErrUnreachable)
+	}
+	return s.Transport.Call(ctx, addr, req)
+}
+
+// TestReadHedgesToTheNextOwner: with two owners and the first one not
+// answering, a read asks the second after half of read_timeout and
+// answers from it, without a failed read.
+func TestReadHedgesToTheNextOwner(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		took := readPastFirstOwner(t, func(tr transport.Transport, first string) transport.Transport {
+			return silentTo{Transport: tr, addr: first}
+		})
+		if took != hedgeDelay(hedgeReadTimeout) {
+			t.Errorf("answered after %s; want %s, the hedge delay (the fake clock runs only while every goroutine waits)", took, hedgeDelay(hedgeReadTimeout))
+		}
+	})
+}
+
+// failingTo is a transport whose calls to one address fail at once, as
+// to a node that refuses connections.
+type failingTo struct {
+	transport.Transport
+	addr string
+}
+
+func (f failingTo) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
+	if addr == f.addr {
+		return nil, fmt.Errorf("call %s: %w", addr, transport.ErrUnreachable)
+	}
+	return f.Transport.Call(ctx, addr, req)
+}
+
+// TestReadAsksTheNextOwnerOnFailure: a first owner whose fetch fails at
+// once does not cost the hedge delay: the next is asked at once.
+func TestReadAsksTheNextOwnerOnFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		took := readPastFirstOwner(t, func(tr transport.Transport, first string) transport.Transport {
+			return failingTo{Transport: tr, addr: first}
+		})
+		if took != 0 {
+			t.Errorf("answered after %s; want at once (the fake clock runs only while every goroutine waits)", took)
+		}
+	})
+}
+
+const hedgeReadTimeout = 400 * time.Millisecond
+
+// readPastFirstOwner starts four nodes with replicas 2, a's transport
+// wrapped by wrap (given the first owner's address) and read_timeout
+// hedgeReadTimeout, stores one peer at both owners of a swarm a does not
+// own, reads it through a, and returns how long the read took on the
+// fake clock. It fails the test unless the read got the peer, without a
+// failed read.
+func readPastFirstOwner(t *testing.T, wrap func(tr transport.Transport, first string) transport.Transport) time.Duration {
+	tc := newTestCluster(t, 2, func(c *Config) { c.ReadTimeout = hedgeReadTimeout })
+	all := []string{"a", "b", "c", "d"}
+	// Placement does not depend on the transport, so a's view, and so the
+	// swarm's first owner, can be known before a starts.
+	v := routeView(t, "a", all, 2, map[string]string{"a": "dc1", "b": "dc1", "c": "dc1", "d": "dc1"})
+	var ih bittorrent.InfoHash
+	for i := 0; ; i++ {
+		if ih = ihN(i); !v.Owns(ih, nil) {
+			break
+		}
+	}
+	owners := v.OwnersOf(ih, nil)
+	first, second := v.Members()[owners[0]].Name, v.Members()[owners[1]].Name
+	tc.wrap = func(name string, tr transport.Transport) transport.Transport {
+		if name != "a" {
+			return tr
+		}
+		return wrap(tr, first)
+	}
+	for _, n := range all {
+		tc.start(n)
+	}
+	tc.see(all, all)
+	a := tc.nodes["a"].c
+	if got := a.View().OwnersOf(ih, nil); fmt.Sprint(got) != fmt.Sprint(owners) {
+		t.Fatalf("owners %v in the cluster's view, %v in the test's", got, owners)
+	}
+	for _, o := range []string{first, second} {
+		tc.nodes[o].store.Apply([]bittorrent.Change{{InfoHash: ih, Op: bittorrent.OpPut, Peer: testPeerN(1)}})
+	}
+	tc.waitWhole(all...)
+	start := time.Now()
+	peers, _, _ := a.AnnouncePeers(ih, reader, false, 50, nil)
+	took := time.Since(start)
+	if len(peers) != 1 {
+		t.Fatalf("got %v; want the peer, from %s", peers, second)
+	}
+	if got := testutil.ToFloat64(a.m.readFailed); got != 0 {
+		t.Errorf("%v failed reads; want 0", got)
+	}
+	return took
 }

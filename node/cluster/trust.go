@@ -164,13 +164,17 @@ func (s *trustState) steady() bool {
 // It is called on every read and allocates nothing; in the steady state
 // (no change since the trusted view) it costs one ownership check.
 func (c *Cluster) localAlone(v *ring.View, ih bittorrent.InfoHash, owners []int) bool {
+	return localAloneIn(v, c.trust.cur.Load(), ih, owners)
+}
+
+// localAloneIn is localAlone by the trust state s.
+func localAloneIn(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int) bool {
 	if !isOwner(owners, v.Self) {
 		return false
 	}
 	if len(v.Members()) == 1 {
 		return true
 	}
-	s := c.trust.cur.Load()
 	if s == nil {
 		return false
 	}
@@ -212,13 +216,12 @@ func (c *Cluster) heldBefore(v *ring.View, ih bittorrent.InfoHash, o int) bool {
 	return containsOwner(s.trusted, s.trusted.OwnersOf(ih, buf[:0]), ownerAt(v, o))
 }
 
-// readTargets appends to dst the members of v to ask for ih besides this
-// node: its other owners, and the owners it had in the trusted view that
-// are still members (they hold the swarm while a node that gained it waits
-// for their handoff).
-func (c *Cluster) readTargets(v *ring.View, ih bittorrent.InfoHash, owners, dst []int) []int {
+// readTargetsIn appends to dst the members of v to ask for ih besides
+// this node, by the trust state s: its other owners, and the owners it
+// had in the trusted view that are still members (they hold the swarm
+// while a node that gained it waits for their handoff).
+func readTargetsIn(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners, dst []int) []int {
 	dst = otherOwners(v, owners, dst)
-	s := c.trust.cur.Load()
 	if s == nil || s.trusted == nil || s.trusted == v || !isOwner(owners, v.Self) {
 		return dst
 	}

@@ -105,3 +105,17 @@ func TestAnnounceIdentity(t *testing.T) {
 		t.Errorf("peerID(42) = %q", id)
 	}
 }
+
+// A uniform population gives every swarm its share, give or take one
+// peer: none takes the remainder of rounding.
+func TestUniformPeersEven(t *testing.T) {
+	w := testWorkload(50000, 500000, 0)
+	if w.first[50000] != 500000 {
+		t.Fatalf("%d peers; want 500000", w.first[50000])
+	}
+	for s := range 50000 {
+		if n := w.first[s+1] - w.first[s]; n < 9 || n > 11 {
+			t.Fatalf("swarm %d has %d peers; want 10 ± 1", s, n)
+		}
+	}
+}
