@@ -410,7 +410,7 @@ func (s *peerSet) swap(f *family, i, j int) {
 			// Each slot keeps its tag, its address's, and follows the
 			// record to its new position.
 			x := s.idx
-			x.slots[si], x.slots[sj] = x.slots[si]&^x.posMask()|uint32(j+1), x.slots[sj]&^x.posMask()|uint32(i+1) //nolint:gosec // G115: positions of a tagged index are below maxTagged
+			x.slots[si], x.slots[sj] = x.slots[si]&^x.posMask()|uint32(j+1), x.slots[sj]&^x.posMask()|uint32(i+1)
 		}
 	}
 	var tmp [maxStride]byte
@@ -561,14 +561,14 @@ func (x *index) insert(pos int, h uint64) {
 	for x.slots[i] != 0 {
 		i = (i + 1) & mask
 	}
-	x.slots[i] = x.tag(h) | uint32(pos+1) //nolint:gosec // G115: positions of a tagged index are below maxTagged
+	x.slots[i] = x.tag(h) | uint32(pos+1)
 }
 
 // slotOf returns the slot that points at pos, or -1 if none does.
 func (x *index) slotOf(s *peerSet, f *family, pos int) int {
 	mask := uint64(len(x.slots) - 1)
 	h := x.hash(f, s.addrAt(f, pos))
-	want := x.tag(h) | uint32(pos+1) //nolint:gosec // G115: positions of a tagged index are below maxTagged
+	want := x.tag(h) | uint32(pos+1)
 	for i := h & mask; ; i = (i + 1) & mask {
 		switch x.slots[i] {
 		case want:
