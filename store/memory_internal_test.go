@@ -163,8 +163,11 @@ func checkSet(f *family, s *peerSet) error {
 	for _, v := range s.idx.slots {
 		if v != 0 {
 			used++
-			if int(v) > n {
-				return fmt.Errorf("index points at position %d of %d", v-1, n)
+			if p := s.idx.pos(v); p >= n {
+				return fmt.Errorf("index points at position %d of %d", p, n)
+			}
+			if h := s.idx.hash(f, s.addrAt(f, s.idx.pos(v))); v&^s.idx.posMask() != s.idx.tag(h) {
+				return fmt.Errorf("slot %08x: tag of another hash, %016x", v, h)
 			}
 		}
 	}
@@ -660,11 +663,19 @@ func TestMakeKey(t *testing.T) {
 // after every few operations. Probe runs that wrap around the end of the
 // index table are common enough here to exercise deleteSlot fully.
 func TestPeerSetChurn(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
-		t.Run(fmt.Sprint("v6=", v6), func(t *testing.T) {
+	for _, tc := range []struct{ v6, whole, untagged bool }{
+		{false, false, false}, {true, false, false},
+		{false, true, false}, {true, true, false},
+		{false, false, true}, {false, true, true},
+	} {
+		v6 := tc.v6
+		t.Run(fmt.Sprintf("v6=%v/whole=%v/untagged=%v", tc.v6, tc.whole, tc.untagged), func(t *testing.T) {
 			t.Parallel() // CPU-bound and independent: use every core
 			rng := rand.New(rand.NewPCG(1, 2))
 			f := newFamily(v6, maphash.MakeSeed())
+			if tc.whole {
+				f.perSource = new(atomic.Int64) // no per-source limit: indexes by whole address
+			}
 			var s peerSet
 			model := map[string]bool{} // key → seeder
 			keys := make([]addrKey, 150)
@@ -688,6 +699,9 @@ func TestPeerSetChurn(t *testing.T) {
 				pAdd, pRemove := 90, 10
 				if (step/2000)%2 == 1 {
 					pAdd, pRemove = 5, 90
+				}
+				if tc.untagged && s.idx != nil && s.idx.tagged {
+					untag(&f, &s)
 				}
 				switch r := rng.IntN(100); {
 				case pos < 0 && r < pAdd:
@@ -814,6 +828,16 @@ func TestAppendPeers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// untag rebuilds s's index untagged, as a set of maxTagged peers or more
+// has it, so tests reach that form without millions of peers.
+func untag(f *family, s *peerSet) {
+	x := &index{slots: make([]uint32, len(s.idx.slots)), whole: s.idx.whole}
+	for i := range int(s.n) {
+		x.insert(i, x.hash(f, s.addrAt(f, i)))
+	}
+	s.idx = x
 }
 
 // TestIndexDeleteWrap builds probe runs that wrap around the end of a

@@ -340,7 +340,7 @@ func (s *peerSet) add(f *family, key []byte, id *bittorrent.PeerID, seen uint32,
 	switch {
 	case s.idx != nil:
 		s.idx.insert(i, s.idx.hash(f, key))
-		if 2*int(s.n) > len(s.idx.slots) {
+		if 2*int(s.n) > len(s.idx.slots) || (s.idx.tagged && int(s.n) >= maxTagged) {
 			s.buildIndex(f)
 		}
 	case s.n > smallMax:
@@ -407,7 +407,10 @@ func (s *peerSet) swap(f *family, i, j int) {
 		if si < 0 || sj < 0 {
 			s.idx = nil // cannot happen; rebuilt below from the swapped records
 		} else {
-			s.idx.slots[si], s.idx.slots[sj] = uint32(j+1), uint32(i+1)
+			// Each slot keeps its tag, its address's, and follows the
+			// record to its new position.
+			x := s.idx
+			x.slots[si], x.slots[sj] = x.slots[si]&^x.posMask()|uint32(j+1), x.slots[sj]&^x.posMask()|uint32(i+1)
 		}
 	}
 	var tmp [maxStride]byte
@@ -459,7 +462,7 @@ func (s *peerSet) buildIndex(f *family) {
 	for size < 3*int(s.n) {
 		size *= 2
 	}
-	x := &index{slots: make([]uint32, size), whole: !f.limited()}
+	x := &index{slots: make([]uint32, size), whole: !f.limited(), tagged: int(s.n) < maxTagged}
 	for i := range int(s.n) {
 		x.insert(i, x.hash(f, s.addrAt(f, i)))
 	}
@@ -469,8 +472,16 @@ func (s *peerSet) buildIndex(f *family) {
 // index maps addresses to record positions for big sets: open addressing
 // with linear probing over 4-byte slots, each 0 (empty) or position+1. It is
 // kept at most half full, so a lookup probes about two slots.
+//
+// A tagged index keeps the top 8 bits of each entry's hash in the slot's
+// top 8 bits (positions then fit in 24), so a probe passes the entries of
+// other addresses (other sources) without reading their records: in a big
+// swarm every record read is a cache miss, and most probes of an absent
+// peer would read one or two. Sets of maxTagged peers or more are indexed
+// untagged.
 type index struct {
-	slots []uint32 // length is a power of two
+	slots  []uint32 // length is a power of two
+	tagged bool
 	// whole: addresses hash whole, port included, rather than by source.
 	// Hashing by source lets a lookup count a source's peers on its way,
 	// which max_peers_per_source needs, but makes all of a source's peers
@@ -488,22 +499,54 @@ func (x *index) hash(f *family, addr []byte) uint64 {
 	return f.hash(addr)
 }
 
+// maxTagged is the size from which a set's index is untagged: a tagged
+// slot holds positions below 2^24, and the set may double before its
+// index is rebuilt.
+const maxTagged = 1 << 23
+
+// posMask is the part of a slot that holds position+1.
+func (x *index) posMask() uint32 {
+	if x.tagged {
+		return 1<<24 - 1
+	}
+	return 1<<32 - 1
+}
+
+// tag is the part of a slot that comes from the entry's hash h: zero in an
+// untagged index.
+func (x *index) tag(h uint64) uint32 {
+	if x.tagged {
+		return uint32(h>>56) << 24
+	}
+	return 0
+}
+
+// pos returns the position a non-empty slot value points at.
+func (x *index) pos(v uint32) int { return int(v&x.posMask()) - 1 }
+
 // lookup returns the slot holding key and its position, or the empty slot
 // where the probe ended and -1, and the peers of key's source it passed.
 // In an index by source, every peer of a source hashes to the same home
 // slot, and linear probing keeps an entry between its home and the next
 // empty slot, so a probe that ends empty has passed all of them; an index
 // of whole addresses counts none.
+//
+// In a tagged index a slot whose tag differs holds another address and,
+// in an index by source, another source, so its record is not read.
 func (x *index) lookup(s *peerSet, f *family, key []byte, h uint64) (slot, pos, same int) {
 	mask := uint64(len(x.slots) - 1)
+	tag, posMask := x.tag(h), x.posMask()
 	for i := h & mask; ; i = (i + 1) & mask {
 		v := x.slots[i]
 		if v == 0 {
 			return int(i), -1, same
 		}
-		a := s.addrAt(f, int(v-1))
+		if v&^posMask != tag {
+			continue
+		}
+		a := s.addrAt(f, int(v&posMask)-1)
 		if string(a) == string(key) {
-			return int(i), int(v - 1), same
+			return int(i), int(v&posMask) - 1, same
 		}
 		if !x.whole && f.sameSource(a, key) {
 			same++
@@ -518,14 +561,15 @@ func (x *index) insert(pos int, h uint64) {
 	for x.slots[i] != 0 {
 		i = (i + 1) & mask
 	}
-	x.slots[i] = uint32(pos + 1)
+	x.slots[i] = x.tag(h) | uint32(pos+1)
 }
 
 // slotOf returns the slot that points at pos, or -1 if none does.
 func (x *index) slotOf(s *peerSet, f *family, pos int) int {
 	mask := uint64(len(x.slots) - 1)
-	want := uint32(pos + 1)
-	for i := x.hash(f, s.addrAt(f, pos)) & mask; ; i = (i + 1) & mask {
+	h := x.hash(f, s.addrAt(f, pos))
+	want := x.tag(h) | uint32(pos+1)
+	for i := h & mask; ; i = (i + 1) & mask {
 		switch x.slots[i] {
 		case want:
 			return int(i)
@@ -539,7 +583,7 @@ func (x *index) slotOf(s *peerSet, f *family, pos int) int {
 // so lookups never need tombstones.
 func (x *index) deleteSlot(s *peerSet, f *family, i int) {
 	mask := uint64(len(x.slots) - 1)
-	deleteSlot(x.slots, i, func(v uint32) int { return int(x.hash(f, s.addrAt(f, int(v-1))) & mask) })
+	deleteSlot(x.slots, i, func(v uint32) int { return int(x.hash(f, s.addrAt(f, x.pos(v))) & mask) })
 }
 
 // deleteSlot empties slot i of an open-addressing table with linear

@@ -171,7 +171,7 @@ func visibilityCmd(args []string, stdout, stderr io.Writer, sigs <-chan os.Signa
 // requests with fixed bytes over the UDP frontend's own socket path, until a
 // signal. Benchmarks measure a tracker's CPU per response against it, so the
 // cost of the sockets alone is always measured beside the tracker's
-// (deploy/bench/compare.sh). Not listed in the usage: it is no tracker.
+// (deploy/bench/compare.sh).
 func floorCmd(args []string, stderr io.Writer, sigs <-chan os.Signal) int {
 	fs := flag.NewFlagSet("bench floor", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -41,6 +41,9 @@ Usage:
   karuta bench --url URL [flags]   load-test a UDP or HTTP tracker (see karuta bench -h)
   karuta bench visibility --url URL --url URL [flags]
                                    time a peer announced at one node to show at another
+  karuta bench floor [--addr HOST:PORT]
+                                   a UDP server that does no tracker work, on the UDP
+                                   frontend's socket path: the floor to measure against
   karuta bench-ws --url URL [flags]  load-test a WebTorrent (WebSocket) tracker
   karuta version                   print the version (also --version)
   karuta help                      print this help (also -h, --help)
