@@ -52,7 +52,8 @@
 # one, the shape of an older target), FULL and FORWARD_DELAY (unset keeps
 # the defaults; set the clusters' full_replication and forward_delay),
 # UDP_BATCH (unset keeps the default; sets every node's UDP batch_size,
-# one node's included),
+# one node's included), UDP_READERS (1: every node's UDP readers, one
+# node's included),
 # ZIPF ("0 1.1"), SWARMS (100000), PEERS (1000000), PROTOS ("udp http"),
 # ROUNDS (3), DURATION (10s), WARMUP (3s), CONCURRENCY (1024), TIMEOUT (5s:
 # how long a request may wait; closed loop at 1024 clients queues requests
@@ -76,6 +77,7 @@ ONE_ENTRY=${ONE_ENTRY:-}
 FULL=${FULL:-}
 FORWARD_DELAY=${FORWARD_DELAY:-}
 UDP_BATCH=${UDP_BATCH:-}
+UDP_READERS=${UDP_READERS:-1}
 ZIPF=${ZIPF:-0 1.1}
 SWARMS=${SWARMS:-100000}
 PEERS=${PEERS:-1000000}
@@ -163,7 +165,7 @@ node: {name: $name}
 log: {level: warn}
 frontends:
   http: {addr: "$a:16969", max_connections: $maxconn, max_connections_per_ip: $maxconn}
-  udp: {addr: "$a:16969", readers: 1, connect_rate: 0, connection_id_keys: ["$connkey"]${UDP_BATCH:+, batch_size: $UDP_BATCH}}
+  udp: {addr: "$a:16969", readers: $UDP_READERS, connect_rate: 0, connection_id_keys: ["$connkey"]${UDP_BATCH:+, batch_size: $UDP_BATCH}}
 rate_limit: {per_ip: {rate: 0}}
 store: {peer_lifetime: 6h, max_peers_per_source: 0}
 metrics: {addr: "$a:16880"${PROFILE:+, pprof: true}}
