@@ -282,19 +282,7 @@ func TestTCPSlowHandshakesHoldNoSlot(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	for _, src := range []string{"127.0.0.1", "127.0.0.2"} {
-		for range 40 {
-			sc := &stallConn{Conn: dialFrom(t, src, srv.Addr()), closed: make(chan struct{})}
-			stalled = append(stalled, sc)
-			wg.Go(func() {
-				tc := tls.Client(sc, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) //nolint:gosec // G402: an attacker's client checks nothing
-				_ = tc.Handshake()
-			})
-		}
-	}
-	// Talking connections do not count against a source's limit: all 80
-	// are kept, and none holds a slot.
-	eventually.True(t, 5*time.Second, "every slow connection has talked", func() bool {
+	talking := func() bool {
 		srv.pre.mu.Lock()
 		defer srv.pre.mu.Unlock()
 		n := 0
@@ -306,7 +294,22 @@ func TestTCPSlowHandshakesHoldNoSlot(t *testing.T) {
 			}
 		}
 		return n == len(stalled) && srv.pre.n == n
-	})
+	}
+	// Talking connections do not count against a source's limit: all 80
+	// are kept, and none holds a slot. Each is dialed once the one before
+	// it has talked: a connection whose hello has not left yet is silent,
+	// and an unknown source's ninth silent connection rightly makes room.
+	for _, src := range []string{"127.0.0.1", "127.0.0.2"} {
+		for range 40 {
+			sc := &stallConn{Conn: dialFrom(t, src, srv.Addr()), closed: make(chan struct{})}
+			stalled = append(stalled, sc)
+			wg.Go(func() {
+				tc := tls.Client(sc, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) //nolint:gosec // G402: an attacker's client checks nothing
+				_ = tc.Handshake()
+			})
+			eventually.True(t, 5*time.Second, "every slow connection has talked", talking)
+		}
+	}
 	eventually.True(t, 5*time.Second, "no slot held while waiting for the peers", func() bool {
 		srv.slots.mu.Lock()
 		defer srv.slots.mu.Unlock()
