@@ -82,17 +82,23 @@ func (c *Cluster) forgetBatchers(live map[string]bool) {
 // once ctx ends; the request goes on for the others.
 func (b *fetchBatcher) fetch(ctx context.Context, ihs []bittorrent.InfoHash) ([]transport.FetchReply, error) {
 	bf := &batchedFetch{ihs: ihs, done: make(chan struct{})}
-	b.mu.Lock()
-	b.waiting = append(b.waiting, bf)
-	lead := b.flying < fetchesInFlight
-	if lead {
-		b.flying++
-	}
-	b.mu.Unlock()
-	if lead {
+	if b.enqueue(bf) {
 		b.send()
 	}
 	return b.wait(ctx, bf)
+}
+
+// enqueue adds bf to the next request and reports whether the caller took
+// a free request slot, and so must see that the request is sent.
+func (b *fetchBatcher) enqueue(bf *batchedFetch) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.waiting = append(b.waiting, bf)
+	if b.flying >= fetchesInFlight {
+		return false
+	}
+	b.flying++
+	return true
 }
 
 // wait waits for bf, or for ctx to end.
@@ -111,14 +117,7 @@ func (b *fetchBatcher) wait(ctx context.Context, bf *batchedFetch) ([]transport.
 // caller never sends, so it can hedge while the request is out.
 func (b *fetchBatcher) start(ihs []bittorrent.InfoHash, notify chan<- *batchedFetch) *batchedFetch {
 	bf := &batchedFetch{ihs: ihs, done: make(chan struct{}), notify: notify}
-	b.mu.Lock()
-	b.waiting = append(b.waiting, bf)
-	lead := b.flying < fetchesInFlight
-	if lead {
-		b.flying++
-	}
-	b.mu.Unlock()
-	if lead && !b.c.goOwned(b.send) {
+	if b.enqueue(bf) && !b.c.goOwned(b.send) {
 		b.fail() // closing
 	}
 	return bf

@@ -249,20 +249,23 @@ func TestConcurrentReadsShareRequests(t *testing.T) {
 	}
 }
 
-// silentTo is a transport whose calls to one address never get an
-// answer: they wait until their context ends, as a node that is stuck,
-// or behind a link that drops packets, makes them.
-type silentTo struct {
+// brokenTo is a transport whose calls to one address fail: at once, as
+// to a node that refuses connections, or, with hang, only when the
+// caller gives up, as to a node that does not answer.
+type brokenTo struct {
 	transport.Transport
 	addr string
+	hang bool
 }
 
-func (s silentTo) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
-	if addr == s.addr {
-		<-ctx.Done()
+func (b brokenTo) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
+	if addr == b.addr {
+		if b.hang {
+			<-ctx.Done()
+		}
 		return nil, fmt.Errorf("call %s: %w", addr, transport.ErrUnreachable)
 	}
-	return s.Transport.Call(ctx, addr, req)
+	return b.Transport.Call(ctx, addr, req)
 }
 
 // TestReadHedgesToTheNextOwner: with two owners and the first one not
@@ -271,7 +274,7 @@ func (s silentTo) Call(ctx context.Context, addr string, req transport.Request) 
 func TestReadHedgesToTheNextOwner(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		took := readPastFirstOwner(t, func(tr transport.Transport, first string) transport.Transport {
-			return silentTo{Transport: tr, addr: first}
+			return brokenTo{Transport: tr, addr: first, hang: true}
 		})
 		if took != hedgeDelay(hedgeReadTimeout) {
 			t.Errorf("answered after %s; want %s, the hedge delay (the fake clock runs only while every goroutine waits)", took, hedgeDelay(hedgeReadTimeout))
@@ -279,26 +282,12 @@ func TestReadHedgesToTheNextOwner(t *testing.T) {
 	})
 }
 
-// failingTo is a transport whose calls to one address fail at once, as
-// to a node that refuses connections.
-type failingTo struct {
-	transport.Transport
-	addr string
-}
-
-func (f failingTo) Call(ctx context.Context, addr string, req transport.Request) (transport.Reply, error) {
-	if addr == f.addr {
-		return nil, fmt.Errorf("call %s: %w", addr, transport.ErrUnreachable)
-	}
-	return f.Transport.Call(ctx, addr, req)
-}
-
 // TestReadAsksTheNextOwnerOnFailure: a first owner whose fetch fails at
 // once does not cost the hedge delay: the next is asked at once.
 func TestReadAsksTheNextOwnerOnFailure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		took := readPastFirstOwner(t, func(tr transport.Transport, first string) transport.Transport {
-			return failingTo{Transport: tr, addr: first}
+			return brokenTo{Transport: tr, addr: first}
 		})
 		if took != 0 {
 			t.Errorf("answered after %s; want at once (the fake clock runs only while every goroutine waits)", took)
