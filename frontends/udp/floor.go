@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // Floor is a UDP server that answers BEP 15 requests without doing any
@@ -84,6 +85,7 @@ func serveFloor(pio packetIO, slots []slot) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(readErrorPause) // as the frontend's reader: a lasting error must not spin the core being measured
 			continue
 		}
 		batch := slots[:n]

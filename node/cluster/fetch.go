@@ -225,9 +225,11 @@ func (f *fetchRound) run(ctx context.Context, pick func(o int) bool) {
 	// long any other, so one member that cannot be reached does not leave
 	// the readers with nothing.
 	var short, long <-chan time.Time
-	for range calls {
+	// Count answers, not turns of the loop: a timer firing is no answer.
+	for got := 0; got < len(calls); {
 		select {
 		case a := <-answers:
+			got++
 			for k, i := range a.idx {
 				pending[i]--
 				if a.reps != nil {
@@ -343,18 +345,18 @@ func (c *Cluster) fetchDirect(v *ring.View, ih bittorrent.InfoHash, targets []in
 	start := time.Now()
 	defer func() { c.m.fetchTime.Observe(time.Since(start).Seconds()) }()
 	ihs := []bittorrent.InfoHash{ih}
+	deadline := e.fl.started.Add(c.cfg.ReadTimeout)
 	notify := make(chan *batchedFetch, len(targets))
 	asked := make([]*batchedFetch, 0, len(targets))
 	next, out := 0, 0
 	ask := func() {
 		if next < len(targets) {
-			asked = append(asked, c.batcherFor(v.DataAddrs[targets[next]]).start(ihs, notify))
+			asked = append(asked, c.batcherFor(v.DataAddrs[targets[next]]).start(ihs, deadline, notify))
 			next++
 			out++
 		}
 	}
 	ask()
-	deadline := e.fl.started.Add(c.cfg.ReadTimeout)
 	left := func() time.Duration { return deadline.Sub(c.clock.Now()) }
 	wait := func() time.Duration {
 		if next < len(targets) {

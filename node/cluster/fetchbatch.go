@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/karuta-tracker/karuta/hooks/bittorrent"
 	"github.com/karuta-tracker/karuta/node/cluster/transport"
+	"go.uber.org/zap"
 )
 
 // fetchesInFlight is the most fetch requests one node has out to one
@@ -17,8 +19,20 @@ import (
 // request per member per round trip, not one per announce.
 const fetchesInFlight = 2
 
-// errClosing answers the fetches still waiting when the node closes.
-var errClosing = errors.New("cluster: closing")
+// maxWaitingFetches bounds the fetches waiting for one member: a member
+// that answers slowly must not grow the queue without end. Past it a
+// fetch fails at once, counted, and the read goes to the next owner.
+const maxWaitingFetches = 4096
+
+var (
+	// errClosing answers the fetches still waiting when the node closes.
+	errClosing = errors.New("cluster: closing")
+	// errFetchQueueFull answers a fetch that found its member's queue full.
+	errFetchQueueFull = errors.New("cluster: fetch queue full")
+	// errFetchExpired answers a fetch whose reader stopped waiting before
+	// a request could take it: it is not sent.
+	errFetchExpired = errors.New("cluster: fetch expired before it was sent")
+)
 
 // fetchBatcher gathers the fetches for one member into FetchManyRequests.
 // A caller that finds a request slot free sends what waits, its own
@@ -35,10 +49,13 @@ type fetchBatcher struct {
 
 // batchedFetch is one caller's part of a request.
 type batchedFetch struct {
-	ihs  []bittorrent.InfoHash
-	reps []transport.FetchReply // one per ihs once answered
-	err  error
-	done chan struct{} // closed once reps or err is set
+	ihs []bittorrent.InfoHash
+	// deadline is when the caller stops waiting; a fetch still queued
+	// then is dropped rather than sent (zero: no deadline).
+	deadline time.Time
+	reps     []transport.FetchReply // one per ihs once answered
+	err      error
+	done     chan struct{} // closed once reps or err is set
 	// notify, if set, receives the fetch once it is done; it must have
 	// room, as delivery does not wait.
 	notify chan<- *batchedFetch
@@ -79,19 +96,25 @@ func (c *Cluster) forgetBatchers(live map[string]bool) {
 // fetch asks the member for ihs (at most transport.MaxFetchMany) with
 // maxPeers per family, together with whatever other fetches wait for it,
 // and returns one reply per infohash, or an error. It returns ctx's error
-// once ctx ends; the request goes on for the others.
+// once ctx ends; the request goes on for the others, and a fetch not yet
+// sent by then is dropped.
 func (b *fetchBatcher) fetch(ctx context.Context, ihs []bittorrent.InfoHash) ([]transport.FetchReply, error) {
-	bf := &batchedFetch{ihs: ihs, done: make(chan struct{})}
-	if b.enqueue(bf) {
-		b.send()
-	}
-	return b.wait(ctx, bf)
+	deadline, _ := ctx.Deadline()
+	return b.wait(ctx, b.start(ihs, deadline, nil))
 }
 
 // enqueue adds bf to the next request and reports whether the caller took
-// a free request slot, and so must see that the request is sent.
+// a free request slot, and so must see that the request is sent. A full
+// queue fails bf at once.
 func (b *fetchBatcher) enqueue(bf *batchedFetch) bool {
 	b.mu.Lock()
+	if len(b.waiting) >= maxWaitingFetches {
+		b.mu.Unlock()
+		b.dropped("queue_full", 1)
+		bf.err = errFetchQueueFull
+		bf.wake()
+		return false
+	}
 	defer b.mu.Unlock()
 	b.waiting = append(b.waiting, bf)
 	if b.flying >= fetchesInFlight {
@@ -112,11 +135,12 @@ func (b *fetchBatcher) wait(ctx context.Context, bf *batchedFetch) ([]transport.
 }
 
 // start queues a fetch of ihs for the next request and returns at once:
-// notify receives the fetch when it is answered or has failed. If a
-// request slot is free, a goroutine takes it and sends what waits: the
-// caller never sends, so it can hedge while the request is out.
-func (b *fetchBatcher) start(ihs []bittorrent.InfoHash, notify chan<- *batchedFetch) *batchedFetch {
-	bf := &batchedFetch{ihs: ihs, done: make(chan struct{}), notify: notify}
+// notify, if set, receives the fetch when it is answered or has failed
+// (done is closed either way). If a request slot is free, a goroutine
+// takes it and sends what waits: the caller never sends, so it can hedge
+// while the request is out, and never waits past its own deadline.
+func (b *fetchBatcher) start(ihs []bittorrent.InfoHash, deadline time.Time, notify chan<- *batchedFetch) *batchedFetch {
+	bf := &batchedFetch{ihs: ihs, deadline: deadline, done: make(chan struct{}), notify: notify}
 	if b.enqueue(bf) && !b.c.goOwned(b.send) {
 		b.fail() // closing
 	}
@@ -128,19 +152,35 @@ func (b *fetchBatcher) start(ihs []bittorrent.InfoHash, notify chan<- *batchedFe
 // still wait, a new goroutine keeps the slot and sends them; otherwise
 // the slot is freed.
 func (b *fetchBatcher) send() {
+	now := b.c.clock.Now()
 	b.mu.Lock()
-	n, swarms := 0, 0
-	for n < len(b.waiting) && (n == 0 || swarms+len(b.waiting[n].ihs) <= transport.MaxFetchMany) {
-		swarms += len(b.waiting[n].ihs)
-		n++
+	var batch, expired []*batchedFetch
+	swarms, n := 0, 0
+	for ; n < len(b.waiting); n++ {
+		bf := b.waiting[n]
+		if !bf.deadline.IsZero() && !now.Before(bf.deadline) {
+			expired = append(expired, bf)
+			continue
+		}
+		if len(batch) > 0 && swarms+len(bf.ihs) > transport.MaxFetchMany {
+			break
+		}
+		batch = append(batch, bf)
+		swarms += len(bf.ihs)
 	}
-	batch := b.waiting[:n:n]
-	b.waiting = b.waiting[n:]
-	if len(b.waiting) == 0 {
-		b.waiting = nil
-	}
+	// Move the rest down, so the queue's array holds no fetch once gone.
+	rest := copy(b.waiting, b.waiting[n:])
+	clear(b.waiting[rest:])
+	b.waiting = b.waiting[:rest]
 	b.mu.Unlock()
 
+	if len(expired) > 0 {
+		b.dropped("expired", len(expired))
+		for _, bf := range expired {
+			bf.err = errFetchExpired
+			bf.wake()
+		}
+	}
 	if len(batch) > 0 {
 		b.deliver(batch, swarms)
 	}
@@ -180,6 +220,15 @@ func (b *fetchBatcher) deliver(batch []*batchedFetch, swarms int) {
 		bf.err = err
 		off += len(bf.ihs)
 		bf.wake()
+	}
+}
+
+// dropped counts n fetches to this member dropped for reason, and logs
+// it at a sane rate.
+func (b *fetchBatcher) dropped(reason string, n int) {
+	b.c.m.fetchesDropped.WithLabelValues(reason).Add(float64(n))
+	if events, ok := b.c.dropLog.Allow(); ok {
+		b.c.log.Warn("fetches dropped", zap.String("member", b.addr), zap.String("reason", reason), zap.Uint64("events", events))
 	}
 }
 

@@ -19,6 +19,7 @@ type metrics struct {
 	readLocal, readCached, readFetched, readStale, readFailed prometheus.Counter
 	fetchTime                                                 prometheus.Histogram
 	prefetches                                                prometheus.Counter
+	fetchesDropped                                            *prometheus.CounterVec
 	handoff                                                   *prometheus.CounterVec
 	handoffTime                                               prometheus.Histogram
 	handoffFails                                              prometheus.Counter
@@ -39,6 +40,9 @@ func newMetrics() *metrics {
 	}
 	for _, d := range []string{"sent", "received", "dropped"} {
 		m.handoff.WithLabelValues(d)
+	}
+	for _, r := range []string{"queue_full", "expired"} {
+		m.fetchesDropped.WithLabelValues(r)
 	}
 	return m
 }
@@ -71,6 +75,10 @@ func newMetricVecs() *metrics {
 			Namespace: ns, Subsystem: sub, Name: "prefetches_total",
 			Help: "Swarm fetches started ahead of their reads, for a batch of requests received together.",
 		}),
+		fetchesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "fetches_dropped_total",
+			Help: "Fetches of swarms from other members dropped before they were sent, by reason: queue_full (the member's queue was full), expired (the reader had stopped waiting); the read goes to the next owner or answers with what it has.",
+		}, []string{"reason"}),
 		fetchTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "fetch_seconds",
 			Help: "Time to fetch a swarm from its owners for a read, answered or not.", Buckets: latency,
@@ -99,7 +107,7 @@ func newMetricVecs() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.duplicates, m.reads, m.prefetches, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}, m.ae.collectors()...)
+	return append([]prometheus.Collector{m.forwarded, m.forwardTime, m.received, m.duplicates, m.reads, m.prefetches, m.fetchesDropped, m.fetchTime, m.handoff, m.handoffTime, m.handoffFails}, m.ae.collectors()...)
 }
 
 // queueCollector reports each destination's queue depth at scrape time,

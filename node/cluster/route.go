@@ -58,11 +58,7 @@ func planRead(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int,
 	// Best class first: near and working, far and working, near and
 	// failing, far and failing; ring order within a class.
 	start := len(dst)
-	for _, o := range owners {
-		if o != v.Self {
-			dst = append(dst, o)
-		}
-	}
+	dst = otherOwners(v, owners, dst)
 	class := func(o int) int {
 		k := 0
 		if v.Self >= 0 && v.Members()[o].Datacenter != dc {
@@ -73,24 +69,25 @@ func planRead(v *ring.View, s *trustState, ih bittorrent.InfoHash, owners []int,
 		}
 		return k
 	}
-	if len(dst)-start > 1 {
+	ask := dst[start:]
+	equal := min(1, len(ask))
+	if len(ask) > 1 {
+		// Each owner's class once: failing takes the links' lock.
 		var buf [8]int
 		classes := buf[:0]
-		for _, o := range dst[start:] {
+		for _, o := range ask {
 			classes = append(classes, class(o))
 		}
 		// Insertion sort, stable: a handful of owners.
-		ask := dst[start:]
 		for i := 1; i < len(ask); i++ {
 			for j := i; j > 0 && classes[j] < classes[j-1]; j-- {
 				ask[j], ask[j-1] = ask[j-1], ask[j]
 				classes[j], classes[j-1] = classes[j-1], classes[j]
 			}
 		}
-	}
-	equal := min(1, len(dst)-start)
-	for equal < len(dst)-start && class(dst[start+equal]) == class(dst[start]) {
-		equal++
+		for equal < len(ask) && classes[equal] == classes[0] {
+			equal++
+		}
 	}
 	return readRoute{ask: dst, equal: equal}
 }
