@@ -190,6 +190,9 @@ func (m *Memory) Merge(ih bittorrent.InfoHash, peers []SeenPeer, snatches uint32
 // sh locked.
 func (m *Memory) mergePeer(sh *shard, sw *swarm, f *family, k *addrKey, p *SeenPeer, seen uint32) bool {
 	set := sh.set(sw, f)
+	if set.fitIndex(f) { // as apply does: a handoff must not scan per peer
+		sh.putSet(sw, f, set)
+	}
 	i, same := set.find(f, k.bytes())
 	if i < 0 {
 		if m.sourceFull(same) {
