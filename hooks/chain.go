@@ -3,6 +3,7 @@ package hooks
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,7 +215,17 @@ func (c *Chain) AfterAnnounceBatch(reqs []*bittorrent.AnnounceRequest) {
 	}
 	dropped := len(reqs)
 	if !c.closed.Load() {
-		dropped = c.queue.put(reqs)
+		var filling bool
+		dropped, filling = c.queue.put(reqs)
+		if filling {
+			// A frontend reader that always finds datagrams waiting never
+			// blocks, and where it shares its core with the workers
+			// (GOMAXPROCS 1, a container of one CPU) they would run only
+			// when the scheduler preempts it, every 10 ms: time enough to
+			// fill the queue. Giving the core up here lets them drain it
+			// before anything is dropped.
+			runtime.Gosched()
+		}
 	}
 	if dropped > 0 {
 		c.drop(dropped)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -328,5 +330,43 @@ func TestConfigValidateNamesKey(t *testing.T) {
 				t.Errorf("Validate() = %v, want an error starting with %q", err, tt.key+":")
 			}
 		})
+	}
+}
+
+// countingPost counts the announces it is given.
+type countingPost struct{ n atomic.Int64 }
+
+func (h *countingPost) AfterAnnounces(_ context.Context, reqs []bittorrent.AnnounceRequest) {
+	h.n.Add(int64(len(reqs)))
+}
+
+// TestChainYieldsToWorkersOnOneCore: a frontend that hands batches over
+// in a loop that never blocks, on one P, as a UDP reader under load does
+// when the node has one CPU, must not overflow the queue: the workers get
+// the core before it is full.
+func TestChainYieldsToWorkersOnOneCore(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	cfg := DefaultConfig()
+	cfg.PostQueueSize = 1024
+	post := &countingPost{}
+	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
+	reqs := make([]bittorrent.AnnounceRequest, 32)
+	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
+	for i := range reqs {
+		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))
+		ptrs[i] = &reqs[i]
+	}
+	const batches = 5000
+	for range batches {
+		c.AfterAnnounceBatch(ptrs)
+	}
+	if got := testutil.ToFloat64(c.dropped); got != 0 {
+		t.Errorf("%v announces dropped; want none, the workers given the core", got)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := post.n.Load(); got != batches*int64(len(reqs)) {
+		t.Errorf("post hook saw %d announces; want %d", got, batches*len(reqs))
 	}
 }

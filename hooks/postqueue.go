@@ -26,19 +26,21 @@ func newPostQueue(size int) *postQueue {
 }
 
 // put copies as many of reqs as there is room for, in order, and returns
-// how many did not fit. It never blocks on the workers.
-func (q *postQueue) put(reqs []*bittorrent.AnnounceRequest) (dropped int) {
+// how many did not fit and whether the queue is now more than half full.
+// It never blocks on the workers.
+func (q *postQueue) put(reqs []*bittorrent.AnnounceRequest) (dropped int, filling bool) {
 	q.mu.Lock()
 	fit := min(len(reqs), len(q.ring)-q.n)
 	for _, r := range reqs[:fit] {
 		q.ring[(q.head+q.n)%len(q.ring)] = *r
 		q.n++
 	}
+	filling = 2*q.n > len(q.ring)
 	q.mu.Unlock()
 	if fit > 0 {
 		q.signal()
 	}
-	return len(reqs) - fit
+	return len(reqs) - fit, filling
 }
 
 // signal leaves a token for a waiting worker, unless one is there already.

@@ -95,12 +95,18 @@ func (c *Cluster) forgetBatchers(live map[string]bool) {
 
 // fetch asks the member for ihs (at most transport.MaxFetchMany) with
 // maxPeers per family, together with whatever other fetches wait for it,
-// and returns one reply per infohash, or an error. It returns ctx's error
-// once ctx ends; the request goes on for the others, and a fetch not yet
-// sent by then is dropped.
+// and returns one reply per infohash, or an error. A caller that finds a
+// request slot free sends the request itself (no goroutine per request on
+// the fetch rounds' path) and so returns when it is answered, at most
+// 4 × read_timeout later; any other returns ctx's error once ctx ends,
+// and its fetch, if not yet sent by then, is dropped.
 func (b *fetchBatcher) fetch(ctx context.Context, ihs []bittorrent.InfoHash) ([]transport.FetchReply, error) {
 	deadline, _ := ctx.Deadline()
-	return b.wait(ctx, b.start(ihs, deadline, nil))
+	bf := &batchedFetch{ihs: ihs, deadline: deadline, done: make(chan struct{})}
+	if b.enqueue(bf) {
+		b.send()
+	}
+	return b.wait(ctx, bf)
 }
 
 // enqueue adds bf to the next request and reports whether the caller took
