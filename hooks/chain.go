@@ -276,6 +276,9 @@ func (c *Chain) Close(ctx context.Context) error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	// Refused from here on, counted by the caller: a batch handed over
+	// while Close runs is either queued before this, and drained, or dropped.
+	c.queue.close()
 	close(c.stop)
 	done := make(chan struct{})
 	go func() { c.wg.Wait(); close(done) }()

@@ -370,3 +370,41 @@ func TestChainYieldsToWorkersOnOneCore(t *testing.T) {
 		t.Errorf("post hook saw %d announces; want %d", got, batches*len(reqs))
 	}
 }
+
+// TestChainCloseLosesNothingUncounted: announces handed over while Close
+// runs are either run by the post hooks or dropped and counted, never
+// neither.
+func TestChainCloseLosesNothingUncounted(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PostQueueSize = 256
+	post := &countingPost{}
+	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
+	reqs := make([]bittorrent.AnnounceRequest, 8)
+	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
+	for i := range reqs {
+		ptrs[i] = &reqs[i]
+	}
+	const senders, batches = 4, 2000
+	var wg sync.WaitGroup
+	for range senders {
+		wg.Go(func() {
+			for range batches {
+				c.AfterAnnounceBatch(ptrs)
+			}
+		})
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	got := post.n.Load() + int64(testutil.ToFloat64(c.dropped))
+	if want := int64(senders * batches * len(reqs)); got != want {
+		t.Errorf("run %d + dropped %v = %d; want every announce handed over, %d", post.n.Load(), testutil.ToFloat64(c.dropped), got, want)
+	}
+	// The interleaving that lost them: a sender that saw the chain open
+	// reaches the queue only after Close has drained it. The queue itself
+	// must refuse, so the sender counts the drop.
+	if dropped, _ := c.queue.put(ptrs); dropped != len(ptrs) {
+		t.Errorf("a put after Close queued %d of %d announces no worker will run; want all refused", len(ptrs)-dropped, len(ptrs))
+	}
+}

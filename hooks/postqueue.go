@@ -16,6 +16,9 @@ type postQueue struct {
 	ring []bittorrent.AnnounceRequest // fixed size: the capacity
 	head int                          // the oldest announce
 	n    int                          // announces queued
+	// closed refuses every put from Close on, decided under mu so that
+	// no put lands after the workers have drained the queue and gone.
+	closed bool
 	// wake holds a token while there may be announces no worker is
 	// taking; a worker with nothing to do waits for it.
 	wake chan struct{}
@@ -30,6 +33,10 @@ func newPostQueue(size int) *postQueue {
 // It never blocks on the workers.
 func (q *postQueue) put(reqs []*bittorrent.AnnounceRequest) (dropped int, filling bool) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return len(reqs), false
+	}
 	fit := min(len(reqs), len(q.ring)-q.n)
 	for _, r := range reqs[:fit] {
 		q.ring[(q.head+q.n)%len(q.ring)] = *r
@@ -68,6 +75,13 @@ func (q *postQueue) take(batch []bittorrent.AnnounceRequest, limit int) []bittor
 		q.signal()
 	}
 	return batch
+}
+
+// close makes every later put drop (and its caller count) what it is given.
+func (q *postQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
 }
 
 // len returns how many announces are queued.
