@@ -6,6 +6,9 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,7 +34,7 @@ const webtorrentDownloadTimeout = 90 * time.Second
 func TestRealClientWebTorrent(t *testing.T) {
 	n := startNode(t, "127.0.0.1", func(c *Config) { c.Frontends.WebTorrent.Addr = "127.0.0.1:0" })
 	url := "ws://" + n.Addrs().WebTorrent + "/announce"
-	webtorrentDownload(t, url, url, n)
+	webtorrentDownload(t, url, url, n, n)
 	m := fetchPromSamples(t, "http://"+n.Addrs().Metrics+"/metrics")
 	if v := m.value("karuta_webtorrent_signals_total", "kind", "offer", "result", "delivered"); v == 0 {
 		t.Error("no offer was delivered through the tracker")
@@ -55,7 +58,7 @@ func TestRealClientWebTorrentCluster(t *testing.T) {
 	}
 	eventually.NoError(t, convergeWithin, "cluster converges", func() error { return converged(nodes) })
 	seed, leech := nodes[0], nodes[2]
-	webtorrentDownload(t, "ws://"+seed.Addrs().WebTorrent+"/announce", "ws://"+leech.Addrs().WebTorrent+"/announce", nodes...)
+	webtorrentDownload(t, "ws://"+seed.Addrs().WebTorrent+"/announce", "ws://"+leech.Addrs().WebTorrent+"/announce", leech, nodes...)
 
 	// The offers went from the leecher's node to the seeder's, the answers back.
 	ms := fetchPromSamples(t, "http://"+seed.Addrs().Metrics+"/metrics")
@@ -83,8 +86,9 @@ func TestRealClientWebTorrentCluster(t *testing.T) {
 }
 
 // webtorrentDownload seeds a random file to seedURL's tracker and
-// downloads it through leechURL's, WebRTC only, and checks the bytes.
-func webtorrentDownload(t *testing.T, seedURL, leechURL string, nodes ...*Node) {
+// downloads it through leechURL's (leechNode's), WebRTC only, and checks
+// the bytes.
+func webtorrentDownload(t *testing.T, seedURL, leechURL string, leechNode *Node, nodes ...*Node) {
 	t.Helper()
 	const size = 1 << 20
 	data := make([]byte, size)
@@ -153,6 +157,25 @@ func webtorrentDownload(t *testing.T, seedURL, leechURL string, nodes ...*Node) 
 	case <-seeder.Complete().On():
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the seeder does not have the whole file: %d of %d bytes", seeder.BytesCompleted(), size)
+	}
+	// A WebTorrent client announces again only after minutes, so a
+	// leecher whose first announce beat the seeder's registration at the
+	// swarm's owners (the milliseconds of a forward) would find no one to
+	// offer to. Start it once the leecher's node counts the seeder in the
+	// swarm (a scrape reads the swarm as an announce does), as in a swarm
+	// already running.
+	if leechNode != nil && leechNode.Addrs().HTTP != "" {
+		ih := metainfo.HashBytes(infoBytes)
+		scrape := "http://" + leechNode.Addrs().HTTP + "/scrape?info_hash=" + url.QueryEscape(string(ih[:]))
+		eventually.True(t, 10*time.Second, "the leecher's node counts the seeder", func() bool {
+			resp, err := http.Get(scrape) //nolint:gosec // G107: the test's own node
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			return strings.Contains(string(body), "8:completei1e")
+		})
 	}
 	leecher := add(newClient(leechDir), leechURL)
 	<-leecher.GotInfo()
