@@ -211,12 +211,7 @@ func TestChainAfterAnnounceBatch(t *testing.T) {
 	cfg.PostQueueSize = 4
 	post := &collectingPost{gate: make(chan struct{})}
 	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
-	reqs := make([]bittorrent.AnnounceRequest, 8)
-	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
-	for i := range reqs {
-		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))
-		ptrs[i] = &reqs[i]
-	}
+	ptrs := announceBatch(8)
 	// The worker takes the first and blocks in the hook.
 	c.AfterAnnounce(ptrs[0])
 	eventually.True(t, 5*time.Second, "the worker takes the first announce", func() bool { return c.queue.len() == 0 })
@@ -340,22 +335,36 @@ func (h *countingPost) AfterAnnounces(_ context.Context, reqs []bittorrent.Annou
 	h.n.Add(int64(len(reqs)))
 }
 
+// countingChain is a chain with a post queue of size whose one post hook
+// counts what it is given.
+func countingChain(t *testing.T, size int) (*Chain, *countingPost) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.PostQueueSize = size
+	post := &countingPost{}
+	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
+	return c, post
+}
+
+// announceBatch is n announces from distinct ports of one address.
+func announceBatch(n int) []*bittorrent.AnnounceRequest {
+	reqs := make([]bittorrent.AnnounceRequest, n)
+	ptrs := make([]*bittorrent.AnnounceRequest, n)
+	for i := range reqs {
+		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))
+		ptrs[i] = &reqs[i]
+	}
+	return ptrs
+}
+
 // TestChainYieldsToWorkersOnOneCore: a frontend that hands batches over
 // in a loop that never blocks, on one P, as a UDP reader under load does
 // when the node has one CPU, must not overflow the queue: the workers get
 // the core before it is full.
 func TestChainYieldsToWorkersOnOneCore(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	cfg := DefaultConfig()
-	cfg.PostQueueSize = 1024
-	post := &countingPost{}
-	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
-	reqs := make([]bittorrent.AnnounceRequest, 32)
-	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
-	for i := range reqs {
-		reqs[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1))
-		ptrs[i] = &reqs[i]
-	}
+	c, post := countingChain(t, 1024)
+	ptrs := announceBatch(32)
 	const batches = 5000
 	for range batches {
 		c.AfterAnnounceBatch(ptrs)
@@ -366,8 +375,8 @@ func TestChainYieldsToWorkersOnOneCore(t *testing.T) {
 	if err := c.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := post.n.Load(); got != batches*int64(len(reqs)) {
-		t.Errorf("post hook saw %d announces; want %d", got, batches*len(reqs))
+	if got := post.n.Load(); got != batches*int64(len(ptrs)) {
+		t.Errorf("post hook saw %d announces; want %d", got, batches*len(ptrs))
 	}
 }
 
@@ -375,15 +384,8 @@ func TestChainYieldsToWorkersOnOneCore(t *testing.T) {
 // runs are either run by the post hooks or dropped and counted, never
 // neither.
 func TestChainCloseLosesNothingUncounted(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.PostQueueSize = 256
-	post := &countingPost{}
-	c, _ := newTestChain(t, cfg, nil, []PostHook{post})
-	reqs := make([]bittorrent.AnnounceRequest, 8)
-	ptrs := make([]*bittorrent.AnnounceRequest, len(reqs))
-	for i := range reqs {
-		ptrs[i] = &reqs[i]
-	}
+	c, post := countingChain(t, 256)
+	ptrs := announceBatch(8)
 	const senders, batches = 4, 2000
 	var wg sync.WaitGroup
 	for range senders {
@@ -398,7 +400,7 @@ func TestChainCloseLosesNothingUncounted(t *testing.T) {
 	}
 	wg.Wait()
 	got := post.n.Load() + int64(testutil.ToFloat64(c.dropped))
-	if want := int64(senders * batches * len(reqs)); got != want {
+	if want := int64(senders * batches * len(ptrs)); got != want {
 		t.Errorf("run %d + dropped %v = %d; want every announce handed over, %d", post.n.Load(), testutil.ToFloat64(c.dropped), got, want)
 	}
 	// The interleaving that lost them: a sender that saw the chain open
